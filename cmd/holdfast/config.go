@@ -1,0 +1,93 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Config is everything the control plane is started with. It is validated once, in parseConfig.
+type Config struct {
+	Kubeconfig         string
+	XDSListen          string
+	HTTPListen         string
+	Namespaces         []string
+	ClusterDomain      string
+	EnvoyListenAddress string
+	LogFormat          string
+	LogLevel           string
+	ShutdownGrace      time.Duration
+}
+
+// parseConfig parses and validates the control plane's flags. Errors are for the user: they
+// name the flag and what it accepts.
+func parseConfig(args []string, stderr io.Writer) (Config, error) {
+	var c Config
+	var namespaces string
+	fs := flag.NewFlagSet("holdfast", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "path to a kubeconfig; if empty, the in-cluster config is used, else $KUBECONFIG")
+	fs.StringVar(&c.XDSListen, "xds-listen", ":18000", "host:port for the xDS (ADS, state-of-the-world and Delta) gRPC server")
+	fs.StringVar(&c.HTTPListen, "http-listen", ":18080", "host:port for /healthz, /readyz and /metrics")
+	fs.StringVar(&namespaces, "namespaces", "", "comma-separated namespaces to watch; empty watches all namespaces")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain; resources are named <svc>.<ns>.svc.<domain>:<port>")
+	fs.StringVar(&c.EnvoyListenAddress, "envoy-listen-address", "127.0.0.1", "IP address Envoy's outbound_<port> listeners bind to")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 5*time.Second, "on SIGTERM, how long open xDS streams get to close before they are cut")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: holdfast [flags]\n       holdfast bootstrap --grpc|--envoy --node-id ID --server HOST:PORT [--zone Z --region R]\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for _, ns := range strings.Split(namespaces, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			c.Namespaces = append(c.Namespaces, ns)
+		}
+	}
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	var errs []error
+	for _, a := range []struct{ flag, v string }{{"--xds-listen", c.XDSListen}, {"--http-listen", c.HTTPListen}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want host:port (%v)", a.flag, a.v, err))
+		}
+	}
+	for _, ns := range c.Namespaces {
+		if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--namespaces: %q is not a namespace name: %s", ns, strings.Join(msgs, "; ")))
+		}
+	}
+	if msgs := validation.IsDNS1123Subdomain(c.ClusterDomain); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--cluster-domain %q: %s", c.ClusterDomain, strings.Join(msgs, "; ")))
+	}
+	if _, err := netip.ParseAddr(c.EnvoyListenAddress); err != nil {
+		errs = append(errs, fmt.Errorf("--envoy-listen-address %q: want an IP address", c.EnvoyListenAddress))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", c.LogFormat))
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ShutdownGrace < 0 {
+		errs = append(errs, fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace))
+	}
+	return errors.Join(errs...)
+}

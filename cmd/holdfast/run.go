@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/resolver"
+	"github.com/holdfast/holdfast/xds"
+)
+
+// run wires resolver → cache → xds and serves until ctx is done.
+func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	klog.SetSlogLogger(log.With("component", "client-go"))
+	restCfg, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.UserAgent = "holdfast"
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	if err := registerAll(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return err
+	}
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg})
+	if err != nil {
+		return err
+	}
+	pub, err := xds.NewPublisher(xds.PublisherOptions{
+		Translator: xds.Translator{Naming: xds.Naming{Domain: cfg.ClusterDomain}, EnvoyListenAddress: cfg.EnvoyListenAddress},
+		Logger:     log,
+		Registry:   reg,
+	}, srv.Cache)
+	if err != nil {
+		return err
+	}
+	store := cache.NewStore(pub)
+	res, err := resolver.New(resolver.Options{Client: client, Namespaces: cfg.Namespaces, Logger: log, Registry: reg}, store)
+	if err != nil {
+		return err
+	}
+
+	// Bind both ports before starting anything, so that a taken port fails the start at once.
+	xdsLis, err := net.Listen("tcp", cfg.XDSListen)
+	if err != nil {
+		return fmt.Errorf("--xds-listen: %w", err)
+	}
+	httpLis, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		xdsLis.Close()
+		return fmt.Errorf("--http-listen: %w", err)
+	}
+	httpSrv := &http.Server{Handler: httpHandler(reg, pub), ReadHeaderTimeout: 5 * time.Second}
+	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
+		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return res.Run(gctx) })
+	g.Go(func() error { return pub.Run(gctx) })
+	g.Go(func() error { return srv.GRPC.Serve(xdsLis) })
+	g.Go(func() error {
+		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down: closing xDS streams", "grace", cfg.ShutdownGrace)
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+		defer cancel()
+		srv.Stop(sctx)
+		return httpSrv.Shutdown(sctx)
+	})
+	return g.Wait()
+}
+
+func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// restConfig finds the API server: --kubeconfig, else the in-cluster config, else $KUBECONFIG.
+func restConfig(path string) (*rest.Config, error) {
+	if path != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", path, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err == nil {
+		return c, nil
+	}
+	if !errors.Is(err, rest.ErrNotInCluster) {
+		return nil, fmt.Errorf("in-cluster config: %w", err)
+	}
+	if os.Getenv("KUBECONFIG") == "" {
+		return nil, errors.New("no API server: pass --kubeconfig, run in a cluster, or set $KUBECONFIG")
+	}
+	c, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("$KUBECONFIG: %w", err)
+	}
+	return c, nil
+}
+
+// readiness is what /readyz reports.
+type readiness struct {
+	Ready bool `json:"ready"`
+	// Published: a snapshot built from a complete sync with the API server is being served.
+	Published bool `json:"published"`
+}
+
+func httpHandler(reg *prometheus.Registry, pub *xds.Publisher) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		r := readiness{Published: pub.Published()}
+		r.Ready = r.Published
+		w.Header().Set("Content-Type", "application/json")
+		if !r.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(r)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}

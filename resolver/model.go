@@ -1,0 +1,112 @@
+// Package resolver turns Kubernetes Services and EndpointSlices into a plain-Go model of what is
+// routable: one Service per Kubernetes Service, with the endpoints of each of its ports. It owns
+// the watches on the API server and knows nothing about xDS.
+package resolver
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+)
+
+// Key names a Service.
+type Key struct {
+	Namespace string
+	Name      string
+}
+
+func (k Key) String() string { return k.Namespace + "/" + k.Name }
+
+// Compare orders keys by namespace, then name.
+func (k Key) Compare(o Key) int {
+	if c := cmp.Compare(k.Namespace, o.Namespace); c != 0 {
+		return c
+	}
+	return cmp.Compare(k.Name, o.Name)
+}
+
+// Service is the routable view of one Kubernetes Service. Values are immutable once published:
+// a change produces a new *Service, an unchanged service keeps its pointer, so consumers can
+// cache work per pointer.
+type Service struct {
+	Key
+	// Headless is true for services with clusterIP None. Their endpoints are served the same way.
+	Headless bool
+	// Ports holds the service's TCP ports, sorted by port number.
+	Ports []Port
+}
+
+// Port is one service port and the endpoints that serve it.
+type Port struct {
+	Name string
+	Port int32
+	// AppProtocol is the port's appProtocol, if set (e.g. "kubernetes.io/h2c", "grpc").
+	AppProtocol string
+	// Endpoints is sorted by address, then port; each address:port appears once.
+	Endpoints []Endpoint
+}
+
+// Endpoint is one backend address of a port, with the conditions Kubernetes reported for it.
+type Endpoint struct {
+	Address string
+	// Port is the target port on the endpoint (from the EndpointSlice, not the service port).
+	Port        int32
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	Zone        string
+	NodeName    string
+	Hostname    string
+}
+
+// Health says how an endpoint should be used.
+type Health int
+
+const (
+	// Excluded endpoints receive no traffic and are not served.
+	Excluded Health = iota
+	// Healthy endpoints receive new traffic.
+	Healthy
+	// Draining endpoints are still serving while terminating: finish what is in flight, no new traffic.
+	Draining
+)
+
+// Health maps Kubernetes endpoint conditions to how the endpoint should be used.
+func (e Endpoint) Health() Health {
+	switch {
+	case e.Ready:
+		return Healthy
+	case e.Serving && e.Terminating:
+		return Draining
+	default:
+		return Excluded
+	}
+}
+
+// HostPort returns "address:port", bracketing IPv6 addresses.
+func (e Endpoint) HostPort() string {
+	for i := 0; i < len(e.Address); i++ {
+		if e.Address[i] == ':' {
+			return fmt.Sprintf("[%s]:%d", e.Address, e.Port)
+		}
+	}
+	return fmt.Sprintf("%s:%d", e.Address, e.Port)
+}
+
+// Resolution is the complete routable view at one moment. It is immutable: the resolver publishes
+// a new Resolution for every change, sharing the *Service values that did not change.
+type Resolution struct {
+	Services map[Key]*Service
+	// Synced is true once every watched source has completed its initial list.
+	Synced bool
+}
+
+// SortedKeys returns the service keys in a stable order.
+func (r Resolution) SortedKeys() []Key {
+	keys := make([]Key, 0, len(r.Services))
+	for k := range r.Services {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, Key.Compare)
+	return keys
+}

@@ -1,0 +1,168 @@
+package xds
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// BootstrapOptions describe the client a bootstrap is for.
+type BootstrapOptions struct {
+	NodeID string
+	// Server is Holdfast's xDS address, host:port.
+	Server string
+	Zone   string
+	Region string
+	// Delta makes an Envoy bootstrap use incremental (Delta) ADS.
+	Delta bool
+}
+
+func (o BootstrapOptions) validate() (host string, port uint32, err error) {
+	if o.NodeID == "" {
+		return "", 0, fmt.Errorf("bootstrap: a node id is required")
+	}
+	h, p, err := net.SplitHostPort(o.Server)
+	if err != nil {
+		return "", 0, fmt.Errorf("bootstrap: server %q: %w", o.Server, err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || n == 0 {
+		return "", 0, fmt.Errorf("bootstrap: server %q: port must be 1-65535", o.Server)
+	}
+	if h == "" {
+		return "", 0, fmt.Errorf("bootstrap: server %q: a host is required", o.Server)
+	}
+	return h, uint32(n), nil
+}
+
+func (o BootstrapOptions) metadata(kind ClientKind) map[string]any {
+	return map[string]any{ClientMetadataKey: string(kind)}
+}
+
+// GRPCBootstrap returns the JSON bootstrap a grpc-go client reads from GRPC_XDS_BOOTSTRAP.
+func GRPCBootstrap(o BootstrapOptions) ([]byte, error) {
+	if _, _, err := o.validate(); err != nil {
+		return nil, err
+	}
+	type locality struct {
+		Zone   string `json:"zone,omitempty"`
+		Region string `json:"region,omitempty"`
+	}
+	node := map[string]any{"id": o.NodeID, "metadata": o.metadata(KindGRPC)}
+	if o.Zone != "" || o.Region != "" {
+		node["locality"] = locality{Zone: o.Zone, Region: o.Region}
+	}
+	b := map[string]any{
+		"xds_servers": []any{map[string]any{
+			"server_uri":      o.Server,
+			"channel_creds":   []any{map[string]string{"type": "insecure"}},
+			"server_features": []string{"xds_v3"},
+		}},
+		"node": node,
+	}
+	out, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	return append(out, '\n'), nil
+}
+
+// EnvoyBootstrap returns an Envoy bootstrap (JSON, which Envoy reads as YAML) that takes every
+// listener and cluster from Holdfast over ADS. It passes Envoy's proto validation.
+func EnvoyBootstrap(o BootstrapOptions) ([]byte, error) {
+	b, err := EnvoyBootstrapProto(o)
+	if err != nil {
+		return nil, err
+	}
+	out, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	return append(out, '\n'), nil
+}
+
+// EnvoyBootstrapProto is EnvoyBootstrap as a proto.
+func EnvoyBootstrapProto(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
+	host, port, err := o.validate()
+	if err != nil {
+		return nil, err
+	}
+	md, err := structpb.NewStruct(o.metadata(KindEnvoy))
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	h2, err := anypb.New(&upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+				},
+			},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	discovery := clusterv3.Cluster_STRICT_DNS
+	if _, err := netip.ParseAddr(host); err == nil {
+		discovery = clusterv3.Cluster_STATIC
+	}
+	apiType := corev3.ApiConfigSource_GRPC
+	if o.Delta {
+		apiType = corev3.ApiConfigSource_DELTA_GRPC
+	}
+	const xdsCluster = "holdfast"
+	node := &corev3.Node{Id: o.NodeID, Cluster: "holdfast-sidecar", Metadata: md}
+	if o.Zone != "" || o.Region != "" {
+		node.Locality = &corev3.Locality{Zone: o.Zone, Region: o.Region}
+	}
+	b := &bootstrapv3.Bootstrap{
+		Node: node,
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
+			AdsConfig: &corev3.ApiConfigSource{
+				ApiType:             apiType,
+				TransportApiVersion: corev3.ApiVersion_V3,
+				GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: xdsCluster},
+				}}},
+				SetNodeOnFirstMessageOnly: true,
+			},
+			CdsConfig: adsSource(),
+			LdsConfig: adsSource(),
+		},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{{
+			Name:                 xdsCluster,
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
+			ConnectTimeout:       durationpb.New(time.Second),
+			TypedExtensionProtocolOptions: map[string]*anypb.Any{
+				httpProtocolOptsName: h2,
+			},
+			LoadAssignment: &endpointv3.ClusterLoadAssignment{
+				ClusterName: xdsCluster,
+				Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: socketAddress(host, port),
+					}},
+				}}}},
+			},
+		}}},
+		Admin: &bootstrapv3.Admin{Address: socketAddress("127.0.0.1", 9901)},
+	}
+	if err := b.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	return b, nil
+}

@@ -1,0 +1,49 @@
+package xds
+
+import (
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+)
+
+// ClientKind says which resource shapes a client gets.
+type ClientKind string
+
+const (
+	// KindGRPC clients are proxyless gRPC: api_listener Listeners named after the service port.
+	KindGRPC ClientKind = "grpc"
+	// KindEnvoy clients are Envoy sidecars: socket listeners outbound_<port>.
+	KindEnvoy ClientKind = "envoy"
+)
+
+// ClientMetadataKey is the node metadata key that overrides the detected client kind.
+const ClientMetadataKey = "holdfast.io/client"
+
+// KindOf classifies an xDS node. Node metadata holdfast.io/client (grpc|envoy) wins; otherwise
+// the user agent: gRPC libraries send "gRPC <language>", Envoy sends "envoy". Anything else is
+// served as Envoy, and reported as unknown so that it can be counted and logged.
+func KindOf(node *corev3.Node) (kind ClientKind, known bool) {
+	switch ClientKind(node.GetMetadata().GetFields()[ClientMetadataKey].GetStringValue()) {
+	case KindGRPC:
+		return KindGRPC, true
+	case KindEnvoy:
+		return KindEnvoy, true
+	}
+	ua := node.GetUserAgentName()
+	switch {
+	case strings.HasPrefix(ua, "gRPC "):
+		return KindGRPC, true
+	case ua == "envoy":
+		return KindEnvoy, true
+	}
+	return KindEnvoy, false
+}
+
+// kindHash groups clients by kind in go-control-plane's snapshot cache: every client of a kind
+// shares one snapshot.
+type kindHash struct{}
+
+func (kindHash) ID(node *corev3.Node) string {
+	k, _ := KindOf(node)
+	return string(k)
+}

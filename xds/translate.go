@@ -1,0 +1,293 @@
+package xds
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/holdfast/holdfast/resolver"
+)
+
+const (
+	connectTimeout       = 2 * time.Second
+	httpProtocolOptsName = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+)
+
+// Translator turns the plain-Go model into xDS resources. It is pure: the same input gives the
+// same resources, byte for byte.
+type Translator struct {
+	Naming Naming
+	// EnvoyListenAddress is the address Envoy's outbound_<port> listeners bind to.
+	EnvoyListenAddress string
+}
+
+// serviceResources are the resources of one service, built once per *resolver.Service.
+type serviceResources struct {
+	src   *resolver.Service
+	ports []portResources
+}
+
+// portResources are the resources of one service port.
+type portResources struct {
+	port         int32
+	cluster      *clusterv3.Cluster
+	assignment   *endpointv3.ClusterLoadAssignment
+	grpcListener *listenerv3.Listener
+	grpcRoute    *routev3.RouteConfiguration
+	envoyVHost   *routev3.VirtualHost
+}
+
+// translateService builds and validates every resource of one service. A service whose
+// resources fail validation is returned as an error and not published.
+func (t *Translator) translateService(s *resolver.Service) (*serviceResources, error) {
+	out := &serviceResources{src: s, ports: make([]portResources, 0, len(s.Ports))}
+	for i := range s.Ports {
+		p := &s.Ports[i]
+		name := t.Naming.Resource(s.Key, p.Port)
+		cluster, err := cluster(name, p)
+		if err != nil {
+			return nil, err
+		}
+		listener, err := grpcListener(name)
+		if err != nil {
+			return nil, err
+		}
+		pr := portResources{
+			port:         p.Port,
+			cluster:      cluster,
+			assignment:   assignment(name, p.Endpoints),
+			grpcListener: listener,
+			grpcRoute:    routeConfig(name, []*routev3.VirtualHost{virtualHost(name, []string{"*"}, name)}),
+			envoyVHost:   virtualHost(name, t.Naming.Domains(s.Key, p.Port), name),
+		}
+		for _, m := range []validator{pr.cluster, pr.assignment, pr.grpcListener, pr.grpcRoute, pr.envoyVHost} {
+			if err := m.ValidateAll(); err != nil {
+				return nil, fmt.Errorf("service %s port %d: %w", s.Key, p.Port, err)
+			}
+		}
+		out.ports = append(out.ports, pr)
+	}
+	return out, nil
+}
+
+type validator interface{ ValidateAll() error }
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+func toAny(m proto.Message) (*anypb.Any, error) {
+	a, err := anypb.New(m)
+	if err != nil {
+		return nil, fmt.Errorf("xds: marshal %T: %w", m, err)
+	}
+	return a, nil
+}
+
+// cluster is an EDS cluster over ADS. For Envoy it also says how to speak to the upstream:
+// HTTP/2 when the port declares it, otherwise the protocol the downstream request used.
+func cluster(name string, p *resolver.Port) (*clusterv3.Cluster, error) {
+	opts := &upstreamhttpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+			UseDownstreamProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+				HttpProtocolOptions:  &corev3.Http1ProtocolOptions{},
+				Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+			},
+		},
+	}
+	if speaksHTTP2(p) {
+		opts.UpstreamProtocolOptions = &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+				},
+			},
+		}
+	}
+	optsAny, err := toAny(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			httpProtocolOptsName: optsAny,
+		},
+	}, nil
+}
+
+// speaksHTTP2 reads the port's appProtocol, falling back to the port-name convention
+// ("grpc", "grpc-web", "http2", "h2c" prefixes) that meshes use.
+func speaksHTTP2(p *resolver.Port) bool {
+	switch strings.ToLower(p.AppProtocol) {
+	case "kubernetes.io/h2c", "grpc", "http2", "h2c":
+		return true
+	case "":
+	default:
+		return false
+	}
+	n := strings.ToLower(p.Name)
+	for _, prefix := range []string{"grpc", "http2", "h2c"} {
+		if n == prefix || strings.HasPrefix(n, prefix+"-") {
+			return true
+		}
+	}
+	return false
+}
+
+// assignment groups endpoints into localities by zone. Ready endpoints are HEALTHY; serving
+// endpoints that are terminating are DRAINING (grpc-go skips them, Envoy drains them); the rest
+// are left out. A port with no usable endpoint gets an empty assignment: clients then fail fast.
+func assignment(name string, eps []resolver.Endpoint) *endpointv3.ClusterLoadAssignment {
+	byZone := map[string][]*endpointv3.LbEndpoint{}
+	for _, e := range eps {
+		var hs corev3.HealthStatus
+		switch e.Health() {
+		case resolver.Healthy:
+			hs = corev3.HealthStatus_HEALTHY
+		case resolver.Draining:
+			hs = corev3.HealthStatus_DRAINING
+		default:
+			continue
+		}
+		lb := &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address:  socketAddress(e.Address, uint32(e.Port)),
+				Hostname: e.Hostname,
+			}},
+			HealthStatus: hs,
+		}
+		byZone[e.Zone] = append(byZone[e.Zone], lb)
+	}
+	zones := make([]string, 0, len(byZone))
+	for z := range byZone {
+		zones = append(zones, z)
+	}
+	slices.Sort(zones)
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: make([]*endpointv3.LocalityLbEndpoints, 0, len(zones))}
+	for _, z := range zones {
+		lbs := byZone[z]
+		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
+			Locality:    &corev3.Locality{Zone: z},
+			LbEndpoints: lbs,
+			// grpc-go ignores localities without a weight; weigh them by size so that every
+			// endpoint gets an equal share whatever its zone.
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(len(lbs))),
+		})
+	}
+	return cla
+}
+
+func socketAddress(addr string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Protocol:      corev3.SocketAddress_TCP,
+		Address:       addr,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// httpConnectionManager routes through RDS over ADS with the router filter last (gRPC requires it).
+func httpConnectionManager(statPrefix, routeName string) (*anypb.Any, error) {
+	router, err := toAny(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	return toAny(&hcmv3.HttpConnectionManager{
+		StatPrefix: statPrefix,
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: routeName,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       wellknown.Router,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
+		}},
+	})
+}
+
+// grpcListener is the api_listener a proxyless gRPC client resolves "xds:///<name>" with. Envoy
+// accepts api_listener only from its bootstrap, so this is never sent to Envoy clients.
+func grpcListener(name string) (*listenerv3.Listener, error) {
+	hcm, err := httpConnectionManager(name, name)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{Name: name, ApiListener: &listenerv3.ApiListener{ApiListener: hcm}}, nil
+}
+
+// envoyListener is the socket listener "outbound_<port>" an Envoy sidecar routes a port through.
+func envoyListener(addr string, port int32) (*listenerv3.Listener, error) {
+	name := Outbound(port)
+	hcm, err := httpConnectionManager(name, name)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: socketAddress(addr, uint32(port)),
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       wellknown.HTTPConnectionManager,
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm},
+			}},
+		}},
+	}, nil
+}
+
+func virtualHost(name string, domains []string, cluster string) *routev3.VirtualHost {
+	return &routev3.VirtualHost{
+		Name:    name,
+		Domains: domains,
+		Routes: []*routev3.Route{{
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}},
+		}},
+	}
+}
+
+func routeConfig(name string, vhosts []*routev3.VirtualHost) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{Name: name, VirtualHosts: vhosts}
+}
+
+// envoyPortResources builds the outbound_<port> listener and route configuration shared by
+// every service with that port number, one virtual host per service (sorted by name).
+func (t *Translator) envoyPortResources(port int32, vhosts []*routev3.VirtualHost) (*listenerv3.Listener, *routev3.RouteConfiguration, error) {
+	vhosts = slices.Clone(vhosts)
+	slices.SortFunc(vhosts, func(a, b *routev3.VirtualHost) int { return cmp.Compare(a.Name, b.Name) })
+	l, err := envoyListener(t.EnvoyListenAddress, port)
+	if err != nil {
+		return nil, nil, err
+	}
+	rc := routeConfig(Outbound(port), vhosts)
+	if err := l.ValidateAll(); err != nil {
+		return nil, nil, fmt.Errorf("listener %s: %w", l.Name, err)
+	}
+	if err := rc.ValidateAll(); err != nil {
+		return nil, nil, fmt.Errorf("route %s: %w", rc.Name, err)
+	}
+	return l, rc, nil
+}
