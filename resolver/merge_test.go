@@ -1,0 +1,188 @@
+package resolver
+
+import (
+	"reflect"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func svc(ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec:       corev1.ServiceSpec{Ports: ports, ClusterIP: "10.0.0.1"},
+	}
+}
+
+type ep struct {
+	addrs                       []string
+	ready, serving, terminating *bool
+	zone                        string
+}
+
+func slice(name string, at discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...ep) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: at,
+		Ports:       ports,
+	}
+	for _, e := range eps {
+		de := discoveryv1.Endpoint{Addresses: e.addrs, Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Serving: e.serving, Terminating: e.terminating}}
+		if e.zone != "" {
+			de.Zone = ptr(e.zone)
+		}
+		s.Endpoints = append(s.Endpoints, de)
+	}
+	return s
+}
+
+func port(name string, p int32) discoveryv1.EndpointPort {
+	return discoveryv1.EndpointPort{Name: ptr(name), Port: ptr(p), Protocol: ptr(corev1.ProtocolTCP)}
+}
+
+func TestBuildService(t *testing.T) {
+	yes, no := ptr(true), ptr(false)
+	httpPort := corev1.ServicePort{Name: "http", Port: 80}
+	v4 := discoveryv1.AddressTypeIPv4
+	tests := []struct {
+		name   string
+		svc    *corev1.Service
+		slices []*discoveryv1.EndpointSlice
+		want   *Service
+	}{
+		{
+			name: "two slices merge, sorted, target ports from the slices",
+			svc:  svc(httpPort),
+			slices: []*discoveryv1.EndpointSlice{
+				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.2"}, ready: yes, zone: "z1"}),
+				slice("b", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.1"}, ready: yes, zone: "z2"}),
+			},
+			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+				{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true, Zone: "z2"},
+				{Address: "10.1.0.2", Port: 8080, Ready: true, Serving: true, Zone: "z1"},
+			}}}},
+		},
+		{
+			name: "nil conditions default to ready and serving",
+			svc:  svc(httpPort),
+			slices: []*discoveryv1.EndpointSlice{
+				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.1"}}),
+			},
+			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+				{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true},
+			}}}},
+		},
+		{
+			name: "not ready and terminating conditions are kept as reported",
+			svc:  svc(httpPort),
+			slices: []*discoveryv1.EndpointSlice{
+				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080)},
+					ep{addrs: []string{"10.1.0.1"}, ready: no},
+					ep{addrs: []string{"10.1.0.2"}, ready: no, serving: yes, terminating: yes}),
+			},
+			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+				{Address: "10.1.0.1", Port: 8080},
+				{Address: "10.1.0.2", Port: 8080, Serving: true, Terminating: true},
+			}}}},
+		},
+		{
+			name: "the same address in two slices is listed once, ready wins",
+			svc:  svc(httpPort),
+			slices: []*discoveryv1.EndpointSlice{
+				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.1"}, ready: no}),
+				slice("b", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.1"}, ready: yes}),
+			},
+			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+				{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true},
+			}}}},
+		},
+		{
+			name: "slice ports match service ports by name; unmatched slices give nothing",
+			svc:  svc(corev1.ServicePort{Name: "grpc", Port: 9000}, httpPort),
+			slices: []*discoveryv1.EndpointSlice{
+				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080), port("grpc", 9090)}, ep{addrs: []string{"10.1.0.1"}}),
+				slice("b", v4, []discoveryv1.EndpointPort{port("metrics", 9100)}, ep{addrs: []string{"10.1.0.9"}}),
+			},
+			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{
+				{Name: "http", Port: 80, Endpoints: []Endpoint{{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true}}},
+				{Name: "grpc", Port: 9000, Endpoints: []Endpoint{{Address: "10.1.0.1", Port: 9090, Ready: true, Serving: true}}},
+			}},
+		},
+		{
+			name: "addresses not matching the slice's type, and FQDN slices, are skipped",
+			svc:  svc(httpPort),
+			slices: []*discoveryv1.EndpointSlice{
+				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"fd00::1", "not-an-ip", "10.1.0.1"}}),
+				slice("b", discoveryv1.AddressTypeFQDN, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"db.example.com"}}),
+				slice("c", discoveryv1.AddressTypeIPv6, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"fd00::2"}}),
+			},
+			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+				{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true},
+				{Address: "fd00::2", Port: 8080, Ready: true, Serving: true},
+			}}}},
+		},
+		{
+			name: "a service without slices keeps its ports with no endpoints",
+			svc:  svc(httpPort),
+			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80}}},
+		},
+		{
+			name: "UDP ports are not served",
+			svc:  svc(corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}, httpPort),
+			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80}}},
+		},
+		{
+			name: "ExternalName services are not served",
+			svc: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com", Ports: []corev1.ServicePort{httpPort}}},
+			want: nil,
+		},
+		{
+			name: "headless services are served",
+			svc: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+				Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "http", Port: 80, AppProtocol: ptr("kubernetes.io/h2c")}}}},
+			want: &Service{Key: Key{"ns", "web"}, Headless: true, Ports: []Port{{Name: "http", Port: 80, AppProtocol: "kubernetes.io/h2c"}}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := buildService(tt.svc, tt.slices)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("buildService:\n got  %+v\n want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestEndpointHealth(t *testing.T) {
+	tests := []struct {
+		e    Endpoint
+		want Health
+	}{
+		{Endpoint{Ready: true, Serving: true}, Healthy},
+		{Endpoint{Ready: false, Serving: true, Terminating: true}, Draining},
+		{Endpoint{Ready: false, Serving: false, Terminating: true}, Excluded},
+		{Endpoint{Ready: false, Serving: true}, Excluded},
+		{Endpoint{}, Excluded},
+	}
+	for _, tt := range tests {
+		if got := tt.e.Health(); got != tt.want {
+			t.Errorf("%+v.Health() = %v, want %v", tt.e, got, tt.want)
+		}
+	}
+}
+
+func TestHostPort(t *testing.T) {
+	for in, want := range map[Endpoint]string{
+		{Address: "10.0.0.1", Port: 80}: "10.0.0.1:80",
+		{Address: "fd00::1", Port: 443}: "[fd00::1]:443",
+	} {
+		if got := in.HostPort(); got != want {
+			t.Errorf("HostPort(%v) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,302 @@
+package xds
+
+import (
+	"strings"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/resolver"
+)
+
+var testTranslator = Translator{Naming: Naming{Domain: "cluster.local"}, EnvoyListenAddress: "127.0.0.1"}
+
+func TestNaming(t *testing.T) {
+	n := Naming{Domain: "example.org"}
+	k := resolver.Key{Namespace: "shop", Name: "cart"}
+	if got, want := n.Resource(k, 8080), "cart.shop.svc.example.org:8080"; got != want {
+		t.Errorf("Resource = %q, want %q", got, want)
+	}
+	want := []string{"cart.shop.svc.example.org", "cart.shop.svc.example.org:80", "cart.shop.svc", "cart.shop.svc:80", "cart.shop", "cart.shop:80"}
+	if got := n.Domains(k, 80); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("Domains = %v, want %v", got, want)
+	}
+	if got := Outbound(443); got != "outbound_443" {
+		t.Errorf("Outbound = %q", got)
+	}
+}
+
+func TestAssignment(t *testing.T) {
+	eps := []resolver.Endpoint{
+		{Address: "10.0.0.1", Port: 8080, Ready: true, Serving: true, Zone: "b"},
+		{Address: "10.0.0.2", Port: 8080, Ready: true, Serving: true, Zone: "a"},
+		{Address: "10.0.0.3", Port: 8080, Serving: true, Terminating: true, Zone: "a"},
+		{Address: "10.0.0.4", Port: 8080, Zone: "a"}, // not serving: left out
+		{Address: "fd00::5", Port: 8080, Ready: true, Serving: true, Zone: "a"},
+	}
+	cla := assignment("svc", eps)
+	if err := cla.ValidateAll(); err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		zone, addr string
+		health     corev3.HealthStatus
+	}
+	var got []row
+	for _, l := range cla.Endpoints {
+		if w := l.LoadBalancingWeight.GetValue(); w != uint32(len(l.LbEndpoints)) {
+			t.Errorf("zone %q weight %d, want %d", l.Locality.Zone, w, len(l.LbEndpoints))
+		}
+		for _, e := range l.LbEndpoints {
+			got = append(got, row{l.Locality.Zone, e.GetEndpoint().Address.GetSocketAddress().Address, e.HealthStatus})
+		}
+	}
+	want := []row{
+		{"a", "10.0.0.2", corev3.HealthStatus_HEALTHY},
+		{"a", "10.0.0.3", corev3.HealthStatus_DRAINING},
+		{"a", "fd00::5", corev3.HealthStatus_HEALTHY},
+		{"b", "10.0.0.1", corev3.HealthStatus_HEALTHY},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("endpoint %d: got %v, want %v", i, got[i], want[i])
+		}
+	}
+	if empty := assignment("svc", nil); len(empty.Endpoints) != 0 || empty.ClusterName != "svc" || empty.ValidateAll() != nil {
+		t.Errorf("zero endpoints must give a valid, empty assignment, got %v", empty)
+	}
+}
+
+func TestSpeaksHTTP2(t *testing.T) {
+	tests := []struct {
+		port resolver.Port
+		want bool
+	}{
+		{resolver.Port{Name: "http"}, false},
+		{resolver.Port{Name: "grpc"}, true},
+		{resolver.Port{Name: "grpc-api"}, true},
+		{resolver.Port{Name: "grpcx"}, false},
+		{resolver.Port{Name: "web", AppProtocol: "kubernetes.io/h2c"}, true},
+		{resolver.Port{Name: "grpc", AppProtocol: "http"}, false},
+		{resolver.Port{Name: "", AppProtocol: "GRPC"}, true},
+	}
+	for _, tt := range tests {
+		if got := speaksHTTP2(&tt.port); got != tt.want {
+			t.Errorf("speaksHTTP2(%+v) = %v, want %v", tt.port, got, tt.want)
+		}
+	}
+}
+
+func testView(services ...*resolver.Service) cache.View {
+	v := cache.View{Services: map[resolver.Key]*resolver.Service{}, Synced: true, Generation: 1}
+	for _, s := range services {
+		v.Services[s.Key] = s
+	}
+	return v
+}
+
+func twoServices() (*resolver.Service, *resolver.Service) {
+	a := &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: "a"}, Ports: []resolver.Port{
+		{Name: "http", Port: 80, Endpoints: []resolver.Endpoint{{Address: "10.0.0.1", Port: 8080, Ready: true, Serving: true}}},
+		{Name: "grpc", Port: 9000, Endpoints: []resolver.Endpoint{{Address: "10.0.0.1", Port: 9090, Ready: true, Serving: true}}},
+	}}
+	b := &resolver.Service{Key: resolver.Key{Namespace: "other", Name: "b"}, Ports: []resolver.Port{{Name: "http", Port: 80}}}
+	return a, b
+}
+
+func assembleView(t *testing.T, v cache.View) map[ClientKind]map[resourcev3.Type][]types.Resource {
+	t.Helper()
+	p, err := NewPublisher(PublisherOptions{Translator: testTranslator}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.update(v)
+	sets, err := p.assemble()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sets
+}
+
+func resourceNames(rs []types.Resource) []string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, nameOf(r))
+	}
+	return out
+}
+
+func nameOf(r types.Resource) string {
+	switch m := r.(type) {
+	case *listenerv3.Listener:
+		return m.Name
+	case *routev3.RouteConfiguration:
+		return m.Name
+	case *clusterv3.Cluster:
+		return m.Name
+	case *endpointv3.ClusterLoadAssignment:
+		return m.ClusterName
+	}
+	return "?"
+}
+
+func TestAssembleByClientKind(t *testing.T) {
+	a, b := twoServices()
+	sets := assembleView(t, testView(a, b))
+	grpcSet, envoySet := sets[KindGRPC], sets[KindEnvoy]
+
+	wantShared := "a.ns.svc.cluster.local:80,a.ns.svc.cluster.local:9000,b.other.svc.cluster.local:80"
+	for _, kind := range []ClientKind{KindGRPC, KindEnvoy} {
+		for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType} {
+			if got := strings.Join(resourceNames(sets[kind][typ]), ","); got != wantShared {
+				t.Errorf("%s %s = %s, want %s", kind, typ, got, wantShared)
+			}
+		}
+		if err := checkReferences(sets[kind]); err != nil {
+			t.Errorf("%s references: %v", kind, err)
+		}
+		for typ, rs := range sets[kind] {
+			for _, r := range rs {
+				if err := r.(validator).ValidateAll(); err != nil {
+					t.Errorf("%s %s %s: %v", kind, typ, nameOf(r), err)
+				}
+			}
+		}
+	}
+	if got := strings.Join(resourceNames(grpcSet[resourcev3.ListenerType]), ","); got != wantShared {
+		t.Errorf("grpc listeners = %s", got)
+	}
+	if got := strings.Join(resourceNames(envoySet[resourcev3.ListenerType]), ","); got != "outbound_80,outbound_9000" {
+		t.Errorf("envoy listeners = %s", got)
+	}
+	for _, r := range grpcSet[resourcev3.ListenerType] {
+		if r.(*listenerv3.Listener).ApiListener == nil {
+			t.Errorf("grpc listener %s has no api_listener", nameOf(r))
+		}
+	}
+	for _, r := range envoySet[resourcev3.ListenerType] {
+		l := r.(*listenerv3.Listener)
+		if l.ApiListener != nil {
+			t.Errorf("envoy listener %s has an api_listener: Envoy rejects those over LDS", l.Name)
+		}
+		if l.Address.GetSocketAddress().GetAddress() != "127.0.0.1" {
+			t.Errorf("envoy listener %s binds %v", l.Name, l.Address)
+		}
+	}
+	// outbound_80 has one virtual host per service with port 80.
+	for _, r := range envoySet[resourcev3.RouteType] {
+		rc := r.(*routev3.RouteConfiguration)
+		if rc.Name != "outbound_80" {
+			continue
+		}
+		var hosts []string
+		for _, vh := range rc.VirtualHosts {
+			hosts = append(hosts, vh.Name)
+		}
+		if got := strings.Join(hosts, ","); got != "a.ns.svc.cluster.local:80,b.other.svc.cluster.local:80" {
+			t.Errorf("outbound_80 virtual hosts = %s", got)
+		}
+	}
+}
+
+func TestCheckReferences(t *testing.T) {
+	a, _ := twoServices()
+	tests := []struct {
+		name    string
+		mutate  func(map[resourcev3.Type][]types.Resource)
+		wantErr string
+	}{
+		{"complete", func(map[resourcev3.Type][]types.Resource) {}, ""},
+		{"missing route", func(m map[resourcev3.Type][]types.Resource) { m[resourcev3.RouteType] = m[resourcev3.RouteType][1:] }, "route configuration"},
+		{"missing cluster", func(m map[resourcev3.Type][]types.Resource) { m[resourcev3.ClusterType] = m[resourcev3.ClusterType][1:] }, "cluster"},
+		{"missing assignment", func(m map[resourcev3.Type][]types.Resource) { m[resourcev3.EndpointType] = m[resourcev3.EndpointType][1:] }, "load assignment"},
+	}
+	for _, kind := range []ClientKind{KindGRPC, KindEnvoy} {
+		for _, tt := range tests {
+			t.Run(string(kind)+"/"+tt.name, func(t *testing.T) {
+				set := assembleView(t, testView(a))[kind]
+				tt.mutate(set)
+				err := checkReferences(set)
+				switch {
+				case tt.wantErr == "" && err != nil:
+					t.Fatalf("unexpected error: %v", err)
+				case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+					t.Fatalf("error %v, want one mentioning %q", err, tt.wantErr)
+				}
+			})
+		}
+	}
+}
+
+func TestVersionIsContentDerived(t *testing.T) {
+	a, b := twoServices()
+	v1 := assembleView(t, testView(a, b))
+	a2, b2 := twoServices() // equal content, different pointers
+	v2 := assembleView(t, testView(b2, a2))
+	for typ := range v1[KindEnvoy] {
+		if version(v1[KindEnvoy][typ]) != version(v2[KindEnvoy][typ]) {
+			t.Errorf("%s: same content, different versions", typ)
+		}
+	}
+	a2.Ports[0].Endpoints = nil
+	v3 := assembleView(t, testView(a2, b2))
+	if version(v1[KindEnvoy][resourcev3.EndpointType]) == version(v3[KindEnvoy][resourcev3.EndpointType]) {
+		t.Error("an endpoint change must change the endpoint version")
+	}
+	if version(v1[KindEnvoy][resourcev3.ClusterType]) != version(v3[KindEnvoy][resourcev3.ClusterType]) {
+		t.Error("an endpoint change must not change the cluster version")
+	}
+}
+
+func TestInvalidServiceKeepsPreviousResources(t *testing.T) {
+	p, err := NewPublisher(PublisherOptions{Translator: testTranslator}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := twoServices()
+	p.update(testView(a))
+	before := p.built[a.Key]
+	// An empty endpoint address fails Envoy's validation (socket address: min_len 1).
+	bad := &resolver.Service{Key: a.Key, Ports: []resolver.Port{{Name: "http", Port: 80, Endpoints: []resolver.Endpoint{{Address: "", Port: 1, Ready: true}}}}}
+	p.update(testView(bad))
+	if p.built[a.Key] != before {
+		t.Fatal("an invalid translation replaced the service's previous resources")
+	}
+}
+
+func TestKindOf(t *testing.T) {
+	md := func(v string) *structpb.Struct {
+		s, _ := structpb.NewStruct(map[string]any{ClientMetadataKey: v})
+		return s
+	}
+	tests := []struct {
+		node      *corev3.Node
+		want      ClientKind
+		wantKnown bool
+	}{
+		{&corev3.Node{UserAgentName: "gRPC Go"}, KindGRPC, true},
+		{&corev3.Node{UserAgentName: "gRPC Java"}, KindGRPC, true},
+		{&corev3.Node{UserAgentName: "envoy"}, KindEnvoy, true},
+		{&corev3.Node{UserAgentName: "envoy", Metadata: md("grpc")}, KindGRPC, true},
+		{&corev3.Node{UserAgentName: "gRPC Go", Metadata: md("envoy")}, KindEnvoy, true},
+		{&corev3.Node{UserAgentName: "curl"}, KindEnvoy, false},
+		{nil, KindEnvoy, false},
+	}
+	for _, tt := range tests {
+		got, known := KindOf(tt.node)
+		if got != tt.want || known != tt.wantKnown {
+			t.Errorf("KindOf(%v) = %v,%v want %v,%v", tt.node, got, known, tt.want, tt.wantKnown)
+		}
+	}
+}
