@@ -47,7 +47,13 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	snaps := cachev3.NewSnapshotCache(true, kindHash{}, slogAdapter{log: log.With("component", "go-control-plane")})
+	// ads=false on purpose: in ADS mode go-control-plane answers a request that names resources
+	// only if it names every resource of that type in the snapshot. All clients of a kind share
+	// one snapshot, and a gRPC client names only the services it dials, so in ADS mode it would
+	// stop getting updates as soon as a second service exists. Without it, each response carries
+	// exactly the resources the request names. What ads=true adds besides is the order in which
+	// one snapshot's types are pushed (CDS, EDS, LDS, RDS); grpc-go does not depend on it.
+	snaps := cachev3.NewSnapshotCache(false, kindHash{}, slogAdapter{log: log.With("component", "go-control-plane")})
 	// Streams end when this context does, which lets GracefulStop finish.
 	ctx, cancel := context.WithCancel(context.Background())
 	xdsServer := serverv3.NewServer(ctx, snaps, tracker.callbacks())

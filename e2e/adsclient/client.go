@@ -1,0 +1,455 @@
+// Package adsclient is an xDS client that subscribes the way Envoy does, standing in for Envoy
+// in tests (no Envoy binary can be installed here): over one ADS stream, state-of-the-world or
+// Delta, it subscribes to all Clusters and Listeners (wildcard), then to the
+// ClusterLoadAssignments its EDS clusters name and the RouteConfigurations its listeners name.
+// Every resource it receives is checked with ValidateAll(); a response with an invalid resource,
+// or one the test told it to reject, is NACKed, everything else is ACKed.
+package adsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Options configure a Client.
+type Options struct {
+	NodeID string
+	// Delta selects incremental xDS; the default is state-of-the-world.
+	Delta bool
+	// Metadata is added to the node (e.g. holdfast.io/client).
+	Metadata map[string]any
+}
+
+// Resource is one received resource, decoded and validated.
+type Resource struct {
+	Name    string
+	Message proto.Message
+	Version string // Delta: the resource's version; SotW: the response's version
+}
+
+// State is what the client holds now, by type URL then name.
+type State map[string]map[string]Resource
+
+// Stats counts what the client did.
+type Stats struct {
+	Responses map[string]int
+	ACKs      map[string]int
+	NACKs     map[string]int
+	// Invalid lists resources that failed ValidateAll, as "type/name: error".
+	Invalid []string
+	// APIListeners lists Listeners that carried an api_listener (Envoy rejects those over LDS).
+	APIListeners []string
+}
+
+// Client is a connected Envoy-like ADS client.
+type Client struct {
+	// set at construction, read-only
+	opts Options
+	conn *grpc.ClientConn
+	node *corev3.Node
+
+	// guarded by mu
+	mu      sync.Mutex
+	state   State
+	stats   Stats
+	changed chan struct{} // closed and replaced on every change
+	err     error         // set when the stream ends
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// types in the order Envoy subscribes to them.
+var typeOrder = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// Dial connects to addr and starts the subscription in the background.
+func Dial(addr string, opts Options) (*Client, error) {
+	if opts.NodeID == "" {
+		return nil, errors.New("adsclient: a node id is required")
+	}
+	md, err := structpb.NewStruct(opts.Metadata)
+	if err != nil {
+		return nil, fmt.Errorf("adsclient: metadata: %w", err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("adsclient: dial %s: %w", addr, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Client{
+		opts:    opts,
+		conn:    conn,
+		node:    &corev3.Node{Id: opts.NodeID, Cluster: "test", UserAgentName: "envoy", Metadata: md},
+		state:   State{},
+		stats:   Stats{Responses: map[string]int{}, ACKs: map[string]int{}, NACKs: map[string]int{}},
+		changed: make(chan struct{}),
+		cancel:  cancel,
+		done:    make(chan struct{}),
+	}
+	for _, t := range typeOrder {
+		c.state[t] = map[string]Resource{}
+	}
+	go func() {
+		defer close(c.done)
+		var err error
+		if opts.Delta {
+			err = c.runDelta(ctx)
+		} else {
+			err = c.runSotW(ctx)
+		}
+		c.mu.Lock()
+		c.err = err
+		c.notifyLocked()
+		c.mu.Unlock()
+	}()
+	return c, nil
+}
+
+// Close ends the stream and the connection.
+func (c *Client) Close() error {
+	c.cancel()
+	<-c.done
+	return c.conn.Close()
+}
+
+// State returns a copy of what the client holds.
+func (c *Client) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := State{}
+	for t, m := range c.state {
+		out[t] = maps.Clone(m)
+	}
+	return out
+}
+
+// Stats returns a copy of the client's counters.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Stats{
+		Responses: maps.Clone(c.stats.Responses), ACKs: maps.Clone(c.stats.ACKs), NACKs: maps.Clone(c.stats.NACKs),
+		Invalid: slices.Clone(c.stats.Invalid), APIListeners: slices.Clone(c.stats.APIListeners),
+	}
+}
+
+// WaitFor blocks until cond holds for the client's state, the stream fails, or ctx is done.
+func (c *Client) WaitFor(ctx context.Context, cond func(State) bool) error {
+	for {
+		c.mu.Lock()
+		ch, err := c.changed, c.err
+		c.mu.Unlock()
+		if cond(c.State()) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("adsclient: stream ended: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+func (c *Client) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// decode unmarshals and validates one resource. Envoy rejects a whole response if any resource
+// in it is invalid, so the caller NACKs on any error.
+func (c *Client) decode(typeURL string, a *anypb.Any) (Resource, error) {
+	if a.GetTypeUrl() != typeURL {
+		return Resource{}, fmt.Errorf("resource of type %s in a %s response", a.GetTypeUrl(), typeURL)
+	}
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		return Resource{}, err
+	}
+	v, ok := m.(interface{ ValidateAll() error })
+	if !ok {
+		return Resource{}, fmt.Errorf("%T has no validation", m)
+	}
+	name := resourceName(m)
+	if err := v.ValidateAll(); err != nil {
+		c.mu.Lock()
+		c.stats.Invalid = append(c.stats.Invalid, fmt.Sprintf("%s/%s: %v", typeURL, name, err))
+		c.mu.Unlock()
+		return Resource{}, fmt.Errorf("%s %s: %w", typeURL, name, err)
+	}
+	if l, ok := m.(*listenerv3.Listener); ok && l.ApiListener != nil {
+		c.mu.Lock()
+		c.stats.APIListeners = append(c.stats.APIListeners, l.Name)
+		c.mu.Unlock()
+		return Resource{}, fmt.Errorf("listener %s: api_listener is accepted only from the bootstrap", l.Name)
+	}
+	return Resource{Name: name, Message: m}, nil
+}
+
+func resourceName(m proto.Message) string {
+	switch r := m.(type) {
+	case *clusterv3.Cluster:
+		return r.Name
+	case *endpointv3.ClusterLoadAssignment:
+		return r.ClusterName
+	case *listenerv3.Listener:
+		return r.Name
+	case *routev3.RouteConfiguration:
+		return r.Name
+	}
+	return ""
+}
+
+// dependents returns the EDS and RDS names the client's clusters and listeners refer to.
+func dependents(s State) (eds, rds []string) {
+	for _, r := range s[resourcev3.ClusterType] {
+		cl := r.Message.(*clusterv3.Cluster)
+		if cl.GetType() == clusterv3.Cluster_EDS {
+			n := cl.GetEdsClusterConfig().GetServiceName()
+			if n == "" {
+				n = cl.Name
+			}
+			eds = append(eds, n)
+		}
+	}
+	for _, r := range s[resourcev3.ListenerType] {
+		for _, fc := range r.Message.(*listenerv3.Listener).FilterChains {
+			for _, f := range fc.Filters {
+				var hcm hcmv3.HttpConnectionManager
+				if f.GetTypedConfig().UnmarshalTo(&hcm) == nil && hcm.GetRds() != nil {
+					rds = append(rds, hcm.GetRds().GetRouteConfigName())
+				}
+			}
+		}
+	}
+	slices.Sort(eds)
+	slices.Sort(rds)
+	return slices.Compact(eds), slices.Compact(rds)
+}
+
+func nackStatus(err error) *statuspb.Status {
+	return &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+}
+
+// runSotW runs a state-of-the-world ADS stream until ctx is done or the stream fails.
+func (c *Client) runSotW(ctx context.Context) error {
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(c.conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	// Per type: the last accepted version and the names subscribed to (nil = wildcard).
+	accepted := map[string]string{}
+	subscribed := map[string][]string{}
+	first := true
+	send := func(typeURL, version, nonce string, names []string, nack error) error {
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: typeURL, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names}
+		if first {
+			req.Node, first = c.node, false
+		}
+		if nack != nil {
+			req.ErrorDetail = nackStatus(nack)
+		}
+		return stream.Send(req)
+	}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if err := send(t, "", "", nil, nil); err != nil {
+			return err
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		t := resp.GetTypeUrl()
+		decoded, derr := c.decodeAll(t, resp.GetResources())
+		c.mu.Lock()
+		c.stats.Responses[t]++
+		if derr != nil {
+			c.stats.NACKs[t]++
+		} else {
+			c.stats.ACKs[t]++
+			next := map[string]Resource{}
+			for _, r := range decoded {
+				r.Version = resp.GetVersionInfo()
+				next[r.Name] = r
+			}
+			c.state[t] = next
+		}
+		snapshot := c.stateLocked()
+		c.notifyLocked()
+		c.mu.Unlock()
+		if derr != nil {
+			if err := send(t, accepted[t], resp.GetNonce(), subscribed[t], derr); err != nil {
+				return err
+			}
+			continue
+		}
+		accepted[t] = resp.GetVersionInfo()
+		if err := send(t, accepted[t], resp.GetNonce(), subscribed[t], nil); err != nil {
+			return err
+		}
+		// Follow references the way Envoy does: clusters → assignments, listeners → routes.
+		eds, rds := dependents(snapshot)
+		for dt, names := range map[string][]string{resourcev3.EndpointType: eds, resourcev3.RouteType: rds} {
+			if _, ok := subscribed[dt]; ok && slices.Equal(subscribed[dt], names) {
+				continue
+			}
+			if len(names) == 0 && subscribed[dt] == nil {
+				continue
+			}
+			subscribed[dt] = names
+			if err := send(dt, accepted[dt], "", names, nil); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (c *Client) decodeAll(typeURL string, as []*anypb.Any) ([]Resource, error) {
+	var out []Resource
+	var errs []error
+	for _, a := range as {
+		r, err := c.decode(typeURL, a)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, errors.Join(errs...)
+}
+
+func (c *Client) stateLocked() State {
+	out := State{}
+	for t, m := range c.state {
+		out[t] = maps.Clone(m)
+	}
+	return out
+}
+
+// runDelta runs an incremental ADS stream until ctx is done or the stream fails.
+func (c *Client) runDelta(ctx context.Context) error {
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(c.conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	first := true
+	send := func(req *discoveryv3.DeltaDiscoveryRequest) error {
+		if first {
+			req.Node, first = c.node, false
+		}
+		return stream.Send(req)
+	}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		// An empty subscription on the first request of a type is a wildcard subscription.
+		if err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t}); err != nil {
+			return err
+		}
+	}
+	subscribed := map[string]map[string]bool{resourcev3.EndpointType: {}, resourcev3.RouteType: {}}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		t := resp.GetTypeUrl()
+		var decoded []Resource
+		var errs []error
+		for _, r := range resp.GetResources() {
+			d, err := c.decode(t, r.GetResource())
+			if err == nil && d.Name != r.GetName() {
+				err = fmt.Errorf("resource named %q carries %q", r.GetName(), d.Name)
+			}
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			d.Version = r.GetVersion()
+			decoded = append(decoded, d)
+		}
+		derr := errors.Join(errs...)
+		c.mu.Lock()
+		c.stats.Responses[t]++
+		if derr != nil {
+			c.stats.NACKs[t]++
+		} else {
+			c.stats.ACKs[t]++
+			for _, d := range decoded {
+				c.state[t][d.Name] = d
+			}
+			for _, n := range resp.GetRemovedResources() {
+				delete(c.state[t], n)
+			}
+		}
+		snapshot := c.stateLocked()
+		c.notifyLocked()
+		c.mu.Unlock()
+		ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
+		if derr != nil {
+			ack.ErrorDetail = nackStatus(derr)
+		}
+		if err := send(ack); err != nil {
+			return err
+		}
+		if derr != nil {
+			continue
+		}
+		eds, rds := dependents(snapshot)
+		for dt, names := range map[string][]string{resourcev3.EndpointType: eds, resourcev3.RouteType: rds} {
+			want := map[string]bool{}
+			for _, n := range names {
+				want[n] = true
+			}
+			var sub, unsub []string
+			for n := range want {
+				if !subscribed[dt][n] {
+					sub = append(sub, n)
+				}
+			}
+			for n := range subscribed[dt] {
+				if !want[n] {
+					unsub = append(unsub, n)
+				}
+			}
+			if len(sub) == 0 && len(unsub) == 0 {
+				continue
+			}
+			subscribed[dt] = want
+			if len(unsub) > 0 {
+				c.mu.Lock()
+				for _, n := range unsub {
+					delete(c.state[dt], n)
+				}
+				c.mu.Unlock()
+			}
+			slices.Sort(sub)
+			slices.Sort(unsub)
+			if err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: dt, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}); err != nil {
+				return err
+			}
+		}
+	}
+}

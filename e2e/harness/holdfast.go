@@ -1,0 +1,173 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Holdfast is a running holdfast process.
+type Holdfast struct {
+	// set by StartHoldfast, read-only
+	XDSAddr  string
+	HTTPAddr string
+	LogPath  string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	exitErr  error // valid after done is closed
+}
+
+// StartHoldfast runs bin with the given kubeconfig and extra flags, on free loopback ports, and
+// waits until /readyz says ready.
+func StartHoldfast(ctx context.Context, bin, logDir, kubeconfig string, extra ...string) (*Holdfast, error) {
+	h, err := RunHoldfast(bin, logDir, kubeconfig, extra...)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.WaitReady(ctx); err != nil {
+		h.Kill()
+		return nil, err
+	}
+	return h, nil
+}
+
+// RunHoldfast starts Holdfast like StartHoldfast but does not wait for anything.
+func RunHoldfast(bin, logDir, kubeconfig string, extra ...string) (*Holdfast, error) {
+	ports, err := FreePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	h := &Holdfast{
+		XDSAddr:  "127.0.0.1:" + strconv.Itoa(ports[0]),
+		HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
+		done:     make(chan struct{}),
+	}
+	logf, err := os.CreateTemp(logDir, "holdfast-*.log")
+	if err != nil {
+		return nil, err
+	}
+	h.LogPath = logf.Name()
+	args := append([]string{"--kubeconfig", kubeconfig, "--xds-listen", h.XDSAddr, "--http-listen", h.HTTPAddr}, extra...)
+	h.cmd = exec.Command(bin, args...)
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := h.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("harness: start holdfast: %w", err)
+	}
+	go func() { h.exitErr = h.cmd.Wait(); logf.Close(); close(h.done) }()
+	return h, nil
+}
+
+// WaitReady polls /readyz until it answers 200, the process exits, or ctx is done.
+func (h *Holdfast) WaitReady(ctx context.Context) error {
+	for {
+		code, body, err := h.get(ctx, "/readyz")
+		if err == nil && code == http.StatusOK {
+			return nil
+		}
+		select {
+		case <-h.done:
+			return fmt.Errorf("harness: holdfast exited (%v) before it was ready:\n%s", h.exitErr, h.LogTail(30))
+		case <-ctx.Done():
+			return fmt.Errorf("harness: holdfast not ready (last: %d %s %v): %w\n%s", code, body, err, ctx.Err(), h.LogTail(30))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (h *Holdfast) get(ctx context.Context, path string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.HTTPAddr+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// Get fetches a path of Holdfast's HTTP endpoint (/readyz, /metrics, ...).
+func (h *Holdfast) Get(ctx context.Context, path string) (int, string, error) { return h.get(ctx, path) }
+
+// Metric returns the value of the first sample of /metrics whose line starts with series (a
+// metric name, optionally with its labels in exposition order).
+func (h *Holdfast) Metric(ctx context.Context, series string) (float64, error) {
+	_, body, err := h.get(ctx, "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, series+" ") {
+			return strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, series)), 64)
+		}
+	}
+	return 0, fmt.Errorf("harness: metric %s not found", series)
+}
+
+// Terminate sends SIGTERM and waits for the exit, returning the exit error (nil for exit 0).
+func (h *Holdfast) Terminate(timeout time.Duration) error {
+	_ = h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.done:
+		return h.exitErr
+	case <-time.After(timeout):
+		h.Kill()
+		return errors.New("harness: holdfast did not exit after SIGTERM")
+	}
+}
+
+// Kill sends SIGKILL and waits for the exit.
+func (h *Holdfast) Kill() {
+	_ = h.cmd.Process.Kill()
+	<-h.done
+}
+
+// LogTail returns the last n lines of Holdfast's log.
+func (h *Holdfast) LogTail(n int) string {
+	b, err := os.ReadFile(h.LogPath)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return filepath.Base(h.LogPath) + ":\n" + strings.Join(lines, "\n")
+}
+
+// FreePorts returns n loopback TCP ports that were free a moment ago.
+func FreePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
