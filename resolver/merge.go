@@ -16,7 +16,7 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *Ser
 		return nil
 	}
 	out := &Service{
-		Key:             Key{Namespace: svc.Namespace, Name: svc.Name},
+		Key:      Key{Namespace: svc.Namespace, Name: svc.Name},
 		Headless: svc.Spec.ClusterIP == corev1.ClusterIPNone,
 	}
 	for _, sp := range svc.Spec.Ports {

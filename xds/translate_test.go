@@ -219,8 +219,12 @@ func TestCheckReferences(t *testing.T) {
 	}{
 		{"complete", func(map[resourcev3.Type][]types.Resource) {}, ""},
 		{"missing route", func(m map[resourcev3.Type][]types.Resource) { m[resourcev3.RouteType] = m[resourcev3.RouteType][1:] }, "route configuration"},
-		{"missing cluster", func(m map[resourcev3.Type][]types.Resource) { m[resourcev3.ClusterType] = m[resourcev3.ClusterType][1:] }, "cluster"},
-		{"missing assignment", func(m map[resourcev3.Type][]types.Resource) { m[resourcev3.EndpointType] = m[resourcev3.EndpointType][1:] }, "load assignment"},
+		{"missing cluster", func(m map[resourcev3.Type][]types.Resource) {
+			m[resourcev3.ClusterType] = m[resourcev3.ClusterType][1:]
+		}, "cluster"},
+		{"missing assignment", func(m map[resourcev3.Type][]types.Resource) {
+			m[resourcev3.EndpointType] = m[resourcev3.EndpointType][1:]
+		}, "load assignment"},
 	}
 	for _, kind := range []ClientKind{KindGRPC, KindEnvoy} {
 		for _, tt := range tests {

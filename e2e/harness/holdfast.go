@@ -102,7 +102,9 @@ func (h *Holdfast) get(ctx context.Context, path string) (int, string, error) {
 }
 
 // Get fetches a path of Holdfast's HTTP endpoint (/readyz, /metrics, ...).
-func (h *Holdfast) Get(ctx context.Context, path string) (int, string, error) { return h.get(ctx, path) }
+func (h *Holdfast) Get(ctx context.Context, path string) (int, string, error) {
+	return h.get(ctx, path)
+}
 
 // Metric returns the value of the first sample of /metrics whose line starts with series (a
 // metric name, optionally with its labels in exposition order).
