@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -87,11 +88,17 @@ func EnvoyBootstrap(o BootstrapOptions) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(b)
+	raw, err := protojson.Marshal(b)
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
-	return append(out, '\n'), nil
+	// protojson varies its whitespace on purpose; re-indent for output that is stable byte for byte.
+	var out bytes.Buffer
+	if err := json.Indent(&out, raw, "", "  "); err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	out.WriteByte('\n')
+	return out.Bytes(), nil
 }
 
 // EnvoyBootstrapProto is EnvoyBootstrap as a proto.

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	xdsgrpc "google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+)
+
+func TestBadFlagsExit2(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"unknown flag", []string{"--no-such-flag"}, "flag provided but not defined"},
+		{"bad listen address", []string{"--xds-listen", "nonsense"}, "--xds-listen"},
+		{"bad namespace", []string{"--namespaces", "ok,Not_A_Namespace"}, "--namespaces"},
+		{"bad cluster domain", []string{"--cluster-domain", "under_score"}, "--cluster-domain"},
+		{"bad envoy address", []string{"--envoy-listen-address", "localhost"}, "--envoy-listen-address"},
+		{"bad log format", []string{"--log-format", "xml"}, "--log-format"},
+		{"bad log level", []string{"--log-level", "loud"}, "--log-level"},
+		{"negative grace", []string{"--shutdown-grace", "-1s"}, "--shutdown-grace"},
+		{"stray argument", []string{"serve"}, "unexpected argument"},
+		{"bootstrap without kind", []string{"bootstrap", "--node-id", "n", "--server", "h:1"}, "--grpc and --envoy"},
+		{"bootstrap with both kinds", []string{"bootstrap", "--grpc", "--envoy", "--node-id", "n", "--server", "h:1"}, "--grpc and --envoy"},
+		{"bootstrap without node id", []string{"bootstrap", "--grpc", "--server", "h:1"}, "node id"},
+		{"bootstrap with a bad server", []string{"bootstrap", "--envoy", "--node-id", "n", "--server", "h:99999"}, "port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := realMain(tt.args, &stdout, &stderr); code != 2 {
+				t.Fatalf("exit code %d, want 2; stderr: %s", code, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("stderr %q does not mention %q", stderr.String(), tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestNoAPIServerIsARuntimeError(t *testing.T) {
+	t.Setenv("KUBECONFIG", "")
+	var stdout, stderr bytes.Buffer
+	if code := realMain([]string{"--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit code %d, want 1; stderr: %s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "no API server") {
+		t.Errorf("stderr %q does not say what is missing", stderr.String())
+	}
+}
+
+func bootstrap(t *testing.T, args ...string) []byte {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	if code := realMain(append([]string{"bootstrap"}, args...), &stdout, &stderr); code != 0 {
+		t.Fatalf("bootstrap %v: exit %d: %s", args, code, stderr.String())
+	}
+	return stdout.Bytes()
+}
+
+func TestGRPCBootstrapIsAcceptedByGRPC(t *testing.T) {
+	out := bootstrap(t, "--grpc", "--node-id", "client-1", "--server", "127.0.0.1:18000", "--zone", "z1")
+	// grpc-go's own bootstrap parser.
+	if _, err := xdsgrpc.NewXDSResolverWithConfigForTesting(out); err != nil {
+		t.Fatalf("grpc-go rejects the bootstrap: %v\n%s", err, out)
+	}
+	var b struct {
+		Node struct {
+			ID       string            `json:"id"`
+			Metadata map[string]string `json:"metadata"`
+			Locality struct{ Zone string }
+		}
+	}
+	if err := json.Unmarshal(out, &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.Node.ID != "client-1" || b.Node.Metadata["holdfast.io/client"] != "grpc" || b.Node.Locality.Zone != "z1" {
+		t.Errorf("node = %+v", b.Node)
+	}
+}
+
+func parseEnvoyBootstrap(t *testing.T, y []byte) *bootstrapv3.Bootstrap {
+	t.Helper()
+	j, err := yaml.YAMLToJSON(y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(j, &b); err != nil {
+		t.Fatalf("not an Envoy bootstrap: %v", err)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Fatalf("Envoy would reject the bootstrap: %v", err)
+	}
+	return &b
+}
+
+func TestEnvoyBootstrap(t *testing.T) {
+	for _, tt := range []struct {
+		server, wantType string
+		delta            bool
+	}{
+		{"127.0.0.1:18000", "STATIC", false},
+		{"holdfast.holdfast-system.svc:18000", "STRICT_DNS", true},
+	} {
+		args := []string{"--envoy", "--node-id", "sidecar-1", "--server", tt.server}
+		if tt.delta {
+			args = append(args, "--delta")
+		}
+		b := parseEnvoyBootstrap(t, bootstrap(t, args...))
+		ads := b.GetDynamicResources().GetAdsConfig()
+		if want := map[bool]string{false: "GRPC", true: "DELTA_GRPC"}[tt.delta]; ads.GetApiType().String() != want {
+			t.Errorf("%s: ADS api type %v, want %s", tt.server, ads.GetApiType(), want)
+		}
+		if b.GetDynamicResources().GetLdsConfig().GetAds() == nil || b.GetDynamicResources().GetCdsConfig().GetAds() == nil {
+			t.Errorf("%s: LDS and CDS must come over ADS", tt.server)
+		}
+		if got := b.GetStaticResources().GetClusters()[0].GetType().String(); got != tt.wantType {
+			t.Errorf("%s: xDS cluster type %s, want %s", tt.server, got, tt.wantType)
+		}
+		if b.GetNode().GetMetadata().GetFields()["holdfast.io/client"].GetStringValue() != "envoy" {
+			t.Errorf("%s: node metadata does not say envoy", tt.server)
+		}
+	}
+}
+
+// The examples in deploy/ are what `make bootstraps` generates; they must stay current and valid.
+func TestDeployBootstrapsAreCurrent(t *testing.T) {
+	common := []string{"--server", "holdfast.holdfast-system.svc:18000", "--zone", "zone-a", "--region", "region-1"}
+	for file, args := range map[string][]string{
+		"../../deploy/grpc-bootstrap.json":  append([]string{"--grpc", "--node-id", "example-grpc-client"}, common...),
+		"../../deploy/envoy-bootstrap.yaml": append([]string{"--envoy", "--node-id", "example-sidecar"}, common...),
+	} {
+		got, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, bootstrap(t, args...)) {
+			t.Errorf("%s is stale: run make bootstraps", file)
+		}
+	}
+	parseEnvoyBootstrap(t, mustRead(t, "../../deploy/envoy-bootstrap.yaml"))
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
