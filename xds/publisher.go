@@ -3,7 +3,6 @@ package xds
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -138,10 +137,10 @@ func (p *Publisher) Run(ctx context.Context) error {
 
 func (p *Publisher) publish(ctx context.Context, v cache.View) error {
 	p.update(v)
-	sets, err := p.assemble()
-	if err != nil {
-		p.metrics.failures.WithLabelValues("assemble").Inc()
-		return err
+	sets, dropped := p.assemble()
+	for _, err := range dropped {
+		p.metrics.failures.WithLabelValues("envoy_port").Inc()
+		p.log.Error("envoy listener for a port not published", "err", err)
 	}
 	for kind, res := range sets {
 		if err := checkReferences(res); err != nil {
@@ -193,7 +192,8 @@ func (p *Publisher) update(v cache.View) {
 }
 
 // assemble builds the full resource set of each client kind from the per-service translations.
-func (p *Publisher) assemble() (map[ClientKind]map[resourcev3.Type][]types.Resource, error) {
+// An outbound_<port> listener or route that fails validation is left out, alone, and reported.
+func (p *Publisher) assemble() (map[ClientKind]map[resourcev3.Type][]types.Resource, []error) {
 	keys := make([]resolver.Key, 0, len(p.built))
 	for k := range p.built {
 		keys = append(keys, k)
@@ -226,9 +226,6 @@ func (p *Publisher) assemble() (map[ClientKind]map[resourcev3.Type][]types.Resou
 		envoyListeners = append(envoyListeners, l)
 		envoyRoutes = append(envoyRoutes, rc)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
 	return map[ClientKind]map[resourcev3.Type][]types.Resource{
 		KindGRPC: {
 			resourcev3.ListenerType: grpcListeners, resourcev3.RouteType: grpcRoutes,
@@ -238,7 +235,7 @@ func (p *Publisher) assemble() (map[ClientKind]map[resourcev3.Type][]types.Resou
 			resourcev3.ListenerType: envoyListeners, resourcev3.RouteType: envoyRoutes,
 			resourcev3.ClusterType: clusters, resourcev3.EndpointType: assignments,
 		},
-	}, nil
+	}, errs
 }
 
 // version derives a type's version from its content, so that the same state always gets the same

@@ -68,6 +68,12 @@ func (t *Translator) translateService(s *resolver.Service) (*serviceResources, e
 		if err != nil {
 			return nil, err
 		}
+		// The port's shared Envoy listener must be valid too, so that a bad port is this
+		// service's problem alone and never blocks outbound_<port> for the others.
+		envoyL, err := envoyListener(t.EnvoyListenAddress, p.Port)
+		if err != nil {
+			return nil, err
+		}
 		pr := portResources{
 			port:         p.Port,
 			cluster:      cluster,
@@ -76,7 +82,7 @@ func (t *Translator) translateService(s *resolver.Service) (*serviceResources, e
 			grpcRoute:    routeConfig(name, []*routev3.VirtualHost{virtualHost(name, []string{"*"}, name)}),
 			envoyVHost:   virtualHost(name, t.Naming.Domains(s.Key, p.Port), name),
 		}
-		for _, m := range []validator{pr.cluster, pr.assignment, pr.grpcListener, pr.grpcRoute, pr.envoyVHost} {
+		for _, m := range []validator{pr.cluster, pr.assignment, pr.grpcListener, pr.grpcRoute, pr.envoyVHost, envoyL} {
 			if err := m.ValidateAll(); err != nil {
 				return nil, fmt.Errorf("service %s port %d: %w", s.Key, p.Port, err)
 			}

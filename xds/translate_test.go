@@ -122,9 +122,9 @@ func assembleView(t *testing.T, v cache.View) map[ClientKind]map[resourcev3.Type
 		t.Fatal(err)
 	}
 	p.update(v)
-	sets, err := p.assemble()
-	if err != nil {
-		t.Fatal(err)
+	sets, errs := p.assemble()
+	if len(errs) > 0 {
+		t.Fatal(errs)
 	}
 	return sets
 }
@@ -302,5 +302,25 @@ func TestKindOf(t *testing.T) {
 		if got != tt.want || known != tt.wantKnown {
 			t.Errorf("KindOf(%v) = %v,%v want %v,%v", tt.node, got, known, tt.want, tt.wantKnown)
 		}
+	}
+}
+
+func TestBadServiceDoesNotBlockOthers(t *testing.T) {
+	good, _ := twoServices()
+	bad := &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: "bad"}, Ports: []resolver.Port{
+		{Name: "http", Port: 70000, Endpoints: []resolver.Endpoint{{Address: "10.0.0.9", Port: 80, Ready: true}}},
+	}}
+	sets := assembleView(t, testView(good, bad))
+	for _, kind := range []ClientKind{KindGRPC, KindEnvoy} {
+		clusters := strings.Join(resourceNames(sets[kind][resourcev3.ClusterType]), ",")
+		if strings.Contains(clusters, "bad.") || !strings.Contains(clusters, "a.ns.svc.cluster.local:80") {
+			t.Errorf("%s clusters = %s, want the good service's only", kind, clusters)
+		}
+		if err := checkReferences(sets[kind]); err != nil {
+			t.Errorf("%s: %v", kind, err)
+		}
+	}
+	if got := strings.Join(resourceNames(sets[KindEnvoy][resourcev3.ListenerType]), ","); got != "outbound_80,outbound_9000" {
+		t.Errorf("envoy listeners = %s", got)
 	}
 }
