@@ -138,4 +138,3 @@ func describe(s adsclient.State) string {
 	}
 	return out
 }
-

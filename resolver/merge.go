@@ -59,8 +59,8 @@ func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice) []En
 				if err != nil || addr.Zone() != "" || addr.Is4() != (s.AddressType == discoveryv1.AddressTypeIPv4) {
 					continue
 				}
-				ep := toEndpoint(addr.String(), target, e)
-				key := netip.AddrPortFrom(addr, uint16(target))
+				ep := toEndpoint(addr.String(), int32(target), e)
+				key := netip.AddrPortFrom(addr, target)
 				if prev, dup := byHostPort[key]; dup && rank(prev) >= rank(ep) {
 					continue
 				}
@@ -85,7 +85,7 @@ func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice) []En
 
 // slicePort finds the slice's port for the service port name. TCP only; a nil port number means
 // "all ports" in the API, which a proxy cannot route, so it does not match.
-func slicePort(s *discoveryv1.EndpointSlice, name string) (int32, bool) {
+func slicePort(s *discoveryv1.EndpointSlice, name string) (uint16, bool) {
 	for _, p := range s.Ports {
 		pn := ""
 		if p.Name != nil {
@@ -100,7 +100,7 @@ func slicePort(s *discoveryv1.EndpointSlice, name string) (int32, bool) {
 		if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
 			return 0, false
 		}
-		return *p.Port, true
+		return uint16(*p.Port), true
 	}
 	return 0, false
 }

@@ -251,8 +251,8 @@ func version(items []types.Resource) string {
 			b = []byte(err.Error())
 		}
 		binary.BigEndian.PutUint64(buf[:], uint64(len(b)))
-		h.Write(buf[:])
-		h.Write(b)
+		_, _ = h.Write(buf[:]) // a hash.Hash never fails to write
+		_, _ = h.Write(b)
 	}
 	return fmt.Sprintf("%016x", h.Sum64())
 }

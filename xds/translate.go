@@ -3,6 +3,7 @@ package xds
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -181,7 +182,7 @@ func assignment(name string, eps []resolver.Endpoint) *endpointv3.ClusterLoadAss
 		}
 		lb := &endpointv3.LbEndpoint{
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address:  socketAddress(e.Address, uint32(e.Port)),
+				Address:  socketAddress(e.Address, portValue(e.Port)),
 				Hostname: e.Hostname,
 			}},
 			HealthStatus: hs,
@@ -201,10 +202,19 @@ func assignment(name string, eps []resolver.Endpoint) *endpointv3.ClusterLoadAss
 			LbEndpoints: lbs,
 			// grpc-go ignores localities without a weight; weigh them by size so that every
 			// endpoint gets an equal share whatever its zone.
-			LoadBalancingWeight: wrapperspb.UInt32(uint32(len(lbs))),
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(min(len(lbs), math.MaxUint32))), //nolint:gosec // bounded on the line
 		})
 	}
 	return cla
+}
+
+// portValue converts a port for a SocketAddress. A negative port becomes one that validation
+// rejects, rather than wrapping around to a plausible number.
+func portValue(p int32) uint32 {
+	if p < 0 {
+		return math.MaxUint32
+	}
+	return uint32(p)
 }
 
 func socketAddress(addr string, port uint32) *corev3.Address {
@@ -254,7 +264,7 @@ func envoyListener(addr string, port int32) (*listenerv3.Listener, error) {
 	}
 	return &listenerv3.Listener{
 		Name:    name,
-		Address: socketAddress(addr, uint32(port)),
+		Address: socketAddress(addr, portValue(port)),
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
 				Name:       wellknown.HTTPConnectionManager,

@@ -64,7 +64,7 @@ func (c Config) validate() error {
 	var errs []error
 	for _, a := range []struct{ flag, v string }{{"--xds-listen", c.XDSListen}, {"--http-listen", c.HTTPListen}} {
 		if _, _, err := net.SplitHostPort(a.v); err != nil {
-			errs = append(errs, fmt.Errorf("%s %q: want host:port (%v)", a.flag, a.v, err))
+			errs = append(errs, fmt.Errorf("%s %q: want host:port: %w", a.flag, a.v, err))
 		}
 	}
 	for _, ns := range c.Namespaces {

@@ -67,7 +67,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	httpLis, err := net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {
-		xdsLis.Close()
+		_ = xdsLis.Close()
 		return fmt.Errorf("--http-listen: %w", err)
 	}
 	httpSrv := &http.Server{Handler: httpHandler(reg, pub), ReadHeaderTimeout: 5 * time.Second}

@@ -79,9 +79,9 @@ func (h *Holdfast) WaitReady(ctx context.Context) error {
 		}
 		select {
 		case <-h.done:
-			return fmt.Errorf("harness: holdfast exited (%v) before it was ready:\n%s", h.exitErr, h.LogTail(30))
+			return fmt.Errorf("harness: holdfast exited (%w) before it was ready:\n%s", h.exitErr, h.LogTail(30))
 		case <-ctx.Done():
-			return fmt.Errorf("harness: holdfast not ready (last: %d %s %v): %w\n%s", code, body, err, ctx.Err(), h.LogTail(30))
+			return fmt.Errorf("harness: holdfast not ready (last: %d %s %w): %w\n%s", code, body, err, ctx.Err(), h.LogTail(30))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

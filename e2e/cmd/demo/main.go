@@ -101,7 +101,7 @@ func run(ctx context.Context) error {
 	for _, s := range services {
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: s.name},
-			Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 80, Protocol: corev1.ProtocolTCP}}},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 80, Protocol: corev1.ProtocolTCP}}},
 		}
 		if _, err := client.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 			return err
