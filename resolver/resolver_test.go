@@ -1,0 +1,100 @@
+package resolver
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// resolutions collects what the resolver publishes.
+type resolutions chan Resolution
+
+func (r resolutions) OnResolution(res Resolution) { r <- res }
+
+func (r resolutions) next(t *testing.T, cond func(Resolution) bool) Resolution {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case res := <-r:
+			if cond(res) {
+				return res
+			}
+		case <-deadline:
+			t.Fatal("no matching resolution within 10s")
+		}
+	}
+}
+
+func endpointsOf(res Resolution, k Key) int {
+	s, ok := res.Services[k]
+	if !ok {
+		return -1
+	}
+	return len(s.Ports[0].Endpoints)
+}
+
+// A re-list re-delivers every object as an update; an update that changes nothing routable must
+// not change the published *Service, so that nothing downstream re-translates or re-pushes it.
+func TestResolverIgnoresUnchangedRedelivery(t *testing.T) {
+	a, b := Key{"ns", "a"}, Key{"ns", "b"}
+	objs := []*corev1.Service{svcNamed("a"), svcNamed("b")}
+	client := fake.NewClientset(objs[0], objs[1], sliceFor("a", "10.0.0.1"), sliceFor("b", "10.0.0.2"))
+	out := make(resolutions, 100)
+	r, err := New(Options{Client: client}, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+
+	first := out.next(t, func(res Resolution) bool { return res.Synced && endpointsOf(res, a) == 1 && endpointsOf(res, b) == 1 })
+
+	// Touch a's slice without changing anything routable, then really change b.
+	s := sliceFor("a", "10.0.0.1")
+	s.Annotations = map[string]string{"touched": "yes"}
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, sliceFor("b", "10.0.0.2", "10.0.0.3"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	second := out.next(t, func(res Resolution) bool { return endpointsOf(res, b) == 2 })
+	if second.Services[a] != first.Services[a] {
+		t.Error("an update that changed nothing routable replaced service a")
+	}
+	if second.Services[b] == first.Services[b] {
+		t.Error("a real change kept service b's old value")
+	}
+
+	// Deleting the Service removes it, even with its slice still present.
+	if err := client.CoreV1().Services("ns").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out.next(t, func(res Resolution) bool { _, ok := res.Services[a]; return !ok })
+}
+
+func svcNamed(name string) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}
+}
+
+func sliceFor(svc string, addrs ...string) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: svc + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
+	}
+	for _, a := range addrs {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}})
+	}
+	return s
+}
