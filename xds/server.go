@@ -177,10 +177,17 @@ func (t *streamTracker) request(id int64, node *corev3.Node, typeURL, nonce, det
 	}
 }
 
-// slogAdapter bridges go-control-plane's logger into slog. Its per-request chatter is debug.
+// slogAdapter bridges go-control-plane's logger into slog. Its per-request chatter (Infof)
+// is logged at debug level; nothing is formatted for a level that is off.
 type slogAdapter struct{ log *slog.Logger }
 
-func (a slogAdapter) Debugf(f string, args ...any) { a.log.Debug(fmt.Sprintf(f, args...)) }
-func (a slogAdapter) Infof(f string, args ...any)  { a.log.Debug(fmt.Sprintf(f, args...)) }
-func (a slogAdapter) Warnf(f string, args ...any)  { a.log.Warn(fmt.Sprintf(f, args...)) }
-func (a slogAdapter) Errorf(f string, args ...any) { a.log.Error(fmt.Sprintf(f, args...)) }
+func (a slogAdapter) logf(l slog.Level, f string, args []any) {
+	if a.log.Enabled(context.Background(), l) {
+		a.log.Log(context.Background(), l, fmt.Sprintf(f, args...))
+	}
+}
+
+func (a slogAdapter) Debugf(f string, args ...any) { a.logf(slog.LevelDebug, f, args) }
+func (a slogAdapter) Infof(f string, args ...any)  { a.logf(slog.LevelDebug, f, args) }
+func (a slogAdapter) Warnf(f string, args ...any)  { a.logf(slog.LevelWarn, f, args) }
+func (a slogAdapter) Errorf(f string, args ...any) { a.logf(slog.LevelError, f, args) }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/holdfast/holdfast/e2e/internal/testproc"
 )
 
 // Holdfast is a running holdfast process.
@@ -44,7 +45,7 @@ func StartHoldfast(ctx context.Context, bin, logDir, kubeconfig string, extra ..
 
 // RunHoldfast starts Holdfast like StartHoldfast but does not wait for anything.
 func RunHoldfast(bin, logDir, kubeconfig string, extra ...string) (*Holdfast, error) {
-	ports, err := FreePorts(2)
+	ports, err := testproc.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -143,33 +144,5 @@ func (h *Holdfast) Kill() {
 
 // LogTail returns the last n lines of Holdfast's log.
 func (h *Holdfast) LogTail(n int) string {
-	b, err := os.ReadFile(h.LogPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return filepath.Base(h.LogPath) + ":\n" + strings.Join(lines, "\n")
-}
-
-// FreePorts returns n loopback TCP ports that were free a moment ago.
-func FreePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
+	return filepath.Base(h.LogPath) + ":\n" + testproc.Tail(h.LogPath, n)
 }

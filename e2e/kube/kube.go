@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,6 +25,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/holdfast/holdfast/e2e/internal/testproc"
 )
 
 // Binaries are the paths of the programs a Cluster runs.
@@ -111,7 +112,7 @@ func Start(ctx context.Context, dir string) (c *Cluster, err error) {
 			c.Close()
 		}
 	}()
-	ports, err := freePorts(3)
+	ports, err := testproc.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -253,25 +254,6 @@ func (c *Cluster) Close() {
 	}
 }
 
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
 // Process is one of the cluster's programs. It can be killed, paused and started again with
 // the same arguments (and so the same data and ports).
 type Process struct {
@@ -349,14 +331,4 @@ func (p *Process) signal(sig syscall.Signal) error {
 }
 
 // Tail returns the last n lines of the process's log.
-func (p *Process) Tail(n int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (p *Process) Tail(n int) string { return testproc.Tail(p.logPath, n) }
