@@ -4,12 +4,11 @@ import (
 	"strings"
 	"testing"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -137,19 +136,7 @@ func resourceNames(rs []types.Resource) []string {
 	return out
 }
 
-func nameOf(r types.Resource) string {
-	switch m := r.(type) {
-	case *listenerv3.Listener:
-		return m.Name
-	case *routev3.RouteConfiguration:
-		return m.Name
-	case *clusterv3.Cluster:
-		return m.Name
-	case *endpointv3.ClusterLoadAssignment:
-		return m.ClusterName
-	}
-	return "?"
-}
+func nameOf(r types.Resource) string { return cachev3.GetResourceName(r) }
 
 func TestAssembleByClientKind(t *testing.T) {
 	a, b := twoServices()

@@ -16,11 +16,10 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -192,7 +191,7 @@ func (c *Client) decode(typeURL string, a *anypb.Any) (Resource, error) {
 	if !ok {
 		return Resource{}, fmt.Errorf("%T has no validation", m)
 	}
-	name := resourceName(m)
+	name := cachev3.GetResourceName(m)
 	if err := v.ValidateAll(); err != nil {
 		c.mu.Lock()
 		c.stats.Invalid = append(c.stats.Invalid, fmt.Sprintf("%s/%s: %v", typeURL, name, err))
@@ -206,20 +205,6 @@ func (c *Client) decode(typeURL string, a *anypb.Any) (Resource, error) {
 		return Resource{}, fmt.Errorf("listener %s: api_listener is accepted only from the bootstrap", l.Name)
 	}
 	return Resource{Name: name, Message: m}, nil
-}
-
-func resourceName(m proto.Message) string {
-	switch r := m.(type) {
-	case *clusterv3.Cluster:
-		return r.Name
-	case *endpointv3.ClusterLoadAssignment:
-		return r.ClusterName
-	case *listenerv3.Listener:
-		return r.Name
-	case *routev3.RouteConfiguration:
-		return r.Name
-	}
-	return ""
 }
 
 // dependents returns the EDS and RDS names the client's clusters and listeners refer to.
@@ -285,22 +270,13 @@ func (c *Client) runSotW(ctx context.Context) error {
 		}
 		t := resp.GetTypeUrl()
 		decoded, derr := c.decodeAll(t, resp.GetResources())
-		c.mu.Lock()
-		c.stats.Responses[t]++
-		if derr != nil {
-			c.stats.NACKs[t]++
-		} else {
-			c.stats.ACKs[t]++
-			next := map[string]Resource{}
+		snapshot := c.record(t, derr, func(s map[string]Resource) {
+			clear(s) // state of the world: the response replaces everything of its type
 			for _, r := range decoded {
 				r.Version = resp.GetVersionInfo()
-				next[r.Name] = r
+				s[r.Name] = r
 			}
-			c.state[t] = next
-		}
-		snapshot := c.stateLocked()
-		c.notifyLocked()
-		c.mu.Unlock()
+		})
 		if derr != nil {
 			if err := send(t, accepted[t], resp.GetNonce(), subscribed[t], derr); err != nil {
 				return err
@@ -340,6 +316,22 @@ func (c *Client) decodeAll(typeURL string, as []*anypb.Any) ([]Resource, error) 
 		out = append(out, r)
 	}
 	return out, errors.Join(errs...)
+}
+
+// record counts a response of type t, applies it to the state of that type unless it is being
+// NACKed (nackErr != nil), wakes waiters, and returns a copy of the whole state.
+func (c *Client) record(t string, nackErr error, apply func(map[string]Resource)) State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stats.Responses[t]++
+	if nackErr != nil {
+		c.stats.NACKs[t]++
+	} else {
+		c.stats.ACKs[t]++
+		apply(c.state[t])
+	}
+	c.notifyLocked()
+	return c.stateLocked()
 }
 
 func (c *Client) stateLocked() State {
@@ -391,22 +383,14 @@ func (c *Client) runDelta(ctx context.Context) error {
 			decoded = append(decoded, d)
 		}
 		derr := errors.Join(errs...)
-		c.mu.Lock()
-		c.stats.Responses[t]++
-		if derr != nil {
-			c.stats.NACKs[t]++
-		} else {
-			c.stats.ACKs[t]++
+		snapshot := c.record(t, derr, func(s map[string]Resource) {
 			for _, d := range decoded {
-				c.state[t][d.Name] = d
+				s[d.Name] = d
 			}
 			for _, n := range resp.GetRemovedResources() {
-				delete(c.state[t], n)
+				delete(s, n)
 			}
-		}
-		snapshot := c.stateLocked()
-		c.notifyLocked()
-		c.mu.Unlock()
+		})
 		ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
 		if derr != nil {
 			ack.ErrorDetail = nackStatus(derr)
