@@ -15,9 +15,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -33,7 +31,7 @@ type ObserverFunc func(Resolution)
 // OnResolution calls f.
 func (f ObserverFunc) OnResolution(r Resolution) { f(r) }
 
-// Options configure a Resolver.
+// Options configure a Resolver. Zero durations take the defaults in brackets.
 type Options struct {
 	Client kubernetes.Interface
 	// Namespaces to watch; empty watches all namespaces.
@@ -41,9 +39,49 @@ type Options struct {
 	Logger     *slog.Logger
 	Registry   prometheus.Registerer
 	// HoldOff coalesces bursts of events: a rebuild waits this long after the latest event,
-	// but never longer than MaxDelay after the first. Defaults: 10ms and 100ms.
+	// but never longer than MaxDelay after the first. [10ms, 100ms]
 	HoldOff  time.Duration
 	MaxDelay time.Duration
+	// ProbeInterval is how often each source checks the API server with a quorum read that
+	// must answer within ProbeTimeout; a failure marks the source stale. [5s, 3s]
+	ProbeInterval time.Duration
+	ProbeTimeout  time.Duration
+	// WatchIdleTimeout: a synced source whose watches deliver no event and no bookmark for this
+	// long is stale and starts over with a fresh list. [3m]
+	WatchIdleTimeout time.Duration
+	// ListTimeout bounds every LIST the informers make. [30s]
+	ListTimeout time.Duration
+	// WatchTimeout is the longest a watch stays open before the server ends it (jittered
+	// between half and all of it). [2m]
+	WatchTimeout time.Duration
+	// RestartBackoff is the first wait before a new generation of watches, doubling up to
+	// MaxRestartBackoff. [1s, 30s]
+	RestartBackoff    time.Duration
+	MaxRestartBackoff time.Duration
+}
+
+func (o *Options) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.HoldOff, 10*time.Millisecond)
+	def(&o.MaxDelay, 100*time.Millisecond)
+	o.MaxDelay = max(o.MaxDelay, o.HoldOff)
+	def(&o.ProbeInterval, 5*time.Second)
+	def(&o.ProbeTimeout, 3*time.Second)
+	def(&o.WatchIdleTimeout, 3*time.Minute)
+	def(&o.ListTimeout, 30*time.Second)
+	def(&o.WatchTimeout, 2*time.Minute)
+	def(&o.RestartBackoff, time.Second)
+	def(&o.MaxRestartBackoff, 30*time.Second)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
 }
 
 // Resolver watches Services and EndpointSlices and publishes Resolutions to its Observer.
@@ -52,32 +90,29 @@ type Resolver struct {
 	opts    Options
 	log     *slog.Logger
 	obs     Observer
-	sources []*nsSource
+	sources []*source
 	metrics resolverMetrics
 
-	// guarded by mu: keys whose services must be rebuilt
-	mu    sync.Mutex
-	dirty map[Key]struct{}
-	kick  chan struct{} // capacity 1: "dirty is not empty"
+	// guarded by mu: what the run loop must do next
+	mu      sync.Mutex
+	dirty   map[Key]struct{}
+	resyncs map[*source]struct{}
+	kick    chan struct{} // capacity 1: "there is work"
 
 	// owned by the run loop
-	services map[Key]*Service
-}
-
-// nsSource holds the informers for one namespace ("" = all).
-type nsSource struct {
-	namespace string
-	factory   informers.SharedInformerFactory
-	services  listerscorev1.ServiceLister
-	slices    cache.SharedIndexInformer
+	services  map[Key]*Service
+	published bool
 }
 
 const byServiceIndex = "holdfast.io/service"
 
 type resolverMetrics struct {
-	services  prometheus.Gauge
-	endpoints prometheus.Gauge
-	publishes prometheus.Counter
+	services      prometheus.Gauge
+	endpoints     prometheus.Gauge
+	publishes     prometheus.Counter
+	stale         *prometheus.GaugeVec
+	restarts      *prometheus.CounterVec
+	probeFailures *prometheus.CounterVec
 }
 
 // New creates a Resolver. Call Run to start it.
@@ -88,23 +123,13 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 	if obs == nil {
 		return nil, errors.New("resolver: no observer")
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Registry == nil {
-		opts.Registry = prometheus.NewRegistry()
-	}
-	if opts.HoldOff <= 0 {
-		opts.HoldOff = 10 * time.Millisecond
-	}
-	if opts.MaxDelay < opts.HoldOff {
-		opts.MaxDelay = max(100*time.Millisecond, opts.HoldOff)
-	}
+	opts.defaults()
 	r := &Resolver{
 		opts:     opts,
 		log:      opts.Logger.With("component", "resolver"),
 		obs:      obs,
 		dirty:    map[Key]struct{}{},
+		resyncs:  map[*source]struct{}{},
 		kick:     make(chan struct{}, 1),
 		services: map[Key]*Service{},
 		metrics: resolverMetrics{
@@ -114,49 +139,57 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 				Name: "holdfast_resolver_endpoints", Help: "Endpoints (address:port per service port, any condition) in the resolver's view."}),
 			publishes: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "holdfast_resolver_publishes_total", Help: "Resolutions published by the resolver."}),
+			stale: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+				Name: "holdfast_source_stale", Help: "1 while a source's view cannot be trusted (probe failing or watch silent); its last routes are still served."}, []string{"source"}),
+			restarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_source_watch_restarts_total", Help: "Times a source threw its watches away and listed everything again."}, []string{"source"}),
+			probeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_source_probe_failures_total", Help: "Quorum-read probes of the API server that failed or timed out."}, []string{"source"}),
 		},
-	}
-	for _, c := range []prometheus.Collector{r.metrics.services, r.metrics.endpoints, r.metrics.publishes} {
-		if err := opts.Registry.Register(c); err != nil {
-			return nil, fmt.Errorf("resolver: register metrics: %w", err)
-		}
 	}
 	namespaces := opts.Namespaces
 	if len(namespaces) == 0 {
 		namespaces = []string{corev1.NamespaceAll}
 	}
 	for _, ns := range namespaces {
-		src, err := r.newSource(ns)
-		if err != nil {
-			return nil, err
+		s := newSource(r, ns)
+		r.sources = append(r.sources, s)
+		r.metrics.stale.WithLabelValues(s.name).Set(0)
+	}
+	m := r.metrics
+	for _, c := range []prometheus.Collector{m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, syncAgeCollector{r}} {
+		if err := opts.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("resolver: register metrics: %w", err)
 		}
-		r.sources = append(r.sources, src)
 	}
 	return r, nil
 }
 
-func (r *Resolver) newSource(ns string) (*nsSource, error) {
-	f := informers.NewSharedInformerFactoryWithOptions(r.opts.Client, 0, informers.WithNamespace(ns))
-	svcInf := f.Core().V1().Services()
-	sliceInf := f.Discovery().V1().EndpointSlices().Informer()
-	if err := sliceInf.AddIndexers(cache.Indexers{byServiceIndex: sliceServiceIndex}); err != nil {
-		return nil, fmt.Errorf("resolver: endpointslice index: %w", err)
+// Sources reports the health of every source.
+func (r *Resolver) Sources() []SourceStatus {
+	out := make([]SourceStatus, 0, len(r.sources))
+	for _, s := range r.sources {
+		out = append(out, s.Status())
 	}
-	if _, err := svcInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { r.markService(o) },
-		UpdateFunc: func(_, o any) { r.markService(o) },
-		DeleteFunc: func(o any) { r.markService(o) },
-	}); err != nil {
-		return nil, fmt.Errorf("resolver: service handler: %w", err)
+	return out
+}
+
+// syncAgeCollector computes holdfast_source_last_sync_age_seconds at scrape time.
+type syncAgeCollector struct{ r *Resolver }
+
+var syncAgeDesc = prometheus.NewDesc("holdfast_source_last_sync_age_seconds",
+	"Seconds since the source's view was last confirmed current (a successful probe or a watch event).", []string{"source"}, nil)
+
+func (c syncAgeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- syncAgeDesc }
+
+func (c syncAgeCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.r.Sources() {
+		last := st.LastSync()
+		if last.IsZero() {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(syncAgeDesc, prometheus.GaugeValue, time.Since(last).Seconds(), st.Name)
 	}
-	if _, err := sliceInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { r.markSlice(o) },
-		UpdateFunc: func(old, o any) { r.markSlice(old); r.markSlice(o) },
-		DeleteFunc: func(o any) { r.markSlice(o) },
-	}); err != nil {
-		return nil, fmt.Errorf("resolver: endpointslice handler: %w", err)
-	}
-	return &nsSource{namespace: ns, factory: f, services: svcInf.Lister(), slices: sliceInf}, nil
 }
 
 // sliceServiceIndex indexes EndpointSlices by "<namespace>/<service>" from their service-name label.
@@ -211,33 +244,35 @@ func (r *Resolver) takeDirty() map[Key]struct{} {
 	return d
 }
 
-// Run starts the informers, publishes a synced Resolution once they have listed everything, and
-// then a new Resolution after every burst of changes. It returns when ctx is done.
+func (r *Resolver) resync(s *source) {
+	r.mu.Lock()
+	r.resyncs[s] = struct{}{}
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Resolver) takeWork() (map[Key]struct{}, map[*source]struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, s := r.dirty, r.resyncs
+	r.dirty, r.resyncs = map[Key]struct{}{}, map[*source]struct{}{}
+	return d, s
+}
+
+// Run starts the sources and their watchdog, publishes a Resolution once every source has
+// listed everything, and then a new one after every burst of changes. It returns when ctx is done.
 func (r *Resolver) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	for _, s := range r.sources {
-		s.factory.Start(ctx.Done())
+		wg.Go(func() { s.run(ctx) })
 	}
-	defer func() {
-		for _, s := range r.sources {
-			s.factory.Shutdown()
-		}
-	}()
-	for _, s := range r.sources {
-		for typ, ok := range s.factory.WaitForCacheSync(ctx.Done()) {
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("resolver: %v in namespace %q did not sync", typ, s.namespace)
-			}
-		}
-	}
-	r.takeDirty()
-	if err := r.rebuildAll(); err != nil {
-		return err
-	}
-	r.log.Info("initial sync complete", "services", len(r.services))
-	r.publish()
+	wg.Go(func() { r.watchdog(ctx) })
 
 	for {
 		select {
@@ -248,15 +283,61 @@ func (r *Resolver) Run(ctx context.Context) error {
 		if !r.coalesce(ctx) {
 			return nil
 		}
-		changed := false
-		for k := range r.takeDirty() {
-			if r.rebuild(k) {
+		dirty, resyncs := r.takeWork()
+		if !r.allSyncedOnce() {
+			continue // the first full sync of every source rebuilds everything anyway
+		}
+		changed := !r.published
+		if !r.published {
+			resyncs = map[*source]struct{}{}
+			for _, s := range r.sources {
+				resyncs[s] = struct{}{}
+			}
+		}
+		for s := range resyncs {
+			if r.rebuildSource(s) {
+				changed = true
+			}
+		}
+		for k := range dirty {
+			// Keys of a source that is listing again are covered by its resync.
+			if gen := r.sourceFor(k.Namespace).current(); gen != nil && r.rebuild(k, gen) {
 				changed = true
 			}
 		}
 		if changed {
+			if !r.published {
+				r.log.Info("initial sync complete", "services", len(r.services))
+			}
 			r.publish()
 		}
+	}
+}
+
+func (r *Resolver) allSyncedOnce() bool {
+	for _, s := range r.sources {
+		if !s.Status().SyncedOnce {
+			return false
+		}
+	}
+	return true
+}
+
+// watchdog probes every source on a fixed interval.
+func (r *Resolver) watchdog(ctx context.Context) {
+	t := time.NewTicker(r.opts.ProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var wg sync.WaitGroup
+		for _, s := range r.sources {
+			wg.Go(func() { s.probe(ctx) })
+		}
+		wg.Wait()
 	}
 }
 
@@ -281,33 +362,48 @@ func (r *Resolver) coalesce(ctx context.Context) bool {
 	}
 }
 
-func (r *Resolver) rebuildAll() error {
-	for _, s := range r.sources {
-		svcs, err := s.services.List(labels.Everything())
-		if err != nil {
-			return fmt.Errorf("resolver: list services: %w", err)
-		}
-		for _, svc := range svcs {
-			r.rebuild(Key{Namespace: svc.Namespace, Name: svc.Name})
+// rebuildSource reconciles every service of a source with its freshly synced generation:
+// services it lists are rebuilt, services it no longer has are removed.
+func (r *Resolver) rebuildSource(s *source) bool {
+	gen := s.current()
+	if gen == nil {
+		return false
+	}
+	svcs, err := gen.services.List(labels.Everything())
+	if err != nil {
+		r.log.Error("listing services from cache", "source", s.name, "err", err)
+		return false
+	}
+	changed := false
+	seen := make(map[Key]struct{}, len(svcs))
+	for _, svc := range svcs {
+		k := Key{Namespace: svc.Namespace, Name: svc.Name}
+		seen[k] = struct{}{}
+		if r.rebuild(k, gen) {
+			changed = true
 		}
 	}
-	return nil
+	for k := range r.services {
+		if _, ok := seen[k]; !ok && r.sourceFor(k.Namespace) == s {
+			delete(r.services, k)
+			changed = true
+		}
+	}
+	return changed
 }
 
-// rebuild recomputes one service from the informer caches. It keeps the old *Service when
-// nothing routable changed (a re-list re-delivers every object), and reports whether it changed.
-func (r *Resolver) rebuild(k Key) bool {
-	src := r.sourceFor(k.Namespace)
+// rebuild recomputes one service from a synced generation's caches. It keeps the old *Service
+// when nothing routable changed (a re-list re-delivers every object), and reports whether it
+// changed.
+func (r *Resolver) rebuild(k Key, gen *generation) bool {
 	var next *Service
-	if src != nil {
-		svc, err := src.services.Services(k.Namespace).Get(k.Name)
-		switch {
-		case err == nil:
-			next = buildService(svc, r.slicesOf(src, k))
-		case !apierrors.IsNotFound(err):
-			r.log.Error("reading service from cache", "service", k, "err", err)
-			return false
-		}
+	svc, err := gen.services.Services(k.Namespace).Get(k.Name)
+	switch {
+	case err == nil:
+		next = buildService(svc, r.slicesOf(gen, k))
+	case !apierrors.IsNotFound(err):
+		r.log.Error("reading service from cache", "service", k, "err", err)
+		return false
 	}
 	prev, had := r.services[k]
 	switch {
@@ -323,8 +419,8 @@ func (r *Resolver) rebuild(k Key) bool {
 	return true
 }
 
-func (r *Resolver) slicesOf(src *nsSource, k Key) []*discoveryv1.EndpointSlice {
-	objs, err := src.slices.GetIndexer().ByIndex(byServiceIndex, k.String())
+func (r *Resolver) slicesOf(gen *generation, k Key) []*discoveryv1.EndpointSlice {
+	objs, err := gen.slices.GetIndexer().ByIndex(byServiceIndex, k.String())
 	if err != nil {
 		r.log.Error("reading endpointslices from cache", "service", k, "err", err)
 		return nil
@@ -338,16 +434,19 @@ func (r *Resolver) slicesOf(src *nsSource, k Key) []*discoveryv1.EndpointSlice {
 	return out
 }
 
-func (r *Resolver) sourceFor(ns string) *nsSource {
+// sourceFor returns the source watching namespace ns. Events only come from watched
+// namespaces, so there always is one.
+func (r *Resolver) sourceFor(ns string) *source {
 	for _, s := range r.sources {
 		if s.namespace == corev1.NamespaceAll || s.namespace == ns {
 			return s
 		}
 	}
-	return nil
+	return r.sources[0]
 }
 
 func (r *Resolver) publish() {
+	r.published = true
 	endpoints := 0
 	for _, s := range r.services {
 		for _, p := range s.Ports {

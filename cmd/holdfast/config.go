@@ -24,6 +24,10 @@ type Config struct {
 	LogFormat          string
 	LogLevel           string
 	ShutdownGrace      time.Duration
+	ProbeInterval      time.Duration
+	ProbeTimeout       time.Duration
+	WatchIdleTimeout   time.Duration
+	ReadyWhenStale     bool
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -42,6 +46,10 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 5*time.Second, "on SIGTERM, how long open xDS streams get to close before they are cut")
+	fs.DurationVar(&c.ProbeInterval, "probe-interval", 5*time.Second, "how often to check the API server with a quorum read; also how long an HTTP/2 connection to it may read nothing before it is pinged")
+	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", 3*time.Second, "a probe (or an HTTP/2 ping) not answered within this marks the source stale (or closes the connection)")
+	fs.DurationVar(&c.WatchIdleTimeout, "watch-idle-timeout", 3*time.Minute, "a watch that delivers no event and no bookmark for this long is stale and is restarted with a fresh list")
+	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: holdfast [flags]\n       holdfast bootstrap --grpc|--envoy --node-id ID --server HOST:PORT [--zone Z --region R]\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -85,6 +93,12 @@ func (c Config) validate() error {
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.ProbeInterval < time.Second || c.ProbeTimeout < 100*time.Millisecond || c.ProbeTimeout >= c.ProbeInterval {
+		errs = append(errs, fmt.Errorf("--probe-interval %v / --probe-timeout %v: want an interval of at least 1s and a timeout of at least 100ms, shorter than the interval", c.ProbeInterval, c.ProbeTimeout))
+	}
+	if c.WatchIdleTimeout < 30*time.Second {
+		errs = append(errs, fmt.Errorf("--watch-idle-timeout %v: want at least 30s (the API server sends bookmarks about once a minute)", c.WatchIdleTimeout))
 	}
 	if c.ShutdownGrace < 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace))

@@ -33,6 +33,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	restCfg.UserAgent = "holdfast"
+	restCfg, err = resolver.TuneTransport(restCfg, cfg.ProbeInterval, cfg.ProbeTimeout)
+	switch {
+	case errors.Is(err, resolver.ErrTransportNotTuned):
+		log.Warn("API server connections not health-checked; stalls are caught by the probe alone", "reason", err)
+	case err != nil:
+		return err
+	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
@@ -55,7 +62,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	store := cache.NewStore(pub)
-	res, err := resolver.New(resolver.Options{Client: client, Namespaces: cfg.Namespaces, Logger: log, Registry: reg}, store)
+	res, err := resolver.New(resolver.Options{
+		Client: client, Namespaces: cfg.Namespaces, Logger: log, Registry: reg,
+		ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, WatchIdleTimeout: cfg.WatchIdleTimeout,
+	}, store)
 	if err != nil {
 		return err
 	}
@@ -70,7 +80,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		_ = xdsLis.Close()
 		return fmt.Errorf("--http-listen: %w", err)
 	}
-	httpSrv := &http.Server{Handler: httpHandler(reg, pub), ReadHeaderTimeout: 5 * time.Second}
+	httpSrv := &http.Server{Handler: httpHandler(reg, readinessFunc(pub, res, cfg.ReadyWhenStale)), ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
 		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain)
 
@@ -135,17 +145,34 @@ type readiness struct {
 	Ready bool `json:"ready"`
 	// Published: a snapshot built from a complete sync with the API server is being served.
 	Published bool `json:"published"`
+	// Stale: at least one source cannot be trusted right now; its last routes are still served.
+	Stale   bool                    `json:"stale"`
+	Sources []resolver.SourceStatus `json:"sources"`
 }
 
-func httpHandler(reg *prometheus.Registry, pub *xds.Publisher) http.Handler {
+// readinessFunc decides readiness: ready once a synced snapshot is published; while a source is
+// stale, only if readyWhenStale.
+func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, readyWhenStale bool) func() readiness {
+	return func() readiness {
+		r := readiness{Published: pub.Published(), Sources: res.Sources()}
+		for _, s := range r.Sources {
+			if s.State == resolver.Stale {
+				r.Stale = true
+			}
+		}
+		r.Ready = r.Published && (readyWhenStale || !r.Stale)
+		return r
+	}
+}
+
+func httpHandler(reg *prometheus.Registry, ready func() readiness) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		r := readiness{Published: pub.Published()}
-		r.Ready = r.Published
+		r := ready()
 		w.Header().Set("Content-Type", "application/json")
 		if !r.Ready {
 			w.WriteHeader(http.StatusServiceUnavailable)

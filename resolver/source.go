@@ -1,0 +1,304 @@
+package resolver
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	listerscorev1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// SourceState says how far a source's view can be trusted.
+type SourceState string
+
+const (
+	// Syncing: informers are listing; nothing from them is applied yet.
+	Syncing SourceState = "syncing"
+	// Live: synced, and the API server answers probes.
+	Live SourceState = "live"
+	// Stale: probes fail or the watch went silent. The last view stays in place.
+	Stale SourceState = "stale"
+)
+
+// SourceStatus is a source's health, for /readyz, logs and the admin API.
+type SourceStatus struct {
+	Name        string      `json:"name"`
+	State       SourceState `json:"state"`
+	Since       time.Time   `json:"since"`
+	Reason      string      `json:"reason,omitempty"`
+	LastEvent   time.Time   `json:"last_event"`
+	LastProbeOK time.Time   `json:"last_probe_ok"`
+	Restarts    int         `json:"restarts"`
+	// SyncedOnce: this source has completed at least one full list.
+	SyncedOnce bool `json:"synced_once"`
+}
+
+// LastSync is when the source's view was last known to be current: the later of its last
+// successful probe and its last watch event.
+func (s SourceStatus) LastSync() time.Time {
+	if s.LastEvent.After(s.LastProbeOK) {
+		return s.LastEvent
+	}
+	return s.LastProbeOK
+}
+
+// source watches one namespace ("" = all) through successive generations of informers: when
+// its watch cannot be trusted any more, the generation is thrown away and a new one lists
+// everything again. The resolver's published view is never emptied in between.
+type source struct {
+	// set at construction, read-only
+	namespace string
+	name      string
+	r         *Resolver
+	restart   chan string // capacity 1: a reason to start a new generation
+
+	// guarded by mu
+	mu     sync.Mutex
+	gen    *generation
+	status SourceStatus
+}
+
+// generation is one set of informers. Its listers are read only once it has synced.
+type generation struct {
+	servicesInf cache.SharedIndexInformer
+	services    listerscorev1.ServiceLister
+	slices      cache.SharedIndexInformer
+	synced      atomic.Bool
+}
+
+func newSource(r *Resolver, namespace string) *source {
+	name := namespace
+	if name == "" {
+		name = "all-namespaces"
+	}
+	return &source{
+		namespace: namespace, name: name, r: r,
+		restart: make(chan string, 1),
+		status:  SourceStatus{Name: name, State: Syncing, Since: time.Now()},
+	}
+}
+
+// current returns the generation whose listers may be read, or nil while none has synced.
+func (s *source) current() *generation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen == nil || !s.gen.synced.Load() {
+		return nil
+	}
+	return s.gen
+}
+
+func (s *source) Status() SourceStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// requestRestart asks run for a new generation; a request already pending is kept.
+func (s *source) requestRestart(reason string) {
+	select {
+	case s.restart <- reason:
+	default:
+	}
+}
+
+// setState records a state change once, with its reason, in logs and metrics.
+func (s *source) setState(st SourceState, reason string) {
+	s.mu.Lock()
+	prev := s.status.State
+	if prev == st {
+		s.mu.Unlock()
+		return
+	}
+	s.status.State, s.status.Since, s.status.Reason = st, time.Now(), reason
+	if st == Live {
+		s.status.SyncedOnce = true
+	}
+	s.mu.Unlock()
+	stale := 0.0
+	if st == Stale {
+		stale = 1
+	}
+	s.r.metrics.stale.WithLabelValues(s.name).Set(stale)
+	log := s.r.log.With("source", s.name, "from", prev, "to", st, "reason", reason)
+	if st == Stale {
+		log.Warn("source is stale; serving the last known routes")
+	} else {
+		log.Info("source state changed")
+	}
+}
+
+func (s *source) noteEvent() {
+	now := time.Now()
+	s.mu.Lock()
+	s.status.LastEvent = now
+	s.mu.Unlock()
+}
+
+// run keeps a generation of informers running until ctx is done, starting a new one with
+// backoff and jitter whenever a restart is requested.
+func (s *source) run(ctx context.Context) {
+	backoff := s.r.opts.RestartBackoff
+	for {
+		gctx, stop := context.WithCancel(ctx)
+		gen := s.startGeneration(gctx)
+		started := time.Now()
+		go func() {
+			if cache.WaitForCacheSync(gctx.Done(), gen.servicesInf.HasSynced, gen.slices.HasSynced) {
+				gen.synced.Store(true)
+				s.noteEvent()
+				s.setState(Live, "synced")
+				s.r.resync(s)
+			}
+		}()
+		var reason string
+		select {
+		case <-ctx.Done():
+			stop()
+			return
+		case reason = <-s.restart:
+		}
+		stop()
+		s.mu.Lock()
+		s.status.Restarts++
+		s.mu.Unlock()
+		s.r.metrics.restarts.WithLabelValues(s.name).Inc()
+		if time.Since(started) > 2*s.r.opts.WatchIdleTimeout {
+			backoff = s.r.opts.RestartBackoff // the last generation was healthy for a while
+		}
+		wait := backoff/2 + rand.N(backoff/2+1) // jitter: restarts of many replicas spread out
+		s.r.log.Info("restarting watches", "source", s.name, "reason", reason, "after", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, s.r.opts.MaxRestartBackoff)
+	}
+}
+
+// startGeneration builds and starts informers whose list calls have a deadline, whose watches
+// time out and ask for bookmarks, and whose every event (bookmarks included) counts as a sign of
+// life for the stall detector.
+func (s *source) startGeneration(ctx context.Context) *generation {
+	c := s.r.opts.Client
+	ns := s.namespace
+	svcLW := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			ctx, cancel := context.WithTimeout(ctx, s.r.opts.ListTimeout)
+			defer cancel()
+			return c.CoreV1().Services(ns).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			s.watchOptions(&o)
+			w, err := c.CoreV1().Services(ns).Watch(ctx, o)
+			return s.observe(w), err
+		},
+	}
+	sliceLW := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			ctx, cancel := context.WithTimeout(ctx, s.r.opts.ListTimeout)
+			defer cancel()
+			return c.DiscoveryV1().EndpointSlices(ns).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			s.watchOptions(&o)
+			w, err := c.DiscoveryV1().EndpointSlices(ns).Watch(ctx, o)
+			return s.observe(w), err
+		},
+	}
+	svcInf := cache.NewSharedIndexInformer(svcLW, &corev1.Service{}, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	sliceInf := cache.NewSharedIndexInformer(sliceLW, &discoveryv1.EndpointSlice{}, 0, cache.Indexers{byServiceIndex: sliceServiceIndex})
+	r := s.r
+	_, _ = svcInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { r.markService(o) },
+		UpdateFunc: func(_, o any) { r.markService(o) },
+		DeleteFunc: func(o any) { r.markService(o) },
+	})
+	_, _ = sliceInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { r.markSlice(o) },
+		UpdateFunc: func(old, o any) { r.markSlice(old); r.markSlice(o) },
+		DeleteFunc: func(o any) { r.markSlice(o) },
+	})
+	g := &generation{servicesInf: svcInf, services: listerscorev1.NewServiceLister(svcInf.GetIndexer()), slices: sliceInf}
+	s.mu.Lock()
+	s.gen = g
+	s.mu.Unlock()
+	go svcInf.RunWithContext(ctx)
+	go sliceInf.RunWithContext(ctx)
+	return g
+}
+
+// watchOptions bounds every watch: the server ends it after WatchTimeout (with jitter), and
+// sends bookmarks, so that a healthy idle watch still shows signs of life.
+func (s *source) watchOptions(o *metav1.ListOptions) {
+	t := int64(s.r.opts.WatchTimeout.Seconds())
+	t = t/2 + rand.Int64N(t/2+1)
+	o.TimeoutSeconds = &t
+	o.AllowWatchBookmarks = true
+}
+
+// observe wraps a watch so that every event it delivers records the time.
+func (s *source) observe(w watch.Interface) watch.Interface {
+	if w == nil {
+		return nil
+	}
+	out := make(chan watch.Event)
+	go func() {
+		defer close(out)
+		for ev := range w.ResultChan() {
+			s.noteEvent()
+			out <- ev
+		}
+	}()
+	return &observedWatch{Interface: w, out: out}
+}
+
+type observedWatch struct {
+	watch.Interface
+	out chan watch.Event
+}
+
+func (w *observedWatch) ResultChan() <-chan watch.Event { return w.out }
+
+// probe checks that the API server can answer a quorum read for this source now: a LIST with
+// limit=1 and no resourceVersion is served only with etcd reachable, unlike watches and
+// resourceVersion=0 lists, which the API server answers from its cache even with etcd gone.
+func (s *source) probe(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, s.r.opts.ProbeTimeout)
+	defer cancel()
+	_, err := s.r.opts.Client.CoreV1().Services(s.namespace).List(ctx, metav1.ListOptions{Limit: 1})
+	if ctx.Err() != nil && err == nil {
+		err = ctx.Err()
+	}
+	st := s.Status()
+	if err != nil {
+		s.r.metrics.probeFailures.WithLabelValues(s.name).Inc()
+		if st.State != Stale {
+			s.setState(Stale, fmt.Sprintf("probe failed: %v", err))
+		}
+		return
+	}
+	now := time.Now()
+	s.mu.Lock()
+	s.status.LastProbeOK = now
+	s.mu.Unlock()
+	switch {
+	case st.State == Stale:
+		// Back, but the watches may have missed changes: list everything again.
+		s.setState(Syncing, "API server answers again; re-listing")
+		s.requestRestart("recovered from stale")
+	case st.State == Live && now.Sub(st.LastEvent) > s.r.opts.WatchIdleTimeout:
+		s.setState(Stale, fmt.Sprintf("no watch event or bookmark for %v", now.Sub(st.LastEvent).Round(time.Second)))
+		s.requestRestart("silent watch")
+	}
+}
