@@ -69,6 +69,19 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
+// ownCluster starts an API server for a test that breaks it.
+func ownCluster(t *testing.T) *kube.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	k, err := kube.Start(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	return k
+}
+
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*timeout)
 	t.Cleanup(cancel)
@@ -79,18 +92,23 @@ func testContext(t *testing.T) context.Context {
 // (no controllers run), so cleanup deletes the test's objects explicitly.
 func newNamespace(t *testing.T) string {
 	t.Helper()
+	return newNamespaceOn(t, env.cluster)
+}
+
+func newNamespaceOn(t *testing.T, k *kube.Cluster) string {
+	t.Helper()
 	ctx := context.Background()
 	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	if len(name) > 40 {
 		name = name[:40]
 	}
-	ns, err := env.cluster.Client.CoreV1().Namespaces().Create(ctx,
+	ns, err := k.Client.CoreV1().Namespaces().Create(ctx,
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: strings.Trim(name, "-") + "-"}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create namespace: %v", err)
 	}
 	t.Cleanup(func() {
-		c := env.cluster.Client
+		c := k.Client
 		_ = c.DiscoveryV1().EndpointSlices(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 		svcs, _ := c.CoreV1().Services(ns.Name).List(ctx, metav1.ListOptions{})
 		for _, s := range svcs.Items {
@@ -104,9 +122,14 @@ func newNamespace(t *testing.T) string {
 // startHoldfast runs Holdfast watching only ns. Cleanup checks that SIGTERM makes it exit 0.
 func startHoldfast(t *testing.T, ns string, extra ...string) *harness.Holdfast {
 	t.Helper()
+	return startHoldfastOn(t, env.cluster, ns, extra...)
+}
+
+func startHoldfastOn(t *testing.T, k *kube.Cluster, ns string, extra ...string) *harness.Holdfast {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	h, err := harness.StartHoldfast(ctx, env.bins.Holdfast, env.dir, env.cluster.Kubeconfig, append([]string{"--namespaces", ns}, extra...)...)
+	h, err := harness.StartHoldfast(ctx, env.bins.Holdfast, env.dir, k.Kubeconfig, append([]string{"--namespaces", ns}, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,18 +186,23 @@ type servicePort struct {
 
 func createService(t *testing.T, ns, name string, ports ...servicePort) {
 	t.Helper()
+	createServiceOn(t, env.cluster, ns, name, ports...)
+}
+
+func createServiceOn(t *testing.T, k *kube.Cluster, ns, name string, ports ...servicePort) {
+	t.Helper()
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone}}
 	for _, p := range ports {
 		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: p.name, Port: p.port, Protocol: corev1.ProtocolTCP})
 	}
 	ctx := context.Background()
-	existing, err := env.cluster.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+	existing, err := k.Client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		_, err = env.cluster.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+		_, err = k.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
 	case err == nil:
 		existing.Spec.Ports = svc.Spec.Ports
-		_, err = env.cluster.Client.CoreV1().Services(ns).Update(ctx, existing, metav1.UpdateOptions{})
+		_, err = k.Client.CoreV1().Services(ns).Update(ctx, existing, metav1.UpdateOptions{})
 	}
 	if err != nil {
 		t.Fatalf("write service %s/%s: %v", ns, name, err)
@@ -190,6 +218,11 @@ type endpoint struct {
 // writeSlice creates or replaces EndpointSlice name of service svc, for one port.
 func writeSlice(t *testing.T, ns, name, svc string, port servicePort, eps ...endpoint) {
 	t.Helper()
+	writeSliceOn(t, env.cluster, ns, name, svc, port, eps...)
+}
+
+func writeSliceOn(t *testing.T, k *kube.Cluster, ns, name, svc string, port servicePort, eps ...endpoint) {
+	t.Helper()
 	s := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
 		AddressType: discoveryv1.AddressTypeIPv4,
@@ -204,7 +237,7 @@ func writeSlice(t *testing.T, ns, name, svc string, port servicePort, eps ...end
 		})
 	}
 	ctx := context.Background()
-	c := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
+	c := k.Client.DiscoveryV1().EndpointSlices(ns)
 	existing, err := c.Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
