@@ -120,9 +120,9 @@ func newNamespaceOn(t *testing.T, k *kube.Cluster) string {
 }
 
 // startHoldfast runs Holdfast watching only ns. Cleanup checks that SIGTERM makes it exit 0.
-func startHoldfast(t *testing.T, ns string, extra ...string) *harness.Holdfast {
+func startHoldfast(t *testing.T, ns string) *harness.Holdfast {
 	t.Helper()
-	return startHoldfastOn(t, env.cluster, ns, extra...)
+	return startHoldfastOn(t, env.cluster, ns)
 }
 
 func startHoldfastOn(t *testing.T, k *kube.Cluster, ns string, extra ...string) *harness.Holdfast {

@@ -84,7 +84,7 @@ func readyWhileStale(ctx context.Context, t *testing.T, h *harness.Holdfast, ns 
 
 // faultScenario runs the shape both API-server faults share: routes keep working through the
 // fault, the stall is detected, and a change made right after recovery reaches clients.
-func faultScenario(t *testing.T, hold time.Duration, inject func(*kube.Cluster) error, recover func(context.Context, *kube.Cluster) error) {
+func faultScenario(t *testing.T, hold time.Duration, inject func(*kube.Cluster) error, recoverFrom func(context.Context, *kube.Cluster) error) {
 	k := ownCluster(t)
 	ns := newNamespaceOn(t, k)
 	b := startBackends(t, grpcPort.target, "b1", "b2", "b3")
@@ -111,7 +111,7 @@ func faultScenario(t *testing.T, hold time.Duration, inject func(*kube.Cluster) 
 	readyWhileStale(ctx, t, h, ns)
 	time.Sleep(time.Until(faultAt.Add(hold)))
 
-	if err := recover(ctx, k); err != nil {
+	if err := recoverFrom(ctx, k); err != nil {
 		t.Fatal(err)
 	}
 	// A change made right after recovery reaches the client.

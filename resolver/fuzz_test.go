@@ -25,7 +25,12 @@ func FuzzBuildService(f *testing.F) {
 		if json.Unmarshal(svcJSON, &svc) != nil || json.Unmarshal(sliceJSON, &slice) != nil {
 			return
 		}
-		got := buildService(&svc, []*discoveryv1.EndpointSlice{&slice, &slice})
+		got, rejections := buildService(&svc, []*discoveryv1.EndpointSlice{&slice, &slice})
+		for _, r := range rejections {
+			if r.Reason == "" || r.Kind == "" {
+				t.Fatalf("rejection without a reason: %+v", r)
+			}
+		}
 		if got == nil {
 			return
 		}

@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"fmt"
 	"net/netip"
 	"sort"
 
@@ -8,13 +9,43 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 )
 
+// Rejection is one element of an API object that was left out of the model, and why.
+type Rejection struct {
+	Kind            string // "Service" or "EndpointSlice"
+	Namespace, Name string
+	ResourceVersion string
+	Reason          string // one of the Reason constants: a bounded set, fit for a metric label
+	Detail          string
+}
+
+// Why an element of an object was left out.
+const (
+	ReasonAddressInvalid     = "address_invalid"
+	ReasonAddressFamily      = "address_family_mismatch"
+	ReasonAddressType        = "unsupported_address_type"
+	ReasonPortInvalid        = "port_invalid"
+	ReasonDuplicateEndpoint  = "duplicate_endpoint"
+	ReasonExternalName       = "externalname_service"
+	ReasonNoServiceLabel     = "missing_service_label"
+	ReasonServiceNotFound    = "service_not_found"
+	ReasonTooManyEndpoints   = "too_many_endpoints"
+	ReasonNothingUsableInput = "no_usable_endpoints_left"
+)
+
+func sliceRejection(s *discoveryv1.EndpointSlice, reason, detail string) Rejection {
+	return Rejection{Kind: "EndpointSlice", Namespace: s.Namespace, Name: s.Name, ResourceVersion: s.ResourceVersion, Reason: reason, Detail: detail}
+}
+
 // buildService merges a Service and all EndpointSlices labelled with its name into the plain
 // model. Slice ports are matched to service ports by name (both empty for a single unnamed port).
-// It returns nil for services that carry no routable ports (ExternalName, or no TCP ports).
-func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *Service {
+// It returns nil for services that carry no routable ports (ExternalName, or no TCP ports), and
+// every element it left out as a Rejection. It never fails: a bad element is dropped alone.
+func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*Service, []Rejection) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
-		return nil
+		return nil, []Rejection{{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, ResourceVersion: svc.ResourceVersion,
+			Reason: ReasonExternalName, Detail: "ExternalName services are resolved by DNS, not served over xDS"}}
 	}
+	var rejections []Rejection
 	out := &Service{
 		Key:      Key{Namespace: svc.Namespace, Name: svc.Name},
 		Headless: svc.Spec.ClusterIP == corev1.ClusterIPNone,
@@ -27,14 +58,20 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *Ser
 		if sp.AppProtocol != nil {
 			p.AppProtocol = *sp.AppProtocol
 		}
-		p.Endpoints = endpointsForPort(sp.Name, slices)
+		p.Endpoints = endpointsForPort(sp.Name, slices, &rejections)
 		out.Ports = append(out.Ports, p)
 	}
+	// Problems that do not depend on the port: reported once per slice.
+	for _, s := range slices {
+		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+			rejections = append(rejections, sliceRejection(s, ReasonAddressType, fmt.Sprintf("address type %q is not routable by IP", s.AddressType)))
+		}
+	}
 	if len(out.Ports) == 0 {
-		return nil
+		return nil, rejections
 	}
 	sort.Slice(out.Ports, func(i, j int) bool { return out.Ports[i].Port < out.Ports[j].Port })
-	return out
+	return out, rejections
 }
 
 func isTCP(p corev1.Protocol) bool { return p == "" || p == corev1.ProtocolTCP }
@@ -42,13 +79,16 @@ func isTCP(p corev1.Protocol) bool { return p == "" || p == corev1.ProtocolTCP }
 // endpointsForPort collects, across all slices, the endpoints serving the service port named
 // portName. An address:port listed by several slices appears once, with the most usable
 // conditions any slice reported for it (ready beats serving beats neither).
-func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice) []Endpoint {
+func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice, rejections *[]Rejection) []Endpoint {
 	byHostPort := map[netip.AddrPort]Endpoint{}
 	for _, s := range slices {
 		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
-		target, ok := slicePort(s, portName)
+		target, found, ok := slicePort(s, portName)
+		if found && !ok {
+			*rejections = append(*rejections, sliceRejection(s, ReasonPortInvalid, fmt.Sprintf("port %q has no usable port number", portName)))
+		}
 		if !ok {
 			continue
 		}
@@ -56,13 +96,21 @@ func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice) []En
 			e := &s.Endpoints[i]
 			for _, a := range e.Addresses {
 				addr, err := netip.ParseAddr(a)
-				if err != nil || addr.Zone() != "" || addr.Is4() != (s.AddressType == discoveryv1.AddressTypeIPv4) {
+				switch {
+				case err != nil || addr.Zone() != "":
+					*rejections = append(*rejections, sliceRejection(s, ReasonAddressInvalid, fmt.Sprintf("%q is not an IP address", a)))
+					continue
+				case addr.Is4() != (s.AddressType == discoveryv1.AddressTypeIPv4):
+					*rejections = append(*rejections, sliceRejection(s, ReasonAddressFamily, fmt.Sprintf("%s in an %s slice", a, s.AddressType)))
 					continue
 				}
 				ep := toEndpoint(addr.String(), int32(target), e)
 				key := netip.AddrPortFrom(addr, target)
-				if prev, dup := byHostPort[key]; dup && rank(prev) >= rank(ep) {
-					continue
+				if prev, dup := byHostPort[key]; dup {
+					*rejections = append(*rejections, sliceRejection(s, ReasonDuplicateEndpoint, fmt.Sprintf("%s listed more than once", key)))
+					if rank(prev) >= rank(ep) {
+						continue
+					}
 				}
 				byHostPort[key] = ep
 			}
@@ -83,9 +131,10 @@ func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice) []En
 	return out
 }
 
-// slicePort finds the slice's port for the service port name. TCP only; a nil port number means
-// "all ports" in the API, which a proxy cannot route, so it does not match.
-func slicePort(s *discoveryv1.EndpointSlice, name string) (uint16, bool) {
+// slicePort finds the slice's port for the service port name: found says the slice names it,
+// ok that it is usable. TCP only; a nil port number means "all ports" in the API, which a proxy
+// cannot route.
+func slicePort(s *discoveryv1.EndpointSlice, name string) (port uint16, found, ok bool) {
 	for _, p := range s.Ports {
 		pn := ""
 		if p.Name != nil {
@@ -98,11 +147,11 @@ func slicePort(s *discoveryv1.EndpointSlice, name string) (uint16, bool) {
 			continue
 		}
 		if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
-			return 0, false
+			return 0, true, false
 		}
-		return uint16(*p.Port), true
+		return uint16(*p.Port), true, true
 	}
-	return 0, false
+	return 0, false, false
 }
 
 // toEndpoint applies the API's defaulting rules for conditions: a nil ready means ready, a nil

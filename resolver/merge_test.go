@@ -150,7 +150,7 @@ func TestBuildService(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := buildService(tt.svc, tt.slices)
+			got, _ := buildService(tt.svc, tt.slices)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("buildService:\n got  %+v\n want %+v", got, tt.want)
 			}
@@ -183,6 +183,83 @@ func TestHostPort(t *testing.T) {
 	} {
 		if got := in.HostPort(); got != want {
 			t.Errorf("HostPort(%v) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestBuildServiceRejections(t *testing.T) {
+	httpPort := corev1.ServicePort{Name: "http", Port: 80}
+	v4, v6 := discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6
+	good := port("http", 8080)
+	noNumber := discoveryv1.EndpointPort{Name: ptr("http")}
+	tests := []struct {
+		name        string
+		slices      []*discoveryv1.EndpointSlice
+		wantReasons []string
+		wantUsable  int
+	}{
+		{"clean", []*discoveryv1.EndpointSlice{slice("a", v4, []discoveryv1.EndpointPort{good}, ep{addrs: []string{"10.0.0.1"}})}, nil, 1},
+		{"bad address beside a good one", []*discoveryv1.EndpointSlice{
+			slice("a", v4, []discoveryv1.EndpointPort{good}, ep{addrs: []string{"nonsense", "10.0.0.1"}}),
+		}, []string{ReasonAddressInvalid}, 1},
+		{"wrong family", []*discoveryv1.EndpointSlice{
+			slice("a", v6, []discoveryv1.EndpointPort{good}, ep{addrs: []string{"10.0.0.1"}}),
+		}, []string{ReasonAddressFamily}, 0},
+		{"FQDN slice", []*discoveryv1.EndpointSlice{
+			slice("a", discoveryv1.AddressTypeFQDN, []discoveryv1.EndpointPort{good}, ep{addrs: []string{"db.example.com"}}),
+		}, []string{ReasonAddressType}, 0},
+		{"port without a number", []*discoveryv1.EndpointSlice{
+			slice("a", v4, []discoveryv1.EndpointPort{noNumber}, ep{addrs: []string{"10.0.0.1"}}),
+		}, []string{ReasonPortInvalid}, 0},
+		{"duplicate across slices", []*discoveryv1.EndpointSlice{
+			slice("a", v4, []discoveryv1.EndpointPort{good}, ep{addrs: []string{"10.0.0.1"}}),
+			slice("b", v4, []discoveryv1.EndpointPort{good}, ep{addrs: []string{"10.0.0.1"}}),
+		}, []string{ReasonDuplicateEndpoint}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, rejections := buildService(svc(httpPort), tt.slices)
+			var reasons []string
+			for _, r := range rejections {
+				reasons = append(reasons, r.Reason)
+			}
+			if !reflect.DeepEqual(reasons, tt.wantReasons) {
+				t.Errorf("reasons = %v, want %v", reasons, tt.wantReasons)
+			}
+			if u := got.usableCount(); u != tt.wantUsable {
+				t.Errorf("usable endpoints = %d, want %d", u, tt.wantUsable)
+			}
+		})
+	}
+	_, rs := buildService(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "x"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"}}, nil)
+	if len(rs) != 1 || rs[0].Reason != ReasonExternalName {
+		t.Errorf("ExternalName: rejections %v", rs)
+	}
+}
+
+func TestUnusableKeepsLastGoodState(t *testing.T) {
+	r := &Resolver{opts: Options{MaxEndpointsPerService: 2}}
+	usable := &Service{Ports: []Port{{Port: 80, Endpoints: []Endpoint{{Address: "10.0.0.1", Port: 80, Ready: true}}}}}
+	empty := &Service{Ports: []Port{{Port: 80}}}
+	big := &Service{Ports: []Port{{Port: 80, Endpoints: make([]Endpoint, 3)}}}
+	bad := []Rejection{{Reason: ReasonAddressInvalid}}
+	tests := []struct {
+		name             string
+		prev, next       *Service
+		rejections       []Rejection
+		wantKeepPrevious bool
+	}{
+		{"valid scale to zero goes through", usable, empty, nil, false},
+		{"bad input leaving nothing keeps the last good state", usable, empty, bad, true},
+		{"bad input with something left goes through", usable, usable, bad, false},
+		{"first sight of a bad service", nil, empty, bad, false},
+		{"too many endpoints", usable, big, nil, true},
+		{"deletion goes through", usable, nil, bad, false},
+	}
+	for _, tt := range tests {
+		if got := r.unusable(tt.prev, tt.next, tt.rejections) != ""; got != tt.wantKeepPrevious {
+			t.Errorf("%s: keep previous = %v, want %v", tt.name, got, tt.wantKeepPrevious)
 		}
 	}
 }

@@ -36,6 +36,27 @@ type Service struct {
 	Ports []Port
 }
 
+func (s *Service) endpointCount() int {
+	n := 0
+	for _, p := range s.Ports {
+		n += len(p.Endpoints)
+	}
+	return n
+}
+
+// usableCount counts endpoints that get traffic or drain.
+func (s *Service) usableCount() int {
+	n := 0
+	for _, p := range s.Ports {
+		for _, e := range p.Endpoints {
+			if e.Health() != Excluded {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // Port is one service port and the endpoints that serve it.
 type Port struct {
 	Name string

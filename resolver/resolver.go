@@ -58,6 +58,9 @@ type Options struct {
 	// MaxRestartBackoff. [1s, 30s]
 	RestartBackoff    time.Duration
 	MaxRestartBackoff time.Duration
+	// MaxEndpointsPerService bounds one service (all ports); a bigger one is rejected whole and
+	// keeps its last good state. [20000]
+	MaxEndpointsPerService int
 }
 
 func (o *Options) defaults() {
@@ -76,6 +79,9 @@ func (o *Options) defaults() {
 	def(&o.WatchTimeout, 2*time.Minute)
 	def(&o.RestartBackoff, time.Second)
 	def(&o.MaxRestartBackoff, 30*time.Second)
+	if o.MaxEndpointsPerService <= 0 {
+		o.MaxEndpointsPerService = 20000
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -99,8 +105,11 @@ type Resolver struct {
 	resyncs map[*source]struct{}
 	kick    chan struct{} // capacity 1: "there is work"
 
+	rejections *rejectionLog
+
 	// owned by the run loop
 	services  map[Key]*Service
+	degraded  map[Key]string // services kept at their last good state, and why
 	published bool
 }
 
@@ -113,6 +122,7 @@ type resolverMetrics struct {
 	stale         *prometheus.GaugeVec
 	restarts      *prometheus.CounterVec
 	probeFailures *prometheus.CounterVec
+	degraded      prometheus.Gauge
 }
 
 // New creates a Resolver. Call Run to start it.
@@ -124,14 +134,21 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 		return nil, errors.New("resolver: no observer")
 	}
 	opts.defaults()
+	log := opts.Logger.With("component", "resolver")
+	rejections, err := newRejectionLog(log)
+	if err != nil {
+		return nil, err
+	}
 	r := &Resolver{
-		opts:     opts,
-		log:      opts.Logger.With("component", "resolver"),
-		obs:      obs,
-		dirty:    map[Key]struct{}{},
-		resyncs:  map[*source]struct{}{},
-		kick:     make(chan struct{}, 1),
-		services: map[Key]*Service{},
+		rejections: rejections,
+		degraded:   map[Key]string{},
+		opts:       opts,
+		log:        log,
+		obs:        obs,
+		dirty:      map[Key]struct{}{},
+		resyncs:    map[*source]struct{}{},
+		kick:       make(chan struct{}, 1),
+		services:   map[Key]*Service{},
 		metrics: resolverMetrics{
 			services: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "holdfast_resolver_services", Help: "Services with at least one routable port in the resolver's view."}),
@@ -145,6 +162,8 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 				Name: "holdfast_source_watch_restarts_total", Help: "Times a source threw its watches away and listed everything again."}, []string{"source"}),
 			probeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Name: "holdfast_source_probe_failures_total", Help: "Quorum-read probes of the API server that failed or timed out."}, []string{"source"}),
+			degraded: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_services_degraded", Help: "Services kept at their last good state because their new input had nothing usable."}),
 		},
 	}
 	namespaces := opts.Namespaces
@@ -157,7 +176,7 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 		r.metrics.stale.WithLabelValues(s.name).Set(0)
 	}
 	m := r.metrics
-	for _, c := range []prometheus.Collector{m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, syncAgeCollector{r}} {
+	for _, c := range []prometheus.Collector{m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, m.degraded, rejections.counter, syncAgeCollector{r}} {
 		if err := opts.Registry.Register(c); err != nil {
 			return nil, fmt.Errorf("resolver: register metrics: %w", err)
 		}
@@ -219,11 +238,16 @@ func (r *Resolver) markSlice(o any) {
 	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
 		o = t.Obj
 	}
-	if s, ok := o.(*discoveryv1.EndpointSlice); ok {
-		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
-			r.mark(Key{Namespace: s.Namespace, Name: name})
-		}
+	s, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return
 	}
+	name := s.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		r.rejections.report([]Rejection{sliceRejection(s, ReasonNoServiceLabel, "no "+discoveryv1.LabelServiceName+" label: belongs to no service")})
+		return
+	}
+	r.mark(Key{Namespace: s.Namespace, Name: name})
 }
 
 func (r *Resolver) mark(k Key) {
@@ -234,14 +258,6 @@ func (r *Resolver) mark(k Key) {
 	case r.kick <- struct{}{}:
 	default:
 	}
-}
-
-func (r *Resolver) takeDirty() map[Key]struct{} {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	d := r.dirty
-	r.dirty = map[Key]struct{}{}
-	return d
 }
 
 func (r *Resolver) resync(s *source) {
@@ -386,6 +402,7 @@ func (r *Resolver) rebuildSource(s *source) bool {
 	for k := range r.services {
 		if _, ok := seen[k]; !ok && r.sourceFor(k.Namespace) == s {
 			delete(r.services, k)
+			r.setDegraded(k, "")
 			changed = true
 		}
 	}
@@ -393,19 +410,32 @@ func (r *Resolver) rebuildSource(s *source) bool {
 }
 
 // rebuild recomputes one service from a synced generation's caches. It keeps the old *Service
-// when nothing routable changed (a re-list re-delivers every object), and reports whether it
+// when nothing routable changed (a re-list re-delivers every object), keeps the last good state
+// when the new input has nothing usable because of bad elements, and reports whether the service
 // changed.
 func (r *Resolver) rebuild(k Key, gen *generation) bool {
 	var next *Service
+	var rejections []Rejection
+	slices := r.slicesOf(gen, k)
 	svc, err := gen.services.Services(k.Namespace).Get(k.Name)
 	switch {
 	case err == nil:
-		next = buildService(svc, r.slicesOf(gen, k))
-	case !apierrors.IsNotFound(err):
+		next, rejections = buildService(svc, slices)
+	case apierrors.IsNotFound(err):
+		for _, s := range slices {
+			rejections = append(rejections, sliceRejection(s, ReasonServiceNotFound, "service "+k.String()+" does not exist"))
+		}
+	default:
 		r.log.Error("reading service from cache", "service", k, "err", err)
 		return false
 	}
+	r.rejections.report(rejections)
 	prev, had := r.services[k]
+	if reason := r.unusable(prev, next, rejections); had && reason != "" {
+		r.setDegraded(k, reason)
+		return false
+	}
+	r.setDegraded(k, "")
 	switch {
 	case next == nil && !had:
 		return false
@@ -417,6 +447,34 @@ func (r *Resolver) rebuild(k Key, gen *generation) bool {
 	}
 	r.services[k] = next
 	return true
+}
+
+// unusable says why next must not replace prev: it is too big, or bad elements left it with no
+// usable endpoint where prev had some. A service scaled to zero by valid input is not unusable.
+func (r *Resolver) unusable(prev, next *Service, rejections []Rejection) string {
+	if next == nil {
+		return ""
+	}
+	if n := next.endpointCount(); n > r.opts.MaxEndpointsPerService {
+		return fmt.Sprintf("%s: %d endpoints, more than %d", ReasonTooManyEndpoints, n, r.opts.MaxEndpointsPerService)
+	}
+	if len(rejections) > 0 && prev != nil && next.usableCount() == 0 && prev.usableCount() > 0 {
+		return fmt.Sprintf("%s: %d elements rejected, first: %s (%s)", ReasonNothingUsableInput, len(rejections), rejections[0].Reason, rejections[0].Detail)
+	}
+	return ""
+}
+
+func (r *Resolver) setDegraded(k Key, reason string) {
+	prev, was := r.degraded[k]
+	switch {
+	case reason == "" && was:
+		delete(r.degraded, k)
+		r.log.Info("service no longer degraded", "service", k)
+	case reason != "" && reason != prev:
+		r.degraded[k] = reason
+		r.log.Warn("service degraded: keeping its last good state", "service", k, "reason", reason)
+	}
+	r.metrics.degraded.Set(float64(len(r.degraded)))
 }
 
 func (r *Resolver) slicesOf(gen *generation, k Key) []*discoveryv1.EndpointSlice {
@@ -449,9 +507,7 @@ func (r *Resolver) publish() {
 	r.published = true
 	endpoints := 0
 	for _, s := range r.services {
-		for _, p := range s.Ports {
-			endpoints += len(p.Endpoints)
-		}
+		endpoints += s.endpointCount()
 	}
 	r.metrics.services.Set(float64(len(r.services)))
 	r.metrics.endpoints.Set(float64(endpoints))

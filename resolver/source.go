@@ -21,11 +21,11 @@ import (
 type SourceState string
 
 const (
-	// Syncing: informers are listing; nothing from them is applied yet.
+	// Syncing means informers are listing; nothing from them is applied yet.
 	Syncing SourceState = "syncing"
-	// Live: synced, and the API server answers probes.
+	// Live means synced, with the API server answering probes.
 	Live SourceState = "live"
-	// Stale: probes fail or the watch went silent. The last view stays in place.
+	// Stale means probes fail or the watch went silent. The last view stays in place.
 	Stale SourceState = "stale"
 )
 
@@ -175,7 +175,7 @@ func (s *source) run(ctx context.Context) {
 		if time.Since(started) > 2*s.r.opts.WatchIdleTimeout {
 			backoff = s.r.opts.RestartBackoff // the last generation was healthy for a while
 		}
-		wait := backoff/2 + rand.N(backoff/2+1) // jitter: restarts of many replicas spread out
+		wait := backoff/2 + rand.N(backoff/2+1) //nolint:gosec // jitter spreads restarts of many replicas; not a secret
 		s.r.log.Info("restarting watches", "source", s.name, "reason", reason, "after", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
@@ -242,7 +242,7 @@ func (s *source) startGeneration(ctx context.Context) *generation {
 // sends bookmarks, so that a healthy idle watch still shows signs of life.
 func (s *source) watchOptions(o *metav1.ListOptions) {
 	t := int64(s.r.opts.WatchTimeout.Seconds())
-	t = t/2 + rand.Int64N(t/2+1)
+	t = t/2 + rand.Int64N(t/2+1) //nolint:gosec // jitter, not a secret
 	o.TimeoutSeconds = &t
 	o.AllowWatchBookmarks = true
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"time"
 
-	"golang.org/x/net/http2"
 	"k8s.io/client-go/rest"
 )
 
@@ -41,12 +40,10 @@ func TuneTransport(cfg *rest.Config, readIdle, pingTimeout time.Duration) (*rest
 	if cfg.Proxy != nil {
 		t.Proxy = cfg.Proxy
 	}
-	t2, err := http2.ConfigureTransports(t)
-	if err != nil {
-		return nil, fmt.Errorf("api server transport: %w", err)
-	}
-	t2.ReadIdleTimeout = readIdle
-	t2.PingTimeout = pingTimeout
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetHTTP1(true)
+	t.Protocols.SetHTTP2(true)
+	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: readIdle, PingTimeout: pingTimeout}
 	out := rest.CopyConfig(cfg)
 	out.Transport = t
 	// The transport carries the TLS settings now; client-go refuses both.

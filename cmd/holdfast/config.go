@@ -97,8 +97,8 @@ func (c Config) validate() error {
 	if c.ProbeInterval < time.Second || c.ProbeTimeout < 100*time.Millisecond || c.ProbeTimeout >= c.ProbeInterval {
 		errs = append(errs, fmt.Errorf("--probe-interval %v / --probe-timeout %v: want an interval of at least 1s and a timeout of at least 100ms, shorter than the interval", c.ProbeInterval, c.ProbeTimeout))
 	}
-	if c.WatchIdleTimeout < 30*time.Second {
-		errs = append(errs, fmt.Errorf("--watch-idle-timeout %v: want at least 30s (the API server sends bookmarks about once a minute)", c.WatchIdleTimeout))
+	if c.WatchIdleTimeout < 90*time.Second {
+		errs = append(errs, fmt.Errorf("--watch-idle-timeout %v: want at least 90s (an idle watch gets a bookmark about once a minute)", c.WatchIdleTimeout))
 	}
 	if c.ShutdownGrace < 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace))

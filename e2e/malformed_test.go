@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestResilienceMalformedObjects writes, beside good services, every kind of bad object the API
+// server accepts: good services keep routing, bad elements are counted by reason, and a service
+// whose input turns bad entirely keeps its last good state.
+func TestResilienceMalformedObjects(t *testing.T) {
+	ns := newNamespace(t)
+	b := startBackends(t, grpcPort.target, "b1", "b2", "flaky", "other")
+	createService(t, ns, "echo", grpcPort)
+	createService(t, ns, "other", grpcPort)
+	createService(t, ns, "flaky", grpcPort)
+	createService(t, ns, "big", grpcPort)
+	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true}, endpoint{b["b2"], true})
+	writeSlice(t, ns, "other-a", "other", grpcPort, endpoint{b["other"], true})
+	writeSlice(t, ns, "flaky-a", "flaky", grpcPort, endpoint{b["flaky"], true})
+	h := startHoldfast(t, ns)
+	ctx := testContext(t)
+	echo := dial(t, h, target(ns, "echo", grpcPort.port))
+	other := dial(t, h, target(ns, "other", grpcPort.port))
+	flaky := dial(t, h, target(ns, "flaky", grpcPort.port))
+	if err := flaky.WaitForBackends(ctx, "flaky"); err != nil {
+		t.Fatal(err)
+	}
+
+	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
+	mk := func(name, svc string, at discoveryv1.AddressType, port *int32, addrs ...string) *discoveryv1.EndpointSlice {
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{}},
+			AddressType: at,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: port, Protocol: ptr(corev1.ProtocolTCP)}},
+		}
+		if svc != "" {
+			s.Labels[discoveryv1.LabelServiceName] = svc
+		}
+		for _, a := range addrs {
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}})
+		}
+		return s
+	}
+	huge := mk("big-huge", "big", discoveryv1.AddressTypeIPv4, ptr(grpcPort.target))
+	for i := range 1000 { // the API's limit per slice
+		huge.Endpoints = append(huge.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.250.%d.%d", i/250, i%250+1)}})
+	}
+	bad := []struct {
+		slice  *discoveryv1.EndpointSlice
+		reason string // what Holdfast must count for it
+	}{
+		{mk("echo-fqdn", "echo", discoveryv1.AddressTypeFQDN, ptr(grpcPort.target), "db.example.com"), "unsupported_address_type"},
+		{mk("echo-dup", "echo", discoveryv1.AddressTypeIPv4, ptr(grpcPort.target), b["b1"].Addr.String()), "duplicate_endpoint"},
+		{mk("ghost-a", "ghost", discoveryv1.AddressTypeIPv4, ptr(grpcPort.target), "10.251.0.1"), "service_not_found"},
+		{mk("nobody", "", discoveryv1.AddressTypeIPv4, ptr(grpcPort.target), "10.251.0.2"), "missing_service_label"},
+		{mk("echo-noport", "echo", discoveryv1.AddressTypeIPv4, nil, "10.251.0.3"), "port_invalid"},
+		{huge, ""},
+	}
+	for _, s := range bad {
+		if _, err := api.Create(ctx, s.slice, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("the API server refused %s: %v", s.slice.Name, err)
+		}
+	}
+	// flaky's only slice now has nothing usable: no port number. It keeps its last good state.
+	if _, err := api.Update(ctx, func() *discoveryv1.EndpointSlice {
+		s := mk("flaky-a", "flaky", discoveryv1.AddressTypeIPv4, nil, b["flaky"].Addr.String())
+		cur, err := api.Get(ctx, "flaky-a", metav1.GetOptions{})
+		if err == nil {
+			s.ResourceVersion = cur.ResourceVersion
+		}
+		return s
+	}(), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, s := range bad {
+		if s.reason == "" {
+			continue
+		}
+		series := `holdfast_objects_rejected_total{reason="` + s.reason + `"}`
+		if err := eventually(ctx, func() bool { v, err := h.Metric(ctx, series); return err == nil && v >= 1 }); err != nil {
+			t.Errorf("%s (for %s) never counted", series, s.slice.Name)
+		}
+	}
+	if err := eventually(ctx, func() bool { v, err := h.Metric(ctx, "holdfast_services_degraded"); return err == nil && v == 1 }); err != nil {
+		t.Error("holdfast_services_degraded never read 1 for flaky")
+	}
+	if err := eventually(ctx, func() bool { v, err := h.Metric(ctx, "holdfast_resolver_endpoints"); return err == nil && v >= 1000 }); err != nil {
+		t.Error("the 1000-endpoint slice never reached the resolver's view")
+	}
+	for name, c := range map[string]interface {
+		WaitForBackends(context.Context, ...string) error
+	}{"echo": echo, "other": other, "flaky": flaky} {
+		want := map[string][]string{"echo": {"b1", "b2"}, "other": {"other"}, "flaky": {"flaky"}}[name]
+		if err := c.WaitForBackends(ctx, want...); err != nil {
+			t.Errorf("%s after the bad objects: %v", name, err)
+		}
+	}
+	// Holdfast is still healthy.
+	if code, body, err := h.Get(ctx, "/readyz"); err != nil || code != 200 {
+		t.Errorf("/readyz = %d %s %v", code, body, err)
+	}
+}
+
+// eventually polls cond until it holds or ctx is done.
+func eventually(ctx context.Context, cond func() bool) error {
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
