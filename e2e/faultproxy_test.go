@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/e2e/faultproxy"
+	"github.com/holdfast/holdfast/e2e/harness"
+)
+
+// TestResilienceProxyStallCorruptFail puts a fault proxy between Holdfast and the API server and
+// runs each fault in turn: Holdfast does not crash, loses nothing, keeps routing, says it is
+// stale, and picks up the change made during the fault once the fault ends.
+func TestResilienceProxyStallCorruptFail(t *testing.T) {
+	ns := newNamespace(t)
+	modes := []faultproxy.Mode{faultproxy.Stall, faultproxy.Corrupt, faultproxy.Fail500, faultproxy.Fail429, faultproxy.Reset}
+	ids := []string{"b0"}
+	for _, m := range modes {
+		ids = append(ids, "after-"+string(m))
+	}
+	b := startBackends(t, grpcPort.target, ids...)
+	createService(t, ns, "echo", grpcPort)
+	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b0"], true})
+
+	p, err := faultproxy.Start(env.cluster.Server, env.cluster.CAFile, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := env.cluster.WriteKubeconfig(kubeconfig, p.URL, p.CAFile); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	h, err := harness.StartHoldfast(sctx, env.bins.Holdfast, env.dir, kubeconfig, "--namespaces", ns)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := h.Terminate(15 * time.Second); err != nil {
+			t.Errorf("holdfast did not exit cleanly: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("holdfast log: %s", h.LogTail(80))
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(modes))*2*timeout)
+	defer cancel()
+	c := dial(t, h, target(ns, "echo", grpcPort.port))
+	serving := []string{"b0"}
+	if err := c.WaitForBackends(ctx, serving...); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, m := range modes {
+		calls := keepCalling(c)
+		p.SetMode(m)
+		detected := waitStale(ctx, t, h, ns, 1)
+
+		// A change made during the fault, straight to the API server.
+		next := append(append([]string{}, serving...), "after-"+string(m))
+		var eps []endpoint
+		for _, id := range next {
+			eps = append(eps, endpoint{b[id], true})
+		}
+		writeSlice(t, ns, "echo-a", "echo", grpcPort, eps...)
+		// Meanwhile clients keep exactly the routes they had.
+		hits, failures, err := c.Spread(ctx, 10*len(serving))
+		if failures != 0 || len(hits) != len(serving) {
+			t.Errorf("%s: during the fault RPCs reached %s with %d failures (%v); want %v", m, harness.HitsString(hits), failures, err, serving)
+		}
+
+		p.SetMode(faultproxy.Pass)
+		healed := time.Now()
+		if err := c.WaitForBackends(ctx, next...); err != nil {
+			t.Fatalf("%s: the change made during the fault never arrived: %v", m, err)
+		}
+		arrived := time.Since(healed)
+		waitStale(ctx, t, h, ns, 0)
+		ok, fail, lastErr := calls.finish()
+		if fail != 0 {
+			t.Errorf("%s: %d of %d RPCs failed (last: %v)", m, fail, ok+fail, lastErr)
+		}
+		t.Logf("%-8s stale after %v; change arrived %v after the fault ended; %d RPCs, %d failed",
+			m, detected.Round(10*time.Millisecond), arrived.Round(10*time.Millisecond), ok+fail, fail)
+		serving = next
+	}
+	if code, _, err := h.Get(ctx, "/healthz"); err != nil || code != 200 {
+		t.Errorf("holdfast unhealthy after the faults: %d %v", code, err)
+	}
+}
