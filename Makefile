@@ -7,7 +7,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(HOLDFAST_CACHE_DIR)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 # Correctness deadline for the whole e2e run; a warm run takes well under a minute.
 E2E_TIMEOUT ?= 15m
-FUZZTIME ?= 10s
+FUZZTIME ?= 8s
 
 .PHONY: all build kube test unit e2e fuzz lint demo bootstraps clean
 
@@ -26,9 +26,10 @@ unit:
 e2e: kube
 	go test -count=1 -timeout $(E2E_TIMEOUT) ./e2e/...
 
-test: unit e2e
+# A short fuzz run of the input-eating code rides along with every test run.
+test: unit fuzz e2e
 
-# Longer fuzzing than the seed-corpus runs `make unit` does.
+# `make fuzz FUZZTIME=10m` fuzzes for longer.
 fuzz:
 	go test ./xds/ -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME)
 	go test ./resolver/ -run '^$$' -fuzz FuzzBuildService -fuzztime $(FUZZTIME)

@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -67,6 +68,19 @@ func TestResilienceMalformedObjects(t *testing.T) {
 		if _, err := api.Create(ctx, s.slice, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("the API server refused %s: %v", s.slice.Name, err)
 		}
+	}
+	// An IPv4 address in an IPv6 slice: the API server refuses it, so Holdfast's own check (unit
+	// tested) is a second line of defence. Should a future API server accept it, it must count.
+	mixed := mk("echo-mixed", "echo", discoveryv1.AddressTypeIPv6, ptr(grpcPort.target), "10.251.0.4")
+	if _, err := api.Create(ctx, mixed, metav1.CreateOptions{}); err == nil {
+		bad = append(bad, struct {
+			slice  *discoveryv1.EndpointSlice
+			reason string
+		}{mixed, "address_family_mismatch"})
+	} else if !apierrors.IsInvalid(err) {
+		t.Fatalf("creating a mixed-family slice: %v", err)
+	} else {
+		t.Logf("the API server refuses mixed address families: %v", err)
 	}
 	// flaky's only slice now has nothing usable: no port number. It keeps its last good state.
 	if _, err := api.Update(ctx, func() *discoveryv1.EndpointSlice {

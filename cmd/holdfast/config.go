@@ -28,6 +28,7 @@ type Config struct {
 	ProbeTimeout       time.Duration
 	WatchIdleTimeout   time.Duration
 	ReadyWhenStale     bool
+	MaxEndpoints       int
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -49,6 +50,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.ProbeInterval, "probe-interval", 5*time.Second, "how often to check the API server with a quorum read; also how long an HTTP/2 connection to it may read nothing before it is pinged")
 	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", 3*time.Second, "a probe (or an HTTP/2 ping) not answered within this marks the source stale (or closes the connection)")
 	fs.DurationVar(&c.WatchIdleTimeout, "watch-idle-timeout", 3*time.Minute, "a watch that delivers no event and no bookmark for this long is stale and is restarted with a fresh list")
+	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: holdfast [flags]\n       holdfast bootstrap --grpc|--envoy --node-id ID --server HOST:PORT [--zone Z --region R]\n\nFlags:\n")
@@ -99,6 +101,9 @@ func (c Config) validate() error {
 	}
 	if c.WatchIdleTimeout < 90*time.Second {
 		errs = append(errs, fmt.Errorf("--watch-idle-timeout %v: want at least 90s (an idle watch gets a bookmark about once a minute)", c.WatchIdleTimeout))
+	}
+	if c.MaxEndpoints < 1 {
+		errs = append(errs, fmt.Errorf("--max-endpoints-per-service %d: must be at least 1", c.MaxEndpoints))
 	}
 	if c.ShutdownGrace < 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace))

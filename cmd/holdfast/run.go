@@ -65,6 +65,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	res, err := resolver.New(resolver.Options{
 		Client: client, Namespaces: cfg.Namespaces, Logger: log, Registry: reg,
 		ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, WatchIdleTimeout: cfg.WatchIdleTimeout,
+		MaxEndpointsPerService: cfg.MaxEndpoints,
 	}, store)
 	if err != nil {
 		return err
