@@ -34,6 +34,9 @@ const (
 	Pass Mode = "pass"
 	// Stall holds every request and every open stream: nothing is forwarded either way.
 	Stall Mode = "stall"
+	// StallWatches holds every watch stream, open or new, and passes everything else: the API
+	// server looks healthy to probes and HTTP/2 pings, but no watch event arrives.
+	StallWatches Mode = "stall-watches"
 	// Corrupt answers new requests with truncated JSON and injects garbage into open streams.
 	Corrupt Mode = "corrupt"
 	// Fail500 answers new requests with 500 and ends open streams.
@@ -84,7 +87,8 @@ func Start(upstream, upstreamCA, dir string) (*Proxy, error) {
 	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}
 	rp.FlushInterval = -1 // stream watch events as they come
 	rp.ModifyResponse = func(r *http.Response) error {
-		r.Body = &faultBody{ReadCloser: r.Body, p: p, ctx: r.Request.Context()}
+		q := r.Request.URL.Query().Get("watch")
+		r.Body = &faultBody{ReadCloser: r.Body, p: p, ctx: r.Request.Context(), watch: q == "true" || q == "1"}
 		return nil
 	}
 	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, err error) {
@@ -137,7 +141,7 @@ func (p *Proxy) serve(rp *httputil.ReverseProxy, w http.ResponseWriter, r *http.
 	for {
 		mode, changed := p.current()
 		switch mode {
-		case Pass:
+		case Pass, StallWatches:
 			rp.ServeHTTP(w, r)
 			return
 		case Stall:
@@ -171,8 +175,9 @@ var errReset = errors.New("faultproxy: reset")
 // passing may return after the mode changed, and must not leak through a fault.
 type faultBody struct {
 	io.ReadCloser
-	p   *Proxy
-	ctx context.Context
+	p     *Proxy
+	ctx   context.Context
+	watch bool
 
 	// owned by the reader
 	pending    []byte
@@ -183,6 +188,12 @@ type faultBody struct {
 func (b *faultBody) Read(buf []byte) (int, error) {
 	for {
 		mode, changed := b.p.current()
+		if mode == StallWatches {
+			mode = Pass
+			if b.watch {
+				mode = Stall
+			}
+		}
 		switch mode {
 		case Pass:
 			if len(b.pending) == 0 && b.pendingErr == nil {
