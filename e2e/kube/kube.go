@@ -315,8 +315,28 @@ func (p *Process) Restart() error {
 	return p.Start()
 }
 
-// Pause stops the process with SIGSTOP: it keeps its sockets but answers nothing.
-func (p *Process) Pause() error { return p.signal(syscall.SIGSTOP) }
+// Pause stops the process with SIGSTOP: it keeps its sockets but answers nothing. It returns
+// once the kernel reports the process stopped (the signal is delivered asynchronously).
+func (p *Process) Pause() error {
+	if err := p.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	pid := p.cmd.Process.Pid
+	p.mu.Unlock()
+	stat := fmt.Sprintf("/proc/%d/stat", pid)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile(stat)
+		if err != nil {
+			return fmt.Errorf("kube: %s: %w", p.name, err)
+		}
+		// The state follows the command name, which is in parentheses and may hold spaces.
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) && (b[i+2] == 'T' || b[i+2] == 't') {
+			return nil
+		}
+	}
+	return fmt.Errorf("kube: %s did not stop within 5s of SIGSTOP", p.name)
+}
 
 // Resume continues a paused process with SIGCONT.
 func (p *Process) Resume() error { return p.signal(syscall.SIGCONT) }
