@@ -1,10 +1,20 @@
 // Package cache holds the effective view that Holdfast serves: the services the resolver
-// reported, as last accepted. The xds package serves only from here. It knows plain Go types
-// and nothing about gRPC or Envoy.
+// reported, as last accepted, persisted to disk so that a restarted Holdfast serves its last
+// known good routes before it reaches the API server. The xds package serves only from here. It
+// knows plain Go types and nothing about gRPC or Envoy.
 package cache
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/holdfast/holdfast/resolver"
 )
@@ -14,9 +24,16 @@ type View struct {
 	Services map[resolver.Key]*resolver.Service
 	// Synced is true once the view reflects a complete sync with the API server.
 	Synced bool
+	// Restored is true for a view loaded from the state file, before the first sync.
+	Restored bool
+	// RestoredFrom is when the restored state was written.
+	RestoredFrom time.Time
 	// Generation increases with every view the store accepts.
 	Generation uint64
 }
+
+// Servable says whether the view is worth serving: synced, or restored from disk.
+func (v View) Servable() bool { return v.Synced || v.Restored }
 
 // Observer is told about every new View. OnView must not block: the store calls it on the
 // resolver's goroutine.
@@ -30,28 +47,149 @@ type ObserverFunc func(View)
 // OnView calls f.
 func (f ObserverFunc) OnView(v View) { f(v) }
 
-// Store keeps the current View and hands every new one to its observer.
+// StoreOptions configure a Store.
+type StoreOptions struct {
+	// StateDir is where the state file lives; empty disables persistence.
+	StateDir string
+	// MaxStateBytes bounds the state file a start will read. [512 MiB]
+	MaxStateBytes int64
+	// WriteDelay coalesces changes: a write happens this long after the first unsaved change. [1s]
+	WriteDelay time.Duration
+	Logger     *slog.Logger
+	Registry   prometheus.Registerer
+}
+
+// Store keeps the current View, hands every new one to its observer, and persists synced views.
 type Store struct {
 	// set at construction, read-only
-	obs Observer
+	opts    StoreOptions
+	obs     Observer
+	log     *slog.Logger
+	metrics storeMetrics
+	kick    chan struct{} // capacity 1: "there is an unsaved view"
 
 	// guarded by mu
-	mu   sync.Mutex
-	view View
+	mu      sync.Mutex
+	view    View
+	unsaved bool
+}
+
+type storeMetrics struct {
+	writes, writeErrors prometheus.Counter
+	lastWrite           prometheus.Gauge
+	loadErrors          *prometheus.CounterVec
+	restored            prometheus.Gauge
+	restoredAge         prometheus.Gauge
 }
 
 // NewStore returns an empty, unsynced store that reports to obs.
-func NewStore(obs Observer) *Store {
-	return &Store{obs: obs, view: View{Services: map[resolver.Key]*resolver.Service{}}}
+func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
+	if opts.MaxStateBytes <= 0 {
+		opts.MaxStateBytes = 512 << 20
+	}
+	if opts.WriteDelay <= 0 {
+		opts.WriteDelay = time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	s := &Store{
+		opts: opts, obs: obs, log: opts.Logger.With("component", "store"),
+		kick: make(chan struct{}, 1),
+		view: View{Services: map[resolver.Key]*resolver.Service{}},
+		metrics: storeMetrics{
+			writes: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "holdfast_state_writes_total", Help: "State files written."}),
+			writeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "holdfast_state_write_errors_total", Help: "State file writes that failed; the previous file stays in place."}),
+			lastWrite: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_state_last_write_timestamp_seconds", Help: "Unix time of the last state file written."}),
+			loadErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_state_load_errors_total", Help: "State files ignored at start, by reason."}, []string{"reason"}),
+			restored: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_state_restored", Help: "1 while Holdfast serves state restored from disk, before its first sync."}),
+			restoredAge: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_state_restored_age_seconds", Help: "Age of the restored state when it was loaded."}),
+		},
+	}
+	m := s.metrics
+	for _, c := range []prometheus.Collector{m.writes, m.writeErrors, m.lastWrite, m.loadErrors, m.restored, m.restoredAge} {
+		if err := opts.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("store: register metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Store) path() string { return filepath.Join(s.opts.StateDir, stateFileName) }
+
+// Restore loads the state file, if there is one, and serves it until the first sync. A file
+// that cannot be used is reported and ignored whole: it never yields part of its content.
+func (s *Store) Restore() error {
+	if s.opts.StateDir == "" {
+		return nil
+	}
+	start := time.Now()
+	f, err := os.Open(s.path())
+	if errors.Is(err, os.ErrNotExist) {
+		s.log.Info("no state file: starting empty", "path", s.path())
+		return nil
+	}
+	if err != nil {
+		return s.loadFailed(&LoadError{"open", err})
+	}
+	defer f.Close()
+	services, writtenAt, err := decodeState(f, s.opts.MaxStateBytes)
+	if err != nil {
+		var le *LoadError
+		if !errors.As(err, &le) {
+			le = &LoadError{"decode", err}
+		}
+		return s.loadFailed(le)
+	}
+	s.mu.Lock()
+	if s.view.Synced { // the API server won the race: its view is fresher
+		s.mu.Unlock()
+		return nil
+	}
+	s.view = View{Services: services, Restored: true, RestoredFrom: writtenAt, Generation: s.view.Generation + 1}
+	v := s.view
+	s.mu.Unlock()
+	age := time.Since(writtenAt)
+	s.metrics.restored.Set(1)
+	s.metrics.restoredAge.Set(age.Seconds())
+	s.log.Warn("serving state restored from disk until the API server is synced",
+		"services", len(services), "written", writtenAt, "age", age.Round(time.Second), "load_time", time.Since(start))
+	s.obs.OnView(v)
+	return nil
+}
+
+func (s *Store) loadFailed(le *LoadError) error {
+	s.metrics.loadErrors.WithLabelValues(le.Reason).Inc()
+	s.log.Error("state file ignored: starting empty, serving once synced", "path", s.path(), "reason", le.Reason, "err", le.Err)
+	return le
 }
 
 // OnResolution accepts a resolver's Resolution as the new view. It implements resolver.Observer.
 func (s *Store) OnResolution(r resolver.Resolution) {
 	s.mu.Lock()
+	wasRestored := s.view.Restored
 	s.view = View{Services: r.Services, Synced: r.Synced, Generation: s.view.Generation + 1}
 	v := s.view
+	s.unsaved = s.opts.StateDir != "" && r.Synced
 	s.mu.Unlock()
+	if wasRestored && r.Synced {
+		s.metrics.restored.Set(0)
+		s.log.Info("synced with the API server: restored state replaced", "services", len(r.Services))
+	}
 	s.obs.OnView(v)
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 // View returns the current view.
@@ -59,4 +197,56 @@ func (s *Store) View() View {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.view
+}
+
+// Run writes synced views to the state file, at most one write per WriteDelay, and flushes the
+// latest one when ctx is done, before it returns.
+func (s *Store) Run(ctx context.Context) error {
+	if s.opts.StateDir == "" {
+		<-ctx.Done()
+		return nil
+	}
+	if err := os.MkdirAll(s.opts.StateDir, 0o750); err != nil {
+		return fmt.Errorf("--state-dir: %w", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			s.flush()
+			return nil
+		case <-s.kick:
+		}
+		select {
+		case <-ctx.Done():
+			s.flush()
+			return nil
+		case <-time.After(s.opts.WriteDelay):
+		}
+		s.flush()
+	}
+}
+
+// flush writes the current view if it has not been written yet.
+func (s *Store) flush() {
+	s.mu.Lock()
+	v, unsaved := s.view, s.unsaved
+	s.unsaved = false
+	s.mu.Unlock()
+	if !unsaved {
+		return
+	}
+	data, err := encodeState(v.Services, time.Now())
+	if err == nil {
+		err = writeFileAtomic(s.path(), data)
+	}
+	if err != nil {
+		s.metrics.writeErrors.Inc()
+		s.log.Error("state file not written; the previous one stays", "path", s.path(), "err", err)
+		s.mu.Lock()
+		s.unsaved = s.unsaved || v.Generation == s.view.Generation
+		s.mu.Unlock()
+		return
+	}
+	s.metrics.writes.Inc()
+	s.metrics.lastWrite.SetToCurrentTime()
 }

@@ -108,7 +108,7 @@ func (p *Publisher) OnView(v cache.View) {
 	}
 }
 
-// Published reports whether a snapshot built from a synced view has been published.
+// Published reports whether a snapshot built from a synced or restored view has been published.
 func (p *Publisher) Published() bool { return p.published.Load() }
 
 // Run publishes views until ctx is done.
@@ -123,7 +123,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		v := p.latest
 		p.latest = nil
 		p.mu.Unlock()
-		if v == nil || !v.Synced {
+		if v == nil || !v.Servable() {
 			continue
 		}
 		start := time.Now()

@@ -29,6 +29,7 @@ type Config struct {
 	WatchIdleTimeout   time.Duration
 	ReadyWhenStale     bool
 	MaxEndpoints       int
+	StateDir           string
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -50,6 +51,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.ProbeInterval, "probe-interval", 5*time.Second, "how often to check the API server with a quorum read; also how long an HTTP/2 connection to it may read nothing before it is pinged")
 	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", 3*time.Second, "a probe (or an HTTP/2 ping) not answered within this marks the source stale (or closes the connection)")
 	fs.DurationVar(&c.WatchIdleTimeout, "watch-idle-timeout", 3*time.Minute, "a watch that delivers no event and no bookmark for this long is stale and is restarted with a fresh list")
+	fs.StringVar(&c.StateDir, "state-dir", "", "directory for the last-known-good state file; Holdfast serves it at start, before it reaches the API server. Empty: keep state in memory only")
 	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {

@@ -61,7 +61,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	store := cache.NewStore(pub)
+	store, err := cache.NewStore(cache.StoreOptions{StateDir: cfg.StateDir, Logger: log, Registry: reg}, pub)
+	if err != nil {
+		return err
+	}
 	res, err := resolver.New(resolver.Options{
 		Client: client, Namespaces: cfg.Namespaces, Logger: log, Registry: reg,
 		ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, WatchIdleTimeout: cfg.WatchIdleTimeout,
@@ -81,13 +84,16 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		_ = xdsLis.Close()
 		return fmt.Errorf("--http-listen: %w", err)
 	}
-	httpSrv := &http.Server{Handler: httpHandler(reg, readinessFunc(pub, res, cfg.ReadyWhenStale)), ReadHeaderTimeout: 5 * time.Second}
+	httpSrv := &http.Server{Handler: httpHandler(reg, readinessFunc(pub, res, store, cfg.ReadyWhenStale)), ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
 		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return res.Run(gctx) })
 	g.Go(func() error { return pub.Run(gctx) })
+	// A bad state file is reported by Restore and ignored: Holdfast then serves once synced.
+	_ = store.Restore()
+	g.Go(func() error { return store.Run(gctx) })
+	g.Go(func() error { return res.Run(gctx) })
 	g.Go(func() error { return srv.GRPC.Serve(xdsLis) })
 	g.Go(func() error {
 		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -147,15 +153,21 @@ type readiness struct {
 	// Published: a snapshot built from a complete sync with the API server is being served.
 	Published bool `json:"published"`
 	// Stale: at least one source cannot be trusted right now; its last routes are still served.
-	Stale   bool                    `json:"stale"`
-	Sources []resolver.SourceStatus `json:"sources"`
+	Stale bool `json:"stale"`
+	// Restored: serving state loaded from disk, not yet synced with the API server.
+	Restored     bool                    `json:"restored"`
+	RestoredFrom *time.Time              `json:"restored_from,omitempty"`
+	Sources      []resolver.SourceStatus `json:"sources"`
 }
 
 // readinessFunc decides readiness: ready once a synced snapshot is published; while a source is
 // stale, only if readyWhenStale.
-func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, readyWhenStale bool) func() readiness {
+func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, store *cache.Store, readyWhenStale bool) func() readiness {
 	return func() readiness {
 		r := readiness{Published: pub.Published(), Sources: res.Sources()}
+		if v := store.View(); v.Restored {
+			r.Restored, r.RestoredFrom = true, &v.RestoredFrom
+		}
 		for _, s := range r.Sources {
 			if s.State == resolver.Stale {
 				r.Stale = true

@@ -1,0 +1,131 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/e2e/harness"
+	"github.com/holdfast/holdfast/e2e/kube"
+)
+
+// runHoldfast starts Holdfast on k for ns with a state dir; the caller decides how it ends.
+func runHoldfast(t *testing.T, k *kube.Cluster, ns, stateDir string) *harness.Holdfast {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	h, err := harness.StartHoldfast(ctx, env.bins.Holdfast, env.dir, k.Kubeconfig, "--namespaces", ns, "--state-dir", stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("holdfast log: %s", h.LogTail(30))
+		}
+	})
+	return h
+}
+
+func waitMetric(ctx context.Context, t *testing.T, h *harness.Holdfast, series string, ok func(float64) bool) {
+	t.Helper()
+	if err := eventually(ctx, func() bool { v, err := h.Metric(ctx, series); return err == nil && ok(v) }); err != nil {
+		v, merr := h.Metric(ctx, series)
+		t.Fatalf("%s never as wanted (last %v, %v)", series, v, merr)
+	}
+}
+
+func atLeast(n float64) func(float64) bool { return func(v float64) bool { return v >= n } }
+
+func TestLKGRestartWithApiserverDown(t *testing.T) {
+	k := ownCluster(t)
+	ns := newNamespaceOn(t, k)
+	b := startBackends(t, grpcPort.target, "b1", "b2")
+	createServiceOn(t, k, ns, "echo", grpcPort)
+	writeSliceOn(t, k, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true}, endpoint{b["b2"], true})
+	stateDir := t.TempDir()
+	ctx := testContext(t)
+
+	h1 := runHoldfast(t, k, ns, stateDir)
+	waitMetric(ctx, t, h1, "holdfast_state_writes_total", atLeast(1))
+	h1.Kill() // SIGKILL: no chance to flush anything more
+	if err := k.APIServer.Pause(); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	h2 := runHoldfast(t, k, ns, stateDir)
+	t.Logf("restarted Holdfast ready %v after start, with the API server stopped", time.Since(start).Round(time.Millisecond))
+	t.Cleanup(func() { _ = h2.Terminate(15 * time.Second) })
+	code, body, err := h2.Get(ctx, "/readyz")
+	if err != nil || code != 200 || !strings.Contains(body, `"restored":true`) {
+		t.Fatalf("/readyz = %d %s %v; want ready and restored", code, body, err)
+	}
+	// A client that never saw Holdfast before routes with the restored state.
+	c := dial(t, h2, target(ns, "echo", grpcPort.port))
+	if err := c.WaitForBackends(ctx, "b1", "b2"); err != nil {
+		t.Fatalf("with restored state: %v", err)
+	}
+	waitMetric(ctx, t, h2, "holdfast_state_restored", func(v float64) bool { return v == 1 })
+
+	if err := k.APIServer.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(ctx, t, h2, "holdfast_state_restored", func(v float64) bool { return v == 0 })
+	writeSliceOn(t, k, ns, "echo-a", "echo", grpcPort, endpoint{b["b2"], true})
+	if err := c.WaitForBackends(ctx, "b2"); err != nil {
+		t.Fatalf("after the API server returned: %v", err)
+	}
+}
+
+func TestLKGCorruptStateFile(t *testing.T) {
+	ns := newNamespace(t)
+	b := startBackends(t, grpcPort.target, "b1")
+	createService(t, ns, "echo", grpcPort)
+	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true})
+	stateDir := t.TempDir()
+	path := filepath.Join(stateDir, "state")
+	ctx := testContext(t)
+
+	h := runHoldfast(t, env.cluster, ns, stateDir)
+	waitMetric(ctx, t, h, "holdfast_state_writes_total", atLeast(1))
+	if err := h.Terminate(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := append([]byte{}, good...)
+	flipped[len(flipped)/2] ^= 0x10
+	for _, tt := range []struct {
+		name, reason string
+		data         []byte
+	}{
+		{"truncated", "truncated", good[:len(good)*2/3]},
+		{"bit flip", "checksum", flipped},
+	} {
+		if err := os.WriteFile(path, tt.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h := runHoldfast(t, env.cluster, ns, stateDir) // ready means synced from the API server
+		waitMetric(ctx, t, h, `holdfast_state_load_errors_total{reason="`+tt.reason+`"}`, func(v float64) bool { return v == 1 })
+		if !strings.Contains(h.LogTail(200), "state file ignored") {
+			t.Errorf("%s: no log line about the bad state file", tt.name)
+		}
+		c := dial(t, h, target(ns, "echo", grpcPort.port))
+		if err := c.WaitForBackends(ctx, "b1"); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		_ = c.Close()
+		if err := h.Terminate(15 * time.Second); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+	}
+	// The last clean shutdown wrote a good file again.
+	if data, _ := os.ReadFile(path); !strings.HasPrefix(string(data), "holdfast-state 1 ") {
+		t.Errorf("no good state file after a clean shutdown: %q", data[:min(len(data), 40)])
+	}
+}
