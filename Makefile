@@ -9,7 +9,7 @@ GOLANGCI_LINT := $(HOLDFAST_CACHE_DIR)/tools/golangci-lint-$(GOLANGCI_LINT_VERSI
 E2E_TIMEOUT ?= 15m
 FUZZTIME ?= 8s
 
-.PHONY: all build kube test unit e2e fuzz lint demo bootstraps clean
+.PHONY: all build kube test unit e2e fuzz bench lint demo bootstraps clean
 
 all: build
 
@@ -33,6 +33,11 @@ test: unit fuzz e2e
 fuzz:
 	go test ./xds/ -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME)
 	go test ./resolver/ -run '^$$' -fuzz FuzzBuildService -fuzztime $(FUZZTIME)
+	go test ./cache/ -run '^$$' -fuzz FuzzDecodeState -fuzztime $(FUZZTIME)
+
+# Benchmarks: timing goals live here, never in tests.
+bench:
+	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./xds/
 
 $(GOLANGCI_LINT):
 	GOBIN=$(dir $@) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

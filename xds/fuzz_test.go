@@ -28,10 +28,10 @@ func FuzzTranslate(f *testing.F) {
 		p.update(cache.View{Services: map[resolver.Key]*resolver.Service{s.Key: s}, Synced: true})
 		sets, _ := p.assemble()
 		for kind, set := range sets {
-			if err := checkReferences(set); err != nil {
+			if err := checkReferences(set.resources(), nil); err != nil {
 				t.Fatalf("%s: %v", kind, err)
 			}
-			for _, rs := range set {
+			for _, rs := range set.resources() {
 				for _, r := range rs {
 					if err := r.(validator).ValidateAll(); err != nil {
 						t.Fatalf("%s: published an invalid resource: %v", kind, err)

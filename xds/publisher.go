@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -44,7 +44,8 @@ type Publisher struct {
 	latest *cache.View
 
 	// owned by the run loop
-	built map[resolver.Key]*serviceResources
+	built     map[resolver.Key]*serviceResources
+	routeRefs map[*listenerv3.Listener][]string // cache for checkReferences, pruned each publish
 
 	published atomic.Bool
 }
@@ -135,24 +136,43 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
-func (p *Publisher) publish(ctx context.Context, v cache.View) error {
+// build brings the translations in line with v and assembles each client kind's resources,
+// closed under references. Nothing is published.
+func (p *Publisher) build(v cache.View) (map[ClientKind]resourceSet, error) {
 	p.update(v)
 	sets, dropped := p.assemble()
 	for _, err := range dropped {
 		p.metrics.failures.WithLabelValues("envoy_port").Inc()
 		p.log.Error("envoy listener for a port not published", "err", err)
 	}
+	refs := make(map[*listenerv3.Listener][]string, len(p.routeRefs))
 	for kind, res := range sets {
-		if err := checkReferences(res); err != nil {
-			p.metrics.failures.WithLabelValues("references").Inc()
-			return fmt.Errorf("%s snapshot: %w", kind, err)
+		for _, r := range res[resourcev3.ListenerType].items {
+			if l, ok := r.(*listenerv3.Listener); ok {
+				if names, ok := p.routeRefs[l]; ok {
+					refs[l] = names
+				}
+			}
 		}
+		if err := checkReferences(res.resources(), refs); err != nil {
+			p.metrics.failures.WithLabelValues("references").Inc()
+			return nil, fmt.Errorf("%s snapshot: %w", kind, err)
+		}
+	}
+	p.routeRefs = refs // only listeners still published stay cached
+	return sets, nil
+}
+
+func (p *Publisher) publish(ctx context.Context, v cache.View) error {
+	sets, err := p.build(v)
+	if err != nil {
+		return err
 	}
 	for kind, res := range sets {
 		snap := &cachev3.Snapshot{}
-		for typ, items := range res {
-			snap.Resources[cachev3.GetResponseType(typ)] = cachev3.NewResources(version(items), items)
-			p.metrics.resources.WithLabelValues(string(kind), shortType(typ)).Set(float64(len(items)))
+		for typ, l := range res {
+			snap.Resources[cachev3.GetResponseType(typ)] = cachev3.NewResources(l.version(), l.items)
+			p.metrics.resources.WithLabelValues(string(kind), shortType(typ)).Set(float64(len(l.items)))
 		}
 		if err := p.snaps.SetSnapshot(ctx, string(kind), snap); err != nil {
 			p.metrics.failures.WithLabelValues("set").Inc()
@@ -191,23 +211,35 @@ func (p *Publisher) update(v cache.View) {
 	}
 }
 
+// resourceSet is one client kind's resources, by type.
+type resourceSet map[resourcev3.Type]*hashedList
+
+// resources returns the plain resources, by type.
+func (rs resourceSet) resources() map[resourcev3.Type][]types.Resource {
+	out := make(map[resourcev3.Type][]types.Resource, len(rs))
+	for t, l := range rs {
+		out[t] = l.items
+	}
+	return out
+}
+
 // assemble builds the full resource set of each client kind from the per-service translations.
 // An outbound_<port> listener or route that fails validation is left out, alone, and reported.
-func (p *Publisher) assemble() (map[ClientKind]map[resourcev3.Type][]types.Resource, []error) {
+func (p *Publisher) assemble() (map[ClientKind]resourceSet, []error) {
 	keys := make([]resolver.Key, 0, len(p.built))
 	for k := range p.built {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, resolver.Key.Compare)
-	var clusters, assignments, grpcListeners, grpcRoutes []types.Resource
-	vhostsByPort := map[int32][]*routev3.VirtualHost{}
+	clusters, assignments, grpcListeners, grpcRoutes := &hashedList{}, &hashedList{}, &hashedList{}, &hashedList{}
+	vhostsByPort := map[int32][]vhostEntry{}
 	for _, k := range keys {
 		for _, pr := range p.built[k].ports {
-			clusters = append(clusters, pr.cluster)
-			assignments = append(assignments, pr.assignment)
-			grpcListeners = append(grpcListeners, pr.grpcListener)
-			grpcRoutes = append(grpcRoutes, pr.grpcRoute)
-			vhostsByPort[pr.port] = append(vhostsByPort[pr.port], pr.envoyVHost)
+			clusters.add(pr.cluster)
+			assignments.add(pr.assignment)
+			grpcListeners.add(pr.grpcListener)
+			grpcRoutes.add(pr.grpcRoute)
+			vhostsByPort[pr.port] = append(vhostsByPort[pr.port], vhostEntry{pr.envoyVHost, pr.vhostHash})
 		}
 	}
 	ports := make([]int32, 0, len(vhostsByPort))
@@ -215,7 +247,7 @@ func (p *Publisher) assemble() (map[ClientKind]map[resourcev3.Type][]types.Resou
 		ports = append(ports, port)
 	}
 	slices.Sort(ports)
-	var envoyListeners, envoyRoutes []types.Resource
+	envoyListeners, envoyRoutes := &hashedList{}, &hashedList{}
 	var errs []error
 	for _, port := range ports {
 		l, rc, err := p.tr.envoyPortResources(port, vhostsByPort[port])
@@ -223,10 +255,10 @@ func (p *Publisher) assemble() (map[ClientKind]map[resourcev3.Type][]types.Resou
 			errs = append(errs, err)
 			continue
 		}
-		envoyListeners = append(envoyListeners, l)
-		envoyRoutes = append(envoyRoutes, rc)
+		envoyListeners.add(l)
+		envoyRoutes.add(rc)
 	}
-	return map[ClientKind]map[resourcev3.Type][]types.Resource{
+	return map[ClientKind]resourceSet{
 		KindGRPC: {
 			resourcev3.ListenerType: grpcListeners, resourcev3.RouteType: grpcRoutes,
 			resourcev3.ClusterType: clusters, resourcev3.EndpointType: assignments,
@@ -238,24 +270,47 @@ func (p *Publisher) assemble() (map[ClientKind]map[resourcev3.Type][]types.Resou
 	}, errs
 }
 
-// version derives a type's version from its content, so that the same state always gets the same
-// version: a restarted Holdfast, or another replica, does not make clients re-apply anything.
-func version(items []types.Resource) string {
+// hashed is a resource with the hash of its deterministic serialisation.
+type hashed struct {
+	res  types.Resource
+	hash uint64
+}
+
+func hashOf(m proto.Message) hashed {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// Unreachable for validated resources; still make the hash unique to this content.
+		b = []byte(err.Error())
+	}
+	h := fnv.New64a()
+	_, _ = h.Write(b) // a hash.Hash never fails to write
+	return hashed{res: m, hash: h.Sum64()}
+}
+
+func combine(hashes []uint64) uint64 {
 	h := fnv.New64a()
 	var buf [8]byte
-	mo := proto.MarshalOptions{Deterministic: true}
-	for _, r := range items {
-		b, err := mo.Marshal(r)
-		if err != nil {
-			// Unreachable for validated resources; still make the version unique to this content.
-			b = []byte(err.Error())
-		}
-		binary.BigEndian.PutUint64(buf[:], uint64(len(b)))
-		_, _ = h.Write(buf[:]) // a hash.Hash never fails to write
-		_, _ = h.Write(b)
+	for _, x := range hashes {
+		binary.BigEndian.PutUint64(buf[:], x)
+		_, _ = h.Write(buf[:])
 	}
-	return fmt.Sprintf("%016x", h.Sum64())
+	return h.Sum64()
 }
+
+// hashedList is the resources of one type, in a stable order, with their hashes.
+type hashedList struct {
+	items  []types.Resource
+	hashes []uint64
+}
+
+func (l *hashedList) add(h hashed) {
+	l.items = append(l.items, h.res)
+	l.hashes = append(l.hashes, h.hash)
+}
+
+// version derives a type's version from its content, so that the same state always gets the same
+// version: a restarted Holdfast, or another replica, does not make clients re-apply anything.
+func (l *hashedList) version() string { return fmt.Sprintf("%016x", combine(l.hashes)) }
 
 func shortType(t resourcev3.Type) string {
 	switch t {

@@ -17,7 +17,10 @@ import (
 // route configuration exists, every route's cluster exists and every EDS cluster's assignment
 // exists. go-control-plane's Snapshot.Consistent reads route names only from filter chains, not
 // from api_listener, so it rejects correct gRPC snapshots; this check covers both client kinds.
-func checkReferences(res map[resourcev3.Type][]types.Resource) error {
+//
+// refs, if not nil, caches the route names of listeners already read: listeners are immutable
+// and reused across publishes, so each is decoded once.
+func checkReferences(res map[resourcev3.Type][]types.Resource, refs map[*listenerv3.Listener][]string) error {
 	routes := names(res[resourcev3.RouteType])
 	clusters := names(res[resourcev3.ClusterType])
 	assignments := names(res[resourcev3.EndpointType])
@@ -27,11 +30,17 @@ func checkReferences(res map[resourcev3.Type][]types.Resource) error {
 		if !ok {
 			return fmt.Errorf("listener resource of type %T", r)
 		}
-		refs, err := listenerRoutes(l)
-		if err != nil {
-			return fmt.Errorf("listener %s: %w", l.Name, err)
+		names, ok := refs[l]
+		if !ok {
+			var err error
+			if names, err = listenerRoutes(l); err != nil {
+				return fmt.Errorf("listener %s: %w", l.Name, err)
+			}
+			if refs != nil {
+				refs[l] = names
+			}
 		}
-		for _, rn := range refs {
+		for _, rn := range names {
 			if _, ok := routes[rn]; !ok {
 				return fmt.Errorf("listener %s: route configuration %q is not in the snapshot", l.Name, rn)
 			}

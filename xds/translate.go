@@ -44,14 +44,16 @@ type serviceResources struct {
 	ports []portResources
 }
 
-// portResources are the resources of one service port.
+// portResources are the resources of one service port, each with its content hash, computed
+// once when the service is translated.
 type portResources struct {
 	port         int32
-	cluster      *clusterv3.Cluster
-	assignment   *endpointv3.ClusterLoadAssignment
-	grpcListener *listenerv3.Listener
-	grpcRoute    *routev3.RouteConfiguration
+	cluster      hashed
+	assignment   hashed
+	grpcListener hashed
+	grpcRoute    hashed
 	envoyVHost   *routev3.VirtualHost
+	vhostHash    uint64
 }
 
 // translateService builds and validates every resource of one service. A service whose
@@ -75,20 +77,23 @@ func (t *Translator) translateService(s *resolver.Service) (*serviceResources, e
 		if err != nil {
 			return nil, err
 		}
-		pr := portResources{
-			port:         p.Port,
-			cluster:      cluster,
-			assignment:   assignment(name, p.Endpoints),
-			grpcListener: listener,
-			grpcRoute:    routeConfig(name, []*routev3.VirtualHost{virtualHost(name, []string{"*"}, name)}),
-			envoyVHost:   virtualHost(name, t.Naming.Domains(s.Key, p.Port), name),
-		}
-		for _, m := range []validator{pr.cluster, pr.assignment, pr.grpcListener, pr.grpcRoute, pr.envoyVHost, envoyL} {
+		cla := assignment(name, p.Endpoints)
+		grpcRoute := routeConfig(name, []*routev3.VirtualHost{virtualHost(name, []string{"*"}, name)})
+		vhost := virtualHost(name, t.Naming.Domains(s.Key, p.Port), name)
+		for _, m := range []validator{cluster, cla, listener, grpcRoute, vhost, envoyL} {
 			if err := m.ValidateAll(); err != nil {
 				return nil, fmt.Errorf("service %s port %d: %w", s.Key, p.Port, err)
 			}
 		}
-		out.ports = append(out.ports, pr)
+		out.ports = append(out.ports, portResources{
+			port:         p.Port,
+			cluster:      hashOf(cluster),
+			assignment:   hashOf(cla),
+			grpcListener: hashOf(listener),
+			grpcRoute:    hashOf(grpcRoute),
+			envoyVHost:   vhost,
+			vhostHash:    hashOf(vhost).hash,
+		})
 	}
 	return out, nil
 }
@@ -291,19 +296,35 @@ func routeConfig(name string, vhosts []*routev3.VirtualHost) *routev3.RouteConfi
 
 // envoyPortResources builds the outbound_<port> listener and route configuration shared by
 // every service with that port number, one virtual host per service (sorted by name).
-func (t *Translator) envoyPortResources(port int32, vhosts []*routev3.VirtualHost) (*listenerv3.Listener, *routev3.RouteConfiguration, error) {
+// The route configuration's hash is derived from its virtual hosts' hashes, so that a big
+// outbound_<port> is never marshalled again just to learn its version.
+func (t *Translator) envoyPortResources(port int32, vhosts []vhostEntry) (listener, route hashed, err error) {
 	vhosts = slices.Clone(vhosts)
-	slices.SortFunc(vhosts, func(a, b *routev3.VirtualHost) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(vhosts, func(a, b vhostEntry) int { return cmp.Compare(a.vhost.Name, b.vhost.Name) })
 	l, err := envoyListener(t.EnvoyListenAddress, port)
 	if err != nil {
-		return nil, nil, err
+		return hashed{}, hashed{}, err
 	}
-	rc := routeConfig(Outbound(port), vhosts)
+	hosts := make([]*routev3.VirtualHost, len(vhosts))
+	hashes := make([]uint64, 0, len(vhosts)+1)
+	hashes = append(hashes, uint64(portValue(port)))
+	for i, v := range vhosts {
+		hosts[i] = v.vhost
+		hashes = append(hashes, v.hash)
+	}
 	if err := l.ValidateAll(); err != nil {
-		return nil, nil, fmt.Errorf("listener %s: %w", l.Name, err)
+		return hashed{}, hashed{}, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
-	if err := rc.ValidateAll(); err != nil {
-		return nil, nil, fmt.Errorf("route %s: %w", rc.Name, err)
+	// Every virtual host was validated with its service; validating the configuration around
+	// them is what is left (not 10,000 virtual hosts again on every publish).
+	if err := routeConfig(Outbound(port), nil).ValidateAll(); err != nil {
+		return hashed{}, hashed{}, fmt.Errorf("route %s: %w", Outbound(port), err)
 	}
-	return l, rc, nil
+	rc := routeConfig(Outbound(port), hosts)
+	return hashOf(l), hashed{res: rc, hash: combine(hashes)}, nil
+}
+
+type vhostEntry struct {
+	vhost *routev3.VirtualHost
+	hash  uint64
 }

@@ -116,6 +116,15 @@ func twoServices() (*resolver.Service, *resolver.Service) {
 
 func assembleView(t *testing.T, v cache.View) map[ClientKind]map[resourcev3.Type][]types.Resource {
 	t.Helper()
+	out := map[ClientKind]map[resourcev3.Type][]types.Resource{}
+	for kind, set := range assembleSets(t, v) {
+		out[kind] = set.resources()
+	}
+	return out
+}
+
+func assembleSets(t *testing.T, v cache.View) map[ClientKind]resourceSet {
+	t.Helper()
 	p, err := NewPublisher(PublisherOptions{Translator: testTranslator}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +159,7 @@ func TestAssembleByClientKind(t *testing.T) {
 				t.Errorf("%s %s = %s, want %s", kind, typ, got, wantShared)
 			}
 		}
-		if err := checkReferences(sets[kind]); err != nil {
+		if err := checkReferences(sets[kind], nil); err != nil {
 			t.Errorf("%s references: %v", kind, err)
 		}
 		for typ, rs := range sets[kind] {
@@ -218,7 +227,7 @@ func TestCheckReferences(t *testing.T) {
 			t.Run(string(kind)+"/"+tt.name, func(t *testing.T) {
 				set := assembleView(t, testView(a))[kind]
 				tt.mutate(set)
-				err := checkReferences(set)
+				err := checkReferences(set, nil)
 				switch {
 				case tt.wantErr == "" && err != nil:
 					t.Fatalf("unexpected error: %v", err)
@@ -232,21 +241,32 @@ func TestCheckReferences(t *testing.T) {
 
 func TestVersionIsContentDerived(t *testing.T) {
 	a, b := twoServices()
-	v1 := assembleView(t, testView(a, b))
+	v1 := assembleSets(t, testView(a, b))
 	a2, b2 := twoServices() // equal content, different pointers
-	v2 := assembleView(t, testView(b2, a2))
-	for typ := range v1[KindEnvoy] {
-		if version(v1[KindEnvoy][typ]) != version(v2[KindEnvoy][typ]) {
-			t.Errorf("%s: same content, different versions", typ)
+	v2 := assembleSets(t, testView(b2, a2))
+	for _, kind := range []ClientKind{KindGRPC, KindEnvoy} {
+		for typ := range v1[kind] {
+			if v1[kind][typ].version() != v2[kind][typ].version() {
+				t.Errorf("%s %s: same content, different versions", kind, typ)
+			}
 		}
 	}
 	a2.Ports[0].Endpoints = nil
-	v3 := assembleView(t, testView(a2, b2))
-	if version(v1[KindEnvoy][resourcev3.EndpointType]) == version(v3[KindEnvoy][resourcev3.EndpointType]) {
-		t.Error("an endpoint change must change the endpoint version")
+	v3 := assembleSets(t, testView(a2, b2))
+	for _, kind := range []ClientKind{KindGRPC, KindEnvoy} {
+		for typ, wantChange := range map[resourcev3.Type]bool{
+			resourcev3.EndpointType: true, resourcev3.ClusterType: false, resourcev3.ListenerType: false, resourcev3.RouteType: false,
+		} {
+			if changed := v1[kind][typ].version() != v3[kind][typ].version(); changed != wantChange {
+				t.Errorf("%s %s: version changed = %v after an endpoint change, want %v", kind, typ, changed, wantChange)
+			}
+		}
 	}
-	if version(v1[KindEnvoy][resourcev3.ClusterType]) != version(v3[KindEnvoy][resourcev3.ClusterType]) {
-		t.Error("an endpoint change must not change the cluster version")
+	// A new virtual host changes the Envoy route configuration's version.
+	c := &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: "c"}, Ports: []resolver.Port{{Name: "http", Port: 80}}}
+	v4 := assembleSets(t, testView(a, b, c))
+	if v1[KindEnvoy][resourcev3.RouteType].version() == v4[KindEnvoy][resourcev3.RouteType].version() {
+		t.Error("a new service on port 80 must change outbound_80's version")
 	}
 }
 
@@ -303,7 +323,7 @@ func TestBadServiceDoesNotBlockOthers(t *testing.T) {
 		if strings.Contains(clusters, "bad.") || !strings.Contains(clusters, "a.ns.svc.cluster.local:80") {
 			t.Errorf("%s clusters = %s, want the good service's only", kind, clusters)
 		}
-		if err := checkReferences(sets[kind]); err != nil {
+		if err := checkReferences(sets[kind], nil); err != nil {
 			t.Errorf("%s: %v", kind, err)
 		}
 	}
