@@ -55,6 +55,7 @@ type StoreOptions struct {
 	MaxStateBytes int64
 	// WriteDelay coalesces changes: a write happens this long after the first unsaved change. [1s]
 	WriteDelay time.Duration
+	Guard      GuardOptions
 	Logger     *slog.Logger
 	Registry   prometheus.Registerer
 }
@@ -72,6 +73,19 @@ type Store struct {
 	mu      sync.Mutex
 	view    View
 	unsaved bool
+	base    map[resolver.Key]*resolver.Service // what the guard measures withdrawals against
+	baseAt  time.Time
+	hold    *Hold
+	holds   int // holds so far, for IDs
+}
+
+// Hold is a change the mass-withdrawal guard keeps from clients.
+type Hold struct {
+	ID      int
+	Since   time.Time // the change has been held (with healthy sources) since
+	Verdict Verdict
+	// change is the newest resolution, applied whole when the hold ends.
+	change resolver.Resolution
 }
 
 type storeMetrics struct {
@@ -80,6 +94,10 @@ type storeMetrics struct {
 	loadErrors          *prometheus.CounterVec
 	restored            prometheus.Gauge
 	restoredAge         prometheus.Gauge
+	held                prometheus.Gauge
+	heldWithdrawn       prometheus.Gauge
+	holds               prometheus.Counter
+	releases            *prometheus.CounterVec
 }
 
 // NewStore returns an empty, unsynced store that reports to obs.
@@ -93,6 +111,7 @@ func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	opts.Guard.defaults()
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 	}
@@ -113,10 +132,18 @@ func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
 				Name: "holdfast_state_restored", Help: "1 while Holdfast serves state restored from disk, before its first sync."}),
 			restoredAge: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "holdfast_state_restored_age_seconds", Help: "Age of the restored state when it was loaded."}),
+			held: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_guard_held", Help: "1 while the mass-withdrawal guard holds a change; clients keep the last good state."}),
+			heldWithdrawn: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_guard_held_withdrawn_endpoints", Help: "Endpoints the held change would withdraw."}),
+			holds: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "holdfast_guard_holds_total", Help: "Changes the mass-withdrawal guard has held."}),
+			releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_guard_releases_total", Help: "Holds ended, by how: hold_period, operator, or cleared (the change stopped being a mass withdrawal)."}, []string{"how"}),
 		},
 	}
 	m := s.metrics
-	for _, c := range []prometheus.Collector{m.writes, m.writeErrors, m.lastWrite, m.loadErrors, m.restored, m.restoredAge} {
+	for _, c := range []prometheus.Collector{m.writes, m.writeErrors, m.lastWrite, m.loadErrors, m.restored, m.restoredAge, m.held, m.heldWithdrawn, m.holds, m.releases} {
 		if err := opts.Registry.Register(c); err != nil {
 			return nil, fmt.Errorf("store: register metrics: %w", err)
 		}
@@ -173,14 +200,75 @@ func (s *Store) loadFailed(le *LoadError) error {
 	return le
 }
 
-// OnResolution accepts a resolver's Resolution as the new view. It implements resolver.Observer.
+// OnResolution accepts a resolver's Resolution as the new view, unless the mass-withdrawal
+// guard holds it. It implements resolver.Observer.
 func (s *Store) OnResolution(r resolver.Resolution) {
+	now := time.Now()
 	s.mu.Lock()
+	if !s.view.Servable() { // nothing served yet: nothing to protect
+		s.applyLocked(r, now, "")
+		return
+	}
+	if s.hold == nil && now.Sub(s.baseAt) > s.opts.Guard.Window {
+		s.base, s.baseAt = s.view.Services, now
+	}
+	restoredAt := time.Time{}
+	if s.view.Restored {
+		restoredAt = now // the first sync after a restart: as suspicious as a stale source
+	}
+	v := s.opts.Guard.judge(s.base, r.Services, now, func(k resolver.Key) time.Time {
+		return latest(restoredAt, r.UnhealthyAt[k.Namespace], r.UnhealthyAt[""])
+	})
+	if !v.Hold {
+		how := ""
+		if s.hold != nil {
+			how = "cleared"
+		}
+		s.applyLocked(r, now, how)
+		return
+	}
+	if s.hold == nil {
+		s.holds++
+		s.hold = &Hold{ID: s.holds, Since: now}
+		s.metrics.holds.Inc()
+		s.metrics.held.Set(1)
+		s.log.Warn("mass withdrawal held: clients keep the last good state", "hold", s.hold.ID, "reason", v.Reason,
+			"withdrawn", v.Withdrawn, "fleet", v.Fleet, "services", v.Services, "hold_period", s.opts.Guard.HoldPeriod)
+	}
+	s.hold.Verdict, s.hold.change = v, r
+	s.metrics.heldWithdrawn.Set(float64(v.Withdrawn))
+	s.mu.Unlock()
+}
+
+func latest(ts ...time.Time) time.Time {
+	var out time.Time
+	for _, t := range ts {
+		if t.After(out) {
+			out = t
+		}
+	}
+	return out
+}
+
+// applyLocked makes r the served view, ends any hold (how says why), and unlocks s.mu.
+func (s *Store) applyLocked(r resolver.Resolution, now time.Time, how string) {
 	wasRestored := s.view.Restored
 	s.view = View{Services: r.Services, Synced: r.Synced, Generation: s.view.Generation + 1}
 	v := s.view
 	s.unsaved = s.opts.StateDir != "" && r.Synced
+	hold := s.hold
+	if hold != nil {
+		s.hold = nil
+		s.base, s.baseAt = r.Services, now
+	}
 	s.mu.Unlock()
+	if hold != nil {
+		s.metrics.held.Set(0)
+		s.metrics.heldWithdrawn.Set(0)
+		s.metrics.releases.WithLabelValues(how).Inc()
+		s.log.Warn("held change applied", "hold", hold.ID, "how", how, "held_for", now.Sub(hold.Since).Round(time.Second),
+			"withdrawn", hold.Verdict.Withdrawn, "services", hold.Verdict.Services)
+	}
 	if wasRestored && r.Synced {
 		s.metrics.restored.Set(0)
 		s.log.Info("synced with the API server: restored state replaced", "services", len(r.Services))
@@ -190,6 +278,49 @@ func (s *Store) OnResolution(r resolver.Resolution) {
 	case s.kick <- struct{}{}:
 	default:
 	}
+}
+
+// Held returns the change the guard holds, if any.
+func (s *Store) Held() *Hold {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hold == nil {
+		return nil
+	}
+	h := *s.hold
+	return &h
+}
+
+// Release applies the held change with the given ID at once: an operator's decision.
+func (s *Store) Release(id int) error {
+	s.mu.Lock()
+	if s.hold == nil || s.hold.ID != id {
+		s.mu.Unlock()
+		return fmt.Errorf("no hold %d", id)
+	}
+	s.applyLocked(s.hold.change, time.Now(), "operator")
+	return nil
+}
+
+// expireHold applies a held change that has stayed true for the hold period with healthy
+// sources. A source that turned unhealthy during the hold restarts the clock.
+func (s *Store) expireHold(now time.Time) {
+	s.mu.Lock()
+	h := s.hold
+	if h == nil {
+		s.mu.Unlock()
+		return
+	}
+	for _, at := range h.change.UnhealthyAt {
+		if at.After(h.Since) {
+			h.Since = at
+		}
+	}
+	if now.Sub(h.Since) < s.opts.Guard.HoldPeriod {
+		s.mu.Unlock()
+		return
+	}
+	s.applyLocked(h.change, now, "hold_period")
 }
 
 // View returns the current view.
@@ -202,27 +333,29 @@ func (s *Store) View() View {
 // Run writes synced views to the state file, at most one write per WriteDelay, and flushes the
 // latest one when ctx is done, before it returns.
 func (s *Store) Run(ctx context.Context) error {
-	if s.opts.StateDir == "" {
-		<-ctx.Done()
-		return nil
+	if s.opts.StateDir != "" {
+		if err := os.MkdirAll(s.opts.StateDir, 0o750); err != nil {
+			return fmt.Errorf("--state-dir: %w", err)
+		}
 	}
-	if err := os.MkdirAll(s.opts.StateDir, 0o750); err != nil {
-		return fmt.Errorf("--state-dir: %w", err)
-	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var write <-chan time.Time // armed after a change, for WriteDelay
 	for {
 		select {
 		case <-ctx.Done():
 			s.flush()
 			return nil
+		case now := <-tick.C:
+			s.expireHold(now)
 		case <-s.kick:
-		}
-		select {
-		case <-ctx.Done():
+			if write == nil {
+				write = time.After(s.opts.WriteDelay)
+			}
+		case <-write:
+			write = nil
 			s.flush()
-			return nil
-		case <-time.After(s.opts.WriteDelay):
 		}
-		s.flush()
 	}
 }
 
@@ -232,7 +365,7 @@ func (s *Store) flush() {
 	v, unsaved := s.view, s.unsaved
 	s.unsaved = false
 	s.mu.Unlock()
-	if !unsaved {
+	if !unsaved || s.opts.StateDir == "" {
 		return
 	}
 	data, err := encodeState(v.Services, time.Now())

@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // Key names a Service.
@@ -120,6 +121,10 @@ type Resolution struct {
 	Services map[Key]*Service
 	// Synced is true once every watched source has completed its initial list.
 	Synced bool
+	// UnhealthyAt says, per watched namespace ("" for all namespaces), when its source was last
+	// stale or listed afresh after a restart; zero if never. A withdrawal that arrives right
+	// after that deserves suspicion.
+	UnhealthyAt map[string]time.Time
 }
 
 // SortedKeys returns the service keys in a stable order.

@@ -512,5 +512,9 @@ func (r *Resolver) publish() {
 	r.metrics.services.Set(float64(len(r.services)))
 	r.metrics.endpoints.Set(float64(endpoints))
 	r.metrics.publishes.Inc()
-	r.obs.OnResolution(Resolution{Services: maps.Clone(r.services), Synced: true})
+	unhealthy := make(map[string]time.Time, len(r.sources))
+	for _, s := range r.sources {
+		unhealthy[s.namespace] = s.Status().LastUnhealthy
+	}
+	r.obs.OnResolution(Resolution{Services: maps.Clone(r.services), Synced: true, UnhealthyAt: unhealthy})
 }

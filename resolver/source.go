@@ -38,6 +38,8 @@ type SourceStatus struct {
 	LastEvent   time.Time   `json:"last_event"`
 	LastProbeOK time.Time   `json:"last_probe_ok"`
 	Restarts    int         `json:"restarts"`
+	// LastUnhealthy is when the source last went stale or re-listed after a restart.
+	LastUnhealthy time.Time `json:"last_unhealthy,omitzero"`
 	// SyncedOnce: this source has completed at least one full list.
 	SyncedOnce bool `json:"synced_once"`
 }
@@ -119,7 +121,11 @@ func (s *source) setState(st SourceState, reason string) {
 		s.mu.Unlock()
 		return
 	}
-	s.status.State, s.status.Since, s.status.Reason = st, time.Now(), reason
+	now := time.Now()
+	if st == Stale || (st == Live && s.status.SyncedOnce) {
+		s.status.LastUnhealthy = now
+	}
+	s.status.State, s.status.Since, s.status.Reason = st, now, reason
 	if st == Live {
 		s.status.SyncedOnce = true
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/holdfast/holdfast/cache"
 )
 
 // Config is everything the control plane is started with. It is validated once, in parseConfig.
@@ -30,6 +32,7 @@ type Config struct {
 	ReadyWhenStale     bool
 	MaxEndpoints       int
 	StateDir           string
+	Guard              cache.GuardOptions
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -52,6 +55,14 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.ProbeTimeout, "probe-timeout", 3*time.Second, "a probe (or an HTTP/2 ping) not answered within this marks the source stale (or closes the connection)")
 	fs.DurationVar(&c.WatchIdleTimeout, "watch-idle-timeout", 3*time.Minute, "a watch that delivers no event and no bookmark for this long is stale and is restarted with a fresh list")
 	fs.StringVar(&c.StateDir, "state-dir", "", "directory for the last-known-good state file; Holdfast serves it at start, before it reaches the API server. Empty: keep state in memory only")
+	fs.BoolVar(&c.Guard.Disabled, "guard-disabled", false, "turn the mass-withdrawal guard off: every change reaches clients at once")
+	fs.Float64Var(&c.Guard.MaxWithdrawFraction, "guard-max-withdraw-fraction", 0.5, "hold a change that withdraws more than this fraction of all usable endpoints within --guard-window")
+	fs.IntVar(&c.Guard.MinFleetEndpoints, "guard-min-fleet-endpoints", 100, "the fraction rule applies only to fleets of at least this many usable endpoints")
+	fs.IntVar(&c.Guard.MinWithdrawnEndpoints, "guard-min-withdrawn-endpoints", 20, "the fraction rule applies only to changes withdrawing at least this many endpoints")
+	fs.DurationVar(&c.Guard.Window, "guard-window", time.Minute, "withdrawals are added up over this window")
+	fs.IntVar(&c.Guard.MinServiceEndpoints, "guard-min-service-endpoints", 10, "hold a service with at least this many endpoints dropping to zero right after its source was stale or restarted")
+	fs.DurationVar(&c.Guard.RecentUnhealthy, "guard-recent-unhealthy", 5*time.Minute, "how long after a stale or restarted source its withdrawals count as suspicious")
+	fs.DurationVar(&c.Guard.HoldPeriod, "guard-hold-period", 2*time.Minute, "a held change that stays true this long with healthy sources is applied")
 	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {
@@ -103,6 +114,16 @@ func (c Config) validate() error {
 	}
 	if c.WatchIdleTimeout < 90*time.Second {
 		errs = append(errs, fmt.Errorf("--watch-idle-timeout %v: want at least 90s (an idle watch gets a bookmark about once a minute)", c.WatchIdleTimeout))
+	}
+	g := c.Guard
+	if g.MaxWithdrawFraction <= 0 || g.MaxWithdrawFraction >= 1 {
+		errs = append(errs, fmt.Errorf("--guard-max-withdraw-fraction %v: want a fraction between 0 and 1", g.MaxWithdrawFraction))
+	}
+	if g.MinFleetEndpoints < 1 || g.MinWithdrawnEndpoints < 1 || g.MinServiceEndpoints < 1 {
+		errs = append(errs, errors.New("--guard-min-fleet-endpoints, --guard-min-withdrawn-endpoints and --guard-min-service-endpoints must be at least 1"))
+	}
+	if g.Window <= 0 || g.RecentUnhealthy <= 0 || g.HoldPeriod <= 0 {
+		errs = append(errs, errors.New("--guard-window, --guard-recent-unhealthy and --guard-hold-period must be positive"))
 	}
 	if c.MaxEndpoints < 1 {
 		errs = append(errs, fmt.Errorf("--max-endpoints-per-service %d: must be at least 1", c.MaxEndpoints))

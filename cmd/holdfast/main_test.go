@@ -29,6 +29,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"negative grace", []string{"--shutdown-grace", "-1s"}, "--shutdown-grace"},
 		{"probe timeout not below interval", []string{"--probe-interval", "2s", "--probe-timeout", "2s"}, "--probe-timeout"},
 		{"watch idle bound below bookmarks", []string{"--watch-idle-timeout", "30s"}, "--watch-idle-timeout"},
+		{"guard fraction out of range", []string{"--guard-max-withdraw-fraction", "1.5"}, "--guard-max-withdraw-fraction"},
+		{"guard hold period zero", []string{"--guard-hold-period", "0s"}, "--guard-hold-period"},
 		{"no endpoints allowed", []string{"--max-endpoints-per-service", "0"}, "--max-endpoints-per-service"},
 		{"stray argument", []string{"serve"}, "unexpected argument"},
 		{"bootstrap without kind", []string{"bootstrap", "--node-id", "n", "--server", "h:1"}, "--grpc and --envoy"},

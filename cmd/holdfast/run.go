@@ -61,7 +61,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	store, err := cache.NewStore(cache.StoreOptions{StateDir: cfg.StateDir, Logger: log, Registry: reg}, pub)
+	store, err := cache.NewStore(cache.StoreOptions{StateDir: cfg.StateDir, Guard: cfg.Guard, Logger: log, Registry: reg}, pub)
 	if err != nil {
 		return err
 	}
@@ -158,6 +158,16 @@ type readiness struct {
 	Restored     bool                    `json:"restored"`
 	RestoredFrom *time.Time              `json:"restored_from,omitempty"`
 	Sources      []resolver.SourceStatus `json:"sources"`
+	// Held: a change the mass-withdrawal guard keeps from clients.
+	Held *heldChange `json:"held,omitempty"`
+}
+
+type heldChange struct {
+	ID        int       `json:"id"`
+	Since     time.Time `json:"since"`
+	Reason    string    `json:"reason"`
+	Withdrawn int       `json:"withdrawn"`
+	Services  []string  `json:"services"`
 }
 
 // readinessFunc decides readiness: ready once a synced snapshot is published; while a source is
@@ -167,6 +177,9 @@ func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, store *cache.Stor
 		r := readiness{Published: pub.Published(), Sources: res.Sources()}
 		if v := store.View(); v.Restored {
 			r.Restored, r.RestoredFrom = true, &v.RestoredFrom
+		}
+		if h := store.Held(); h != nil {
+			r.Held = &heldChange{ID: h.ID, Since: h.Since, Reason: h.Verdict.Reason, Withdrawn: h.Verdict.Withdrawn, Services: h.Verdict.Services}
 		}
 		for _, s := range r.Sources {
 			if s.State == resolver.Stale {

@@ -1,0 +1,108 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/harness"
+)
+
+// TestGuardHoldsMassWithdrawal: 10 services × 5 endpoints; deleting 8 services' slices at once
+// is held (clients keep routing) until the hold period passes with a healthy source; a single
+// scale-down goes through at once.
+func TestGuardHoldsMassWithdrawal(t *testing.T) {
+	const holdPeriod = 10 * time.Second
+	ns := newNamespace(t)
+	var live []string
+	for _, s := range []int{0, 9} {
+		for j := range 5 {
+			live = append(live, fmt.Sprintf("s%d-%d", s, j))
+		}
+	}
+	b := startBackends(t, grpcPort.target, live...)
+	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
+	ctx := testContext(t)
+	for i := range 10 {
+		svc := fmt.Sprintf("s%d", i)
+		createService(t, ns, svc, grpcPort)
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-a", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
+		}
+		for j := range 5 {
+			addr := fmt.Sprintf("10.246.%d.%d", i, j+1) // nobody dials these services
+			if be, ok := b[fmt.Sprintf("%s-%d", svc, j)]; ok {
+				addr = be.Addr.String()
+			}
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+		}
+		if _, err := api.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := startHoldfastOn(t, env.cluster, ns, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",
+		"--guard-hold-period", holdPeriod.String())
+	s0 := dial(t, h, target(ns, "s0", grpcPort.port))
+	s9 := dial(t, h, target(ns, "s9", grpcPort.port))
+	if err := s0.WaitForBackends(ctx, "s0-0", "s0-1", "s0-2", "s0-3", "s0-4"); err != nil {
+		t.Fatal(err)
+	}
+
+	// One service scaled down while the source is healthy: applied at once.
+	writeSlice(t, ns, "s9-a", "s9", grpcPort, endpoint{b["s9-0"], true}, endpoint{b["s9-1"], true}, endpoint{b["s9-2"], true}, endpoint{b["s9-3"], true})
+	if err := s9.WaitForBackends(ctx, "s9-0", "s9-1", "s9-2", "s9-3"); err != nil {
+		t.Fatalf("single scale-down: %v", err)
+	}
+
+	// 8 of 10 services lose all their endpoints at once: 40 more of 50.
+	for i := range 8 {
+		if err := api.Delete(ctx, fmt.Sprintf("s%d-a", i), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleted := time.Now()
+	waitMetric(ctx, t, h, "holdfast_guard_held", func(v float64) bool { return v == 1 })
+	code, body, err := h.Get(ctx, "/readyz")
+	var rz struct {
+		Ready bool
+		Held  *struct {
+			Withdrawn int
+			Reason    string
+			Services  []string
+		}
+	}
+	// Withdrawals add up over --guard-window: s9's earlier scale-down counts too (40 + 1 of 50).
+	if err != nil || json.Unmarshal([]byte(body), &rz) != nil || code != 200 || rz.Held == nil || rz.Held.Withdrawn != 41 || len(rz.Held.Services) != 9 {
+		t.Errorf("/readyz during the hold = %d %s; want ready, held, 41 endpoints of 9 services", code, body)
+	}
+	// Clients keep routing to the old endpoints while the change is held.
+	if hits, failures, err := s0.Spread(ctx, 25); failures != 0 || len(hits) != 5 {
+		t.Errorf("during the hold s0 reached %s with %d failures (%v)", harness.HitsString(hits), failures, err)
+	}
+	if !containsLine(h.LogTail(100), "mass withdrawal held") {
+		t.Error("no log line for the hold")
+	}
+
+	// After the hold period with a healthy source, the change is applied.
+	failsFast(ctx, t, s0, "s0 after the hold period")
+	appliedAfter := time.Since(deleted)
+	if appliedAfter < holdPeriod {
+		t.Errorf("the held change was applied after %v, before the %v hold period", appliedAfter, holdPeriod)
+	}
+	t.Logf("held for about %v (hold period %v)", appliedAfter.Round(100*time.Millisecond), holdPeriod)
+	waitMetric(ctx, t, h, `holdfast_guard_releases_total{how="hold_period"}`, func(v float64) bool { return v == 1 })
+	waitMetric(ctx, t, h, "holdfast_guard_held", func(v float64) bool { return v == 0 })
+	if hits, failures, err := s9.Spread(ctx, 8); failures != 0 || len(hits) != 4 {
+		t.Errorf("s9 disturbed: %s, %d failures (%v)", harness.HitsString(hits), failures, err)
+	}
+}
+
+func containsLine(log, s string) bool { return strings.Contains(log, s) }
