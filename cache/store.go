@@ -70,9 +70,10 @@ type Store struct {
 	kick    chan struct{} // capacity 1: "there is an unsaved view"
 
 	// guarded by mu
-	mu      sync.Mutex
-	view    View
-	unsaved bool
+	mu           sync.Mutex
+	view         View
+	unsaved      bool
+	unsavedSince time.Time // when the oldest unwritten change arrived
 	base    map[resolver.Key]*resolver.Service // what the guard measures withdrawals against
 	baseAt  time.Time
 	hold    *Hold
@@ -255,7 +256,9 @@ func (s *Store) applyLocked(r resolver.Resolution, now time.Time, how string) {
 	wasRestored := s.view.Restored
 	s.view = View{Services: r.Services, Synced: r.Synced, Generation: s.view.Generation + 1}
 	v := s.view
-	s.unsaved = s.opts.StateDir != "" && r.Synced
+	if s.opts.StateDir != "" && r.Synced && !s.unsaved {
+		s.unsaved, s.unsavedSince = true, now
+	}
 	hold := s.hold
 	if hold != nil {
 		s.hold = nil
@@ -354,19 +357,21 @@ func (s *Store) Run(ctx context.Context) error {
 			}
 		case <-write:
 			write = nil
-			s.flush()
+			if !s.flush() {
+				write = time.After(s.opts.WriteDelay) // try again; the previous file stays
+			}
 		}
 	}
 }
 
-// flush writes the current view if it has not been written yet.
-func (s *Store) flush() {
+// flush writes the current view if it has not been written yet, and reports whether the state
+// file is now current.
+func (s *Store) flush() bool {
 	s.mu.Lock()
 	v, unsaved := s.view, s.unsaved
-	s.unsaved = false
 	s.mu.Unlock()
 	if !unsaved || s.opts.StateDir == "" {
-		return
+		return true
 	}
 	data, err := encodeState(v.Services, time.Now())
 	if err == nil {
@@ -375,11 +380,25 @@ func (s *Store) flush() {
 	if err != nil {
 		s.metrics.writeErrors.Inc()
 		s.log.Error("state file not written; the previous one stays", "path", s.path(), "err", err)
-		s.mu.Lock()
-		s.unsaved = s.unsaved || v.Generation == s.view.Generation
-		s.mu.Unlock()
-		return
+		return false
 	}
+	s.mu.Lock()
+	if s.view.Generation == v.Generation { // nothing newer arrived while writing
+		s.unsaved, s.unsavedSince = false, time.Time{}
+	}
+	s.mu.Unlock()
 	s.metrics.writes.Inc()
 	s.metrics.lastWrite.SetToCurrentTime()
+	return true
+}
+
+// Stuck says whether the state file has lagged behind the served state for longer than after
+// (on top of the write delay): the disk refuses writes, or the writer hangs.
+func (s *Store) Stuck(now time.Time, after time.Duration) (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.unsaved || now.Sub(s.unsavedSince) <= s.opts.WriteDelay+after {
+		return false, ""
+	}
+	return true, fmt.Sprintf("state file not written for %v", now.Sub(s.unsavedSince).Round(time.Second))
 }

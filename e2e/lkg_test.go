@@ -129,3 +129,56 @@ func TestLKGCorruptStateFile(t *testing.T) {
 		t.Errorf("no good state file after a clean shutdown: %q", data[:min(len(data), 40)])
 	}
 }
+
+// TestReadinessReflectsStuckStateStore: a Holdfast that cannot persist its state is alive and
+// keeps serving, but says it is not ready, and why; once the disk works again, it is ready again.
+func TestReadinessReflectsStuckStateStore(t *testing.T) {
+	ns := newNamespace(t)
+	b := startBackends(t, grpcPort.target, "b1", "b2")
+	createService(t, ns, "echo", grpcPort)
+	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true})
+	stateDir := filepath.Join(t.TempDir(), "state")
+	ctx := testContext(t)
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	h, err := harness.StartHoldfast(sctx, env.bins.Holdfast, env.dir, env.cluster.Kubeconfig, "--namespaces", ns, "--state-dir", stateDir, "--stuck-after", "2s")
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Terminate(15 * time.Second) })
+	waitMetric(ctx, t, h, "holdfast_state_writes_total", atLeast(1))
+
+	// The state directory becomes a file: every write fails, even for root.
+	if err := os.RemoveAll(stateDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stateDir, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true}, endpoint{b["b2"], true})
+	c := dial(t, h, target(ns, "echo", grpcPort.port))
+	if err := c.WaitForBackends(ctx, "b1", "b2"); err != nil {
+		t.Fatalf("serving must go on while the disk fails: %v", err)
+	}
+	if err := eventually(ctx, func() bool {
+		code, body, err := h.Get(ctx, "/readyz")
+		return err == nil && code == 503 && strings.Contains(body, "state file not written")
+	}); err != nil {
+		_, body, _ := h.Get(ctx, "/readyz")
+		t.Fatalf("/readyz never reported the stuck state store: %s", body)
+	}
+	waitMetric(ctx, t, h, "holdfast_state_write_errors_total", atLeast(1))
+
+	if err := os.Remove(stateDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(stateDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitReady(ctx); err != nil {
+		t.Fatalf("not ready again once the disk works: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "state")); err != nil {
+		t.Errorf("no state file after recovery: %v", err)
+	}
+}

@@ -40,8 +40,9 @@ type Publisher struct {
 	kick    chan struct{} // capacity 1: "latest has a view not yet published"
 
 	// guarded by mu
-	mu     sync.Mutex
-	latest *cache.View
+	mu       sync.Mutex
+	latest   *cache.View
+	queuedAt time.Time // when the oldest view not yet taken by the run loop arrived
 
 	// owned by the run loop
 	built     map[resolver.Key]*serviceResources
@@ -102,6 +103,9 @@ func NewPublisher(opts PublisherOptions, snaps cachev3.SnapshotCache) (*Publishe
 func (p *Publisher) OnView(v cache.View) {
 	p.mu.Lock()
 	p.latest = &v
+	if p.queuedAt.IsZero() {
+		p.queuedAt = time.Now()
+	}
 	p.mu.Unlock()
 	select {
 	case p.kick <- struct{}{}:
@@ -111,6 +115,16 @@ func (p *Publisher) OnView(v cache.View) {
 
 // Published reports whether a snapshot built from a synced or restored view has been published.
 func (p *Publisher) Published() bool { return p.published.Load() }
+
+// Stuck says whether a view has waited longer than after for the publish loop to take it.
+func (p *Publisher) Stuck(now time.Time, after time.Duration) (bool, string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.queuedAt.IsZero() || now.Sub(p.queuedAt) <= after {
+		return false, ""
+	}
+	return true, fmt.Sprintf("a change has waited %v to be published", now.Sub(p.queuedAt).Round(time.Second))
+}
 
 // Run publishes views until ctx is done.
 func (p *Publisher) Run(ctx context.Context) error {
@@ -122,7 +136,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		}
 		p.mu.Lock()
 		v := p.latest
-		p.latest = nil
+		p.latest, p.queuedAt = nil, time.Time{}
 		p.mu.Unlock()
 		if v == nil || !v.Servable() {
 			continue

@@ -3,6 +3,7 @@ package xds
 import (
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -329,5 +330,24 @@ func TestBadServiceDoesNotBlockOthers(t *testing.T) {
 	}
 	if got := strings.Join(resourceNames(sets[KindEnvoy][resourcev3.ListenerType]), ","); got != "outbound_80,outbound_9000" {
 		t.Errorf("envoy listeners = %s", got)
+	}
+}
+
+func TestPublisherStuck(t *testing.T) {
+	p, err := NewPublisher(PublisherOptions{Translator: testTranslator}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if stuck, _ := p.Stuck(now, time.Second); stuck {
+		t.Fatal("stuck with nothing queued")
+	}
+	a, _ := twoServices()
+	p.OnView(testView(a)) // the run loop is not running: nobody takes it
+	if stuck, _ := p.Stuck(now, time.Minute); stuck {
+		t.Error("stuck before the bound")
+	}
+	if stuck, why := p.Stuck(now.Add(2*time.Minute), time.Minute); !stuck || why == "" {
+		t.Error("a view waiting past the bound is not reported")
 	}
 }

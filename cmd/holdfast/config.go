@@ -33,6 +33,7 @@ type Config struct {
 	MaxEndpoints       int
 	StateDir           string
 	Guard              cache.GuardOptions
+	StuckAfter         time.Duration
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -63,6 +64,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.Guard.MinServiceEndpoints, "guard-min-service-endpoints", 10, "hold a service with at least this many endpoints dropping to zero right after its source was stale or restarted")
 	fs.DurationVar(&c.Guard.RecentUnhealthy, "guard-recent-unhealthy", 5*time.Minute, "how long after a stale or restarted source its withdrawals count as suspicious")
 	fs.DurationVar(&c.Guard.HoldPeriod, "guard-hold-period", 2*time.Minute, "a held change that stays true this long with healthy sources is applied")
+	fs.DurationVar(&c.StuckAfter, "stuck-after", 30*time.Second, "not ready when a change has waited this long to be published, or the state file has lagged this long behind")
 	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {
@@ -124,6 +126,9 @@ func (c Config) validate() error {
 	}
 	if g.Window <= 0 || g.RecentUnhealthy <= 0 || g.HoldPeriod <= 0 {
 		errs = append(errs, errors.New("--guard-window, --guard-recent-unhealthy and --guard-hold-period must be positive"))
+	}
+	if c.StuckAfter < time.Second {
+		errs = append(errs, fmt.Errorf("--stuck-after %v: want at least 1s", c.StuckAfter))
 	}
 	if c.MaxEndpoints < 1 {
 		errs = append(errs, fmt.Errorf("--max-endpoints-per-service %d: must be at least 1", c.MaxEndpoints))

@@ -31,6 +31,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"watch idle bound below bookmarks", []string{"--watch-idle-timeout", "30s"}, "--watch-idle-timeout"},
 		{"guard fraction out of range", []string{"--guard-max-withdraw-fraction", "1.5"}, "--guard-max-withdraw-fraction"},
 		{"guard hold period zero", []string{"--guard-hold-period", "0s"}, "--guard-hold-period"},
+		{"stuck-after too short", []string{"--stuck-after", "10ms"}, "--stuck-after"},
 		{"no endpoints allowed", []string{"--max-endpoints-per-service", "0"}, "--max-endpoints-per-service"},
 		{"stray argument", []string{"serve"}, "unexpected argument"},
 		{"bootstrap without kind", []string{"bootstrap", "--node-id", "n", "--server", "h:1"}, "--grpc and --envoy"},

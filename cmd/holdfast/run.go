@@ -84,7 +84,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		_ = xdsLis.Close()
 		return fmt.Errorf("--http-listen: %w", err)
 	}
-	httpSrv := &http.Server{Handler: httpHandler(reg, readinessFunc(pub, res, store, cfg.ReadyWhenStale)), ReadHeaderTimeout: 5 * time.Second}
+	httpSrv := &http.Server{Handler: httpHandler(reg, readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)), ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
 		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain)
 
@@ -160,6 +160,8 @@ type readiness struct {
 	Sources      []resolver.SourceStatus `json:"sources"`
 	// Held: a change the mass-withdrawal guard keeps from clients.
 	Held *heldChange `json:"held,omitempty"`
+	// Stuck: Holdfast is alive but not doing its work (publishing, persisting).
+	Stuck []string `json:"stuck,omitempty"`
 }
 
 type heldChange struct {
@@ -172,8 +174,9 @@ type heldChange struct {
 
 // readinessFunc decides readiness: ready once a synced snapshot is published; while a source is
 // stale, only if readyWhenStale.
-func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, store *cache.Store, readyWhenStale bool) func() readiness {
+func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, store *cache.Store, readyWhenStale bool, stuckAfter time.Duration) func() readiness {
 	return func() readiness {
+		now := time.Now()
 		r := readiness{Published: pub.Published(), Sources: res.Sources()}
 		if v := store.View(); v.Restored {
 			r.Restored, r.RestoredFrom = true, &v.RestoredFrom
@@ -186,7 +189,12 @@ func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, store *cache.Stor
 				r.Stale = true
 			}
 		}
-		r.Ready = r.Published && (readyWhenStale || !r.Stale)
+		for _, c := range []func(time.Time, time.Duration) (bool, string){pub.Stuck, store.Stuck} {
+			if stuck, why := c(now, stuckAfter); stuck {
+				r.Stuck = append(r.Stuck, why)
+			}
+		}
+		r.Ready = r.Published && len(r.Stuck) == 0 && (readyWhenStale || !r.Stale)
 		return r
 	}
 }
