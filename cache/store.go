@@ -73,11 +73,11 @@ type Store struct {
 	mu           sync.Mutex
 	view         View
 	unsaved      bool
-	unsavedSince time.Time // when the oldest unwritten change arrived
-	base    map[resolver.Key]*resolver.Service // what the guard measures withdrawals against
-	baseAt  time.Time
-	hold    *Hold
-	holds   int // holds so far, for IDs
+	unsavedSince time.Time                          // when the oldest unwritten change arrived
+	base         map[resolver.Key]*resolver.Service // what the guard measures withdrawals against
+	baseAt       time.Time
+	hold         *Hold
+	holds        int // holds so far, for IDs
 }
 
 // Hold is a change the mass-withdrawal guard keeps from clients.
