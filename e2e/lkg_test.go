@@ -37,7 +37,8 @@ func waitMetric(ctx context.Context, t *testing.T, h *harness.Holdfast, series s
 	}
 }
 
-func atLeast(n float64) func(float64) bool { return func(v float64) bool { return v >= n } }
+// positive is true for a counter that has counted something.
+func positive(v float64) bool { return v >= 1 }
 
 func TestLKGRestartWithApiserverDown(t *testing.T) {
 	k := ownCluster(t)
@@ -49,7 +50,7 @@ func TestLKGRestartWithApiserverDown(t *testing.T) {
 	ctx := testContext(t)
 
 	h1 := runHoldfast(t, k, ns, stateDir)
-	waitMetric(ctx, t, h1, "holdfast_state_writes_total", atLeast(1))
+	waitMetric(ctx, t, h1, "holdfast_state_writes_total", positive)
 	h1.Kill() // SIGKILL: no chance to flush anything more
 	if err := k.APIServer.Pause(); err != nil {
 		t.Fatal(err)
@@ -90,7 +91,7 @@ func TestLKGCorruptStateFile(t *testing.T) {
 	ctx := testContext(t)
 
 	h := runHoldfast(t, env.cluster, ns, stateDir)
-	waitMetric(ctx, t, h, "holdfast_state_writes_total", atLeast(1))
+	waitMetric(ctx, t, h, "holdfast_state_writes_total", positive)
 	if err := h.Terminate(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +147,7 @@ func TestReadinessReflectsStuckStateStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.Terminate(15 * time.Second) })
-	waitMetric(ctx, t, h, "holdfast_state_writes_total", atLeast(1))
+	waitMetric(ctx, t, h, "holdfast_state_writes_total", positive)
 
 	// The state directory becomes a file: every write fails, even for root.
 	if err := os.RemoveAll(stateDir); err != nil {
@@ -167,7 +168,7 @@ func TestReadinessReflectsStuckStateStore(t *testing.T) {
 		_, body, _ := h.Get(ctx, "/readyz")
 		t.Fatalf("/readyz never reported the stuck state store: %s", body)
 	}
-	waitMetric(ctx, t, h, "holdfast_state_write_errors_total", atLeast(1))
+	waitMetric(ctx, t, h, "holdfast_state_write_errors_total", positive)
 
 	if err := os.Remove(stateDir); err != nil {
 		t.Fatal(err)
