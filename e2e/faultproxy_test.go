@@ -10,6 +10,36 @@ import (
 	"github.com/holdfast/holdfast/e2e/harness"
 )
 
+// holdfastBehindProxy starts a fault proxy in front of the shared API server and a Holdfast for
+// ns that reaches the API server only through it.
+func holdfastBehindProxy(t *testing.T, ns string, extra ...string) (*faultproxy.Proxy, *harness.Holdfast) {
+	t.Helper()
+	p, err := faultproxy.Start(env.cluster.Server, env.cluster.CAFile, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := env.cluster.WriteKubeconfig(kubeconfig, p.URL, p.CAFile); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	h, err := harness.StartHoldfast(ctx, env.bins.Holdfast, env.dir, kubeconfig, append([]string{"--namespaces", ns}, extra...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := h.Terminate(15 * time.Second); err != nil {
+			t.Errorf("holdfast did not exit cleanly: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("holdfast log: %s", h.LogTail(80))
+		}
+	})
+	return p, h
+}
+
 // TestResilienceProxyStallCorruptFail puts a fault proxy between Holdfast and the API server and
 // runs each fault in turn: Holdfast does not crash, loses nothing, keeps routing, says it is
 // stale, and picks up the change made during the fault once the fault ends.
@@ -24,29 +54,7 @@ func TestResilienceProxyStallCorruptFail(t *testing.T) {
 	createService(t, ns, "echo", grpcPort)
 	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b0"], true})
 
-	p, err := faultproxy.Start(env.cluster.Server, env.cluster.CAFile, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.cluster.WriteKubeconfig(kubeconfig, p.URL, p.CAFile); err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), timeout)
-	h, err := harness.StartHoldfast(sctx, env.bins.Holdfast, env.dir, kubeconfig, "--namespaces", ns)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := h.Terminate(15 * time.Second); err != nil {
-			t.Errorf("holdfast did not exit cleanly: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("holdfast log: %s", h.LogTail(80))
-		}
-	})
+	p, h := holdfastBehindProxy(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(modes))*2*timeout)
 	defer cancel()
 	c := dial(t, h, target(ns, "echo", grpcPort.port))
@@ -103,29 +111,7 @@ func TestResilienceSilentWatch(t *testing.T) {
 	b := startBackends(t, grpcPort.target, "b1", "b2")
 	createService(t, ns, "echo", grpcPort)
 	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true})
-	p, err := faultproxy.Start(env.cluster.Server, env.cluster.CAFile, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.cluster.WriteKubeconfig(kubeconfig, p.URL, p.CAFile); err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), timeout)
-	h, err := harness.StartHoldfast(sctx, env.bins.Holdfast, env.dir, kubeconfig, "--namespaces", ns, "--watch-idle-timeout", idle.String())
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := h.Terminate(15 * time.Second); err != nil {
-			t.Errorf("holdfast did not exit cleanly: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("holdfast log: %s", h.LogTail(40))
-		}
-	})
+	p, h := holdfastBehindProxy(t, ns, "--watch-idle-timeout", idle.String())
 	ctx, cancel := context.WithTimeout(context.Background(), idle+3*timeout)
 	defer cancel()
 	c := dial(t, h, target(ns, "echo", grpcPort.port))
