@@ -56,6 +56,7 @@ type StoreOptions struct {
 	// WriteDelay coalesces changes: a write happens this long after the first unsaved change. [1s]
 	WriteDelay time.Duration
 	Guard      GuardOptions
+	Limits     Limits
 	Logger     *slog.Logger
 	Registry   prometheus.Registerer
 }
@@ -63,15 +64,17 @@ type StoreOptions struct {
 // Store keeps the current View, hands every new one to its observer, and persists synced views.
 type Store struct {
 	// set at construction, read-only
-	opts    StoreOptions
-	obs     Observer
-	log     *slog.Logger
-	metrics storeMetrics
-	kick    chan struct{} // capacity 1: "there is an unsaved view"
+	opts     StoreOptions
+	obs      Observer
+	log      *slog.Logger
+	metrics  storeMetrics
+	capacity *capacity     // guarded by mu
+	kick     chan struct{} // capacity 1: "there is an unsaved view"
 
 	// guarded by mu
 	mu           sync.Mutex
 	view         View
+	live         map[resolver.Key]*resolver.Service // the admitted services, without tombstones
 	unsaved      bool
 	unsavedSince time.Time                          // when the oldest unwritten change arrived
 	base         map[resolver.Key]*resolver.Service // what the guard measures withdrawals against
@@ -116,8 +119,13 @@ func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 	}
+	capacity, err := newCapacity(opts.Limits)
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
-		opts: opts, obs: obs, log: opts.Logger.With("component", "store"),
+		capacity: capacity,
+		opts:     opts, obs: obs, log: opts.Logger.With("component", "store"),
 		kick: make(chan struct{}, 1),
 		view: View{Services: map[resolver.Key]*resolver.Service{}},
 		metrics: storeMetrics{
@@ -144,7 +152,7 @@ func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
 		},
 	}
 	m := s.metrics
-	for _, c := range []prometheus.Collector{m.writes, m.writeErrors, m.lastWrite, m.loadErrors, m.restored, m.restoredAge, m.held, m.heldWithdrawn, m.holds, m.releases} {
+	for _, c := range append([]prometheus.Collector{m.writes, m.writeErrors, m.lastWrite, m.loadErrors, m.restored, m.restoredAge, m.held, m.heldWithdrawn, m.holds, m.releases}, capacity.collectors()...) {
 		if err := opts.Registry.Register(c); err != nil {
 			return nil, fmt.Errorf("store: register metrics: %w", err)
 		}
@@ -184,6 +192,7 @@ func (s *Store) Restore() error {
 		return nil
 	}
 	s.view = View{Services: services, Restored: true, RestoredFrom: writtenAt, Generation: s.view.Generation + 1}
+	s.live = services
 	v := s.view
 	s.mu.Unlock()
 	age := time.Since(writtenAt)
@@ -251,10 +260,19 @@ func latest(ts ...time.Time) time.Time {
 	return out
 }
 
-// applyLocked makes r the served view, ends any hold (how says why), and unlocks s.mu.
+// applyLocked makes r the served view, within the capacity limits and with tombstones for what
+// it deletes, ends any hold (how says why), and unlocks s.mu.
 func (s *Store) applyLocked(r resolver.Resolution, now time.Time, how string) {
 	wasRestored := s.view.Restored
-	s.view = View{Services: r.Services, Synced: r.Synced, Generation: s.view.Generation + 1}
+	admitted, refused := s.capacity.admit(s.live, r.Services)
+	effective := s.capacity.withTombstones(s.live, admitted, now)
+	endpoints := 0
+	for _, svc := range admitted {
+		endpoints += svc.EndpointCount()
+	}
+	crossed := s.capacity.crossed(len(admitted), endpoints)
+	s.live = admitted
+	s.view = View{Services: effective, Synced: r.Synced, Generation: s.view.Generation + 1}
 	v := s.view
 	if s.opts.StateDir != "" && r.Synced && !s.unsaved {
 		s.unsaved, s.unsavedSince = true, now
@@ -265,6 +283,15 @@ func (s *Store) applyLocked(r resolver.Resolution, now time.Time, how string) {
 		s.base, s.baseAt = r.Services, now
 	}
 	s.mu.Unlock()
+	if len(refused) > 0 {
+		s.log.Error("services refused: a capacity limit is reached; what is served stays untouched",
+			"refused", refused, "services", len(admitted), "max_services", s.capacity.limits.MaxServices,
+			"endpoints", endpoints, "max_endpoints", s.capacity.limits.MaxEndpoints)
+	}
+	for _, kind := range crossed {
+		s.log.Warn("capacity above 80%", "kind", kind, "services", len(admitted), "endpoints", endpoints,
+			"max_services", s.capacity.limits.MaxServices, "max_endpoints", s.capacity.limits.MaxEndpoints)
+	}
 	if hold != nil {
 		s.metrics.held.Set(0)
 		s.metrics.heldWithdrawn.Set(0)
@@ -282,6 +309,9 @@ func (s *Store) applyLocked(r resolver.Resolution, now time.Time, how string) {
 	default:
 	}
 }
+
+// ClientsRatio is the fill gauge for connected clients, for the xDS server to set.
+func (s *Store) ClientsRatio() prometheus.Gauge { return s.capacity.ratio.WithLabelValues("clients") }
 
 // Held returns the change the guard holds, if any.
 func (s *Store) Held() *Hold {
@@ -303,6 +333,27 @@ func (s *Store) Release(id int) error {
 	}
 	s.applyLocked(s.hold.change, time.Now(), "operator")
 	return nil
+}
+
+// sweepTombstones collects expired tombstones and serves the view without them.
+func (s *Store) sweepTombstones(now time.Time) {
+	s.mu.Lock()
+	if !s.capacity.sweep(now) {
+		s.mu.Unlock()
+		return
+	}
+	s.view = View{Services: s.capacity.withTombstones(s.live, s.live, now), Synced: s.view.Synced,
+		Restored: s.view.Restored, RestoredFrom: s.view.RestoredFrom, Generation: s.view.Generation + 1}
+	v := s.view
+	if s.opts.StateDir != "" && v.Synced && !s.unsaved {
+		s.unsaved, s.unsavedSince = true, now
+	}
+	s.mu.Unlock()
+	s.obs.OnView(v)
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 // expireHold applies a held change that has stayed true for the hold period with healthy
@@ -351,6 +402,7 @@ func (s *Store) Run(ctx context.Context) error {
 			return nil
 		case now := <-tick.C:
 			s.expireHold(now)
+			s.sweepTombstones(now)
 		case <-s.kick:
 			if write == nil {
 				write = time.After(s.opts.WriteDelay)

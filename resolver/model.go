@@ -37,7 +37,8 @@ type Service struct {
 	Ports []Port
 }
 
-func (s *Service) endpointCount() int {
+// EndpointCount counts the endpoints of all ports, in any condition.
+func (s *Service) EndpointCount() int {
 	n := 0
 	for _, p := range s.Ports {
 		n += len(p.Endpoints)

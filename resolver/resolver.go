@@ -455,7 +455,7 @@ func (r *Resolver) unusable(prev, next *Service, rejections []Rejection) string 
 	if next == nil {
 		return ""
 	}
-	if n := next.endpointCount(); n > r.opts.MaxEndpointsPerService {
+	if n := next.EndpointCount(); n > r.opts.MaxEndpointsPerService {
 		return fmt.Sprintf("%s: %d endpoints, more than %d", ReasonTooManyEndpoints, n, r.opts.MaxEndpointsPerService)
 	}
 	if len(rejections) > 0 && prev != nil && next.usableCount() == 0 && prev.usableCount() > 0 {
@@ -507,7 +507,7 @@ func (r *Resolver) publish() {
 	r.published = true
 	endpoints := 0
 	for _, s := range r.services {
-		endpoints += s.endpointCount()
+		endpoints += s.EndpointCount()
 	}
 	r.metrics.services.Set(float64(len(r.services)))
 	r.metrics.endpoints.Set(float64(endpoints))

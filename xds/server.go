@@ -13,13 +13,17 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 )
 
 // ServerOptions configure the ADS server.
 type ServerOptions struct {
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
+	// MaxClients bounds open ADS streams; a stream over it is refused. [10000]
+	MaxClients int
 }
 
 // Server serves ADS, state-of-the-world and Delta, from a snapshot cache with one snapshot per
@@ -43,7 +47,10 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		opts.Registry = prometheus.NewRegistry()
 	}
 	log := opts.Logger.With("component", "xds")
-	tracker, err := newStreamTracker(log, opts.Registry)
+	if opts.MaxClients <= 0 {
+		opts.MaxClients = 10000
+	}
+	tracker, err := newStreamTracker(log, opts.Registry, opts.MaxClients)
 	if err != nil {
 		return nil, err
 	}
@@ -67,6 +74,14 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	return &Server{Cache: snaps, GRPC: g, log: log, streams: tracker, cancel: cancel}, nil
 }
 
+// SetClientsRatio makes the server report open streams / MaxClients on g.
+func (s *Server) SetClientsRatio(g prometheus.Gauge) {
+	s.streams.mu.Lock()
+	s.streams.ratio = g
+	s.streams.setRatioLocked()
+	s.streams.mu.Unlock()
+}
+
 // Stop ends every stream and stops the gRPC server, waiting at most for ctx.
 func (s *Server) Stop(ctx context.Context) {
 	s.cancel()
@@ -81,7 +96,9 @@ func (s *Server) Stop(ctx context.Context) {
 
 // streamTracker logs and counts clients as their streams open and close, and counts NACKs.
 type streamTracker struct {
-	log *slog.Logger
+	log        *slog.Logger
+	maxClients int
+	refused    prometheus.Counter
 
 	clients *prometheus.GaugeVec
 	unknown prometheus.Counter
@@ -90,6 +107,7 @@ type streamTracker struct {
 	// guarded by mu
 	mu      sync.Mutex
 	streams map[int64]streamInfo
+	ratio   prometheus.Gauge // open streams / maxClients; nil until set
 }
 
 type streamInfo struct {
@@ -99,9 +117,12 @@ type streamInfo struct {
 	known   bool // node seen
 }
 
-func newStreamTracker(log *slog.Logger, reg prometheus.Registerer) (*streamTracker, error) {
+func newStreamTracker(log *slog.Logger, reg prometheus.Registerer, maxClients int) (*streamTracker, error) {
 	t := &streamTracker{
-		log:     log,
+		log:        log,
+		maxClients: maxClients,
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "holdfast_xds_streams_refused_total", Help: "ADS streams refused because --max-clients streams were open."}),
 		streams: map[int64]streamInfo{},
 		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "holdfast_xds_connected_clients", Help: "Open ADS streams with an identified node, by client kind and flavour (sotw, delta)."}, []string{"kind", "flavour"}),
@@ -110,7 +131,7 @@ func newStreamTracker(log *slog.Logger, reg prometheus.Registerer) (*streamTrack
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_xds_nacks_total", Help: "Requests that rejected the previous response, by resource type."}, []string{"type"}),
 	}
-	for _, c := range []prometheus.Collector{t.clients, t.unknown, t.nacks} {
+	for _, c := range []prometheus.Collector{t.clients, t.unknown, t.nacks, t.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("xds: register metrics: %w", err)
 		}
@@ -120,8 +141,8 @@ func newStreamTracker(log *slog.Logger, reg prometheus.Registerer) (*streamTrack
 
 func (t *streamTracker) callbacks() serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
-		StreamOpenFunc:      func(_ context.Context, id int64, _ string) error { t.open(id, "sotw"); return nil },
-		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error { t.open(id, "delta"); return nil },
+		StreamOpenFunc:      func(_ context.Context, id int64, _ string) error { return t.open(id, "sotw") },
+		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error { return t.open(id, "delta") },
 		StreamClosedFunc:    func(id int64, _ *corev3.Node) { t.close(id) },
 		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
 			t.close(id)
@@ -137,16 +158,33 @@ func (t *streamTracker) callbacks() serverv3.Callbacks {
 	}
 }
 
-func (t *streamTracker) open(id int64, flavour string) {
+// open admits a stream unless --max-clients are open: Holdfast then refuses new clients with a
+// clear error and keeps serving the ones it has.
+func (t *streamTracker) open(id int64, flavour string) error {
 	t.mu.Lock()
+	if len(t.streams) >= t.maxClients {
+		t.mu.Unlock()
+		t.refused.Inc()
+		t.log.Warn("ADS stream refused: client limit reached", "max_clients", t.maxClients, "stream", id)
+		return status.Errorf(codes.ResourceExhausted, "holdfast serves at most %d clients (--max-clients)", t.maxClients)
+	}
 	t.streams[id] = streamInfo{flavour: flavour}
+	t.setRatioLocked()
 	t.mu.Unlock()
+	return nil
+}
+
+func (t *streamTracker) setRatioLocked() {
+	if t.ratio != nil {
+		t.ratio.Set(float64(len(t.streams)) / float64(t.maxClients))
+	}
 }
 
 func (t *streamTracker) close(id int64) {
 	t.mu.Lock()
 	info, ok := t.streams[id]
 	delete(t.streams, id)
+	t.setRatioLocked()
 	t.mu.Unlock()
 	if ok && info.known {
 		t.clients.WithLabelValues(string(info.kind), info.flavour).Dec()

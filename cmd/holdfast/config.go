@@ -34,6 +34,8 @@ type Config struct {
 	StateDir           string
 	Guard              cache.GuardOptions
 	StuckAfter         time.Duration
+	Limits             cache.Limits
+	MaxClients         int
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -65,6 +67,10 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.Guard.RecentUnhealthy, "guard-recent-unhealthy", 5*time.Minute, "how long after a stale or restarted source its withdrawals count as suspicious")
 	fs.DurationVar(&c.Guard.HoldPeriod, "guard-hold-period", 2*time.Minute, "a held change that stays true this long with healthy sources is applied")
 	fs.DurationVar(&c.StuckAfter, "stuck-after", 30*time.Second, "not ready when a change has waited this long to be published, or the state file has lagged this long behind")
+	fs.IntVar(&c.Limits.MaxServices, "max-services", 20000, "serve at most this many services; new ones over it are refused, served ones are never evicted")
+	fs.IntVar(&c.Limits.MaxEndpoints, "max-endpoints", 500000, "serve at most this many endpoints in all; new services or growth over it are refused")
+	fs.IntVar(&c.MaxClients, "max-clients", 10000, "serve at most this many ADS streams; new ones over it are refused with RESOURCE_EXHAUSTED")
+	fs.DurationVar(&c.Limits.TombstoneGrace, "tombstone-grace", 30*time.Second, "a deleted service keeps its resources, without endpoints, this long, so that delete and re-create does not make clients drop it")
 	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {
@@ -129,6 +135,12 @@ func (c Config) validate() error {
 	}
 	if c.StuckAfter < time.Second {
 		errs = append(errs, fmt.Errorf("--stuck-after %v: want at least 1s", c.StuckAfter))
+	}
+	if c.Limits.MaxServices < 1 || c.Limits.MaxEndpoints < 1 || c.MaxClients < 1 {
+		errs = append(errs, errors.New("--max-services, --max-endpoints and --max-clients must be at least 1"))
+	}
+	if c.Limits.TombstoneGrace < 0 {
+		errs = append(errs, fmt.Errorf("--tombstone-grace %v: must not be negative", c.Limits.TombstoneGrace))
 	}
 	if c.MaxEndpoints < 1 {
 		errs = append(errs, fmt.Errorf("--max-endpoints-per-service %d: must be at least 1", c.MaxEndpoints))

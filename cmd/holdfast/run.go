@@ -49,7 +49,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := registerAll(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return err
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg})
+
+	// The publisher needs the server's snapshot cache, the server the store's client gauge,
+	// the store the publisher: build the cache side first.
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients})
 	if err != nil {
 		return err
 	}
@@ -61,10 +64,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	store, err := cache.NewStore(cache.StoreOptions{StateDir: cfg.StateDir, Guard: cfg.Guard, Logger: log, Registry: reg}, pub)
+	store, err := cache.NewStore(cache.StoreOptions{StateDir: cfg.StateDir, Guard: cfg.Guard, Limits: cfg.Limits, Logger: log, Registry: reg}, pub)
 	if err != nil {
 		return err
 	}
+	srv.SetClientsRatio(store.ClientsRatio())
+
 	res, err := resolver.New(resolver.Options{
 		Client: client, Namespaces: cfg.Namespaces, Logger: log, Registry: reg,
 		ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, WatchIdleTimeout: cfg.WatchIdleTimeout,

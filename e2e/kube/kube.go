@@ -167,6 +167,8 @@ func Start(ctx context.Context, dir string) (c *Cluster, err error) {
 	if c.Config, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig); err != nil {
 		return nil, err
 	}
+	// Tests write fast; client-go's default of 5 requests a second would throttle them.
+	c.Config.QPS, c.Config.Burst = 500, 1000
 	if c.Client, err = kubernetes.NewForConfig(c.Config); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,126 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/adsclient"
+)
+
+// TestCapacityLimitAndGC: at the service limit the next service is refused with a clear error
+// while existing routes are untouched; a deleted service is kept as a tombstone for its grace
+// period, then collected; over the client limit new streams are refused. (10,000 create/delete
+// cycles run against the store in TestChurnKeepsMemoryFlat; here a few hundred go through the
+// real API server.)
+func TestCapacityLimitAndGC(t *testing.T) {
+	ns := newNamespace(t)
+	b := startBackends(t, grpcPort.target, "b0", "b5")
+	for i := range 5 {
+		createService(t, ns, fmt.Sprintf("s%d", i), grpcPort)
+	}
+	writeSlice(t, ns, "s0-a", "s0", grpcPort, endpoint{b["b0"], true})
+	h := startHoldfastOn(t, env.cluster, ns, "--max-services", "5", "--max-clients", "2", "--tombstone-grace", "3s")
+	ctx := testContext(t)
+	s0 := dial(t, h, target(ns, "s0", grpcPort.port))
+	if err := s0.WaitForBackends(ctx, "b0"); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(ctx, t, h, `holdfast_capacity_used_ratio{kind="services"}`, func(v float64) bool { return v == 1 })
+
+	envoy, err := adsclient.Dial(h.XDSAddr, adsclient.Options{NodeID: "capacity"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = envoy.Close() })
+	cluster := func(i int) string { return target(ns, fmt.Sprintf("s%d", i), grpcPort.port) }
+	hasClusters := func(in []int, out []int) func(adsclient.State) bool {
+		return func(s adsclient.State) bool {
+			for _, i := range in {
+				if _, ok := s[resourcev3.ClusterType][cluster(i)]; !ok {
+					return false
+				}
+			}
+			for _, i := range out {
+				if _, ok := s[resourcev3.ClusterType][cluster(i)]; ok {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	if err := envoy.WaitFor(ctx, hasClusters([]int{0, 1, 2, 3, 4}, nil)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The sixth service is refused; the first five keep routing.
+	createService(t, ns, "s5", grpcPort)
+	writeSlice(t, ns, "s5-a", "s5", grpcPort, endpoint{b["b5"], true})
+	waitMetric(ctx, t, h, `holdfast_capacity_refused_total{kind="services"}`, positive)
+	if !strings.Contains(h.LogTail(50), "services refused: a capacity limit is reached") {
+		t.Error("no log line for the refusal")
+	}
+	if s := envoy.State(); !hasClusters([]int{0, 1, 2, 3, 4}, []int{5})(s) {
+		t.Errorf("clusters after the refusal: %s", describe(s))
+	}
+	if hits, failures, err := s0.Spread(ctx, 5); failures != 0 || hits["b0"] != 5 {
+		t.Errorf("s0 disturbed by the refusal: %v %d %v", hits, failures, err)
+	}
+
+	// Deleting s4 frees its slot: s5 gets in; s4 stays as a tombstone (no endpoints) for its
+	// grace period, then goes.
+	if err := env.cluster.Client.CoreV1().Services(ns).Delete(ctx, "s4", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := envoy.WaitFor(ctx, hasClusters([]int{0, 1, 2, 3, 4, 5}, nil)); err != nil {
+		t.Fatalf("s5 never admitted, or s4 dropped without a tombstone: %v", err)
+	}
+	waitMetric(ctx, t, h, "holdfast_tombstones", func(v float64) bool { return v == 1 })
+	deleted := time.Now()
+	if err := envoy.WaitFor(ctx, hasClusters([]int{0, 1, 2, 3, 5}, []int{4})); err != nil {
+		t.Fatalf("the tombstone was never collected: %v", err)
+	}
+	if kept := time.Since(deleted); kept > 20*time.Second {
+		t.Errorf("tombstone collected after %v; grace is 3s", kept)
+	}
+	waitMetric(ctx, t, h, "holdfast_tombstones", func(v float64) bool { return v == 0 })
+
+	// Two streams are open (s0's grpc client and the Envoy-like client): a third is refused.
+	third, err := adsclient.Dial(h.XDSAddr, adsclient.Options{NodeID: "one-too-many"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	werr := third.WaitFor(ctx, func(adsclient.State) bool { return false })
+	if werr == nil || !strings.Contains(werr.Error(), "ResourceExhausted") {
+		t.Errorf("a stream over --max-clients: %v, want ResourceExhausted", werr)
+	}
+	waitMetric(ctx, t, h, `holdfast_capacity_used_ratio{kind="clients"}`, func(v float64) bool { return v == 1 })
+
+	// Churn through the real API server: tombstones are collected, the heap does not grow.
+	heapBefore, err := h.Metric(ctx, "go_memstats_heap_inuse_bytes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcs := env.cluster.Client.CoreV1().Services(ns)
+	for i := range 300 {
+		name := fmt.Sprintf("churn-%d", i)
+		createService(t, ns, name, grpcPort)
+		if err := svcs.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMetric(ctx, t, h, "holdfast_tombstones", func(v float64) bool { return v == 0 })
+	heapAfter, err := h.Metric(ctx, "go_memstats_heap_inuse_bytes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("heap in use: %.1f MiB before 300 create/delete cycles, %.1f MiB after", heapBefore/(1<<20), heapAfter/(1<<20))
+	if heapAfter > heapBefore+32<<20 {
+		t.Errorf("heap grew from %.0f to %.0f bytes", heapBefore, heapAfter)
+	}
+}
