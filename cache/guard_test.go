@@ -95,7 +95,7 @@ func TestStoreHoldLifecycle(t *testing.T) {
 	base := svcs(10, 5)
 	mass := without(base, "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7")
 	sync := func(m map[resolver.Key]*resolver.Service) resolver.Resolution {
-		return resolver.Resolution{Services: m, Synced: true}
+		return resolver.Resolution{Services: m, Synced: true, Healthy: true}
 	}
 
 	s := newStore()
@@ -153,6 +153,32 @@ func TestStoreHoldLifecycle(t *testing.T) {
 	s.expireHold(h.Since.Add(70 * time.Second))
 	if s.Held() == nil {
 		t.Fatal("applied although the source was unhealthy 20s ago")
+	}
+
+	// A source that is unhealthy now never lets a hold expire, however long ago it went stale.
+	s = newStore()
+	s.OnResolution(sync(base))
+	s.OnResolution(sync(mass))
+	h = s.Held()
+	r = sync(mass)
+	r.Healthy = false
+	r.UnhealthyAt = map[string]time.Time{"": h.Since.Add(-time.Hour)}
+	s.OnResolution(r)
+	for _, after := range []time.Duration{2 * time.Minute, 10 * time.Minute} {
+		s.expireHold(h.Since.Add(after))
+		if s.Held() == nil {
+			t.Fatalf("applied %v into the hold while the source is still unhealthy", after)
+		}
+	}
+	r.Healthy = true
+	s.OnResolution(r)
+	s.expireHold(h.Since.Add(10*time.Minute + 30*time.Second))
+	if s.Held() == nil {
+		t.Fatal("applied the moment the source became healthy: the hold period must pass first")
+	}
+	s.expireHold(h.Since.Add(12 * time.Minute))
+	if s.Held() != nil {
+		t.Fatal("not applied a hold period after the source became healthy")
 	}
 }
 

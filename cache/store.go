@@ -365,6 +365,10 @@ func (s *Store) expireHold(now time.Time) {
 		s.mu.Unlock()
 		return
 	}
+	// The hold period counts only time with every source healthy.
+	if !h.change.Healthy {
+		h.Since = now
+	}
 	for _, at := range h.change.UnhealthyAt {
 		if at.After(h.Since) {
 			h.Since = at

@@ -126,6 +126,8 @@ type Resolution struct {
 	// stale or listed afresh after a restart; zero if never. A withdrawal that arrives right
 	// after that deserves suspicion.
 	UnhealthyAt map[string]time.Time
+	// Healthy is true when every source is live right now.
+	Healthy bool
 }
 
 // SortedKeys returns the service keys in a stable order.

@@ -103,6 +103,7 @@ type Resolver struct {
 	mu      sync.Mutex
 	dirty   map[Key]struct{}
 	resyncs map[*source]struct{}
+	health  bool          // a source changed state: publish even if no service changed
 	kick    chan struct{} // capacity 1: "there is work"
 
 	rejections *rejectionLog
@@ -270,12 +271,24 @@ func (r *Resolver) resync(s *source) {
 	}
 }
 
-func (r *Resolver) takeWork() (map[Key]struct{}, map[*source]struct{}) {
+// healthChanged asks the run loop to publish, so that what is downstream (the guard) knows
+// at once when a source goes stale, re-lists or comes back.
+func (r *Resolver) healthChanged() {
+	r.mu.Lock()
+	r.health = true
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Resolver) takeWork() (map[Key]struct{}, map[*source]struct{}, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d, s := r.dirty, r.resyncs
-	r.dirty, r.resyncs = map[Key]struct{}{}, map[*source]struct{}{}
-	return d, s
+	d, s, h := r.dirty, r.resyncs, r.health
+	r.dirty, r.resyncs, r.health = map[Key]struct{}{}, map[*source]struct{}{}, false
+	return d, s, h
 }
 
 // Run starts the sources and their watchdog, publishes a Resolution once every source has
@@ -299,11 +312,11 @@ func (r *Resolver) Run(ctx context.Context) error {
 		if !r.coalesce(ctx) {
 			return nil
 		}
-		dirty, resyncs := r.takeWork()
+		dirty, resyncs, health := r.takeWork()
 		if !r.allSyncedOnce() {
 			continue // the first full sync of every source rebuilds everything anyway
 		}
-		changed := !r.published
+		changed := !r.published || health
 		if !r.published {
 			resyncs = map[*source]struct{}{}
 			for _, s := range r.sources {
@@ -513,8 +526,11 @@ func (r *Resolver) publish() {
 	r.metrics.endpoints.Set(float64(endpoints))
 	r.metrics.publishes.Inc()
 	unhealthy := make(map[string]time.Time, len(r.sources))
+	healthy := true
 	for _, s := range r.sources {
-		unhealthy[s.namespace] = s.Status().LastUnhealthy
+		st := s.Status()
+		unhealthy[s.namespace] = st.LastUnhealthy
+		healthy = healthy && st.State == Live
 	}
-	r.obs.OnResolution(Resolution{Services: maps.Clone(r.services), Synced: true, UnhealthyAt: unhealthy})
+	r.obs.OnResolution(Resolution{Services: maps.Clone(r.services), Synced: true, UnhealthyAt: unhealthy, Healthy: healthy})
 }

@@ -135,6 +135,7 @@ func (s *source) setState(st SourceState, reason string) {
 		stale = 1
 	}
 	s.r.metrics.stale.WithLabelValues(s.name).Set(stale)
+	s.r.healthChanged()
 	log := s.r.log.With("source", s.name, "from", prev, "to", st, "reason", reason)
 	if st == Stale {
 		log.Warn("source is stale; serving the last known routes")
