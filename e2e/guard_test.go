@@ -87,7 +87,7 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 	if hits, failures, err := s0.Spread(ctx, 25); failures != 0 || len(hits) != 5 {
 		t.Errorf("during the hold s0 reached %s with %d failures (%v)", harness.HitsString(hits), failures, err)
 	}
-	if !containsLine(h.LogTail(100), "mass withdrawal held") {
+	if !strings.Contains(h.LogTail(100), "mass withdrawal held") {
 		t.Error("no log line for the hold")
 	}
 
@@ -104,5 +104,3 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 		t.Errorf("s9 disturbed: %s, %d failures (%v)", harness.HitsString(hits), failures, err)
 	}
 }
-
-func containsLine(log, s string) bool { return strings.Contains(log, s) }

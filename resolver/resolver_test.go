@@ -98,3 +98,38 @@ func sliceFor(svc string, addrs ...string) *discoveryv1.EndpointSlice {
 	}
 	return s
 }
+
+// With --namespaces a,b each namespace is its own source: objects elsewhere are never seen, and
+// a change in one namespace is applied without touching the other.
+func TestResolverWatchesOnlyItsNamespaces(t *testing.T) {
+	in := func(ns string, o *corev1.Service) *corev1.Service { o.Namespace = ns; return o }
+	sl := func(ns string, s *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice { s.Namespace = ns; return s }
+	client := fake.NewClientset(
+		in("a", svcNamed("x")), sl("a", sliceFor("x", "10.0.0.1")),
+		in("b", svcNamed("y")), sl("b", sliceFor("y", "10.0.0.2")),
+		in("c", svcNamed("z")), sl("c", sliceFor("z", "10.0.0.3")),
+	)
+	out := make(resolutions, 100)
+	r, err := New(Options{Client: client, Namespaces: []string{"a", "b"}}, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	ax, by, cz := Key{"a", "x"}, Key{"b", "y"}, Key{"c", "z"}
+	first := out.next(t, func(res Resolution) bool { return endpointsOf(res, ax) == 1 && endpointsOf(res, by) == 1 })
+	if _, ok := first.Services[cz]; ok {
+		t.Fatal("a service outside --namespaces was resolved")
+	}
+	if got := len(r.Sources()); got != 2 {
+		t.Fatalf("%d sources, want one per namespace", got)
+	}
+	if err := client.CoreV1().Services("a").Delete(ctx, "x", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	next := out.next(t, func(res Resolution) bool { _, ok := res.Services[ax]; return !ok })
+	if next.Services[by] != first.Services[by] {
+		t.Error("a change in namespace a touched namespace b")
+	}
+}

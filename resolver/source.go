@@ -199,30 +199,8 @@ func (s *source) run(ctx context.Context) {
 func (s *source) startGeneration(ctx context.Context) *generation {
 	c := s.r.opts.Client
 	ns := s.namespace
-	svcLW := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			ctx, cancel := context.WithTimeout(ctx, s.r.opts.ListTimeout)
-			defer cancel()
-			return c.CoreV1().Services(ns).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			s.watchOptions(&o)
-			w, err := c.CoreV1().Services(ns).Watch(ctx, o)
-			return s.observe(w), err
-		},
-	}
-	sliceLW := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			ctx, cancel := context.WithTimeout(ctx, s.r.opts.ListTimeout)
-			defer cancel()
-			return c.DiscoveryV1().EndpointSlices(ns).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			s.watchOptions(&o)
-			w, err := c.DiscoveryV1().EndpointSlices(ns).Watch(ctx, o)
-			return s.observe(w), err
-		},
-	}
+	svcLW := listWatch(s, c.CoreV1().Services(ns).List, c.CoreV1().Services(ns).Watch)
+	sliceLW := listWatch(s, c.DiscoveryV1().EndpointSlices(ns).List, c.DiscoveryV1().EndpointSlices(ns).Watch)
 	svcInf := cache.NewSharedIndexInformer(svcLW, &corev1.Service{}, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	sliceInf := cache.NewSharedIndexInformer(sliceLW, &discoveryv1.EndpointSlice{}, 0, cache.Indexers{byServiceIndex: sliceServiceIndex})
 	r := s.r
@@ -243,6 +221,26 @@ func (s *source) startGeneration(ctx context.Context) *generation {
 	go svcInf.RunWithContext(ctx)
 	go sliceInf.RunWithContext(ctx)
 	return g
+}
+
+// listWatch wraps a typed client's List and Watch with the source's rules: every LIST has a
+// deadline, every watch is bounded and observed.
+func listWatch[L runtime.Object](s *source,
+	list func(context.Context, metav1.ListOptions) (L, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
+) *cache.ListWatch {
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			ctx, cancel := context.WithTimeout(ctx, s.r.opts.ListTimeout)
+			defer cancel()
+			return list(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			s.watchOptions(&o)
+			w, err := watchFn(ctx, o)
+			return s.observe(w), err
+		},
+	}
 }
 
 // watchOptions bounds every watch: the server ends it after WatchTimeout (with jitter), and

@@ -74,7 +74,7 @@ func RunHoldfast(bin, logDir, kubeconfig string, extra ...string) (*Holdfast, er
 // WaitReady polls /readyz until it answers 200, the process exits, or ctx is done.
 func (h *Holdfast) WaitReady(ctx context.Context) error {
 	for {
-		code, body, err := h.get(ctx, "/readyz")
+		code, body, err := h.Get(ctx, "/readyz")
 		if err == nil && code == http.StatusOK {
 			return nil
 		}
@@ -88,7 +88,8 @@ func (h *Holdfast) WaitReady(ctx context.Context) error {
 	}
 }
 
-func (h *Holdfast) get(ctx context.Context, path string) (int, string, error) {
+// Get fetches a path of Holdfast's HTTP endpoint (/readyz, /metrics, ...).
+func (h *Holdfast) Get(ctx context.Context, path string) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.HTTPAddr+path, nil)
 	if err != nil {
 		return 0, "", err
@@ -102,15 +103,10 @@ func (h *Holdfast) get(ctx context.Context, path string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// Get fetches a path of Holdfast's HTTP endpoint (/readyz, /metrics, ...).
-func (h *Holdfast) Get(ctx context.Context, path string) (int, string, error) {
-	return h.get(ctx, path)
-}
-
 // Metric returns the value of the first sample of /metrics whose line starts with series (a
 // metric name, optionally with its labels in exposition order).
 func (h *Holdfast) Metric(ctx context.Context, series string) (float64, error) {
-	_, body, err := h.get(ctx, "/metrics")
+	_, body, err := h.Get(ctx, "/metrics")
 	if err != nil {
 		return 0, err
 	}

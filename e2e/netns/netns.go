@@ -127,15 +127,6 @@ func (n *Network) Command(ctx context.Context, name string, args ...string) *exe
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
-// SetLink brings the namespace's link up or down (a network partition, not a reset).
-func (n *Network) SetLink(ctx context.Context, up bool) error {
-	state := "down"
-	if up {
-		state = "up"
-	}
-	return ip(ctx, "link", "set", n.hostIf, state)
-}
-
 // Close deletes the namespace; the veth pair goes with it. The blackhole route stays for other
 // packages still running; it only ever drops traffic for test addresses.
 func (n *Network) Close() error {
