@@ -16,7 +16,9 @@ import (
 
 func sampleServices() map[resolver.Key]*resolver.Service {
 	a := &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: "a"}, Ports: []resolver.Port{{Name: "http", Port: 80, AppProtocol: "grpc",
-		Endpoints: []resolver.Endpoint{{Address: "10.0.0.1", Port: 8080, Ready: true, Serving: true, Zone: "z1", NodeName: "n1"}, {Address: "fd00::1", Port: 8080, Serving: true, Terminating: true}}}}}
+		Endpoints: []resolver.Endpoint{{Address: "10.0.0.1", Port: 8080, Ready: true, Serving: true, Zone: "z1", NodeName: "n1"}, {Address: "fd00::1", Port: 8080, Serving: true, Terminating: true}}}},
+		Origin: resolver.Origin{ServiceVersion: "41", Slices: []resolver.ObjectVersion{{Name: "a-x1", ResourceVersion: "57"}},
+			ObservedAt: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}}
 	b := &resolver.Service{Key: resolver.Key{Namespace: "other", Name: "b"}, Headless: true, Ports: []resolver.Port{{Name: "", Port: 443}}}
 	return map[resolver.Key]*resolver.Service{a.Key: a, b.Key: b}
 }

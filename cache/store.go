@@ -75,6 +75,7 @@ type Store struct {
 	mu           sync.Mutex
 	view         View
 	live         map[resolver.Key]*resolver.Service // the admitted services, without tombstones
+	latest       resolver.Resolution                // the newest resolution, applied or not
 	unsaved      bool
 	unsavedSince time.Time                          // when the oldest unwritten change arrived
 	base         map[resolver.Key]*resolver.Service // what the guard measures withdrawals against
@@ -215,6 +216,7 @@ func (s *Store) loadFailed(le *LoadError) error {
 func (s *Store) OnResolution(r resolver.Resolution) {
 	now := time.Now()
 	s.mu.Lock()
+	s.latest = r
 	if !s.view.Servable() { // nothing served yet: nothing to protect
 		s.applyLocked(r, now, "")
 		return

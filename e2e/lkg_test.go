@@ -1,15 +1,21 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/kube"
+	"github.com/holdfast/holdfast/resolver"
 )
 
 // runHoldfast starts Holdfast on k for ns with a state dir; the caller decides how it ends.
@@ -51,6 +57,7 @@ func TestLKGRestartWithApiserverDown(t *testing.T) {
 
 	h1 := runHoldfast(t, k, ns, stateDir)
 	waitMetric(ctx, t, h1, "holdfast_state_writes_total", positive)
+	checkStateProvenance(ctx, t, k, filepath.Join(stateDir, "state"), ns, "echo", "echo-a")
 	h1.Kill() // SIGKILL: no chance to flush anything more
 	if err := k.APIServer.Pause(); err != nil {
 		t.Fatal(err)
@@ -79,6 +86,45 @@ func TestLKGRestartWithApiserverDown(t *testing.T) {
 	if err := c.WaitForBackends(ctx, "b2"); err != nil {
 		t.Fatalf("after the API server returned: %v", err)
 	}
+}
+
+// checkStateProvenance reads the state file and checks that service svc is recorded with the
+// resourceVersions the API server has for it and its slice, and when it was observed.
+func checkStateProvenance(ctx context.Context, t *testing.T, k *kube.Cluster, path, ns, svc, slice string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, payload, ok := bytes.Cut(data, []byte("\n"))
+	if !ok {
+		t.Fatalf("state file has no header line")
+	}
+	var state struct{ Services []resolver.Service }
+	if err := json.Unmarshal(payload, &state); err != nil {
+		t.Fatal(err)
+	}
+	apiSvc, err := k.Client.CoreV1().Services(ns).Get(ctx, svc, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiSlice, err := k.Client.DiscoveryV1().EndpointSlices(ns).Get(ctx, slice, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []resolver.ObjectVersion{{Name: slice, ResourceVersion: apiSlice.ResourceVersion}}
+	for _, s := range state.Services {
+		if s.Namespace != ns || s.Name != svc {
+			continue
+		}
+		o := s.Origin
+		if o.ServiceVersion != apiSvc.ResourceVersion || !reflect.DeepEqual(o.Slices, want) || o.ObservedAt.IsZero() {
+			t.Fatalf("state file provenance of %s/%s = %+v; the API server has service %s, slices %+v", ns, svc, o, apiSvc.ResourceVersion, want)
+		}
+		t.Logf("provenance in the state file: service rv %s, slices %+v, observed %v", o.ServiceVersion, o.Slices, o.ObservedAt)
+		return
+	}
+	t.Fatalf("%s/%s is not in the state file", ns, svc)
 }
 
 func TestLKGCorruptStateFile(t *testing.T) {

@@ -49,7 +49,12 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*Se
 	out := &Service{
 		Key:      Key{Namespace: svc.Namespace, Name: svc.Name},
 		Headless: svc.Spec.ClusterIP == corev1.ClusterIPNone,
+		Origin:   Origin{ServiceVersion: svc.ResourceVersion},
 	}
+	for _, s := range slices {
+		out.Origin.Slices = append(out.Origin.Slices, ObjectVersion{Name: s.Name, ResourceVersion: s.ResourceVersion})
+	}
+	sort.Slice(out.Origin.Slices, func(i, j int) bool { return out.Origin.Slices[i].Name < out.Origin.Slices[j].Name })
 	for _, sp := range svc.Spec.Ports {
 		if !isTCP(sp.Protocol) || sp.Port <= 0 || sp.Port > 65535 {
 			continue

@@ -151,10 +151,27 @@ func TestBuildService(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, _ := buildService(tt.svc, tt.slices)
+			if got != nil {
+				got.Origin = Origin{} // provenance has its own test
+			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("buildService:\n got  %+v\n want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestBuildServiceRecordsOrigin(t *testing.T) {
+	s := svc(corev1.ServicePort{Name: "http", Port: 80})
+	s.ResourceVersion = "41"
+	b := slice("web-b", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.0.0.2"}})
+	b.ResourceVersion = "57"
+	a := slice("web-a", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.0.0.1"}})
+	a.ResourceVersion = "63"
+	got, _ := buildService(s, []*discoveryv1.EndpointSlice{b, a})
+	want := Origin{ServiceVersion: "41", Slices: []ObjectVersion{{"web-a", "63"}, {"web-b", "57"}}}
+	if !reflect.DeepEqual(got.Origin, want) {
+		t.Errorf("origin = %+v, want %+v", got.Origin, want)
 	}
 }
 

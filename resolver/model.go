@@ -35,6 +35,22 @@ type Service struct {
 	Headless bool
 	// Ports holds the service's TCP ports, sorted by port number.
 	Ports []Port
+	// Origin says which Kubernetes objects this state was built from, and when.
+	Origin Origin `json:",omitzero"`
+}
+
+// Origin is the provenance of a Service's state: the resourceVersions of the objects it was
+// built from and when Holdfast first saw this state. It is for operators; routing ignores it.
+type Origin struct {
+	ServiceVersion string          `json:",omitempty"`
+	Slices         []ObjectVersion `json:",omitempty"` // sorted by name
+	ObservedAt     time.Time       `json:",omitzero"`
+}
+
+// ObjectVersion names one object at one resourceVersion.
+type ObjectVersion struct {
+	Name            string
+	ResourceVersion string
 }
 
 // EndpointCount counts the endpoints of all ports, in any condition.
@@ -128,6 +144,19 @@ type Resolution struct {
 	UnhealthyAt map[string]time.Time
 	// Healthy is true when every source is live right now.
 	Healthy bool
+	// Sources gives the state of each watched namespace's source ("" for all namespaces).
+	Sources map[string]SourceState
+	// Degraded lists the services kept at their last good state because their newest input had
+	// nothing usable, with the reason.
+	Degraded map[Key]string
+}
+
+// SourceOf returns the state of the source that watches namespace ns.
+func (r Resolution) SourceOf(ns string) SourceState {
+	if st, ok := r.Sources[ns]; ok {
+		return st
+	}
+	return r.Sources[""]
 }
 
 // SortedKeys returns the service keys in a stable order.

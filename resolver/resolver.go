@@ -455,9 +455,14 @@ func (r *Resolver) rebuild(k Key, gen *generation) bool {
 	case next == nil:
 		delete(r.services, k)
 		return true
-	case had && reflect.DeepEqual(prev, next):
-		return false
 	}
+	if had {
+		next.Origin.ObservedAt = prev.Origin.ObservedAt
+		if reflect.DeepEqual(prev, next) {
+			return false
+		}
+	}
+	next.Origin.ObservedAt = time.Now()
 	r.services[k] = next
 	return true
 }
@@ -526,11 +531,14 @@ func (r *Resolver) publish() {
 	r.metrics.endpoints.Set(float64(endpoints))
 	r.metrics.publishes.Inc()
 	unhealthy := make(map[string]time.Time, len(r.sources))
+	states := make(map[string]SourceState, len(r.sources))
 	healthy := true
 	for _, s := range r.sources {
 		st := s.Status()
 		unhealthy[s.namespace] = st.LastUnhealthy
+		states[s.namespace] = st.State
 		healthy = healthy && st.State == Live
 	}
-	r.obs.OnResolution(Resolution{Services: maps.Clone(r.services), Synced: true, UnhealthyAt: unhealthy, Healthy: healthy})
+	r.obs.OnResolution(Resolution{Services: maps.Clone(r.services), Synced: true, UnhealthyAt: unhealthy, Healthy: healthy,
+		Sources: states, Degraded: maps.Clone(r.degraded)})
 }

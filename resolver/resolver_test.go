@@ -39,8 +39,10 @@ func endpointsOf(res Resolution, k Key) int {
 	return len(s.Ports[0].Endpoints)
 }
 
-// A re-list re-delivers every object as an update; an update that changes nothing routable must
-// not change the published *Service, so that nothing downstream re-translates or re-pushes it.
+// A re-list re-delivers every object as an update; one that changes neither anything routable nor
+// a resourceVersion must not change the published *Service, so that nothing downstream
+// re-translates or re-pushes it. (The fake clientset keeps resourceVersions as they are, which is
+// what a re-list looks like.)
 func TestResolverIgnoresUnchangedRedelivery(t *testing.T) {
 	a, b := Key{"ns", "a"}, Key{"ns", "b"}
 	objs := []*corev1.Service{svcNamed("a"), svcNamed("b")}
@@ -71,6 +73,9 @@ func TestResolverIgnoresUnchangedRedelivery(t *testing.T) {
 	}
 	if second.Services[b] == first.Services[b] {
 		t.Error("a real change kept service b's old value")
+	}
+	if ob, nb := first.Services[b].Origin.ObservedAt, second.Services[b].Origin.ObservedAt; !nb.After(ob) {
+		t.Errorf("service b changed but its observed-at went from %v to %v", ob, nb)
 	}
 
 	// Deleting the Service removes it, even with its slice still present.

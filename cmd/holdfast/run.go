@@ -46,7 +46,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	if err := registerAll(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+	if err := registerAll(reg, collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return err
 	}
 

@@ -1,0 +1,114 @@
+package cache
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/holdfast/holdfast/resolver"
+)
+
+// ServiceState says how far a served service's state can be trusted. A service can be in more
+// than one of these at once; Status reports the one an operator must know about first, in the
+// order below.
+type ServiceState string
+
+const (
+	// StateDeleted: the service is gone from the API server; it is served without endpoints
+	// until its tombstone expires, so that a delete-and-recreate does not flap clients.
+	StateDeleted ServiceState = "deleted"
+	// StateHeld: the mass-withdrawal guard holds a newer state; clients keep this one.
+	StateHeld ServiceState = "held"
+	// StateRefused: over a capacity limit. A new service is not served at all; a served one
+	// that grew past the limit keeps its previous state.
+	StateRefused ServiceState = "refused"
+	// StateDegraded: the newest input had nothing usable; this is the last good state.
+	StateDegraded ServiceState = "degraded"
+	// StateRestored: loaded from the state file and not yet confirmed by the API server.
+	StateRestored ServiceState = "restored"
+	// StateStale: the source watching its namespace is not live; this is the last state seen.
+	StateStale ServiceState = "stale"
+	// StateLive: as the API server has it, from a live watch.
+	StateLive ServiceState = "live"
+)
+
+// ServiceStatus is one service as the store serves it, with its provenance and state.
+type ServiceStatus struct {
+	// Service is what clients are served; nil for a service refused before it was ever served.
+	Service *resolver.Service
+	Key     resolver.Key
+	State   ServiceState
+	// Reason explains any state but live.
+	Reason string
+	// HoldID names the hold when State is held.
+	HoldID int
+}
+
+// Services returns the status of every service the store serves or refuses, sorted by key.
+func (s *Store) Services() []ServiceStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]resolver.Key, 0, len(s.view.Services)+len(s.capacity.refused))
+	for k := range s.view.Services {
+		keys = append(keys, k)
+	}
+	for k := range s.capacity.refused {
+		if _, served := s.view.Services[k]; !served {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, resolver.Key.Compare)
+	out := make([]ServiceStatus, len(keys))
+	now := time.Now()
+	for i, k := range keys {
+		out[i] = s.statusLocked(k, now)
+	}
+	return out
+}
+
+// Service returns the status of one service, and false if the store knows nothing of it.
+func (s *Store) Service(k resolver.Key) (ServiceStatus, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, served := s.view.Services[k]
+	_, refused := s.capacity.refused[k]
+	if !served && !refused {
+		return ServiceStatus{}, false
+	}
+	return s.statusLocked(k, time.Now()), true
+}
+
+func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
+	st := ServiceStatus{Key: k, Service: s.view.Services[k]}
+	newest, known := s.latest.Services[k]
+	_, isLive := s.live[k]
+	_, refused := s.capacity.refused[k]
+	switch {
+	case st.Service == nil && refused:
+		st.State, st.Reason = StateRefused, "new service over a capacity limit (--max-services or --max-endpoints): not served"
+	case !isLive && !s.view.Restored:
+		st.State = StateDeleted
+		if t, ok := s.capacity.tombstones.Peek(k); ok {
+			st.Reason = fmt.Sprintf("deleted; served without endpoints for %v more", t.expires.Sub(now).Round(time.Second))
+		}
+	case s.hold != nil && s.hold.change.Services[k] != st.Service:
+		st.State, st.HoldID = StateHeld, s.hold.ID
+		st.Reason = fmt.Sprintf("hold %d: %s", s.hold.ID, s.hold.Verdict.Reason)
+	case s.hold == nil && known && newest != st.Service && !s.view.Restored:
+		st.State, st.Reason = StateRefused, "grew past --max-endpoints: serving its previous state"
+	case s.latest.Degraded[k] != "":
+		st.State, st.Reason = StateDegraded, s.latest.Degraded[k]
+	case s.view.Restored:
+		st.State = StateRestored
+		st.Reason = fmt.Sprintf("restored from the state file written %v ago; the API server is not synced yet", now.Sub(s.view.RestoredFrom).Round(time.Second))
+	case s.latest.SourceOf(k.Namespace) != resolver.Live:
+		src := k.Namespace
+		if _, own := s.latest.Sources[src]; !own {
+			src = "all namespaces"
+		}
+		st.State, st.Reason = StateStale, fmt.Sprintf("the source for %s is %s: this is the last state it saw", src, s.latest.SourceOf(k.Namespace))
+	default:
+		st.State = StateLive
+	}
+	return st
+}
