@@ -19,7 +19,9 @@ func fleet(n, per int) map[resolver.Key]*resolver.Service {
 			eps[j] = resolver.Endpoint{Address: fmt.Sprintf("10.%d.%d.%d", i/250%250, i%250, j+1), Port: 8080,
 				Ready: true, Serving: true, Zone: fmt.Sprintf("zone-%d", j%3), NodeName: fmt.Sprintf("node-%d", j)}
 		}
-		out[k] = &resolver.Service{Key: k, Ports: []resolver.Port{{Name: "http", Port: 80, Endpoints: eps}}}
+		out[k] = &resolver.Service{Key: k, Ports: []resolver.Port{{Name: "http", Port: 80, Endpoints: eps}},
+			Origin: resolver.Origin{ServiceVersion: fmt.Sprint(1000000 + i), ObservedAt: time.Now(),
+				Slices: []resolver.ObjectVersion{{Name: k.Name + "-x7k2p", ResourceVersion: fmt.Sprint(2000000 + i)}}}}
 	}
 	return out
 }

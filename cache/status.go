@@ -14,21 +14,21 @@ import (
 type ServiceState string
 
 const (
-	// StateDeleted: the service is gone from the API server; it is served without endpoints
+	// StateDeleted means the service is gone from the API server; it is served without endpoints
 	// until its tombstone expires, so that a delete-and-recreate does not flap clients.
 	StateDeleted ServiceState = "deleted"
-	// StateHeld: the mass-withdrawal guard holds a newer state; clients keep this one.
+	// StateHeld means the mass-withdrawal guard holds a newer state; clients keep this one.
 	StateHeld ServiceState = "held"
-	// StateRefused: over a capacity limit. A new service is not served at all; a served one
+	// StateRefused means the service is over a capacity limit. A new service is not served at all; a served one
 	// that grew past the limit keeps its previous state.
 	StateRefused ServiceState = "refused"
-	// StateDegraded: the newest input had nothing usable; this is the last good state.
+	// StateDegraded means the newest input had nothing usable; this is the last good state.
 	StateDegraded ServiceState = "degraded"
-	// StateRestored: loaded from the state file and not yet confirmed by the API server.
+	// StateRestored means loaded from the state file and not yet confirmed by the API server.
 	StateRestored ServiceState = "restored"
-	// StateStale: the source watching its namespace is not live; this is the last state seen.
+	// StateStale means the source watching its namespace is not live; this is the last state seen.
 	StateStale ServiceState = "stale"
-	// StateLive: as the API server has it, from a live watch.
+	// StateLive means as the API server has it, from a live watch.
 	StateLive ServiceState = "live"
 )
 

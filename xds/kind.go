@@ -38,12 +38,3 @@ func KindOf(node *corev3.Node) (kind ClientKind, known bool) {
 	}
 	return KindEnvoy, false
 }
-
-// kindHash groups clients by kind in go-control-plane's snapshot cache: every client of a kind
-// shares one snapshot.
-type kindHash struct{}
-
-func (kindHash) ID(node *corev3.Node) string {
-	k, _ := KindOf(node)
-	return string(k)
-}

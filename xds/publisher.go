@@ -2,10 +2,9 @@ package xds
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -13,10 +12,8 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/holdfast/holdfast/cache"
 	"github.com/holdfast/holdfast/resolver"
@@ -29,13 +26,18 @@ type PublisherOptions struct {
 	Registry   prometheus.Registerer
 }
 
+// SnapshotSetter receives every published set of snapshots. The ADS server is one.
+type SnapshotSetter interface {
+	SetSnapshots(Snapshots)
+}
+
 // Publisher turns every new cache.View into one snapshot per client kind, validated and
-// reference-checked, and sets them in the snapshot cache the ADS server serves from.
+// reference-checked, and hands them to the ADS server.
 type Publisher struct {
 	// set at construction, read-only
 	tr      Translator
 	log     *slog.Logger
-	snaps   cachev3.SnapshotCache
+	out     SnapshotSetter
 	metrics publisherMetrics
 	kick    chan struct{} // capacity 1: "latest has a view not yet published"
 
@@ -44,9 +46,14 @@ type Publisher struct {
 	latest   *cache.View
 	queuedAt time.Time // when the oldest view not yet taken by the run loop arrived
 
+	invalid map[resolver.Key]string // services whose newest state failed validation, and why
+
 	// owned by the run loop
-	built     map[resolver.Key]*serviceResources
-	routeRefs map[*listenerv3.Listener][]string // cache for checkReferences, pruned each publish
+	built       map[resolver.Key]*serviceResources
+	lastInvalid map[resolver.Key]*resolver.Service            // the invalid state last judged, not judged again
+	ports       map[int32]*portOutbound                       // Envoy's outbound_<port> resources, by port
+	indexes     map[ClientKind]map[resourcev3.Type]*typeIndex // the last published, reused when unchanged
+	routeRefs   map[*listenerv3.Listener][]string             // cache for checkReferences, pruned each publish
 
 	published atomic.Bool
 }
@@ -55,13 +62,14 @@ type publisherMetrics struct {
 	publishes      prometheus.Counter
 	failures       *prometheus.CounterVec
 	invalid        prometheus.Counter
+	invalidNow     prometheus.Gauge
 	lastPublish    prometheus.Gauge
 	publishSeconds prometheus.Histogram
 	resources      *prometheus.GaugeVec
 }
 
-// NewPublisher creates a Publisher that sets snapshots in snaps.
-func NewPublisher(opts PublisherOptions, snaps cachev3.SnapshotCache) (*Publisher, error) {
+// NewPublisher creates a Publisher that hands its snapshots to out (nil: nobody, for tests).
+func NewPublisher(opts PublisherOptions, out SnapshotSetter) (*Publisher, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -69,11 +77,14 @@ func NewPublisher(opts PublisherOptions, snaps cachev3.SnapshotCache) (*Publishe
 		opts.Registry = prometheus.NewRegistry()
 	}
 	p := &Publisher{
-		tr:    opts.Translator,
-		log:   opts.Logger.With("component", "publisher"),
-		snaps: snaps,
-		kick:  make(chan struct{}, 1),
-		built: map[resolver.Key]*serviceResources{},
+		tr:          opts.Translator,
+		log:         opts.Logger.With("component", "publisher"),
+		out:         out,
+		kick:        make(chan struct{}, 1),
+		built:       map[resolver.Key]*serviceResources{},
+		lastInvalid: map[resolver.Key]*resolver.Service{},
+		ports:       map[int32]*portOutbound{},
+		invalid:     map[resolver.Key]string{},
 		metrics: publisherMetrics{
 			publishes: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "holdfast_xds_snapshots_published_total", Help: "Snapshots published to xDS clients (one per view, for all client kinds)."}),
@@ -81,6 +92,8 @@ func NewPublisher(opts PublisherOptions, snaps cachev3.SnapshotCache) (*Publishe
 				Name: "holdfast_xds_publish_failures_total", Help: "Views that could not be published, by reason; the previous snapshot stays in place."}, []string{"reason"}),
 			invalid: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "holdfast_xds_invalid_service_translations_total", Help: "Service translations that failed validation; the service keeps its previous resources."}),
+			invalidNow: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_xds_services_invalid", Help: "Services whose newest state fails validation: each keeps its previous resources (degraded)."}),
 			lastPublish: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "holdfast_xds_last_publish_timestamp_seconds", Help: "Unix time of the latest successful publish."}),
 			publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -91,7 +104,7 @@ func NewPublisher(opts PublisherOptions, snaps cachev3.SnapshotCache) (*Publishe
 		},
 	}
 	m := p.metrics
-	for _, c := range []prometheus.Collector{m.publishes, m.failures, m.invalid, m.lastPublish, m.publishSeconds, m.resources} {
+	for _, c := range []prometheus.Collector{m.publishes, m.failures, m.invalid, m.invalidNow, m.lastPublish, m.publishSeconds, m.resources} {
 		if err := opts.Registry.Register(c); err != nil {
 			return nil, fmt.Errorf("publisher: register metrics: %w", err)
 		}
@@ -150,6 +163,14 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
+// Invalid returns the services whose newest state failed validation, with the reason. Each
+// keeps serving its previous resources (or none, if it never had valid ones).
+func (p *Publisher) Invalid() map[resolver.Key]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.invalid)
+}
+
 // build brings the translations in line with v and assembles each client kind's resources,
 // closed under references. Nothing is published.
 func (p *Publisher) build(v cache.View) (map[ClientKind]resourceSet, error) {
@@ -161,8 +182,8 @@ func (p *Publisher) build(v cache.View) (map[ClientKind]resourceSet, error) {
 	}
 	refs := make(map[*listenerv3.Listener][]string, len(p.routeRefs))
 	for kind, res := range sets {
-		for _, r := range res[resourcev3.ListenerType].items {
-			if l, ok := r.(*listenerv3.Listener); ok {
+		for _, r := range res[resourcev3.ListenerType] {
+			if l, ok := r.Msg.(*listenerv3.Listener); ok {
 				if names, ok := p.routeRefs[l]; ok {
 					refs[l] = names
 				}
@@ -177,21 +198,25 @@ func (p *Publisher) build(v cache.View) (map[ClientKind]resourceSet, error) {
 	return sets, nil
 }
 
-func (p *Publisher) publish(ctx context.Context, v cache.View) error {
+func (p *Publisher) publish(_ context.Context, v cache.View) error {
 	sets, err := p.build(v)
 	if err != nil {
 		return err
 	}
+	snaps := make(Snapshots, len(sets))
+	indexes := map[ClientKind]map[resourcev3.Type]*typeIndex{}
 	for kind, res := range sets {
-		snap := &cachev3.Snapshot{}
+		snap := &Snapshot{types: make(map[resourcev3.Type]*typeIndex, len(res))}
 		for typ, l := range res {
-			snap.Resources[cachev3.GetResponseType(typ)] = cachev3.NewResources(l.version(), l.items)
-			p.metrics.resources.WithLabelValues(string(kind), shortType(typ)).Set(float64(len(l.items)))
+			idx := p.indexFor(kind, typ, l, indexes)
+			snap.types[typ] = idx
+			p.metrics.resources.WithLabelValues(string(kind), shortType(typ)).Set(float64(len(l)))
 		}
-		if err := p.snaps.SetSnapshot(ctx, string(kind), snap); err != nil {
-			p.metrics.failures.WithLabelValues("set").Inc()
-			return fmt.Errorf("%s snapshot: %w", kind, err)
-		}
+		snaps[kind] = snap
+	}
+	p.indexes = indexes
+	if p.out != nil {
+		p.out.SetSnapshots(snaps)
 	}
 	p.metrics.publishes.Inc()
 	p.metrics.lastPublish.SetToCurrentTime()
@@ -201,38 +226,80 @@ func (p *Publisher) publish(ctx context.Context, v cache.View) error {
 	return nil
 }
 
+// indexFor returns the type index for one kind's resources of one type: the previous one when
+// nothing changed (so that streams skip the type at once), the other kind's when both kinds
+// share the resources (clusters and assignments), a new one otherwise.
+func (p *Publisher) indexFor(kind ClientKind, typ resourcev3.Type, l resourceList, next map[ClientKind]map[resourcev3.Type]*typeIndex) *typeIndex {
+	version := l.version()
+	var idx *typeIndex
+	for _, byType := range next {
+		if other := byType[typ]; other != nil && other.version == version && len(other.list) == len(l) {
+			idx = other
+		}
+	}
+	if prev := p.indexes[kind][typ]; idx == nil && prev != nil && prev.version == version && len(prev.list) == len(l) {
+		idx = prev
+	}
+	if idx == nil {
+		idx = newTypeIndex(l)
+	}
+	if next[kind] == nil {
+		next[kind] = map[resourcev3.Type]*typeIndex{}
+	}
+	next[kind][typ] = idx
+	return idx
+}
+
 // update brings the per-service translations in line with the view, translating only services
 // whose *resolver.Service changed. A service whose new translation is invalid keeps its
-// previous resources.
+// previous resources and is reported as invalid until a valid state arrives.
 func (p *Publisher) update(v cache.View) {
+	p.mu.Lock()
+	invalid := maps.Clone(p.invalid)
+	p.mu.Unlock()
 	for k := range p.built {
 		if _, ok := v.Services[k]; !ok {
 			delete(p.built, k)
+		}
+	}
+	for k, s := range p.lastInvalid {
+		if v.Services[k] != s {
+			delete(p.lastInvalid, k)
+			delete(invalid, k)
 		}
 	}
 	for k, s := range v.Services {
 		if prev, ok := p.built[k]; ok && prev.src == s {
 			continue
 		}
+		if p.lastInvalid[k] == s {
+			continue // the same invalid state: judged already
+		}
 		sr, err := p.tr.translateService(s)
 		if err != nil {
 			p.metrics.invalid.Inc()
 			_, kept := p.built[k]
-			p.log.Warn("service translation rejected", "service", k, "kept_previous", kept, "err", err)
+			p.log.Warn("service translation rejected: keeping its previous resources", "service", k, "kept_previous", kept, "err", err)
+			invalid[k] = err.Error()
+			p.lastInvalid[k] = s
 			continue
 		}
 		p.built[k] = sr
 	}
+	p.mu.Lock()
+	p.invalid = invalid
+	p.mu.Unlock()
+	p.metrics.invalidNow.Set(float64(len(invalid)))
 }
 
 // resourceSet is one client kind's resources, by type.
-type resourceSet map[resourcev3.Type]*hashedList
+type resourceSet map[resourcev3.Type]resourceList
 
 // resources returns the plain resources, by type.
 func (rs resourceSet) resources() map[resourcev3.Type][]types.Resource {
 	out := make(map[resourcev3.Type][]types.Resource, len(rs))
 	for t, l := range rs {
-		out[t] = l.items
+		out[t] = l.items()
 	}
 	return out
 }
@@ -245,14 +312,14 @@ func (p *Publisher) assemble() (map[ClientKind]resourceSet, []error) {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, resolver.Key.Compare)
-	clusters, assignments, grpcListeners, grpcRoutes := &hashedList{}, &hashedList{}, &hashedList{}, &hashedList{}
+	var clusters, assignments, grpcListeners, grpcRoutes resourceList
 	vhostsByPort := map[int32][]vhostEntry{}
 	for _, k := range keys {
 		for _, pr := range p.built[k].ports {
-			clusters.add(pr.cluster)
-			assignments.add(pr.assignment)
-			grpcListeners.add(pr.grpcListener)
-			grpcRoutes.add(pr.grpcRoute)
+			clusters = append(clusters, pr.cluster)
+			assignments = append(assignments, pr.assignment)
+			grpcListeners = append(grpcListeners, pr.grpcListener)
+			grpcRoutes = append(grpcRoutes, pr.grpcRoute)
 			vhostsByPort[pr.port] = append(vhostsByPort[pr.port], vhostEntry{pr.envoyVHost, pr.vhostHash})
 		}
 	}
@@ -261,16 +328,23 @@ func (p *Publisher) assemble() (map[ClientKind]resourceSet, []error) {
 		ports = append(ports, port)
 	}
 	slices.Sort(ports)
-	envoyListeners, envoyRoutes := &hashedList{}, &hashedList{}
+	var envoyListeners, envoyRoutes resourceList
 	var errs []error
+	for port := range p.ports {
+		if _, ok := vhostsByPort[port]; !ok {
+			delete(p.ports, port)
+		}
+	}
 	for _, port := range ports {
-		l, rc, err := p.tr.envoyPortResources(port, vhostsByPort[port])
+		po, err := p.tr.envoyPortResources(port, vhostsByPort[port], p.ports[port])
 		if err != nil {
 			errs = append(errs, err)
+			delete(p.ports, port)
 			continue
 		}
-		envoyListeners.add(l)
-		envoyRoutes.add(rc)
+		p.ports[port] = po
+		envoyListeners = append(envoyListeners, po.listener)
+		envoyRoutes = append(envoyRoutes, po.route)
 	}
 	return map[ClientKind]resourceSet{
 		KindGRPC: {
@@ -283,48 +357,6 @@ func (p *Publisher) assemble() (map[ClientKind]resourceSet, []error) {
 		},
 	}, errs
 }
-
-// hashed is a resource with the hash of its deterministic serialisation.
-type hashed struct {
-	res  types.Resource
-	hash uint64
-}
-
-func hashOf(m proto.Message) hashed {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		// Unreachable for validated resources; still make the hash unique to this content.
-		b = []byte(err.Error())
-	}
-	h := fnv.New64a()
-	_, _ = h.Write(b) // a hash.Hash never fails to write
-	return hashed{res: m, hash: h.Sum64()}
-}
-
-func combine(hashes []uint64) uint64 {
-	h := fnv.New64a()
-	var buf [8]byte
-	for _, x := range hashes {
-		binary.BigEndian.PutUint64(buf[:], x)
-		_, _ = h.Write(buf[:])
-	}
-	return h.Sum64()
-}
-
-// hashedList is the resources of one type, in a stable order, with their hashes.
-type hashedList struct {
-	items  []types.Resource
-	hashes []uint64
-}
-
-func (l *hashedList) add(h hashed) {
-	l.items = append(l.items, h.res)
-	l.hashes = append(l.hashes, h.hash)
-}
-
-// version derives a type's version from its content, so that the same state always gets the same
-// version: a restarted Holdfast, or another replica, does not make clients re-apply anything.
-func (l *hashedList) version() string { return fmt.Sprintf("%016x", combine(l.hashes)) }
 
 func shortType(t resourcev3.Type) string {
 	switch t {

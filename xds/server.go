@@ -2,15 +2,16 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,73 +19,160 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// ServerOptions configure the ADS server.
+// ServerOptions configure the ADS server. Zero values take the defaults in brackets.
 type ServerOptions struct {
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
 	// MaxClients bounds open ADS streams; a stream over it is refused. [10000]
 	MaxClients int
+	// AckTimeout: a client that leaves a response unacknowledged this long cannot keep up; its
+	// stream is closed (it reconnects and gets the current state). [30s]
+	AckTimeout time.Duration
+	// NackHistory is how many NACKs are remembered per client. [16]
+	NackHistory int
 }
 
-// Server serves ADS, state-of-the-world and Delta, from a snapshot cache with one snapshot per
-// client kind.
+func (o *ServerOptions) defaults() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	if o.MaxClients <= 0 {
+		o.MaxClients = 10000
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 30 * time.Second
+	}
+	if o.NackHistory <= 0 {
+		o.NackHistory = 16
+	}
+}
+
+// Server serves ADS, state-of-the-world and Delta, from the latest Snapshots.
+//
+// Each stream computes what its client lacks from the current snapshot in its own goroutine:
+// publishing only swaps a pointer and wakes every stream, so no client can delay another or
+// make the publisher wait. A stream has at most one unacknowledged response per type in
+// flight; changes that arrive meanwhile are coalesced into the next response, so a slow
+// client gets fewer, newer responses rather than a growing queue. A client that leaves a
+// response unacknowledged for AckTimeout is disconnected and counted.
+//
+// Versions are per resource and content-derived. A response carries only what the client does
+// not have yet: for Delta and for SotW EDS and RDS, just the changed resources; SotW LDS and
+// CDS must carry the whole set. A version the client rejected is never sent to it again: the
+// stream waits for a new version.
 type Server struct {
-	// set at construction, read-only
-	Cache cachev3.SnapshotCache
-	GRPC  *grpc.Server
-	log   *slog.Logger
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 
-	streams *streamTracker
-	cancel  context.CancelFunc
+	// set at construction, read-only
+	GRPC    *grpc.Server
+	opts    ServerOptions
+	log     *slog.Logger
+	metrics serverMetrics
+	done    chan struct{} // closed by Stop: every stream ends
+
+	snaps atomic.Pointer[Snapshots]
+
+	// guarded by mu
+	mu       sync.Mutex
+	streams  map[int64]*stream
+	nextID   int64
+	ratio    prometheus.Gauge // open streams / MaxClients; nil until set
+	stopOnce sync.Once
 }
 
-// NewServer builds the ADS server and the snapshot cache it serves from.
+type serverMetrics struct {
+	refused, unknown, slow    prometheus.Counter
+	clients                   *prometheus.GaugeVec
+	nacks, responses, resSent *prometheus.CounterVec
+	bytes                     *prometheus.CounterVec
+	ackSeconds                prometheus.Histogram
+}
+
+// NewServer builds the ADS server. It serves nothing until the first SetSnapshots.
 func NewServer(opts ServerOptions) (*Server, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
+	opts.defaults()
+	s := &Server{
+		opts:    opts,
+		log:     opts.Logger.With("component", "xds"),
+		done:    make(chan struct{}),
+		streams: map[int64]*stream{},
+		metrics: serverMetrics{
+			refused: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "holdfast_xds_streams_refused_total", Help: "ADS streams refused because --max-clients streams were open."}),
+			unknown: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "holdfast_xds_unknown_client_kind_total", Help: "ADS streams from clients that are neither gRPC nor Envoy; they are served as Envoy."}),
+			slow: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "holdfast_xds_slow_clients_disconnected_total", Help: "Streams closed because the client left a response unacknowledged for --xds-ack-timeout."}),
+			clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+				Name: "holdfast_xds_connected_clients", Help: "Open ADS streams with an identified node, by client kind and flavour (sotw, delta)."}, []string{"kind", "flavour"}),
+			nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_xds_nacks_total", Help: "Responses a client rejected, by resource type."}, []string{"type"}),
+			responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_xds_responses_total", Help: "Responses sent, by resource type and flavour."}, []string{"type", "flavour"}),
+			resSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_xds_resources_sent_total", Help: "Resources sent in responses, by type (a resource sent to n clients counts n times)."}, []string{"type"}),
+			bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_xds_resource_bytes_sent_total", Help: "Serialised resource bytes sent, by flavour."}, []string{"flavour"}),
+			ackSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+				Name: "holdfast_xds_ack_seconds", Help: "Time from sending a response to the client's ACK or NACK.",
+				Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		},
 	}
-	if opts.Registry == nil {
-		opts.Registry = prometheus.NewRegistry()
+	m := s.metrics
+	for _, c := range []prometheus.Collector{m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds} {
+		if err := opts.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("xds: register metrics: %w", err)
+		}
 	}
-	log := opts.Logger.With("component", "xds")
-	if opts.MaxClients <= 0 {
-		opts.MaxClients = 10000
-	}
-	tracker, err := newStreamTracker(log, opts.Registry, opts.MaxClients)
-	if err != nil {
-		return nil, err
-	}
-	// ads=false on purpose: in ADS mode go-control-plane answers a request that names resources
-	// only if it names every resource of that type in the snapshot. All clients of a kind share
-	// one snapshot, and a gRPC client names only the services it dials, so in ADS mode it would
-	// stop getting updates as soon as a second service exists. Without it, each response carries
-	// exactly the resources the request names. What ads=true adds besides is the order in which
-	// one snapshot's types are pushed (CDS, EDS, LDS, RDS); grpc-go does not depend on it.
-	snaps := cachev3.NewSnapshotCache(false, kindHash{}, slogAdapter{log: log.With("component", "go-control-plane")})
-	// Streams end when this context does, which lets GracefulStop finish.
-	ctx, cancel := context.WithCancel(context.Background())
-	xdsServer := serverv3.NewServer(ctx, snaps, tracker.callbacks())
-	g := grpc.NewServer(
+	s.GRPC = grpc.NewServer(
 		grpc.MaxConcurrentStreams(1000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// grpc-go and Envoy clients ping at most this often when configured to.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, xdsServer)
-	return &Server{Cache: snaps, GRPC: g, log: log, streams: tracker, cancel: cancel}, nil
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.GRPC, s)
+	return s, nil
+}
+
+// SetSnapshots makes snaps the state every client is served, and wakes every stream. It never
+// blocks on a client.
+func (s *Server) SetSnapshots(snaps Snapshots) {
+	s.snaps.Store(&snaps)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, st := range s.streams {
+		st.kick()
+	}
+}
+
+func (s *Server) snapshot(kind ClientKind) *Snapshot {
+	p := s.snaps.Load()
+	if p == nil {
+		return nil
+	}
+	return (*p)[kind]
 }
 
 // SetClientsRatio makes the server report open streams / MaxClients on g.
 func (s *Server) SetClientsRatio(g prometheus.Gauge) {
-	s.streams.mu.Lock()
-	s.streams.ratio = g
-	s.streams.setRatioLocked()
-	s.streams.mu.Unlock()
+	s.mu.Lock()
+	s.ratio = g
+	s.setRatioLocked()
+	s.mu.Unlock()
+}
+
+func (s *Server) setRatioLocked() {
+	if s.ratio != nil {
+		s.ratio.Set(float64(len(s.streams)) / float64(s.opts.MaxClients))
+	}
 }
 
 // Stop ends every stream and stops the gRPC server, waiting at most for ctx.
 func (s *Server) Stop(ctx context.Context) {
-	s.cancel()
+	s.stopOnce.Do(func() { close(s.done) })
 	done := make(chan struct{})
 	go func() { s.GRPC.GracefulStop(); close(done) }()
 	select {
@@ -94,138 +182,135 @@ func (s *Server) Stop(ctx context.Context) {
 	}
 }
 
-// streamTracker logs and counts clients as their streams open and close, and counts NACKs.
-type streamTracker struct {
-	log        *slog.Logger
-	maxClients int
-	refused    prometheus.Counter
-
-	clients *prometheus.GaugeVec
-	unknown prometheus.Counter
-	nacks   *prometheus.CounterVec
-
-	// guarded by mu
-	mu      sync.Mutex
-	streams map[int64]streamInfo
-	ratio   prometheus.Gauge // open streams / maxClients; nil until set
-}
-
-type streamInfo struct {
-	flavour string // "sotw" or "delta"
-	kind    ClientKind
-	nodeID  string
-	known   bool // node seen
-}
-
-func newStreamTracker(log *slog.Logger, reg prometheus.Registerer, maxClients int) (*streamTracker, error) {
-	t := &streamTracker{
-		log:        log,
-		maxClients: maxClients,
-		refused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "holdfast_xds_streams_refused_total", Help: "ADS streams refused because --max-clients streams were open."}),
-		streams: map[int64]streamInfo{},
-		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "holdfast_xds_connected_clients", Help: "Open ADS streams with an identified node, by client kind and flavour (sotw, delta)."}, []string{"kind", "flavour"}),
-		unknown: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "holdfast_xds_unknown_client_kind_total", Help: "ADS streams from clients that are neither gRPC nor Envoy; they are served as Envoy."}),
-		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "holdfast_xds_nacks_total", Help: "Requests that rejected the previous response, by resource type."}, []string{"type"}),
-	}
-	for _, c := range []prometheus.Collector{t.clients, t.unknown, t.nacks, t.refused} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("xds: register metrics: %w", err)
-		}
-	}
-	return t, nil
-}
-
-func (t *streamTracker) callbacks() serverv3.Callbacks {
-	return serverv3.CallbackFuncs{
-		StreamOpenFunc:      func(_ context.Context, id int64, _ string) error { return t.open(id, "sotw") },
-		DeltaStreamOpenFunc: func(_ context.Context, id int64, _ string) error { return t.open(id, "delta") },
-		StreamClosedFunc:    func(id int64, _ *corev3.Node) { t.close(id) },
-		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
-			t.close(id)
-		},
-		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
-			t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-			return nil
-		},
-		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-			t.request(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
-			return nil
-		},
-	}
-}
-
 // open admits a stream unless --max-clients are open: Holdfast then refuses new clients with a
 // clear error and keeps serving the ones it has.
-func (t *streamTracker) open(id int64, flavour string) error {
-	t.mu.Lock()
-	if len(t.streams) >= t.maxClients {
-		t.mu.Unlock()
-		t.refused.Inc()
-		t.log.Warn("ADS stream refused: client limit reached", "max_clients", t.maxClients, "stream", id)
-		return status.Errorf(codes.ResourceExhausted, "holdfast serves at most %d clients (--max-clients)", t.maxClients)
+func (s *Server) open(flavour string) (*stream, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.streams) >= s.opts.MaxClients {
+		s.metrics.refused.Inc()
+		s.log.Warn("ADS stream refused: client limit reached", "max_clients", s.opts.MaxClients)
+		return nil, status.Errorf(codes.ResourceExhausted, "holdfast serves at most %d clients (--max-clients)", s.opts.MaxClients)
 	}
-	t.streams[id] = streamInfo{flavour: flavour}
-	t.setRatioLocked()
-	t.mu.Unlock()
-	return nil
+	s.nextID++
+	st := newStream(s, s.nextID, flavour)
+	s.streams[st.id] = st
+	s.setRatioLocked()
+	return st, nil
 }
 
-func (t *streamTracker) setRatioLocked() {
-	if t.ratio != nil {
-		t.ratio.Set(float64(len(t.streams)) / float64(t.maxClients))
-	}
-}
-
-func (t *streamTracker) close(id int64) {
-	t.mu.Lock()
-	info, ok := t.streams[id]
-	delete(t.streams, id)
-	t.setRatioLocked()
-	t.mu.Unlock()
-	if ok && info.known {
-		t.clients.WithLabelValues(string(info.kind), info.flavour).Dec()
-		t.log.Info("client disconnected", "node", info.nodeID, "kind", info.kind, "flavour", info.flavour, "stream", id)
+func (s *Server) close(st *stream, err error) {
+	s.mu.Lock()
+	delete(s.streams, st.id)
+	s.setRatioLocked()
+	s.mu.Unlock()
+	st.mu.Lock()
+	known, kind, node := st.known, st.kind, st.nodeID
+	st.mu.Unlock()
+	if known {
+		s.metrics.clients.WithLabelValues(string(kind), st.flavour).Dec()
+		s.log.Info("client disconnected", "node", node, "kind", kind, "flavour", st.flavour, "stream", st.id, "err", err)
 	}
 }
 
-// request identifies the client on its first request and records NACKs.
-func (t *streamTracker) request(id int64, node *corev3.Node, typeURL, nonce, detail string, nack bool) {
-	t.mu.Lock()
-	info := t.streams[id]
-	first := !info.known && node != nil
-	if first {
-		kind, known := KindOf(node)
-		info = streamInfo{flavour: info.flavour, kind: kind, nodeID: node.GetId(), known: true}
-		t.streams[id] = info
-		if !known {
-			t.unknown.Inc()
+// StreamAggregatedResources serves one state-of-the-world ADS stream.
+func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	st, err := s.open(flavourSotW)
+	if err != nil {
+		return err
+	}
+	err = serve(gs.Context(), s, st, gs.Recv, gs.Send, st.onSotwRequest, st.pushSotw)
+	s.close(st, err)
+	return err
+}
+
+// DeltaAggregatedResources serves one incremental ADS stream.
+func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	st, err := s.open(flavourDelta)
+	if err != nil {
+		return err
+	}
+	err = serve(gs.Context(), s, st, gs.Recv, gs.Send, st.onDeltaRequest, st.pushDelta)
+	s.close(st, err)
+	return err
+}
+
+// serve runs one stream: requests are read by one goroutine, responses written by another, and
+// everything else happens here, one event at a time.
+func serve[Req, Resp any](ctx context.Context, s *Server, st *stream,
+	recv func() (Req, error), send func(Resp) error,
+	onRequest func(Req) error, push func(now time.Time, enqueue func(Resp) bool) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	reqs := make(chan Req)
+	errc := make(chan error, 2)
+	go func() {
+		for {
+			r, err := recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case reqs <- r:
+			case <-ctx.Done():
+				return
+			}
 		}
-		t.clients.WithLabelValues(string(kind), info.flavour).Inc()
-		t.log.Info("client connected", "node", info.nodeID, "kind", kind, "known_kind", known,
-			"user_agent", node.GetUserAgentName(), "flavour", info.flavour, "stream", id)
+	}()
+	// One unacknowledged response per type is in flight at most, so this never fills for a
+	// client that follows the protocol; if it does, the client is not reading.
+	sendq := make(chan Resp, 16)
+	go func() {
+		for {
+			select {
+			case r := <-sendq:
+				if err := send(r); err != nil {
+					errc <- err
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	enqueue := func(r Resp) bool {
+		select {
+		case sendq <- r:
+			return true
+		default:
+			return false
+		}
 	}
-	t.mu.Unlock()
-	if nack {
-		t.nacks.WithLabelValues(typeURL).Inc()
-		t.log.Warn("client rejected a response", "node", info.nodeID, "type", typeURL, "nonce", nonce, "detail", detail)
+	tick := time.NewTicker(min(s.opts.AckTimeout/4, time.Second))
+	defer tick.Stop()
+	for {
+		var err error
+		select {
+		case <-s.done:
+			return status.Error(codes.Unavailable, "holdfast is shutting down")
+		case <-ctx.Done():
+			return ctx.Err()
+		case err = <-errc:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case r := <-reqs:
+			if err = onRequest(r); err == nil {
+				err = push(time.Now(), enqueue)
+			}
+		case <-st.wake:
+			err = push(time.Now(), enqueue)
+		case now := <-tick.C:
+			err = st.checkSlow(now)
+		}
+		if err != nil {
+			return err
+		}
 	}
 }
 
-// slogAdapter bridges go-control-plane's logger into slog. Its per-request chatter (Infof)
-// is logged at debug level; nothing is formatted for a level that is off.
-type slogAdapter struct{ log *slog.Logger }
-
-func (a slogAdapter) logf(l slog.Level, f string, args []any) {
-	if a.log.Enabled(context.Background(), l) {
-		a.log.Log(context.Background(), l, fmt.Sprintf(f, args...))
-	}
-}
-
-func (a slogAdapter) Debugf(f string, args ...any) { a.logf(slog.LevelDebug, f, args) }
-func (a slogAdapter) Infof(f string, args ...any)  { a.logf(slog.LevelDebug, f, args) }
-func (a slogAdapter) Warnf(f string, args ...any)  { a.logf(slog.LevelWarn, f, args) }
-func (a slogAdapter) Errorf(f string, args ...any) { a.logf(slog.LevelError, f, args) }
+// typeOrder is the order in which one wake-up pushes types: clusters before their
+// assignments, listeners before their routes (make before break).
+var typeOrder = []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}

@@ -48,10 +48,10 @@ type serviceResources struct {
 // once when the service is translated.
 type portResources struct {
 	port         int32
-	cluster      hashed
-	assignment   hashed
-	grpcListener hashed
-	grpcRoute    hashed
+	cluster      *Resource
+	assignment   *Resource
+	grpcListener *Resource
+	grpcRoute    *Resource
 	envoyVHost   *routev3.VirtualHost
 	vhostHash    uint64
 }
@@ -87,12 +87,12 @@ func (t *Translator) translateService(s *resolver.Service) (*serviceResources, e
 		}
 		out.ports = append(out.ports, portResources{
 			port:         p.Port,
-			cluster:      hashOf(cluster),
-			assignment:   hashOf(cla),
-			grpcListener: hashOf(listener),
-			grpcRoute:    hashOf(grpcRoute),
+			cluster:      newResource(cluster),
+			assignment:   newResource(cla),
+			grpcListener: newResource(listener),
+			grpcRoute:    newResource(grpcRoute),
 			envoyVHost:   vhost,
-			vhostHash:    hashOf(vhost).hash,
+			vhostHash:    hashMessage(vhost),
 		})
 	}
 	return out, nil
@@ -296,32 +296,48 @@ func routeConfig(name string, vhosts []*routev3.VirtualHost) *routev3.RouteConfi
 
 // envoyPortResources builds the outbound_<port> listener and route configuration shared by
 // every service with that port number, one virtual host per service (sorted by name).
-// The route configuration's hash is derived from its virtual hosts' hashes, so that a big
-// outbound_<port> is never marshalled again just to learn its version.
-func (t *Translator) envoyPortResources(port int32, vhosts []vhostEntry) (listener, route hashed, err error) {
+// The route configuration's version is derived from its virtual hosts' hashes, and prev (the
+// port's resources from the previous publish, or nil) is returned as is when they did not
+// change, so that a big outbound_<port> is serialised only when it changes.
+func (t *Translator) envoyPortResources(port int32, vhosts []vhostEntry, prev *portOutbound) (*portOutbound, error) {
 	vhosts = slices.Clone(vhosts)
 	slices.SortFunc(vhosts, func(a, b vhostEntry) int { return cmp.Compare(a.vhost.Name, b.vhost.Name) })
-	l, err := envoyListener(t.EnvoyListenAddress, port)
-	if err != nil {
-		return hashed{}, hashed{}, err
-	}
-	hosts := make([]*routev3.VirtualHost, len(vhosts))
 	hashes := make([]uint64, 0, len(vhosts)+1)
 	hashes = append(hashes, uint64(portValue(port)))
-	for i, v := range vhosts {
-		hosts[i] = v.vhost
+	for _, v := range vhosts {
 		hashes = append(hashes, v.hash)
 	}
+	hash := combine(hashes)
+	if prev != nil && prev.route.hash == hash {
+		return prev, nil
+	}
+	l, err := envoyListener(t.EnvoyListenAddress, port)
+	if err != nil {
+		return nil, err
+	}
 	if err := l.ValidateAll(); err != nil {
-		return hashed{}, hashed{}, fmt.Errorf("listener %s: %w", l.Name, err)
+		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
 	// Every virtual host was validated with its service; validating the configuration around
-	// them is what is left (not 10,000 virtual hosts again on every publish).
+	// them is what is left (not 10,000 virtual hosts again on every change).
 	if err := routeConfig(Outbound(port), nil).ValidateAll(); err != nil {
-		return hashed{}, hashed{}, fmt.Errorf("route %s: %w", Outbound(port), err)
+		return nil, fmt.Errorf("route %s: %w", Outbound(port), err)
+	}
+	hosts := make([]*routev3.VirtualHost, len(vhosts))
+	for i, v := range vhosts {
+		hosts[i] = v.vhost
 	}
 	rc := routeConfig(Outbound(port), hosts)
-	return hashOf(l), hashed{res: rc, hash: combine(hashes)}, nil
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(rc)
+	if err != nil {
+		return nil, fmt.Errorf("route %s: %w", Outbound(port), err)
+	}
+	return &portOutbound{listener: newResource(l), route: newResourceHashed(rc, b, hash)}, nil
+}
+
+// portOutbound is the Envoy listener and route configuration of one port number.
+type portOutbound struct {
+	listener, route *Resource
 }
 
 type vhostEntry struct {

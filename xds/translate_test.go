@@ -9,7 +9,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -145,8 +144,6 @@ func resourceNames(rs []types.Resource) []string {
 	}
 	return out
 }
-
-func nameOf(r types.Resource) string { return cachev3.GetResourceName(r) }
 
 func TestAssembleByClientKind(t *testing.T) {
 	a, b := twoServices()

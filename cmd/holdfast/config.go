@@ -36,6 +36,9 @@ type Config struct {
 	StuckAfter         time.Duration
 	Limits             cache.Limits
 	MaxClients         int
+	AckTimeout         time.Duration
+	Debounce           time.Duration
+	DebounceMax        time.Duration
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -67,6 +70,9 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.Guard.RecentUnhealthy, "guard-recent-unhealthy", 5*time.Minute, "how long after a stale or restarted source its withdrawals count as suspicious")
 	fs.DurationVar(&c.Guard.HoldPeriod, "guard-hold-period", 2*time.Minute, "a held change that stays true this long with healthy sources is applied")
 	fs.DurationVar(&c.StuckAfter, "stuck-after", 30*time.Second, "not ready when a change has waited this long to be published, or the state file has lagged this long behind")
+	fs.DurationVar(&c.AckTimeout, "xds-ack-timeout", 30*time.Second, "an xDS client that leaves a response unacknowledged this long cannot keep up: its stream is closed and counted (it reconnects and gets the current state)")
+	fs.DurationVar(&c.Debounce, "debounce", 10*time.Millisecond, "coalesce Kubernetes events: publish this long after the latest one...")
+	fs.DurationVar(&c.DebounceMax, "debounce-max", 100*time.Millisecond, "...but never later than this after the first one")
 	fs.IntVar(&c.Limits.MaxServices, "max-services", 20000, "serve at most this many services; new ones over it are refused, served ones are never evicted")
 	fs.IntVar(&c.Limits.MaxEndpoints, "max-endpoints", 500000, "serve at most this many endpoints in all; new services or growth over it are refused")
 	fs.IntVar(&c.MaxClients, "max-clients", 10000, "serve at most this many ADS streams; new ones over it are refused with RESOURCE_EXHAUSTED")
@@ -144,6 +150,12 @@ func (c Config) validate() error {
 	}
 	if c.MaxEndpoints < 1 {
 		errs = append(errs, fmt.Errorf("--max-endpoints-per-service %d: must be at least 1", c.MaxEndpoints))
+	}
+	if c.AckTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("--xds-ack-timeout %v: want at least 1s", c.AckTimeout))
+	}
+	if c.Debounce <= 0 || c.DebounceMax < c.Debounce || c.DebounceMax > time.Minute {
+		errs = append(errs, fmt.Errorf("--debounce %v / --debounce-max %v: want a positive hold-off and a maximum no shorter than it, at most 1m", c.Debounce, c.DebounceMax))
 	}
 	if c.ShutdownGrace < 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace))

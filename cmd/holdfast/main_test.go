@@ -28,6 +28,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, "--log-level"},
 		{"negative grace", []string{"--shutdown-grace", "-1s"}, "--shutdown-grace"},
 		{"probe timeout not below interval", []string{"--probe-interval", "2s", "--probe-timeout", "2s"}, "--probe-timeout"},
+		{"ack timeout too short", []string{"--xds-ack-timeout", "10ms"}, "--xds-ack-timeout"},
+		{"debounce max below debounce", []string{"--debounce", "1s", "--debounce-max", "10ms"}, "--debounce"},
 		{"watch idle bound below bookmarks", []string{"--watch-idle-timeout", "30s"}, "--watch-idle-timeout"},
 		{"guard fraction out of range", []string{"--guard-max-withdraw-fraction", "1.5"}, "--guard-max-withdraw-fraction"},
 		{"guard hold period zero", []string{"--guard-hold-period", "0s"}, "--guard-hold-period"},

@@ -52,7 +52,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	// The publisher needs the server's snapshot cache, the server the store's client gauge,
 	// the store the publisher: build the cache side first.
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients})
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients, AckTimeout: cfg.AckTimeout})
 	if err != nil {
 		return err
 	}
@@ -60,7 +60,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Translator: xds.Translator{Naming: xds.Naming{Domain: cfg.ClusterDomain}, EnvoyListenAddress: cfg.EnvoyListenAddress},
 		Logger:     log,
 		Registry:   reg,
-	}, srv.Cache)
+	}, srv)
 	if err != nil {
 		return err
 	}
@@ -73,7 +73,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	res, err := resolver.New(resolver.Options{
 		Client: client, Namespaces: cfg.Namespaces, Logger: log, Registry: reg,
 		ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, WatchIdleTimeout: cfg.WatchIdleTimeout,
-		MaxEndpointsPerService: cfg.MaxEndpoints,
+		MaxEndpointsPerService: cfg.MaxEndpoints, HoldOff: cfg.Debounce, MaxDelay: cfg.DebounceMax,
 	}, store)
 	if err != nil {
 		return err

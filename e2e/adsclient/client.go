@@ -37,6 +37,11 @@ type Options struct {
 	Delta bool
 	// Metadata is added to the node (e.g. holdfast.io/client).
 	Metadata map[string]any
+	// Reject, if set, is asked about every valid resource received; a non-nil error NACKs the
+	// response with it, the way an older Envoy rejects a field it does not know.
+	Reject func(typeURL string, r Resource) error
+	// NeverRead makes a client that subscribes and then never reads a response: a stuck peer.
+	NeverRead bool
 }
 
 // Resource is one received resource, decoded and validated.
@@ -58,6 +63,9 @@ type Stats struct {
 	Invalid []string
 	// APIListeners lists Listeners that carried an api_listener (Envoy rejects those over LDS).
 	APIListeners []string
+	// Deliveries counts how often each resource version was received, by "type name@version"
+	// (Delta versions; SotW uses the response's version).
+	Deliveries map[string]int
 }
 
 // Client is a connected Envoy-like ADS client.
@@ -90,7 +98,8 @@ func Dial(addr string, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("adsclient: metadata: %w", err)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("adsclient: dial %s: %w", addr, err)
 	}
@@ -100,7 +109,7 @@ func Dial(addr string, opts Options) (*Client, error) {
 		conn:    conn,
 		node:    &corev3.Node{Id: opts.NodeID, Cluster: "test", UserAgentName: "envoy", Metadata: md},
 		state:   State{},
-		stats:   Stats{Responses: map[string]int{}, ACKs: map[string]int{}, NACKs: map[string]int{}},
+		stats:   Stats{Responses: map[string]int{}, ACKs: map[string]int{}, NACKs: map[string]int{}, Deliveries: map[string]int{}},
 		changed: make(chan struct{}),
 		cancel:  cancel,
 		done:    make(chan struct{}),
@@ -149,6 +158,7 @@ func (c *Client) Stats() Stats {
 	return Stats{
 		Responses: maps.Clone(c.stats.Responses), ACKs: maps.Clone(c.stats.ACKs), NACKs: maps.Clone(c.stats.NACKs),
 		Invalid: slices.Clone(c.stats.Invalid), APIListeners: slices.Clone(c.stats.APIListeners),
+		Deliveries: maps.Clone(c.stats.Deliveries),
 	}
 }
 
@@ -179,7 +189,7 @@ func (c *Client) notifyLocked() {
 
 // decode unmarshals and validates one resource. Envoy rejects a whole response if any resource
 // in it is invalid, so the caller NACKs on any error.
-func (c *Client) decode(typeURL string, a *anypb.Any) (Resource, error) {
+func (c *Client) decode(typeURL string, a *anypb.Any, version string) (Resource, error) {
 	if a.GetTypeUrl() != typeURL {
 		return Resource{}, fmt.Errorf("resource of type %s in a %s response", a.GetTypeUrl(), typeURL)
 	}
@@ -192,6 +202,9 @@ func (c *Client) decode(typeURL string, a *anypb.Any) (Resource, error) {
 		return Resource{}, fmt.Errorf("%T has no validation", m)
 	}
 	name := cachev3.GetResourceName(m)
+	c.mu.Lock()
+	c.stats.Deliveries[typeURL+" "+name+"@"+version]++
+	c.mu.Unlock()
 	if err := v.ValidateAll(); err != nil {
 		c.mu.Lock()
 		c.stats.Invalid = append(c.stats.Invalid, fmt.Sprintf("%s/%s: %v", typeURL, name, err))
@@ -204,7 +217,13 @@ func (c *Client) decode(typeURL string, a *anypb.Any) (Resource, error) {
 		c.mu.Unlock()
 		return Resource{}, fmt.Errorf("listener %s: api_listener is accepted only from the bootstrap", l.Name)
 	}
-	return Resource{Name: name, Message: m}, nil
+	r := Resource{Name: name, Message: m}
+	if c.opts.Reject != nil {
+		if err := c.opts.Reject(typeURL, r); err != nil {
+			return Resource{}, fmt.Errorf("%s %s: %w", typeURL, name, err)
+		}
+	}
+	return r, nil
 }
 
 // dependents returns the EDS and RDS names the client's clusters and listeners refer to.
@@ -263,15 +282,29 @@ func (c *Client) runSotW(ctx context.Context) error {
 			return err
 		}
 	}
+	if c.opts.NeverRead {
+		return c.stall(ctx, stream)
+	}
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
 			return err
 		}
 		t := resp.GetTypeUrl()
-		decoded, derr := c.decodeAll(t, resp.GetResources())
+		decoded, derr := c.decodeAll(t, resp.GetVersionInfo(), resp.GetResources())
 		snapshot := c.record(t, derr, func(s map[string]Resource) {
-			clear(s) // state of the world: the response replaces everything of its type
+			// State of the world: a Listener or Cluster response replaces everything of its
+			// type; RDS and EDS responses may carry only what changed, and what the client no
+			// longer subscribes to is dropped (as Envoy and grpc-go do).
+			if t == resourcev3.ListenerType || t == resourcev3.ClusterType {
+				clear(s)
+			} else {
+				for n := range s {
+					if !slices.Contains(subscribed[t], n) {
+						delete(s, n)
+					}
+				}
+			}
 			for _, r := range decoded {
 				r.Version = resp.GetVersionInfo()
 				s[r.Name] = r
@@ -304,11 +337,22 @@ func (c *Client) runSotW(ctx context.Context) error {
 	}
 }
 
-func (c *Client) decodeAll(typeURL string, as []*anypb.Any) ([]Resource, error) {
+// stall holds the stream open without reading until the server ends it or ctx is done. The
+// server ending it shows as the stream's context being done.
+func (c *Client) stall(ctx context.Context, stream grpc.ClientStream) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-stream.Context().Done():
+		return fmt.Errorf("stream ended by the server: %w", context.Cause(stream.Context()))
+	}
+}
+
+func (c *Client) decodeAll(typeURL, version string, as []*anypb.Any) ([]Resource, error) {
 	var out []Resource
 	var errs []error
 	for _, a := range as {
-		r, err := c.decode(typeURL, a)
+		r, err := c.decode(typeURL, a, version)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -361,6 +405,9 @@ func (c *Client) runDelta(ctx context.Context) error {
 			return err
 		}
 	}
+	if c.opts.NeverRead {
+		return c.stall(ctx, stream)
+	}
 	subscribed := map[string]map[string]bool{resourcev3.EndpointType: {}, resourcev3.RouteType: {}}
 	for {
 		resp, err := stream.Recv()
@@ -371,7 +418,7 @@ func (c *Client) runDelta(ctx context.Context) error {
 		var decoded []Resource
 		var errs []error
 		for _, r := range resp.GetResources() {
-			d, err := c.decode(t, r.GetResource())
+			d, err := c.decode(t, r.GetResource(), r.GetVersion())
 			if err == nil && d.Name != r.GetName() {
 				err = fmt.Errorf("resource named %q carries %q", r.GetName(), d.Name)
 			}

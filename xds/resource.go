@@ -1,0 +1,173 @@
+package xds
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strings"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Resource is one xDS resource at one version. It is serialised once, when it is built, and the
+// same bytes go to every client that receives it. Its version is a hash of its content, so the
+// same state always has the same version: a restarted Holdfast or another replica makes clients
+// re-apply nothing.
+type Resource struct {
+	Name    string
+	Version string
+	Msg     types.Resource
+	Any     *anypb.Any
+	hash    uint64
+	delta   *discoveryv3.Resource // the same bytes, wrapped for Delta responses
+}
+
+// newResource serialises m deterministically and versions it by that serialisation.
+func newResource(m types.Resource) *Resource {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// Unreachable for validated resources; still make the hash unique to this content.
+		b = []byte(err.Error())
+	}
+	return newResourceHashed(m, b, fnv64(b))
+}
+
+// newResourceHashed builds a Resource whose version is derived from hash rather than from its
+// bytes (a big route configuration versioned by its virtual hosts' hashes).
+func newResourceHashed(m types.Resource, b []byte, hash uint64) *Resource {
+	r := &Resource{
+		Name:    nameOf(m),
+		Version: fmt.Sprintf("%016x", hash),
+		Msg:     m,
+		Any:     &anypb.Any{TypeUrl: resourcev3.APITypePrefix + string(m.ProtoReflect().Descriptor().FullName()), Value: b},
+		hash:    hash,
+	}
+	r.delta = &discoveryv3.Resource{Name: r.Name, Version: r.Version, Resource: r.Any}
+	return r
+}
+
+// hashMessage hashes the deterministic serialisation of m.
+func hashMessage(m proto.Message) uint64 {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		b = []byte(err.Error())
+	}
+	return fnv64(b)
+}
+
+func fnv64(b []byte) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write(b) // a hash.Hash never fails to write
+	return h.Sum64()
+}
+
+func combine(hashes []uint64) uint64 {
+	h := fnv.New64a()
+	var buf [8]byte
+	for _, x := range hashes {
+		binary.BigEndian.PutUint64(buf[:], x)
+		_, _ = h.Write(buf[:])
+	}
+	return h.Sum64()
+}
+
+// resourceList is the resources of one type, in a stable order.
+type resourceList []*Resource
+
+func (l resourceList) items() []types.Resource {
+	out := make([]types.Resource, len(l))
+	for i, r := range l {
+		out[i] = r.Msg
+	}
+	return out
+}
+
+// version is the content-derived version of the whole list.
+func (l resourceList) version() string {
+	hashes := make([]uint64, len(l))
+	for i, r := range l {
+		hashes[i] = r.hash
+	}
+	return versionOf(hashes)
+}
+
+func versionOf(hashes []uint64) string { return fmt.Sprintf("%016x", combine(hashes)) }
+
+// typeIndex is every resource of one type in a snapshot: sorted by name, by name, and the
+// version of the whole set. It is immutable, and reused by the next snapshot when its content
+// did not change, so that a stream can tell an unchanged type by its pointer.
+type typeIndex struct {
+	list    []*Resource
+	byName  map[string]*Resource
+	version string
+}
+
+func newTypeIndex(l resourceList) *typeIndex {
+	list := slices.Clone(l)
+	slices.SortFunc(list, func(a, b *Resource) int { return strings.Compare(a.Name, b.Name) })
+	byName := make(map[string]*Resource, len(list))
+	hashes := make([]uint64, len(list))
+	for i, r := range list {
+		byName[r.Name] = r
+		hashes[i] = r.hash
+	}
+	return &typeIndex{list: list, byName: byName, version: versionOf(hashes)}
+}
+
+// Snapshot is what one kind of client is served: every resource, by type. It is immutable; the
+// publisher replaces it whole.
+type Snapshot struct {
+	types map[resourcev3.Type]*typeIndex
+}
+
+func (s *Snapshot) index(typ resourcev3.Type) *typeIndex {
+	if idx, ok := s.types[typ]; ok {
+		return idx
+	}
+	return &typeIndex{byName: map[string]*Resource{}, version: versionOf(nil)}
+}
+
+// Get returns the resource of type typ named name.
+func (s *Snapshot) Get(typ resourcev3.Type, name string) (*Resource, bool) {
+	if s == nil {
+		return nil, false
+	}
+	r, ok := s.index(typ).byName[name]
+	return r, ok
+}
+
+// List returns every resource of type typ, sorted by name.
+func (s *Snapshot) List(typ resourcev3.Type) []*Resource {
+	if s == nil {
+		return nil
+	}
+	return s.index(typ).list
+}
+
+// Version returns the content-derived version of every resource of type typ.
+func (s *Snapshot) Version(typ resourcev3.Type) string {
+	if s == nil {
+		return ""
+	}
+	return s.index(typ).version
+}
+
+// Snapshots are the snapshots of every client kind, published together.
+type Snapshots map[ClientKind]*Snapshot
+
+// nameOf returns a resource's name: its name field, or a load assignment's cluster name.
+func nameOf(m types.Resource) string {
+	if c, ok := m.(*endpointv3.ClusterLoadAssignment); ok {
+		return c.GetClusterName()
+	}
+	if n, ok := m.(interface{ GetName() string }); ok {
+		return n.GetName()
+	}
+	return ""
+}

@@ -1,0 +1,214 @@
+package xds
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/resolver"
+)
+
+// testServer runs a Server on 127.0.0.1:0 fed by a Publisher, and returns a way to publish.
+func testServer(t *testing.T) (*grpc.ClientConn, func(cache.View)) {
+	t.Helper()
+	srv, err := NewServer(ServerOptions{AckTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := NewPublisher(PublisherOptions{Translator: testTranslator}, srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.GRPC.Serve(lis) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Stop(ctx)
+	})
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn, func(v cache.View) {
+		if err := pub.publish(context.Background(), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+var grpcNode = &corev3.Node{Id: "n1", UserAgentName: "gRPC Go"}
+
+// responses reads a stream's responses into a channel, from one goroutine.
+func responses[T any](recv func() (T, error)) <-chan T {
+	ch := make(chan T, 100)
+	go func() {
+		for {
+			r, err := recv()
+			if err != nil {
+				close(ch)
+				return
+			}
+			ch <- r
+		}
+	}()
+	return ch
+}
+
+// recvWithin returns the next response, or nil if none arrives within d.
+func recvWithin[T any](t *testing.T, ch <-chan T, d time.Duration) *T {
+	t.Helper()
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			return nil
+		}
+		return &r
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func withEndpoints(s *resolver.Service, addrs ...string) *resolver.Service {
+	out := *s
+	out.Ports = append([]resolver.Port(nil), s.Ports...)
+	out.Ports[0].Endpoints = nil
+	for _, a := range addrs {
+		out.Ports[0].Endpoints = append(out.Ports[0].Endpoints, resolver.Endpoint{Address: a, Port: 8080, Ready: true, Serving: true})
+	}
+	return &out
+}
+
+func TestSotWNackIsNotResent(t *testing.T) {
+	conn, publish := testServer(t)
+	a, b := twoServices()
+	publish(testView(a, b))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := responses(st.Recv)
+	name := testTranslator.Naming.Resource(a.Key, 80)
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.EndpointType, ResourceNames: []string{name}}); err != nil {
+		t.Fatal(err)
+	}
+	first := recvWithin(t, in, 5*time.Second)
+	if first == nil || len((*first).Resources) != 1 {
+		t.Fatalf("first response: %v", first)
+	}
+	// Reject it: nothing comes back while nothing changes.
+	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{name},
+		ResponseNonce: (*first).Nonce, ErrorDetail: &statuspb.Status{Code: 3, Message: "no"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := recvWithin(t, in, 500*time.Millisecond); r != nil {
+		t.Fatalf("the rejected version was sent again: %v", *r)
+	}
+	// A change to another service sends nothing to this client; a change to its own does.
+	publish(testView(a, withEndpoints(b, "10.9.9.9")))
+	if r := recvWithin(t, in, 300*time.Millisecond); r != nil {
+		t.Fatalf("sent something after an unrelated change: %v", *r)
+	}
+	publish(testView(withEndpoints(a, "10.1.1.1", "10.1.1.2"), b))
+	r := recvWithin(t, in, 5*time.Second)
+	if r == nil || len((*r).Resources) != 1 || (*r).VersionInfo == (*first).VersionInfo {
+		t.Fatalf("new version not sent: %v", r)
+	}
+}
+
+func TestSotWReconnectWithCurrentVersionGetsNothing(t *testing.T) {
+	conn, publish := testServer(t)
+	a, b := twoServices()
+	publish(testView(a, b))
+	names := []string{testTranslator.Naming.Resource(a.Key, 80)}
+	open := func(version string) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(context.Background())
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.ClusterType, ResourceNames: names, VersionInfo: version}); err != nil {
+			t.Fatal(err)
+		}
+		return st, cancel
+	}
+	st, cancel := open("")
+	r := recvWithin(t, responses(st.Recv), 5*time.Second)
+	cancel()
+	if r == nil {
+		t.Fatal("no response")
+	}
+	st, cancel = open((*r).VersionInfo)
+	defer cancel()
+	if again := recvWithin(t, responses(st.Recv), 500*time.Millisecond); again != nil {
+		t.Fatalf("a client reconnecting with the current version got it again: %v", *again)
+	}
+}
+
+func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
+	conn, publish := testServer(t)
+	a, b := twoServices()
+	publish(testView(a, b))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := responses(st.Recv)
+	envoy := &corev3.Node{Id: "e1", UserAgentName: "envoy"}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	r := recvWithin(t, in, 5*time.Second)
+	if r == nil || len((*r).Resources) != 3 {
+		t.Fatalf("wildcard CDS: %v", r)
+	}
+	versions := map[string]string{}
+	for _, res := range (*r).Resources {
+		versions[res.Name] = res.Version
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: (*r).Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	// An endpoint change leaves clusters alone; removing b removes its cluster, and only that.
+	publish(testView(withEndpoints(a, "10.1.1.1"), b))
+	if r := recvWithin(t, in, 300*time.Millisecond); r != nil {
+		t.Fatalf("an endpoint change sent clusters: %v", *r)
+	}
+	publish(testView(withEndpoints(a, "10.1.1.1")))
+	r = recvWithin(t, in, 5*time.Second)
+	if r == nil || len((*r).Resources) != 0 || len((*r).RemovedResources) != 1 || (*r).RemovedResources[0] != testTranslator.Naming.Resource(b.Key, 80) {
+		t.Fatalf("removal: %v", r)
+	}
+
+	// A new stream that says it has these versions is sent nothing it has.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	st2, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st2.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType, InitialResourceVersions: versions}); err != nil {
+		t.Fatal(err)
+	}
+	r = recvWithin(t, responses(st2.Recv), 5*time.Second)
+	if r == nil || len((*r).Resources) != 0 || len((*r).RemovedResources) != 1 {
+		t.Fatalf("reconnect with known versions: want only b's removal, got %v", r)
+	}
+}

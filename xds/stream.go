@@ -1,0 +1,485 @@
+package xds
+
+import (
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	grpcstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+const (
+	flavourSotW  = "sotw"
+	flavourDelta = "delta"
+)
+
+// NackRecord is one response a client rejected.
+type NackRecord struct {
+	At      time.Time
+	Type    resourcev3.Type
+	Version string // the response's version (SotW) or the snapshot's (Delta)
+	Nonce   string
+	// Resources are the resources of the rejected response, as name → version.
+	Resources map[string]string
+	Detail    string
+}
+
+// stream is one client's ADS stream. Its run loop (serve) owns the protocol state; the mutex
+// lets the admin side read it.
+type stream struct {
+	// set at construction, read-only
+	srv     *Server
+	id      int64
+	flavour string
+	wake    chan struct{} // capacity 1: "a new snapshot is out"
+	since   time.Time
+
+	// guarded by mu
+	mu     sync.Mutex
+	known  bool // the node has been seen
+	nodeID string
+	node   *corev3.Node
+	kind   ClientKind
+	types  map[resourcev3.Type]*typeState
+	nacks  []NackRecord // newest last, at most NackHistory
+	nonces int64
+}
+
+// typeState is what one stream knows of one resource type.
+type typeState struct {
+	subscribed bool
+	wildcard   bool
+	names      map[string]struct{}
+	sorted     []string // names, sorted; nil when it must be recomputed
+	// sent is the version of every resource the client was sent and may hold, accepted or
+	// rejected: what it has, or what it refused and must not get again. "" (Delta) means the
+	// client was told the resource does not exist.
+	sent map[string]string
+	// version is the SotW version_info of the last response; sentOnce says one went out.
+	version  string
+	sentOnce bool
+	// clientVersion is the version a reconnecting SotW client says it has.
+	clientVersion string
+	// index and dirty let a wake-up skip a type whose resources and subscription are unchanged.
+	index *typeIndex
+	dirty bool
+
+	inflight        string // nonce of the unacknowledged response, "" if none
+	inflightAt      time.Time
+	inflightVersion string
+	inflightRes     map[string]string
+
+	acked        map[string]string // what the client acknowledged, name → version
+	ackedVersion string
+	nacked       *NackRecord // the latest rejection, until an ACK
+}
+
+func newStream(s *Server, id int64, flavour string) *stream {
+	return &stream{srv: s, id: id, flavour: flavour, wake: make(chan struct{}, 1), since: time.Now(),
+		types: map[resourcev3.Type]*typeState{}}
+}
+
+func (st *stream) kick() {
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+// identify takes the client's identity from the first request that carries a node.
+func (st *stream) identify(node *corev3.Node) {
+	st.mu.Lock()
+	if st.known {
+		st.mu.Unlock()
+		return
+	}
+	kind, knownKind := KindOf(node)
+	st.known, st.node, st.nodeID, st.kind = true, node, node.GetId(), kind
+	st.mu.Unlock()
+	if !knownKind {
+		st.srv.metrics.unknown.Inc()
+	}
+	st.srv.metrics.clients.WithLabelValues(string(kind), st.flavour).Inc()
+	st.srv.log.Info("client connected", "node", node.GetId(), "kind", kind, "known_kind", knownKind,
+		"user_agent", node.GetUserAgentName(), "flavour", st.flavour, "stream", st.id)
+}
+
+func (st *stream) typeStateLocked(typ resourcev3.Type) *typeState {
+	ts := st.types[typ]
+	if ts == nil {
+		ts = &typeState{names: map[string]struct{}{}, sent: map[string]string{}}
+		st.types[typ] = ts
+	}
+	return ts
+}
+
+// fullState says whether a SotW response of this type must carry every resource the client
+// wants (LDS, CDS) or may carry only changed ones (RDS, EDS).
+func fullState(typ resourcev3.Type) bool {
+	return typ == resourcev3.ListenerType || typ == resourcev3.ClusterType
+}
+
+// settleLocked handles the client's ACK or NACK of the response in flight.
+func (st *stream) settleLocked(typ resourcev3.Type, ts *typeState, detail *status.Status, now time.Time) {
+	st.srv.metrics.ackSeconds.Observe(now.Sub(ts.inflightAt).Seconds())
+	if detail != nil {
+		rec := NackRecord{At: now, Type: typ, Version: ts.inflightVersion, Nonce: ts.inflight, Resources: ts.inflightRes, Detail: detail.GetMessage()}
+		ts.nacked = &rec
+		st.nacks = append(st.nacks, rec)
+		if len(st.nacks) > st.srv.opts.NackHistory {
+			st.nacks = slices.Delete(st.nacks, 0, len(st.nacks)-st.srv.opts.NackHistory)
+		}
+		st.srv.metrics.nacks.WithLabelValues(typ).Inc()
+		st.srv.log.Warn("client rejected a response; it will not be sent that version again", "node", st.nodeID,
+			"type", typ, "version", ts.inflightVersion, "nonce", ts.inflight, "resources", len(ts.inflightRes), "detail", detail.GetMessage())
+	} else {
+		if ts.acked == nil || (st.flavour == flavourSotW && fullState(typ)) {
+			ts.acked = map[string]string{}
+		}
+		for n, v := range ts.inflightRes {
+			if v == "" {
+				delete(ts.acked, n)
+			} else {
+				ts.acked[n] = v
+			}
+		}
+		ts.ackedVersion, ts.nacked = ts.inflightVersion, nil
+	}
+	ts.inflight, ts.inflightRes = "", nil
+}
+
+func (st *stream) nextNonceLocked() string {
+	st.nonces++
+	return strconv.FormatInt(st.nonces, 36)
+}
+
+// onSotwRequest applies a state-of-the-world request: an ACK or NACK of the response in flight
+// (a stale nonce acknowledges nothing) and the client's full list of wanted names.
+func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
+	st.identify(req.GetNode())
+	typ := req.GetTypeUrl()
+	if typ == "" {
+		return grpcstatus.Error(codes.InvalidArgument, "request without type_url")
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ts := st.typeStateLocked(typ)
+	if n := req.GetResponseNonce(); n != "" && n == ts.inflight {
+		st.settleLocked(typ, ts, req.GetErrorDetail(), time.Now())
+	}
+	first := !ts.subscribed
+	ts.subscribed = true
+	if first {
+		ts.clientVersion = req.GetVersionInfo()
+	}
+	names := req.GetResourceNames()
+	wildcard := slices.Contains(names, "*") || (fullState(typ) && len(names) == 0 && (first || ts.wildcard))
+	if wildcard != ts.wildcard || !sameNames(ts.names, names) {
+		ts.wildcard = wildcard
+		ts.names = make(map[string]struct{}, len(names))
+		for _, n := range names {
+			if n != "*" {
+				ts.names[n] = struct{}{}
+			}
+		}
+		ts.sorted, ts.dirty = nil, true
+		for n := range ts.sent {
+			if _, ok := ts.names[n]; !ok && !ts.wildcard {
+				delete(ts.sent, n) // unsubscribed: the client dropped it
+			}
+		}
+	}
+	if first {
+		ts.dirty = true
+	}
+	return nil
+}
+
+func sameNames(have map[string]struct{}, names []string) bool {
+	n := 0
+	for _, x := range names {
+		if x == "*" {
+			continue
+		}
+		if _, ok := have[x]; !ok {
+			return false
+		}
+		n++
+	}
+	return n == len(have)
+}
+
+func (ts *typeState) sortedNames() []string {
+	if ts.sorted == nil {
+		ts.sorted = make([]string, 0, len(ts.names))
+		for n := range ts.names {
+			ts.sorted = append(ts.sorted, n)
+		}
+		slices.Sort(ts.sorted)
+	}
+	return ts.sorted
+}
+
+// pushSotw sends, for every type with nothing in flight, what the client lacks.
+func (st *stream) pushSotw(now time.Time, enqueue func(*discoveryv3.DiscoveryResponse) bool) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	snap := st.srv.snapshot(st.kind)
+	if snap == nil {
+		return nil // nothing published yet: the first snapshot wakes every stream
+	}
+	for _, typ := range typeOrder {
+		ts := st.types[typ]
+		if ts == nil || !ts.subscribed || ts.inflight != "" {
+			continue
+		}
+		idx := snap.index(typ)
+		if idx == ts.index && !ts.dirty {
+			continue
+		}
+		resp := st.sotwResponseLocked(typ, ts, idx, now)
+		ts.index, ts.dirty = idx, false
+		if resp == nil {
+			continue
+		}
+		if !enqueue(resp) {
+			return st.slowLocked(typ, "its send queue is full")
+		}
+	}
+	return nil
+}
+
+func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *discoveryv3.DiscoveryResponse {
+	var wanted []*Resource
+	var version string
+	if ts.wildcard {
+		wanted, version = idx.list, idx.version
+	} else {
+		hashes := make([]uint64, 0, len(ts.names))
+		for _, n := range ts.sortedNames() {
+			if r, ok := idx.byName[n]; ok {
+				wanted = append(wanted, r)
+				hashes = append(hashes, r.hash)
+			}
+		}
+		version = versionOf(hashes)
+	}
+	if ts.sentOnce && version == ts.version {
+		return nil
+	}
+	if !ts.sentOnce && ts.clientVersion != "" && ts.clientVersion == version {
+		// A reconnecting client that already has exactly this state: nothing to send.
+		ts.sentOnce, ts.version = true, version
+		ts.sent = make(map[string]string, len(wanted))
+		for _, r := range wanted {
+			ts.sent[r.Name] = r.Version
+		}
+		ts.acked, ts.ackedVersion = maps.Clone(ts.sent), version
+		return nil
+	}
+	full := fullState(typ)
+	out := wanted
+	if !full {
+		out = out[:0:0]
+		for _, r := range wanted {
+			if ts.sent[r.Name] != r.Version {
+				out = append(out, r)
+			}
+		}
+	}
+	keep := make(map[string]string, len(wanted))
+	for _, r := range wanted {
+		keep[r.Name] = r.Version
+	}
+	if !full && len(out) == 0 {
+		// Nothing new: a resource went away or was unsubscribed. SotW RDS and EDS have no way
+		// to say so; the client drops it when the listener or cluster using it goes.
+		ts.version, ts.sent = version, keep
+		return nil
+	}
+	nonce := st.nextNonceLocked()
+	resp := &discoveryv3.DiscoveryResponse{VersionInfo: version, TypeUrl: typ, Nonce: nonce, Resources: make([]*anypb.Any, len(out))}
+	inflight := make(map[string]string, len(out))
+	size := 0
+	for i, r := range out {
+		resp.Resources[i] = r.Any
+		inflight[r.Name] = r.Version
+		size += len(r.Any.Value)
+	}
+	ts.sent, ts.version, ts.sentOnce = keep, version, true
+	ts.inflight, ts.inflightAt, ts.inflightVersion, ts.inflightRes = nonce, now, version, inflight
+	m := st.srv.metrics
+	m.responses.WithLabelValues(typ, st.flavour).Inc()
+	m.resSent.WithLabelValues(typ).Add(float64(len(out)))
+	m.bytes.WithLabelValues(st.flavour).Add(float64(size))
+	return resp
+}
+
+// onDeltaRequest applies an incremental request: subscription changes, and an ACK or NACK of
+// the response in flight. The first request of a type says which versions the client already
+// has (after a reconnect), so that nothing it has is sent again.
+func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
+	st.identify(req.GetNode())
+	typ := req.GetTypeUrl()
+	if typ == "" {
+		return grpcstatus.Error(codes.InvalidArgument, "request without type_url")
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	ts := st.typeStateLocked(typ)
+	if n := req.GetResponseNonce(); n != "" && n == ts.inflight {
+		st.settleLocked(typ, ts, req.GetErrorDetail(), time.Now())
+	}
+	if !ts.subscribed {
+		ts.subscribed, ts.dirty = true, true
+		for n, v := range req.GetInitialResourceVersions() {
+			ts.sent[n] = v
+		}
+		ts.acked = maps.Clone(ts.sent)
+		if len(req.GetResourceNamesSubscribe()) == 0 {
+			ts.wildcard = true // legacy wildcard
+		}
+	}
+	for _, n := range req.GetResourceNamesSubscribe() {
+		if n == "*" {
+			ts.wildcard = true
+		} else {
+			ts.names[n] = struct{}{}
+		}
+		ts.dirty = true
+	}
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		if n == "*" {
+			ts.wildcard = false
+		} else {
+			delete(ts.names, n)
+			if !ts.wildcard {
+				delete(ts.sent, n)
+			}
+		}
+		ts.dirty = true
+	}
+	ts.sorted = nil
+	return nil
+}
+
+// pushDelta sends, for every type with nothing in flight, the resources whose version the
+// client does not have and the names of those that are gone.
+func (st *stream) pushDelta(now time.Time, enqueue func(*discoveryv3.DeltaDiscoveryResponse) bool) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	snap := st.srv.snapshot(st.kind)
+	if snap == nil {
+		return nil
+	}
+	for _, typ := range typeOrder {
+		ts := st.types[typ]
+		if ts == nil || !ts.subscribed || ts.inflight != "" {
+			continue
+		}
+		idx := snap.index(typ)
+		if idx == ts.index && !ts.dirty {
+			continue
+		}
+		resp := st.deltaResponseLocked(typ, ts, idx, now)
+		ts.index, ts.dirty = idx, false
+		if resp == nil {
+			continue
+		}
+		if !enqueue(resp) {
+			return st.slowLocked(typ, "its send queue is full")
+		}
+	}
+	return nil
+}
+
+func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *discoveryv3.DeltaDiscoveryResponse {
+	var out []*Resource
+	var removed []string
+	inflight := map[string]string{}
+	if ts.wildcard {
+		for _, r := range idx.list {
+			if ts.sent[r.Name] != r.Version {
+				out = append(out, r)
+			}
+		}
+	}
+	for _, n := range ts.sortedNames() {
+		r, ok := idx.byName[n]
+		switch {
+		case ok && ts.wildcard:
+			// sent above
+		case ok && ts.sent[n] != r.Version:
+			out = append(out, r)
+		case !ok:
+			if v, told := ts.sent[n]; !told || v != "" {
+				removed = append(removed, n) // never existed, or gone: say so once
+				ts.sent[n] = ""
+				inflight[n] = ""
+			}
+		}
+	}
+	for n, v := range ts.sent {
+		if _, exists := idx.byName[n]; exists || v == "" {
+			continue
+		}
+		_, explicit := ts.names[n]
+		if !explicit && !ts.wildcard {
+			continue
+		}
+		removed = append(removed, n)
+		inflight[n] = ""
+		if explicit {
+			ts.sent[n] = ""
+		} else {
+			delete(ts.sent, n)
+		}
+	}
+	if len(out) == 0 && len(removed) == 0 {
+		return nil
+	}
+	slices.Sort(removed)
+	nonce := st.nextNonceLocked()
+	resp := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: idx.version, TypeUrl: typ, Nonce: nonce,
+		Resources: make([]*discoveryv3.Resource, len(out)), RemovedResources: removed}
+	size := 0
+	for i, r := range out {
+		resp.Resources[i] = r.delta
+		ts.sent[r.Name] = r.Version
+		inflight[r.Name] = r.Version
+		size += len(r.Any.Value)
+	}
+	ts.inflight, ts.inflightAt, ts.inflightVersion, ts.inflightRes = nonce, now, idx.version, inflight
+	m := st.srv.metrics
+	m.responses.WithLabelValues(typ, st.flavour).Inc()
+	m.resSent.WithLabelValues(typ).Add(float64(len(out)))
+	m.bytes.WithLabelValues(st.flavour).Add(float64(size))
+	return resp
+}
+
+// checkSlow closes the stream of a client that has left a response unacknowledged too long.
+func (st *stream) checkSlow(now time.Time) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for typ, ts := range st.types {
+		if ts.inflight != "" && now.Sub(ts.inflightAt) > st.srv.opts.AckTimeout {
+			return st.slowLocked(typ, "a response has gone unacknowledged for "+now.Sub(ts.inflightAt).Round(time.Second).String())
+		}
+	}
+	return nil
+}
+
+func (st *stream) slowLocked(typ resourcev3.Type, why string) error {
+	st.srv.metrics.slow.Inc()
+	st.srv.log.Warn("client too slow: disconnecting it (it reconnects and gets the current state)", "node", st.nodeID,
+		"kind", st.kind, "flavour", st.flavour, "type", typ, "why", why, "stream", st.id)
+	return grpcstatus.Errorf(codes.Unavailable, "holdfast: client too slow (%s): reconnect", why)
+}
