@@ -38,8 +38,10 @@ fuzz:
 	go test ./cache/ -run '^$$' -fuzz FuzzDecodeState -fuzztime $(FUZZTIME)
 
 # Benchmarks: timing goals live here, never in tests.
-bench:
+bench: build kube
 	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./xds/
+	go run ./e2e/cmd/xdsbench
+	cd e2e && go test -run '^$$' -bench EndToEndPropagation -benchtime 100x -count 1 .
 
 $(GOLANGCI_LINT):
 	GOBIN=$(dir $@) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

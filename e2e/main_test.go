@@ -82,7 +82,7 @@ func ownCluster(t *testing.T) *kube.Cluster {
 	return k
 }
 
-func testContext(t *testing.T) context.Context {
+func testContext(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*timeout)
 	t.Cleanup(cancel)
 	return ctx
@@ -90,12 +90,12 @@ func testContext(t *testing.T) context.Context {
 
 // newNamespace creates a fresh namespace for one test. Namespaces never finish deleting here
 // (no controllers run), so cleanup deletes the test's objects explicitly.
-func newNamespace(t *testing.T) string {
+func newNamespace(t testing.TB) string {
 	t.Helper()
 	return newNamespaceOn(t, env.cluster)
 }
 
-func newNamespaceOn(t *testing.T, k *kube.Cluster) string {
+func newNamespaceOn(t testing.TB, k *kube.Cluster) string {
 	t.Helper()
 	ctx := context.Background()
 	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
@@ -120,12 +120,12 @@ func newNamespaceOn(t *testing.T, k *kube.Cluster) string {
 }
 
 // startHoldfast runs Holdfast watching only ns. Cleanup checks that SIGTERM makes it exit 0.
-func startHoldfast(t *testing.T, ns string) *harness.Holdfast {
+func startHoldfast(t testing.TB, ns string) *harness.Holdfast {
 	t.Helper()
 	return startHoldfastOn(t, env.cluster, ns)
 }
 
-func startHoldfastOn(t *testing.T, k *kube.Cluster, ns string, extra ...string) *harness.Holdfast {
+func startHoldfastOn(t testing.TB, k *kube.Cluster, ns string, extra ...string) *harness.Holdfast {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -145,7 +145,7 @@ func startHoldfastOn(t *testing.T, k *kube.Cluster, ns string, extra ...string) 
 }
 
 // startBackends starts one backend per id, all on port.
-func startBackends(t *testing.T, port int32, ids ...string) map[string]*harness.Backend {
+func startBackends(t testing.TB, port int32, ids ...string) map[string]*harness.Backend {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -161,7 +161,7 @@ func startBackends(t *testing.T, port int32, ids ...string) map[string]*harness.
 	return out
 }
 
-func dial(t *testing.T, h *harness.Holdfast, target string) *harness.GRPCClient {
+func dial(t testing.TB, h *harness.Holdfast, target string) *harness.GRPCClient {
 	t.Helper()
 	c, err := harness.DialXDS(h.XDSAddr, "test-"+t.Name(), target)
 	if err != nil {
@@ -184,12 +184,12 @@ type servicePort struct {
 	target int32
 }
 
-func createService(t *testing.T, ns, name string, ports ...servicePort) {
+func createService(t testing.TB, ns, name string, ports ...servicePort) {
 	t.Helper()
 	createServiceOn(t, env.cluster, ns, name, ports...)
 }
 
-func createServiceOn(t *testing.T, k *kube.Cluster, ns, name string, ports ...servicePort) {
+func createServiceOn(t testing.TB, k *kube.Cluster, ns, name string, ports ...servicePort) {
 	t.Helper()
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone}}
 	for _, p := range ports {
@@ -216,12 +216,12 @@ type endpoint struct {
 }
 
 // writeSlice creates or replaces EndpointSlice name of service svc, for one port.
-func writeSlice(t *testing.T, ns, name, svc string, port servicePort, eps ...endpoint) {
+func writeSlice(t testing.TB, ns, name, svc string, port servicePort, eps ...endpoint) {
 	t.Helper()
 	writeSliceOn(t, env.cluster, ns, name, svc, port, eps...)
 }
 
-func writeSliceOn(t *testing.T, k *kube.Cluster, ns, name, svc string, port servicePort, eps ...endpoint) {
+func writeSliceOn(t testing.TB, k *kube.Cluster, ns, name, svc string, port servicePort, eps ...endpoint) {
 	t.Helper()
 	s := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
