@@ -95,7 +95,7 @@ func TestStoreHoldLifecycle(t *testing.T) {
 	base := svcs(10, 5)
 	mass := without(base, "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7")
 	sync := func(m map[resolver.Key]*resolver.Service) resolver.Resolution {
-		return resolver.Resolution{Services: m, Synced: true, Healthy: true}
+		return resolver.Resolution{Services: m, Synced: true}
 	}
 
 	s := newStore()
@@ -161,7 +161,7 @@ func TestStoreHoldLifecycle(t *testing.T) {
 	s.OnResolution(sync(mass))
 	h = s.Held()
 	r = sync(mass)
-	r.Healthy = false
+	r.Sources = map[string]resolver.SourceState{"": resolver.Stale}
 	r.UnhealthyAt = map[string]time.Time{"": h.Since.Add(-time.Hour)}
 	s.OnResolution(r)
 	for _, after := range []time.Duration{2 * time.Minute, 10 * time.Minute} {
@@ -170,7 +170,7 @@ func TestStoreHoldLifecycle(t *testing.T) {
 			t.Fatalf("applied %v into the hold while the source is still unhealthy", after)
 		}
 	}
-	r.Healthy = true
+	r.Sources = map[string]resolver.SourceState{"": resolver.Live}
 	s.OnResolution(r)
 	s.expireHold(h.Since.Add(10*time.Minute + 30*time.Second))
 	if s.Held() == nil {

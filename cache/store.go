@@ -368,7 +368,7 @@ func (s *Store) expireHold(now time.Time) {
 		return
 	}
 	// The hold period counts only time with every source healthy.
-	if !h.change.Healthy {
+	if !h.change.Healthy() {
 		h.Since = now
 	}
 	for _, at := range h.change.UnhealthyAt {

@@ -176,7 +176,8 @@ func TestVersionsDeterministic(t *testing.T) {
 	echo, web := target(ns, "echo", grpcPort.port), target(ns, "web", httpPort.port)
 	complete := func(s adsclient.State) bool {
 		return has(s, resourcev3.ClusterType, echo, web) && has(s, resourcev3.EndpointType, echo, web) &&
-			has(s, resourcev3.ListenerType, "outbound_80", "outbound_8080") && len(addresses(s, echo)) == 2
+			has(s, resourcev3.ListenerType, "outbound_80", "outbound_8080") &&
+			has(s, resourcev3.RouteType, "outbound_80", "outbound_8080") && len(addresses(s, echo)) == 2
 	}
 	versions := func(h int, delta bool) map[string]string {
 		hf := startHoldfast(t, ns)
@@ -198,8 +199,8 @@ func TestVersionsDeterministic(t *testing.T) {
 	}
 	for _, delta := range []bool{true, false} {
 		first, second := versions(1, delta), versions(2, delta)
-		if len(first) < 6 {
-			t.Fatalf("only %d resources", len(first))
+		if len(first) < 8 || len(first) != len(second) {
+			t.Fatalf("%d resources from one Holdfast, %d from the other; want the same 8 or more", len(first), len(second))
 		}
 		for k, v := range first {
 			if v == "" || second[k] != v {

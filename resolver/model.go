@@ -142,13 +142,21 @@ type Resolution struct {
 	// stale or listed afresh after a restart; zero if never. A withdrawal that arrives right
 	// after that deserves suspicion.
 	UnhealthyAt map[string]time.Time
-	// Healthy is true when every source is live right now.
-	Healthy bool
 	// Sources gives the state of each watched namespace's source ("" for all namespaces).
 	Sources map[string]SourceState
 	// Degraded lists the services kept at their last good state because their newest input had
 	// nothing usable, with the reason.
 	Degraded map[Key]string
+}
+
+// Healthy says whether every source is live right now.
+func (r Resolution) Healthy() bool {
+	for _, st := range r.Sources {
+		if st != Live {
+			return false
+		}
+	}
+	return true
 }
 
 // SourceOf returns the state of the source that watches namespace ns.

@@ -532,13 +532,11 @@ func (r *Resolver) publish() {
 	r.metrics.publishes.Inc()
 	unhealthy := make(map[string]time.Time, len(r.sources))
 	states := make(map[string]SourceState, len(r.sources))
-	healthy := true
 	for _, s := range r.sources {
 		st := s.Status()
 		unhealthy[s.namespace] = st.LastUnhealthy
 		states[s.namespace] = st.State
-		healthy = healthy && st.State == Live
 	}
-	r.obs.OnResolution(Resolution{Services: maps.Clone(r.services), Synced: true, UnhealthyAt: unhealthy, Healthy: healthy,
+	r.obs.OnResolution(Resolution{Services: maps.Clone(r.services), Synced: true, UnhealthyAt: unhealthy,
 		Sources: states, Degraded: maps.Clone(r.degraded)})
 }

@@ -1,24 +1,15 @@
 package xds
 
 import (
-	"fmt"
 	"testing"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/fleet"
 	"github.com/holdfast/holdfast/resolver"
 )
 
 func benchFleet(n, per int) cache.View {
-	v := cache.View{Services: map[resolver.Key]*resolver.Service{}, Synced: true}
-	for i := range n {
-		k := resolver.Key{Namespace: fmt.Sprintf("ns-%d", i%50), Name: fmt.Sprintf("svc-%d", i)}
-		eps := make([]resolver.Endpoint, per)
-		for j := range eps {
-			eps[j] = resolver.Endpoint{Address: fmt.Sprintf("10.%d.%d.%d", i/250%250, i%250, j+1), Port: 8080, Ready: true, Serving: true, Zone: fmt.Sprintf("zone-%d", j%3)}
-		}
-		v.Services[k] = &resolver.Service{Key: k, Ports: []resolver.Port{{Name: "http", Port: 80, Endpoints: eps}}}
-	}
-	return v
+	return cache.View{Services: fleet.New(n, per), Synced: true}
 }
 
 // BenchmarkFirstPublish10kServices translates, validates, reference-checks and versions
@@ -51,7 +42,7 @@ func BenchmarkOneChangePublish10kServices(b *testing.B) {
 		b.Fatal(err)
 	}
 	p.update(v)
-	k := resolver.Key{Namespace: "ns-7", Name: "svc-7"}
+	k := fleet.Key(7)
 	orig := v.Services[k]
 	i := 0
 	for b.Loop() {

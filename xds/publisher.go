@@ -46,14 +46,13 @@ type Publisher struct {
 	latest   *cache.View
 	queuedAt time.Time // when the oldest view not yet taken by the run loop arrived
 
-	invalid map[resolver.Key]string // services whose newest state failed validation, and why
+	invalid map[resolver.Key]invalidState // services whose newest state failed validation
 
 	// owned by the run loop
-	built       map[resolver.Key]*serviceResources
-	lastInvalid map[resolver.Key]*resolver.Service            // the invalid state last judged, not judged again
-	ports       map[int32]*portOutbound                       // Envoy's outbound_<port> resources, by port
-	indexes     map[ClientKind]map[resourcev3.Type]*typeIndex // the last published, reused when unchanged
-	routeRefs   map[*listenerv3.Listener][]string             // cache for checkReferences, pruned each publish
+	built     map[resolver.Key]*serviceResources
+	ports     map[int32]*portOutbound                       // Envoy's outbound_<port> resources, by port
+	indexes   map[ClientKind]map[resourcev3.Type]*typeIndex // the last published, reused when unchanged
+	routeRefs map[*listenerv3.Listener][]string             // cache for checkReferences, pruned each publish
 
 	published atomic.Bool
 }
@@ -77,14 +76,13 @@ func NewPublisher(opts PublisherOptions, out SnapshotSetter) (*Publisher, error)
 		opts.Registry = prometheus.NewRegistry()
 	}
 	p := &Publisher{
-		tr:          opts.Translator,
-		log:         opts.Logger.With("component", "publisher"),
-		out:         out,
-		kick:        make(chan struct{}, 1),
-		built:       map[resolver.Key]*serviceResources{},
-		lastInvalid: map[resolver.Key]*resolver.Service{},
-		ports:       map[int32]*portOutbound{},
-		invalid:     map[resolver.Key]string{},
+		tr:      opts.Translator,
+		log:     opts.Logger.With("component", "publisher"),
+		out:     out,
+		kick:    make(chan struct{}, 1),
+		built:   map[resolver.Key]*serviceResources{},
+		ports:   map[int32]*portOutbound{},
+		invalid: map[resolver.Key]invalidState{},
 		metrics: publisherMetrics{
 			publishes: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "holdfast_xds_snapshots_published_total", Help: "Snapshots published to xDS clients (one per view, for all client kinds)."}),
@@ -168,7 +166,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 func (p *Publisher) Invalid() map[resolver.Key]string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return maps.Clone(p.invalid)
+	out := make(map[resolver.Key]string, len(p.invalid))
+	for k, iv := range p.invalid {
+		out[k] = iv.why
+	}
+	return out
 }
 
 // build brings the translations in line with v and assembles each client kind's resources,
@@ -262,17 +264,16 @@ func (p *Publisher) update(v cache.View) {
 			delete(p.built, k)
 		}
 	}
-	for k, s := range p.lastInvalid {
-		if v.Services[k] != s {
-			delete(p.lastInvalid, k)
-			delete(invalid, k)
+	for k, iv := range invalid {
+		if v.Services[k] != iv.src {
+			delete(invalid, k) // gone, or a new state: judged again below
 		}
 	}
 	for k, s := range v.Services {
 		if prev, ok := p.built[k]; ok && prev.src == s {
 			continue
 		}
-		if p.lastInvalid[k] == s {
+		if _, judged := invalid[k]; judged {
 			continue // the same invalid state: judged already
 		}
 		sr, err := p.tr.translateService(s)
@@ -280,8 +281,7 @@ func (p *Publisher) update(v cache.View) {
 			p.metrics.invalid.Inc()
 			_, kept := p.built[k]
 			p.log.Warn("service translation rejected: keeping its previous resources", "service", k, "kept_previous", kept, "err", err)
-			invalid[k] = err.Error()
-			p.lastInvalid[k] = s
+			invalid[k] = invalidState{src: s, why: err.Error()}
 			continue
 		}
 		p.built[k] = sr
@@ -290,6 +290,12 @@ func (p *Publisher) update(v cache.View) {
 	p.invalid = invalid
 	p.mu.Unlock()
 	p.metrics.invalidNow.Set(float64(len(invalid)))
+}
+
+// invalidState is a service state that failed validation, kept so that it is judged once.
+type invalidState struct {
+	src *resolver.Service
+	why string
 }
 
 // resourceSet is one client kind's resources, by type.
@@ -320,7 +326,7 @@ func (p *Publisher) assemble() (map[ClientKind]resourceSet, []error) {
 			assignments = append(assignments, pr.assignment)
 			grpcListeners = append(grpcListeners, pr.grpcListener)
 			grpcRoutes = append(grpcRoutes, pr.grpcRoute)
-			vhostsByPort[pr.port] = append(vhostsByPort[pr.port], vhostEntry{pr.envoyVHost, pr.vhostHash})
+			vhostsByPort[pr.port] = append(vhostsByPort[pr.port], pr.envoyVHost)
 		}
 	}
 	ports := make([]int32, 0, len(vhostsByPort))

@@ -8,7 +8,6 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -83,7 +82,7 @@ func checkReferences(res map[resourcev3.Type][]types.Resource, refs map[*listene
 func names(rs []types.Resource) map[string]struct{} {
 	out := make(map[string]struct{}, len(rs))
 	for _, r := range rs {
-		out[cachev3.GetResourceName(r)] = struct{}{}
+		out[nameOf(r)] = struct{}{}
 	}
 	return out
 }

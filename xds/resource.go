@@ -30,11 +30,7 @@ type Resource struct {
 
 // newResource serialises m deterministically and versions it by that serialisation.
 func newResource(m types.Resource) *Resource {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		// Unreachable for validated resources; still make the hash unique to this content.
-		b = []byte(err.Error())
-	}
+	b := marshalDeterministic(m)
 	return newResourceHashed(m, b, fnv64(b))
 }
 
@@ -52,13 +48,14 @@ func newResourceHashed(m types.Resource, b []byte, hash uint64) *Resource {
 	return r
 }
 
-// hashMessage hashes the deterministic serialisation of m.
-func hashMessage(m proto.Message) uint64 {
+// marshalDeterministic serialises m the same way every time.
+func marshalDeterministic(m proto.Message) []byte {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
+		// Unreachable for validated resources; still make the bytes unique to this content.
 		b = []byte(err.Error())
 	}
-	return fnv64(b)
+	return b
 }
 
 func fnv64(b []byte) uint64 {

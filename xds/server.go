@@ -1,15 +1,18 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -314,3 +317,43 @@ func serve[Req, Resp any](ctx context.Context, s *Server, st *stream,
 // typeOrder is the order in which one wake-up pushes types: clusters before their
 // assignments, listeners before their routes (make before break).
 var typeOrder = []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// ClientStatus is what the server knows of one connected client.
+type ClientStatus struct {
+	NodeID  string
+	Node    *corev3.Node
+	Kind    ClientKind
+	Flavour string // sotw or delta
+	Since   time.Time
+	Types   map[resourcev3.Type]TypeStatus
+	// Nacks are the client's latest rejections, oldest first.
+	Nacks []NackRecord
+}
+
+// TypeStatus is one client's subscription to one resource type.
+type TypeStatus struct {
+	Wildcard bool
+	Names    []string          // subscribed by name, sorted
+	Sent     map[string]string // what the client was sent and may hold, name → version
+	// AckedVersion is the version of the last response the client accepted; Nacked its latest
+	// rejection since then, if any.
+	AckedVersion string
+	Nacked       *NackRecord
+	InFlight     bool // a response awaits the client's ACK or NACK
+}
+
+// Clients returns the status of every connected client, in connection order.
+func (s *Server) Clients() []ClientStatus {
+	s.mu.Lock()
+	streams := make([]*stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		streams = append(streams, st)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(streams, func(a, b *stream) int { return cmp.Compare(a.id, b.id) })
+	out := make([]ClientStatus, 0, len(streams))
+	for _, st := range streams {
+		out = append(out, st.status())
+	}
+	return out
+}

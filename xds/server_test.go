@@ -18,7 +18,7 @@ import (
 )
 
 // testServer runs a Server on 127.0.0.1:0 fed by a Publisher, and returns a way to publish.
-func testServer(t *testing.T) (*grpc.ClientConn, func(cache.View)) {
+func testServer(t *testing.T) (*Server, *grpc.ClientConn, func(cache.View)) {
 	t.Helper()
 	srv, err := NewServer(ServerOptions{AckTimeout: time.Minute})
 	if err != nil {
@@ -43,7 +43,7 @@ func testServer(t *testing.T) (*grpc.ClientConn, func(cache.View)) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	return conn, func(v cache.View) {
+	return srv, conn, func(v cache.View) {
 		if err := pub.publish(context.Background(), v); err != nil {
 			t.Fatal(err)
 		}
@@ -93,7 +93,7 @@ func withEndpoints(s *resolver.Service, addrs ...string) *resolver.Service {
 }
 
 func TestSotWNackIsNotResent(t *testing.T) {
-	conn, publish := testServer(t)
+	srv, conn, publish := testServer(t)
 	a, b := twoServices()
 	publish(testView(a, b))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,6 +119,16 @@ func TestSotWNackIsNotResent(t *testing.T) {
 	if r := recvWithin(t, in, 500*time.Millisecond); r != nil {
 		t.Fatalf("the rejected version was sent again: %v", *r)
 	}
+	// The rejection is recorded for the operator: client, type, version, resources, detail.
+	clients := srv.Clients()
+	if len(clients) != 1 || len(clients[0].Nacks) != 1 {
+		t.Fatalf("clients = %+v, want one with one NACK", clients)
+	}
+	nack, ts := clients[0].Nacks[0], clients[0].Types[resourcev3.EndpointType]
+	if clients[0].NodeID != "n1" || clients[0].Kind != KindGRPC || nack.Type != resourcev3.EndpointType || nack.Detail != "no" ||
+		nack.Version != (*first).VersionInfo || nack.Resources[name] == "" || ts.Nacked == nil || ts.InFlight {
+		t.Errorf("NACK record = %+v, type status %+v", nack, ts)
+	}
 	// A change to another service sends nothing to this client; a change to its own does.
 	publish(testView(a, withEndpoints(b, "10.9.9.9")))
 	if r := recvWithin(t, in, 300*time.Millisecond); r != nil {
@@ -132,7 +142,7 @@ func TestSotWNackIsNotResent(t *testing.T) {
 }
 
 func TestSotWReconnectWithCurrentVersionGetsNothing(t *testing.T) {
-	conn, publish := testServer(t)
+	_, conn, publish := testServer(t)
 	a, b := twoServices()
 	publish(testView(a, b))
 	names := []string{testTranslator.Naming.Resource(a.Key, 80)}
@@ -161,7 +171,7 @@ func TestSotWReconnectWithCurrentVersionGetsNothing(t *testing.T) {
 }
 
 func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
-	conn, publish := testServer(t)
+	_, conn, publish := testServer(t)
 	a, b := twoServices()
 	publish(testView(a, b))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 	"sync"
@@ -151,28 +152,42 @@ func (st *stream) nextNonceLocked() string {
 	return strconv.FormatInt(st.nonces, 36)
 }
 
-// onSotwRequest applies a state-of-the-world request: an ACK or NACK of the response in flight
-// (a stale nonce acknowledges nothing) and the client's full list of wanted names.
-func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
-	st.identify(req.GetNode())
-	typ := req.GetTypeUrl()
+// onRequest does what every request needs: identify the client, check the type, settle the
+// response in flight when the request's nonce acknowledges it (a stale nonce acknowledges
+// nothing), then let subscribe apply the request's subscription (first: the type's first
+// request on this stream), all under st.mu.
+func (st *stream) onRequest(node *corev3.Node, typ resourcev3.Type, nonce string, detail *status.Status, subscribe func(ts *typeState, first bool)) error {
+	st.identify(node)
 	if typ == "" {
 		return grpcstatus.Error(codes.InvalidArgument, "request without type_url")
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	ts := st.typeStateLocked(typ)
-	if n := req.GetResponseNonce(); n != "" && n == ts.inflight {
-		st.settleLocked(typ, ts, req.GetErrorDetail(), time.Now())
+	if nonce != "" && nonce == ts.inflight {
+		st.settleLocked(typ, ts, detail, time.Now())
 	}
 	first := !ts.subscribed
 	ts.subscribed = true
 	if first {
-		ts.clientVersion = req.GetVersionInfo()
+		ts.dirty = true
 	}
-	names := req.GetResourceNames()
-	wildcard := slices.Contains(names, "*") || (fullState(typ) && len(names) == 0 && (first || ts.wildcard))
-	if wildcard != ts.wildcard || !sameNames(ts.names, names) {
+	subscribe(ts, first)
+	return nil
+}
+
+// onSotwRequest applies a state-of-the-world request: the client's full list of wanted names.
+func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
+	typ := req.GetTypeUrl()
+	return st.onRequest(req.GetNode(), typ, req.GetResponseNonce(), req.GetErrorDetail(), func(ts *typeState, first bool) {
+		if first {
+			ts.clientVersion = req.GetVersionInfo()
+		}
+		names := req.GetResourceNames()
+		wildcard := slices.Contains(names, "*") || (fullState(typ) && len(names) == 0 && (first || ts.wildcard))
+		if wildcard == ts.wildcard && sameNames(ts.names, names) {
+			return
+		}
 		ts.wildcard = wildcard
 		ts.names = make(map[string]struct{}, len(names))
 		for _, n := range names {
@@ -186,11 +201,7 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 				delete(ts.sent, n) // unsubscribed: the client dropped it
 			}
 		}
-	}
-	if first {
-		ts.dirty = true
-	}
-	return nil
+	})
 }
 
 func sameNames(have map[string]struct{}, names []string) bool {
@@ -218,14 +229,27 @@ func (ts *typeState) sortedNames() []string {
 	return ts.sorted
 }
 
-// pushSotw sends, for every type with nothing in flight, what the client lacks.
+// pushSotw and pushDelta send, for every type with nothing in flight, what the client lacks.
 func (st *stream) pushSotw(now time.Time, enqueue func(*discoveryv3.DiscoveryResponse) bool) error {
+	return pushTypes(st, now, enqueue, st.sotwResponseLocked)
+}
+
+func (st *stream) pushDelta(now time.Time, enqueue func(*discoveryv3.DeltaDiscoveryResponse) bool) error {
+	return pushTypes(st, now, enqueue, st.deltaResponseLocked)
+}
+
+// pushTypes walks the types in push order and, for each with nothing in flight whose
+// resources or subscription changed since its last push, enqueues what respond builds (the
+// zero Resp: nothing to send).
+func pushTypes[Resp comparable](st *stream, now time.Time, enqueue func(Resp) bool,
+	respond func(resourcev3.Type, *typeState, *typeIndex, time.Time) Resp) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	snap := st.srv.snapshot(st.kind)
 	if snap == nil {
 		return nil // nothing published yet: the first snapshot wakes every stream
 	}
+	var none Resp
 	for _, typ := range typeOrder {
 		ts := st.types[typ]
 		if ts == nil || !ts.subscribed || ts.inflight != "" {
@@ -235,9 +259,9 @@ func (st *stream) pushSotw(now time.Time, enqueue func(*discoveryv3.DiscoveryRes
 		if idx == ts.index && !ts.dirty {
 			continue
 		}
-		resp := st.sotwResponseLocked(typ, ts, idx, now)
+		resp := respond(typ, ts, idx, now)
 		ts.index, ts.dirty = idx, false
-		if resp == nil {
+		if resp == none {
 			continue
 		}
 		if !enqueue(resp) {
@@ -324,89 +348,44 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 		size += len(r.Any.Value)
 	}
 	ts.version, ts.sentOnce = version, true
-	ts.inflight, ts.inflightAt, ts.inflightVersion, ts.inflightRes = nonce, now, version, inflight
-	m := st.srv.metrics
-	m.responses.WithLabelValues(typ, st.flavour).Inc()
-	m.resSent.WithLabelValues(typ).Add(float64(len(out)))
-	m.bytes.WithLabelValues(st.flavour).Add(float64(size))
+	st.sentLocked(typ, ts, nonce, version, inflight, len(out), size, now)
 	return resp
 }
 
-// onDeltaRequest applies an incremental request: subscription changes, and an ACK or NACK of
-// the response in flight. The first request of a type says which versions the client already
-// has (after a reconnect), so that nothing it has is sent again.
+// onDeltaRequest applies an incremental request's subscription changes. The first request of
+// a type says which versions the client already has (after a reconnect), so that nothing it
+// has is sent again.
 func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
-	st.identify(req.GetNode())
-	typ := req.GetTypeUrl()
-	if typ == "" {
-		return grpcstatus.Error(codes.InvalidArgument, "request without type_url")
-	}
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	ts := st.typeStateLocked(typ)
-	if n := req.GetResponseNonce(); n != "" && n == ts.inflight {
-		st.settleLocked(typ, ts, req.GetErrorDetail(), time.Now())
-	}
-	if !ts.subscribed {
-		ts.subscribed, ts.dirty = true, true
-		for n, v := range req.GetInitialResourceVersions() {
-			ts.sent[n] = v
-		}
-		if len(req.GetResourceNamesSubscribe()) == 0 {
-			ts.wildcard = true // legacy wildcard
-		}
-	}
-	for _, n := range req.GetResourceNamesSubscribe() {
-		if n == "*" {
-			ts.wildcard = true
-		} else {
-			ts.names[n] = struct{}{}
-		}
-		ts.dirty = true
-	}
-	for _, n := range req.GetResourceNamesUnsubscribe() {
-		if n == "*" {
-			ts.wildcard = false
-		} else {
-			delete(ts.names, n)
-			if !ts.wildcard {
-				delete(ts.sent, n)
+	return st.onRequest(req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), func(ts *typeState, first bool) {
+		if first {
+			for n, v := range req.GetInitialResourceVersions() {
+				ts.sent[n] = v
+			}
+			if len(req.GetResourceNamesSubscribe()) == 0 {
+				ts.wildcard = true // legacy wildcard
 			}
 		}
-		ts.dirty = true
-	}
-	ts.sorted = nil
-	return nil
-}
-
-// pushDelta sends, for every type with nothing in flight, the resources whose version the
-// client does not have and the names of those that are gone.
-func (st *stream) pushDelta(now time.Time, enqueue func(*discoveryv3.DeltaDiscoveryResponse) bool) error {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	snap := st.srv.snapshot(st.kind)
-	if snap == nil {
-		return nil
-	}
-	for _, typ := range typeOrder {
-		ts := st.types[typ]
-		if ts == nil || !ts.subscribed || ts.inflight != "" {
-			continue
+		for _, n := range req.GetResourceNamesSubscribe() {
+			if n == "*" {
+				ts.wildcard = true
+			} else {
+				ts.names[n] = struct{}{}
+			}
+			ts.dirty = true
 		}
-		idx := snap.index(typ)
-		if idx == ts.index && !ts.dirty {
-			continue
+		for _, n := range req.GetResourceNamesUnsubscribe() {
+			if n == "*" {
+				ts.wildcard = false
+			} else {
+				delete(ts.names, n)
+				if !ts.wildcard {
+					delete(ts.sent, n)
+				}
+			}
+			ts.dirty = true
 		}
-		resp := st.deltaResponseLocked(typ, ts, idx, now)
-		ts.index, ts.dirty = idx, false
-		if resp == nil {
-			continue
-		}
-		if !enqueue(resp) {
-			return st.slowLocked(typ, "its send queue is full")
-		}
-	}
-	return nil
+		ts.sorted = nil
+	})
 }
 
 func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *discoveryv3.DeltaDiscoveryResponse {
@@ -465,12 +444,30 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 		inflight[r.Name] = r.Version
 		size += len(r.Any.Value)
 	}
-	ts.inflight, ts.inflightAt, ts.inflightVersion, ts.inflightRes = nonce, now, idx.version, inflight
+	st.sentLocked(typ, ts, nonce, idx.version, inflight, len(out), size, now)
+	return resp
+}
+
+// sentLocked marks a response as in flight and counts it.
+func (st *stream) sentLocked(typ resourcev3.Type, ts *typeState, nonce, version string, resources map[string]string, n, size int, now time.Time) {
+	ts.inflight, ts.inflightAt, ts.inflightVersion, ts.inflightRes = nonce, now, version, resources
 	m := st.srv.metrics
 	m.responses.WithLabelValues(typ, st.flavour).Inc()
-	m.resSent.WithLabelValues(typ).Add(float64(len(out)))
+	m.resSent.WithLabelValues(typ).Add(float64(n))
 	m.bytes.WithLabelValues(st.flavour).Add(float64(size))
-	return resp
+}
+
+// status copies what the stream knows for the admin side.
+func (st *stream) status() ClientStatus {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cs := ClientStatus{NodeID: st.nodeID, Node: st.node, Kind: st.kind, Flavour: st.flavour, Since: st.since,
+		Types: make(map[resourcev3.Type]TypeStatus, len(st.types)), Nacks: slices.Clone(st.nacks)}
+	for typ, ts := range st.types {
+		cs.Types[typ] = TypeStatus{Wildcard: ts.wildcard, Names: slices.Clone(ts.sortedNames()), Sent: maps.Clone(ts.sent),
+			AckedVersion: ts.ackedVersion, Nacked: ts.nacked, InFlight: ts.inflight != ""}
+	}
+	return cs
 }
 
 // checkSlow closes the stream of a client that has left a response unacknowledged too long.

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/holdfast/holdfast/cache"
@@ -282,6 +284,13 @@ func TestInvalidServiceKeepsPreviousResources(t *testing.T) {
 	if p.built[a.Key] != before {
 		t.Fatal("an invalid translation replaced the service's previous resources")
 	}
+	if why := p.Invalid()[a.Key]; !strings.Contains(why, "socket") && !strings.Contains(why, "Address") {
+		t.Errorf("the invalid service is not reported with its reason: %q", why)
+	}
+	p.update(testView(a)) // a valid state again
+	if len(p.Invalid()) != 0 || p.built[a.Key].src != a {
+		t.Errorf("a valid state did not clear the invalid report: %v", p.Invalid())
+	}
 }
 
 func TestKindOf(t *testing.T) {
@@ -346,5 +355,26 @@ func TestPublisherStuck(t *testing.T) {
 	}
 	if stuck, why := p.Stuck(now.Add(2*time.Minute), time.Minute); !stuck || why == "" {
 		t.Error("a view waiting past the bound is not reported")
+	}
+}
+
+// The Envoy route configuration is assembled from its virtual hosts' bytes; it must be exactly
+// what proto would serialise, or clients would decode something else than was validated.
+func TestOutboundRouteBytesMatchProto(t *testing.T) {
+	a, b := twoServices()
+	c := &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: "c"}, Ports: []resolver.Port{{Name: "http", Port: 80}}}
+	sets := assembleSets(t, testView(a, b, c))
+	for _, r := range sets[KindEnvoy][resourcev3.RouteType] {
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(r.Msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(r.Any.Value, want) {
+			t.Errorf("%s: assembled bytes differ from proto's serialisation", r.Name)
+		}
+		var back routev3.RouteConfiguration
+		if err := proto.Unmarshal(r.Any.Value, &back); err != nil || !proto.Equal(&back, r.Msg) {
+			t.Errorf("%s: bytes do not decode to the route configuration: %v", r.Name, err)
+		}
 	}
 }

@@ -145,7 +145,7 @@ func (r run) do() (result, error) {
 	out := bufio.NewReader(stdout)
 	line, err := out.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "ready ") {
-		return res, fmt.Errorf("server did not start: %q %v", line, err)
+		return res, fmt.Errorf("server did not start: %q: %w", line, err)
 	}
 	addr := strings.TrimSpace(strings.TrimPrefix(line, "ready "))
 	pid := cmd.Process.Pid
@@ -169,7 +169,7 @@ func (r run) do() (result, error) {
 		case <-deadline:
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			return res, fmt.Errorf("initial push incomplete after 10m: %v (err %v)", c.counts, c.err)
+			return res, fmt.Errorf("initial push incomplete after 10m: %v: %w", c.counts, c.err)
 		}
 	}
 	res.initWall, res.initCPU = time.Since(t0), procCPU(pid)-cpu0
@@ -188,7 +188,7 @@ func (r run) do() (result, error) {
 			return res, err
 		}
 		if l, err := out.ReadString('\n'); err != nil || strings.TrimSpace(l) != "ok" {
-			return res, fmt.Errorf("change: %q %v", l, err)
+			return res, fmt.Errorf("change: %q: %w", l, err)
 		}
 		var last time.Time
 		limit := time.Now().Add(5 * time.Minute)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"runtime"
@@ -22,24 +23,10 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/fleet"
 	"github.com/holdfast/holdfast/resolver"
 	"github.com/holdfast/holdfast/xds"
 )
-
-// fleet builds n services with per ready endpoints each, all on port 80.
-func fleet(n, per int) map[resolver.Key]*resolver.Service {
-	out := make(map[resolver.Key]*resolver.Service, n)
-	for i := range n {
-		k := resolver.Key{Namespace: fmt.Sprintf("ns-%d", i%50), Name: fmt.Sprintf("svc-%d", i)}
-		eps := make([]resolver.Endpoint, per)
-		for j := range eps {
-			eps[j] = resolver.Endpoint{Address: fmt.Sprintf("10.%d.%d.%d", i/250%250, i%250, j+1), Port: 8080,
-				Ready: true, Serving: true, Zone: fmt.Sprintf("zone-%d", j%3)}
-		}
-		out[k] = &resolver.Service{Key: k, Ports: []resolver.Port{{Name: "http", Port: 80, Endpoints: eps}}}
-	}
-	return out
-}
 
 // capture keeps the snapshots a Publisher hands out.
 type capture struct {
@@ -116,7 +103,7 @@ func serve(impl string, services, per int) error {
 	go func() { _ = pub.Run(ctx) }()
 	go func() { _ = g.Serve(lis) }()
 
-	view := cache.View{Services: fleet(services, per), Synced: true, Generation: 1}
+	view := cache.View{Services: fleet.New(services, per), Synced: true, Generation: 1}
 	published := 0
 	publish := func() error {
 		published++
@@ -147,16 +134,13 @@ func serve(impl string, services, per int) error {
 		switch {
 		case len(f) == 2 && f[0] == "change":
 			i, _ := strconv.Atoi(f[1])
-			k := resolver.Key{Namespace: fmt.Sprintf("ns-%d", i%50), Name: fmt.Sprintf("svc-%d", i)}
+			k := fleet.Key(i)
 			old := view.Services[k]
 			next := *old
 			next.Ports = []resolver.Port{old.Ports[0]}
 			next.Ports[0].Endpoints = append([]resolver.Endpoint(nil), old.Ports[0].Endpoints...)
 			next.Ports[0].Endpoints[0].Port++
-			services := make(map[resolver.Key]*resolver.Service, len(view.Services))
-			for k, v := range view.Services {
-				services[k] = v
-			}
+			services := maps.Clone(view.Services)
 			services[k] = &next
 			view = cache.View{Services: services, Synced: true, Generation: view.Generation + 1}
 			if err := publish(); err != nil {
