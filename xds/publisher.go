@@ -244,6 +244,9 @@ func (p *Publisher) indexFor(kind ClientKind, typ resourcev3.Type, l resourceLis
 	}
 	if idx == nil {
 		idx = newTypeIndex(l)
+		if prev := p.indexes[kind][typ]; prev != nil {
+			idx.since(prev)
+		}
 	}
 	if next[kind] == nil {
 		next[kind] = map[resourcev3.Type]*typeIndex{}

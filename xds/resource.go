@@ -6,9 +6,9 @@ import (
 	"hash/fnv"
 	"slices"
 	"strings"
+	"weak"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -23,9 +23,12 @@ type Resource struct {
 	Name    string
 	Version string
 	Msg     types.Resource
-	Any     *anypb.Any
+	Any     *anypb.Any // its Value is the tail of wire
 	hash    uint64
-	delta   *discoveryv3.Resource // the same bytes, wrapped for Delta responses
+	// wire is the resource serialised as an entry of a Delta response; wire[sotwAt:] as an
+	// entry of a state-of-the-world response (see frame).
+	wire   []byte
+	sotwAt int
 }
 
 // newResource serialises m deterministically and versions it by that serialisation.
@@ -37,14 +40,11 @@ func newResource(m types.Resource) *Resource {
 // newResourceHashed builds a Resource whose version is derived from hash rather than from its
 // bytes (a big route configuration versioned by its virtual hosts' hashes).
 func newResourceHashed(m types.Resource, b []byte, hash uint64) *Resource {
-	r := &Resource{
-		Name:    nameOf(m),
-		Version: fmt.Sprintf("%016x", hash),
-		Msg:     m,
-		Any:     &anypb.Any{TypeUrl: resourcev3.APITypePrefix + string(m.ProtoReflect().Descriptor().FullName()), Value: b},
-		hash:    hash,
-	}
-	r.delta = &discoveryv3.Resource{Name: r.Name, Version: r.Version, Resource: r.Any}
+	r := &Resource{Name: nameOf(m), Version: fmt.Sprintf("%016x", hash), Msg: m, hash: hash}
+	typeURL := resourcev3.APITypePrefix + string(m.ProtoReflect().Descriptor().FullName())
+	var valueAt int
+	r.wire, r.sotwAt, valueAt = frame(r.Name, r.Version, typeURL, b)
+	r.Any = &anypb.Any{TypeUrl: typeURL, Value: r.wire[valueAt:len(r.wire):len(r.wire)]}
 	return r
 }
 
@@ -103,6 +103,11 @@ type typeIndex struct {
 	list    []*Resource
 	byName  map[string]*Resource
 	version string
+	// base is the index this one replaced and changed the names of the resources added,
+	// changed or removed since it, sorted: a stream last pushed base needs to look at nothing
+	// else. base is weak so that indexes do not chain in memory.
+	base    weak.Pointer[typeIndex]
+	changed []string
 }
 
 func newTypeIndex(l resourceList) *typeIndex {
@@ -115,6 +120,22 @@ func newTypeIndex(l resourceList) *typeIndex {
 		hashes[i] = r.hash
 	}
 	return &typeIndex{list: list, byName: byName, version: versionOf(hashes)}
+}
+
+// since records that idx replaces prev, and what changed between them.
+func (idx *typeIndex) since(prev *typeIndex) {
+	idx.base = weak.Make(prev)
+	for _, r := range idx.list {
+		if old, ok := prev.byName[r.Name]; !ok || old.hash != r.hash {
+			idx.changed = append(idx.changed, r.Name)
+		}
+	}
+	for _, r := range prev.list {
+		if _, ok := idx.byName[r.Name]; !ok {
+			idx.changed = append(idx.changed, r.Name)
+		}
+	}
+	slices.Sort(idx.changed)
 }
 
 // Snapshot is what one kind of client is served: every resource, by type. It is immutable; the

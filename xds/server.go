@@ -131,6 +131,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		}
 	}
 	s.GRPC = grpc.NewServer(
+		grpc.ForceServerCodecV2(newWireCodec()),
 		grpc.MaxConcurrentStreams(1000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// grpc-go and Envoy clients ping at most this often when configured to.
@@ -222,7 +223,7 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 	if err != nil {
 		return err
 	}
-	err = serve(gs.Context(), s, st, gs.Recv, gs.Send, st.onSotwRequest, st.pushSotw)
+	err = serve(gs.Context(), s, st, gs.Recv, sendWire(gs), st.onSotwRequest, st.pushSotw)
 	s.close(st, err)
 	return err
 }
@@ -233,9 +234,14 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	if err != nil {
 		return err
 	}
-	err = serve(gs.Context(), s, st, gs.Recv, gs.Send, st.onDeltaRequest, st.pushDelta)
+	err = serve(gs.Context(), s, st, gs.Recv, sendWire(gs), st.onDeltaRequest, st.pushDelta)
 	s.close(st, err)
 	return err
+}
+
+// sendWire sends pre-serialised responses on a stream (see wireCodec).
+func sendWire(gs grpc.ServerStream) func(*wireResponse) error {
+	return func(w *wireResponse) error { return gs.SendMsg(w) }
 }
 
 // serve runs one stream: requests are read by one goroutine, responses written by another, and

@@ -1,11 +1,13 @@
 package xds
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
+	"weak"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -13,7 +15,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 const (
@@ -61,8 +62,10 @@ type typeState struct {
 	sorted     []string // names, sorted; nil when it must be recomputed
 	// sent is the version of every resource the client was sent and may hold, accepted or
 	// rejected: what it has, or what it refused and must not get again. "" (Delta) means the
-	// client was told the resource does not exist.
+	// client was told the resource does not exist. A SotW full-state type (LDS, CDS) keeps the
+	// list it last sent in held instead, and sent is nil.
 	sent map[string]string
+	held []*Resource
 	// version is the SotW version_info of the last response; sentOnce says one went out.
 	version  string
 	sentOnce bool
@@ -72,10 +75,15 @@ type typeState struct {
 	index *typeIndex
 	dirty bool
 
+	// setHash is the XOR of the hashes of the resources a client subscribed by name has
+	// (see setVersion).
+	setHash uint64
+
 	inflight        string // nonce of the unacknowledged response, "" if none
 	inflightAt      time.Time
 	inflightVersion string
-	inflightRes     map[string]string
+	inflightOut     []*Resource // what the response in flight carries
+	inflightRemoved []string    // and what it removes (Delta)
 
 	// What the client acknowledged is sent minus what nacked lists: no second map per stream
 	// (at 1,000 clients × 1,000 resources that map alone held 170 MB).
@@ -132,7 +140,14 @@ func fullState(typ resourcev3.Type) bool {
 func (st *stream) settleLocked(typ resourcev3.Type, ts *typeState, detail *status.Status, now time.Time) {
 	st.srv.metrics.ackSeconds.Observe(now.Sub(ts.inflightAt).Seconds())
 	if detail != nil {
-		rec := NackRecord{At: now, Type: typ, Version: ts.inflightVersion, Nonce: ts.inflight, Resources: ts.inflightRes, Detail: detail.GetMessage()}
+		res := make(map[string]string, len(ts.inflightOut)+len(ts.inflightRemoved))
+		for _, r := range ts.inflightOut {
+			res[r.Name] = r.Version
+		}
+		for _, n := range ts.inflightRemoved {
+			res[n] = ""
+		}
+		rec := NackRecord{At: now, Type: typ, Version: ts.inflightVersion, Nonce: ts.inflight, Resources: res, Detail: detail.GetMessage()}
 		ts.nacked = &rec
 		st.nacks = append(st.nacks, rec)
 		if len(st.nacks) > st.srv.opts.NackHistory {
@@ -140,11 +155,18 @@ func (st *stream) settleLocked(typ resourcev3.Type, ts *typeState, detail *statu
 		}
 		st.srv.metrics.nacks.WithLabelValues(typ).Inc()
 		st.srv.log.Warn("client rejected a response; it will not be sent that version again", "node", st.nodeID,
-			"type", typ, "version", ts.inflightVersion, "nonce", ts.inflight, "resources", len(ts.inflightRes), "detail", detail.GetMessage())
+			"type", typ, "version", ts.inflightVersion, "nonce", ts.inflight, "resources", len(res), "detail", detail.GetMessage())
 	} else {
 		ts.ackedVersion, ts.nacked = ts.inflightVersion, nil
 	}
-	ts.inflight, ts.inflightRes = "", nil
+	ts.inflight, ts.inflightOut, ts.inflightRemoved = "", nil, nil
+}
+
+// incremental says whether only the resources idx lists as changed can differ from what this
+// type's client was last pushed: its subscription is unchanged and idx was built from the
+// index of its last push.
+func (ts *typeState) incremental(idx *typeIndex) bool {
+	return ts.index != nil && !ts.dirty && idx.base == weak.Make(ts.index)
 }
 
 func (st *stream) nextNonceLocked() string {
@@ -230,11 +252,11 @@ func (ts *typeState) sortedNames() []string {
 }
 
 // pushSotw and pushDelta send, for every type with nothing in flight, what the client lacks.
-func (st *stream) pushSotw(now time.Time, enqueue func(*discoveryv3.DiscoveryResponse) bool) error {
+func (st *stream) pushSotw(now time.Time, enqueue func(*wireResponse) bool) error {
 	return pushTypes(st, now, enqueue, st.sotwResponseLocked)
 }
 
-func (st *stream) pushDelta(now time.Time, enqueue func(*discoveryv3.DeltaDiscoveryResponse) bool) error {
+func (st *stream) pushDelta(now time.Time, enqueue func(*wireResponse) bool) error {
 	return pushTypes(st, now, enqueue, st.deltaResponseLocked)
 }
 
@@ -271,20 +293,24 @@ func pushTypes[Resp comparable](st *stream, now time.Time, enqueue func(Resp) bo
 	return nil
 }
 
-func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *discoveryv3.DiscoveryResponse {
+func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *wireResponse {
+	full := fullState(typ)
+	if !full && !ts.wildcard && ts.incremental(idx) {
+		return st.sotwChangedLocked(typ, ts, idx, now)
+	}
 	var wanted []*Resource
 	var version string
 	if ts.wildcard {
 		wanted, version = idx.list, idx.version
 	} else {
-		hashes := make([]uint64, 0, len(ts.names))
+		ts.setHash = 0
 		for _, n := range ts.sortedNames() {
 			if r, ok := idx.byName[n]; ok {
 				wanted = append(wanted, r)
-				hashes = append(hashes, r.hash)
+				ts.setHash ^= r.hash
 			}
 		}
-		version = versionOf(hashes)
+		version = setVersion(ts.setHash)
 	}
 	if ts.sentOnce && version == ts.version {
 		return nil
@@ -292,14 +318,10 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 	if !ts.sentOnce && ts.clientVersion != "" && ts.clientVersion == version {
 		// A reconnecting client that already has exactly this state: nothing to send.
 		ts.sentOnce, ts.version = true, version
-		ts.sent = make(map[string]string, len(wanted))
-		for _, r := range wanted {
-			ts.sent[r.Name] = r.Version
-		}
+		ts.hold(full, wanted, wanted)
 		ts.ackedVersion = version
 		return nil
 	}
-	full := fullState(typ)
 	out := wanted
 	if !full {
 		out = out[:0:0]
@@ -309,29 +331,82 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 			}
 		}
 	}
-	// Update what the client holds: a full-state type is replaced whole; otherwise only what is
-	// sent now changes, and names no longer wanted are dropped when the set shrank.
+	ts.hold(full, wanted, out)
+	return st.sotwSendLocked(typ, ts, version, out, full, now)
+}
+
+// hold records what a SotW client holds once sent out of wanted. A full-state type is
+// replaced whole, and kept as the list itself (for a wildcard client, the index's own list:
+// nothing per client); otherwise only what is sent changes, and names no longer wanted are
+// dropped when the set shrank.
+func (ts *typeState) hold(full bool, wanted, out []*Resource) {
 	if full {
-		ts.sent = make(map[string]string, len(wanted))
+		ts.held, ts.sent = wanted, nil
+		return
+	}
+	if len(ts.sent) == 0 {
+		ts.sent = make(map[string]string, len(out))
+	}
+	for _, r := range out {
+		ts.sent[r.Name] = r.Version
+	}
+	if len(ts.sent) > len(wanted) {
+		keep := make(map[string]struct{}, len(wanted))
 		for _, r := range wanted {
-			ts.sent[r.Name] = r.Version
+			keep[r.Name] = struct{}{}
 		}
-	} else {
-		for _, r := range out {
-			ts.sent[r.Name] = r.Version
-		}
-		if len(ts.sent) > len(wanted) {
-			keep := make(map[string]struct{}, len(wanted))
-			for _, r := range wanted {
-				keep[r.Name] = struct{}{}
-			}
-			for n := range ts.sent {
-				if _, ok := keep[n]; !ok {
-					delete(ts.sent, n)
-				}
+		for n := range ts.sent {
+			if _, ok := keep[n]; !ok {
+				delete(ts.sent, n)
 			}
 		}
 	}
+}
+
+// sentVersions returns what the client holds, name → version.
+func (ts *typeState) sentVersions() map[string]string {
+	if ts.held == nil {
+		return maps.Clone(ts.sent)
+	}
+	out := make(map[string]string, len(ts.held))
+	for _, r := range ts.held {
+		out[r.Name] = r.Version
+	}
+	return out
+}
+
+// sotwChangedLocked is sotwResponseLocked for a client subscribed by name to a type whose
+// responses may be partial (EDS, RDS), when nothing but the resources changed since its last
+// push: only the names idx says changed are looked at, and the version of the client's set is
+// kept up to date by XOR, so a change costs O(changed), not O(subscribed).
+func (st *stream) sotwChangedLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *wireResponse {
+	var out []*Resource
+	for _, n := range idx.changed {
+		if _, ok := ts.names[n]; !ok {
+			continue
+		}
+		if old, ok := ts.index.byName[n]; ok {
+			ts.setHash ^= old.hash
+		}
+		r, ok := idx.byName[n]
+		if !ok {
+			delete(ts.sent, n)
+			continue
+		}
+		ts.setHash ^= r.hash
+		if ts.sent[n] != r.Version {
+			out = append(out, r)
+			ts.sent[n] = r.Version
+		}
+	}
+	version := setVersion(ts.setHash)
+	if ts.sentOnce && version == ts.version {
+		return nil
+	}
+	return st.sotwSendLocked(typ, ts, version, out, false, now)
+}
+
+func (st *stream) sotwSendLocked(typ resourcev3.Type, ts *typeState, version string, out []*Resource, full bool, now time.Time) *wireResponse {
 	if !full && len(out) == 0 {
 		// Nothing new: a resource went away or was unsubscribed. SotW RDS and EDS have no way
 		// to say so; the client drops it when the listener or cluster using it goes.
@@ -339,18 +414,15 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 		return nil
 	}
 	nonce := st.nextNonceLocked()
-	resp := &discoveryv3.DiscoveryResponse{VersionInfo: version, TypeUrl: typ, Nonce: nonce, Resources: make([]*anypb.Any, len(out))}
-	inflight := make(map[string]string, len(out))
-	size := 0
-	for i, r := range out {
-		resp.Resources[i] = r.Any
-		inflight[r.Name] = r.Version
-		size += len(r.Any.Value)
-	}
+	resp := sotwWire(version, typ, nonce, out)
 	ts.version, ts.sentOnce = version, true
-	st.sentLocked(typ, ts, nonce, version, inflight, len(out), size, now)
+	st.sentLocked(typ, ts, nonce, version, out, nil, resp, now)
 	return resp
 }
+
+// setVersion is the version of a set of resources given the XOR of their hashes: it does not
+// depend on their order, so it can be kept up to date one resource at a time.
+func setVersion(h uint64) string { return fmt.Sprintf("%016x", h) }
 
 // onDeltaRequest applies an incremental request's subscription changes. The first request of
 // a type says which versions the client already has (after a reconnect), so that nothing it
@@ -371,7 +443,7 @@ func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 			} else {
 				ts.names[n] = struct{}{}
 			}
-			ts.dirty = true
+			ts.dirty, ts.sorted = true, nil
 		}
 		for _, n := range req.GetResourceNamesUnsubscribe() {
 			if n == "*" {
@@ -382,16 +454,58 @@ func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 					delete(ts.sent, n)
 				}
 			}
-			ts.dirty = true
+			ts.dirty, ts.sorted = true, nil
 		}
-		ts.sorted = nil
 	})
 }
 
-func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *discoveryv3.DeltaDiscoveryResponse {
+func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *wireResponse {
 	var out []*Resource
 	var removed []string
-	inflight := map[string]string{}
+	if ts.incremental(idx) {
+		// Only the names that changed since the last push can differ from what the client has.
+		for _, n := range idx.changed {
+			_, explicit := ts.names[n]
+			if !explicit && !ts.wildcard {
+				continue
+			}
+			if r, ok := idx.byName[n]; ok {
+				if ts.sent[n] != r.Version {
+					out = append(out, r)
+				}
+				continue
+			}
+			if v, told := ts.sent[n]; (explicit && !told) || (told && v != "") {
+				removed = append(removed, n)
+				if explicit {
+					ts.sent[n] = ""
+				} else {
+					delete(ts.sent, n)
+				}
+			}
+		}
+	} else {
+		out, removed = ts.deltaDiffLocked(idx)
+	}
+	if len(out) == 0 && len(removed) == 0 {
+		return nil
+	}
+	slices.Sort(removed)
+	nonce := st.nextNonceLocked()
+	resp := deltaWire(idx.version, typ, nonce, out, removed)
+	if len(ts.sent) == 0 {
+		ts.sent = make(map[string]string, len(out)+len(removed))
+	}
+	for _, r := range out {
+		ts.sent[r.Name] = r.Version
+	}
+	st.sentLocked(typ, ts, nonce, idx.version, out, removed, resp, now)
+	return resp
+}
+
+// deltaDiffLocked compares everything the client wants with what it was sent: what to send,
+// and what to tell it is gone (recorded as sent "").
+func (ts *typeState) deltaDiffLocked(idx *typeIndex) (out []*Resource, removed []string) {
 	if ts.wildcard {
 		for _, r := range idx.list {
 			if ts.sent[r.Name] != r.Version {
@@ -410,7 +524,6 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 			if v, told := ts.sent[n]; !told || v != "" {
 				removed = append(removed, n) // never existed, or gone: say so once
 				ts.sent[n] = ""
-				inflight[n] = ""
 			}
 		}
 	}
@@ -423,38 +536,23 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 			continue
 		}
 		removed = append(removed, n)
-		inflight[n] = ""
 		if explicit {
 			ts.sent[n] = ""
 		} else {
 			delete(ts.sent, n)
 		}
 	}
-	if len(out) == 0 && len(removed) == 0 {
-		return nil
-	}
-	slices.Sort(removed)
-	nonce := st.nextNonceLocked()
-	resp := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: idx.version, TypeUrl: typ, Nonce: nonce,
-		Resources: make([]*discoveryv3.Resource, len(out)), RemovedResources: removed}
-	size := 0
-	for i, r := range out {
-		resp.Resources[i] = r.delta
-		ts.sent[r.Name] = r.Version
-		inflight[r.Name] = r.Version
-		size += len(r.Any.Value)
-	}
-	st.sentLocked(typ, ts, nonce, idx.version, inflight, len(out), size, now)
-	return resp
+	return out, removed
 }
 
 // sentLocked marks a response as in flight and counts it.
-func (st *stream) sentLocked(typ resourcev3.Type, ts *typeState, nonce, version string, resources map[string]string, n, size int, now time.Time) {
-	ts.inflight, ts.inflightAt, ts.inflightVersion, ts.inflightRes = nonce, now, version, resources
+func (st *stream) sentLocked(typ resourcev3.Type, ts *typeState, nonce, version string, out []*Resource, removed []string, resp *wireResponse, now time.Time) {
+	ts.inflight, ts.inflightAt, ts.inflightVersion = nonce, now, version
+	ts.inflightOut, ts.inflightRemoved = out, removed
 	m := st.srv.metrics
 	m.responses.WithLabelValues(typ, st.flavour).Inc()
-	m.resSent.WithLabelValues(typ).Add(float64(n))
-	m.bytes.WithLabelValues(st.flavour).Add(float64(size))
+	m.resSent.WithLabelValues(typ).Add(float64(resp.n))
+	m.bytes.WithLabelValues(st.flavour).Add(float64(resp.size))
 }
 
 // status copies what the stream knows for the admin side.
@@ -464,7 +562,7 @@ func (st *stream) status() ClientStatus {
 	cs := ClientStatus{NodeID: st.nodeID, Node: st.node, Kind: st.kind, Flavour: st.flavour, Since: st.since,
 		Types: make(map[resourcev3.Type]TypeStatus, len(st.types)), Nacks: slices.Clone(st.nacks)}
 	for typ, ts := range st.types {
-		cs.Types[typ] = TypeStatus{Wildcard: ts.wildcard, Names: slices.Clone(ts.sortedNames()), Sent: maps.Clone(ts.sent),
+		cs.Types[typ] = TypeStatus{Wildcard: ts.wildcard, Names: slices.Clone(ts.sortedNames()), Sent: ts.sentVersions(),
 			AckedVersion: ts.ackedVersion, Nacked: ts.nacked, InFlight: ts.inflight != ""}
 	}
 	return cs

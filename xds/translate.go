@@ -85,6 +85,17 @@ func (t *Translator) translateService(s *resolver.Service) (*serviceResources, e
 				return nil, fmt.Errorf("service %s port %d: %w", s.Key, p.Port, err)
 			}
 		}
+		// gRPC clients get the cluster, assignment, listener and route configuration too.
+		for _, check := range []func() error{
+			func() error { return checkGRPCCluster(cluster) },
+			func() error { return checkGRPCAssignment(cla) },
+			func() error { return checkGRPCListener(listener) },
+			func() error { return checkGRPCRoutes(grpcRoute) },
+		} {
+			if err := check(); err != nil {
+				return nil, fmt.Errorf("service %s port %d: not usable by gRPC clients: %w", s.Key, p.Port, err)
+			}
+		}
 		out.ports = append(out.ports, portResources{
 			port:         p.Port,
 			cluster:      newResource(cluster),

@@ -152,6 +152,22 @@ func (r run) do() (result, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
+	cpuProfile := func(what string) error {
+		dir := os.Getenv("XDSBENCH_CPU_PROFILE_DIR")
+		if dir == "" {
+			return nil
+		}
+		arg := "stop"
+		if what != "stop" {
+			arg = fmt.Sprintf("%s/%s-%s-%d-%d-%s.pprof", dir, r.impl, r.flavour, r.clients, r.services, what)
+		}
+		fmt.Fprintf(stdin, "cpuprofile %s\n", arg)
+		_, err := out.ReadString('\n')
+		return err
+	}
+	if err := cpuProfile("init"); err != nil {
+		return res, err
+	}
 	cpu0, t0 := procCPU(pid), time.Now()
 	clients := make([]*client, r.clients)
 	for i := range clients {
@@ -173,6 +189,12 @@ func (r run) do() (result, error) {
 		}
 	}
 	res.initWall, res.initCPU = time.Since(t0), procCPU(pid)-cpu0
+	if err := cpuProfile("stop"); err != nil {
+		return res, err
+	}
+	if err := cpuProfile("change"); err != nil {
+		return res, err
+	}
 
 	var bytes0 int64
 	for _, c := range clients {
@@ -207,6 +229,9 @@ func (r run) do() (result, error) {
 		took = append(took, last.Sub(tc))
 	}
 	res.changeCPU = (procCPU(pid) - cpu1) / time.Duration(max(1, r.changes))
+	if err := cpuProfile("stop"); err != nil {
+		return res, err
+	}
 	var bytes1 int64
 	for _, c := range clients {
 		bytes1 += c.bytes.Load()

@@ -159,6 +159,18 @@ func serve(impl string, services, per int) error {
 			}
 			_ = pf.Close()
 			fmt.Println("ok")
+		case len(f) == 2 && f[0] == "cpuprofile" && f[1] == "stop":
+			pprof.StopCPUProfile()
+			fmt.Println("ok")
+		case len(f) == 2 && f[0] == "cpuprofile":
+			pf, err := os.Create(f[1])
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(pf); err != nil {
+				return err
+			}
+			fmt.Println("ok")
 		case len(f) == 1 && f[0] == "stats":
 			runtime.GC()
 			runtime.GC() // the second empties sync.Pool's victim cache (gRPC's buffer pools)

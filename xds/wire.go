@@ -1,0 +1,125 @@
+package xds
+
+import (
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	// The proto codec must be registered before codec() looks it up.
+	_ "google.golang.org/grpc/encoding/proto"
+)
+
+// Field numbers of the discovery messages Holdfast writes itself (envoy/service/discovery/v3
+// discovery.proto and google/protobuf/any.proto).
+const (
+	fieldAnyTypeURL = 1
+	fieldAnyValue   = 2
+
+	fieldResourceVersion = 1
+	fieldResourceBody    = 2
+	fieldResourceName    = 3
+
+	fieldResponseVersion   = 1 // DiscoveryResponse.version_info, DeltaDiscoveryResponse.system_version_info
+	fieldResponseResources = 2
+	fieldResponseTypeURL   = 4
+	fieldResponseNonce     = 5
+	fieldDeltaRemoved      = 6
+)
+
+// frame serialises a resource once in the two shapes responses carry it in: wire is the
+// resource as one entry of a DeltaDiscoveryResponse's resources (an envoy.service.discovery.v3
+// Resource), and wire[sotwAt:] is the same bytes' tail, the resource as one entry of a
+// DiscoveryResponse's resources (an Any): both messages number that field 2, and so does
+// Resource for its Any. value is copied in at the end, so wire[valueAt:] is the Any's value.
+func frame(name, version, typeURL string, value []byte) (wire []byte, sotwAt, valueAt int) {
+	anyLen := 1 + protowire.SizeBytes(len(typeURL)) + 1 + protowire.SizeBytes(len(value))
+	sotwLen := 1 + protowire.SizeBytes(anyLen)
+	bodyLen := 1 + protowire.SizeBytes(len(name)) + 1 + protowire.SizeBytes(len(version)) + sotwLen
+	b := make([]byte, 0, 1+protowire.SizeBytes(bodyLen))
+	b = protowire.AppendTag(b, fieldResponseResources, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(bodyLen)) //nolint:gosec // a sum of lengths: not negative
+	b = protowire.AppendTag(b, fieldResourceName, protowire.BytesType)
+	b = protowire.AppendString(b, name)
+	b = protowire.AppendTag(b, fieldResourceVersion, protowire.BytesType)
+	b = protowire.AppendString(b, version)
+	sotwAt = len(b)
+	b = protowire.AppendTag(b, fieldResourceBody, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(anyLen)) //nolint:gosec // a sum of lengths: not negative
+	b = protowire.AppendTag(b, fieldAnyTypeURL, protowire.BytesType)
+	b = protowire.AppendString(b, typeURL)
+	b = protowire.AppendTag(b, fieldAnyValue, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(len(value)))
+	valueAt = len(b)
+	b = append(b, value...)
+	return b, sotwAt, valueAt
+}
+
+// wireResponse is a discovery response assembled from bytes serialised once: a small head
+// (versions, type, nonce, removed names) written for this response, then each resource's
+// shared bytes. Sending it costs no serialisation and no copy beyond gRPC's framing.
+type wireResponse struct {
+	parts mem.BufferSlice
+	n     int // resources
+	size  int // resource bytes
+}
+
+func (w *wireResponse) head(version, typ, nonce string, removed []string) {
+	n := 3 + protowire.SizeBytes(len(version)) + protowire.SizeBytes(len(typ)) + protowire.SizeBytes(len(nonce))
+	for _, r := range removed {
+		n += 1 + protowire.SizeBytes(len(r))
+	}
+	b := make([]byte, 0, n)
+	b = protowire.AppendTag(b, fieldResponseVersion, protowire.BytesType)
+	b = protowire.AppendString(b, version)
+	b = protowire.AppendTag(b, fieldResponseTypeURL, protowire.BytesType)
+	b = protowire.AppendString(b, typ)
+	b = protowire.AppendTag(b, fieldResponseNonce, protowire.BytesType)
+	b = protowire.AppendString(b, nonce)
+	for _, r := range removed {
+		b = protowire.AppendTag(b, fieldDeltaRemoved, protowire.BytesType)
+		b = protowire.AppendString(b, r)
+	}
+	w.parts[0] = mem.SliceBuffer(b)
+}
+
+// sotwWire is a DiscoveryResponse carrying res.
+func sotwWire(version, typ, nonce string, res []*Resource) *wireResponse {
+	w := &wireResponse{parts: make(mem.BufferSlice, 1+len(res)), n: len(res)}
+	w.head(version, typ, nonce, nil)
+	for i, r := range res {
+		w.parts[1+i] = mem.SliceBuffer(r.wire[r.sotwAt:])
+		w.size += len(r.Any.Value)
+	}
+	return w
+}
+
+// deltaWire is a DeltaDiscoveryResponse carrying res and removing removed.
+func deltaWire(systemVersion, typ, nonce string, res []*Resource, removed []string) *wireResponse {
+	w := &wireResponse{parts: make(mem.BufferSlice, 1+len(res)), n: len(res)}
+	w.head(systemVersion, typ, nonce, removed)
+	for i, r := range res {
+		w.parts[1+i] = mem.SliceBuffer(r.wire)
+		w.size += len(r.Any.Value)
+	}
+	return w
+}
+
+// wireCodec is gRPC's proto codec, except that a *wireResponse is sent as the bytes it holds.
+// It is set on Holdfast's own gRPC server only (grpc.ForceServerCodecV2), never registered
+// process-wide.
+type wireCodec struct{ proto encoding.CodecV2 }
+
+func newWireCodec() wireCodec { return wireCodec{proto: encoding.GetCodecV2("proto")} }
+
+func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if w, ok := v.(*wireResponse); ok {
+		// gRPC frees what Marshal returns; SliceBuffers free nothing, and the resource bytes
+		// stay shared.
+		return w.parts, nil
+	}
+	return c.proto.Marshal(v)
+}
+
+func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+
+func (wireCodec) Name() string { return "proto" }

@@ -1,0 +1,261 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/fleet"
+	"github.com/holdfast/holdfast/resolver"
+)
+
+// wireResources builds resources with names and bodies of assorted lengths (varint lengths of
+// one, two and three bytes).
+func wireResources(t *testing.T) []*Resource {
+	t.Helper()
+	var out []*Resource
+	for _, n := range []int{0, 1, 127, 128, 300, 20000} {
+		a, _ := twoServices()
+		a = withEndpoints(a)
+		for i := range n / 20 {
+			a.Ports[0].Endpoints = append(a.Ports[0].Endpoints, resolver.Endpoint{Address: fmt.Sprintf("10.1.%d.%d", i/250, i%250+1), Port: 8080, Ready: true, Serving: true})
+		}
+		a.Name = fmt.Sprintf("s%d-%0*d", n, n%150, 0) // names of assorted lengths too
+		set := assembleSets(t, testView(a))[KindEnvoy]
+		out = append(out, set[resourcev3.EndpointType]...)
+		out = append(out, set[resourcev3.ClusterType]...)
+	}
+	return out
+}
+
+func TestWireResponsesMatchProto(t *testing.T) {
+	res := wireResources(t)
+	var anys []*anypb.Any
+	var wrapped []*discoveryv3.Resource
+	for _, r := range res {
+		a, err := anypb.New(r.Msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(a, r.Any) {
+			t.Fatalf("%s: Any differs from anypb.New", r.Name)
+		}
+		anys = append(anys, a)
+		wrapped = append(wrapped, &discoveryv3.Resource{Name: r.Name, Version: r.Version, Resource: a})
+	}
+	codec := newWireCodec()
+	decode := func(w *wireResponse, into proto.Message) {
+		t.Helper()
+		b, err := codec.Marshal(w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proto.Unmarshal(b.Materialize(), into); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var sotw discoveryv3.DiscoveryResponse
+	decode(sotwWire("v1", resourcev3.EndpointType, "n1", res), &sotw)
+	want := &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resourcev3.EndpointType, Nonce: "n1", Resources: anys}
+	if !proto.Equal(&sotw, want) {
+		t.Errorf("SotW response decodes to %v", &sotw)
+	}
+	var delta discoveryv3.DeltaDiscoveryResponse
+	decode(deltaWire("sys", resourcev3.ClusterType, "n2", res, []string{"gone-1", "gone-2"}), &delta)
+	wantDelta := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: "sys", TypeUrl: resourcev3.ClusterType, Nonce: "n2",
+		Resources: wrapped, RemovedResources: []string{"gone-1", "gone-2"}}
+	if !proto.Equal(&delta, wantDelta) {
+		t.Errorf("Delta response decodes to %v", &delta)
+	}
+	// The codec still handles ordinary messages.
+	b, err := codec.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var round discoveryv3.DiscoveryResponse
+	if err := codec.Unmarshal(b, &round); err != nil || !proto.Equal(&round, want) {
+		t.Errorf("proto round trip: %v", err)
+	}
+}
+
+// envoyLike is an ADS client for tests that applies what it is sent: wildcard CDS, EDS for
+// the names it is told to want. It ACKs everything.
+type envoyLike struct {
+	delta bool
+	have  map[string]string // EDS name → version
+}
+
+// TestStreamsConvergeUnderRandomChanges publishes random sequences of changes, some settled
+// before the next (so streams take the O(changed) path) and some in bursts (so they fall back
+// to a full comparison), and checks after each settled step that SotW and Delta clients hold
+// exactly the current assignments they subscribed to, and that the SotW version kept up to
+// date change by change equals the one computed from scratch.
+func TestStreamsConvergeUnderRandomChanges(t *testing.T) {
+	srv, conn, publish := testServer(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	services := fleet.New(40, 3)
+	gen := uint64(1)
+	view := func() cache.View {
+		gen++
+		return cache.View{Services: maps.Clone(services), Synced: true, Generation: gen}
+	}
+	publish(view())
+	name := func(i int) string { return testTranslator.Naming.Resource(fleet.Key(i), 80) }
+	// Both clients want services 0..29 (30..39 are never subscribed; some are deleted and
+	// re-created along the way).
+	var wanted []string
+	for i := range 30 {
+		wanted = append(wanted, name(i))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	node := &corev3.Node{Id: "e", UserAgentName: "envoy"}
+	sotw, delta := &envoyLike{have: map[string]string{}}, &envoyLike{delta: true, have: map[string]string{}}
+	sst, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := ads.DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sst.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType, ResourceNames: wanted}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: wanted}); err != nil {
+		t.Fatal(err)
+	}
+	sin, din := responses(sst.Recv), responses(dst.Recv)
+	// apply takes one response (or waits up to 50 ms for one), applies it and ACKs it.
+	apply := func() {
+		{
+			select {
+			case r, ok := <-sin:
+				if !ok {
+					t.Fatal("SotW stream ended")
+				}
+				for _, a := range r.Resources {
+					m, err := a.UnmarshalNew()
+					if err != nil {
+						t.Fatal(err)
+					}
+					sotw.have[nameOf(m)] = fmt.Sprintf("%016x", fnv64(a.Value))
+				}
+				if err := sst.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: wanted, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce}); err != nil {
+					t.Fatal(err)
+				}
+			case r, ok := <-din:
+				if !ok {
+					t.Fatal("Delta stream ended")
+				}
+				for _, res := range r.Resources {
+					delta.have[res.Name] = res.Version
+				}
+				for _, n := range r.RemovedResources {
+					delete(delta.have, n)
+				}
+				if err := dst.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r.Nonce}); err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	// converged says what differs between the clients and the current snapshot, "" if nothing.
+	converged := func() string {
+		snap := srv.snapshot(KindEnvoy)
+		want := map[string]string{}
+		var set uint64
+		for _, n := range wanted {
+			if r, ok := snap.Get(resourcev3.EndpointType, n); ok {
+				want[n] = r.Version
+				set ^= r.hash
+			}
+		}
+		if !maps.Equal(delta.have, want) {
+			return fmt.Sprintf("Delta client holds %v, want %v", delta.have, want)
+		}
+		// SotW EDS cannot remove: the client keeps assignments of deleted services until
+		// their clusters go. Everything that exists must be current.
+		for n, v := range want {
+			if sotw.have[n] != v {
+				return fmt.Sprintf("SotW client holds %s at %q, want %q", n, sotw.have[n], v)
+			}
+		}
+		// The version the server keeps for the SotW client's set, change by change, is the one
+		// computed from scratch. (The client itself is not told of a removal alone: SotW EDS
+		// has no way to say it, so its version_info can lag.)
+		srv.mu.Lock()
+		var got string
+		for _, st := range srv.streams {
+			if st.flavour == flavourSotW {
+				st.mu.Lock()
+				got = st.types[resourcev3.EndpointType].version
+				st.mu.Unlock()
+			}
+		}
+		srv.mu.Unlock()
+		if got != setVersion(set) {
+			return fmt.Sprintf("SotW version %s, want %s (computed from scratch)", got, setVersion(set))
+		}
+		return ""
+	}
+	check := func(step int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			diff := converged()
+			if diff == "" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("step %d: not converged after 5s: %s", step, diff)
+			}
+			apply()
+		}
+	}
+	check(0)
+	for step := 1; step <= 60; step++ {
+		burst := 1
+		if step%4 == 0 {
+			burst = 3 // published back to back: streams are mid-response and skip an index
+		}
+		for range burst {
+			for range 1 + rng.IntN(3) {
+				i := rng.IntN(40)
+				k := fleet.Key(i)
+				switch s, ok := services[k]; {
+				case !ok:
+					services[k] = fleet.New(i+1, 2)[k]
+				case rng.IntN(5) == 0:
+					delete(services, k)
+				default:
+					eps := slices.Clone(s.Ports[0].Endpoints)
+					eps[0].Port = 8000 + rng.Int32N(1000)
+					services[k] = withEndpointList(s, eps)
+				}
+			}
+			publish(view())
+		}
+		check(step)
+	}
+}
+
+func withEndpointList(s *resolver.Service, eps []resolver.Endpoint) *resolver.Service {
+	out := *s
+	out.Ports = slices.Clone(s.Ports)
+	out.Ports[0].Endpoints = eps
+	return &out
+}
