@@ -11,7 +11,17 @@ E2E_TIMEOUT ?= 15m
 # exceeded" in Go 1.26 (golang/go#75804, fixed in 1.27). A count has no deadline to race.
 FUZZTIME ?= 4000x
 
-.PHONY: all build kube test unit e2e fuzz bench lint demo bootstraps clean
+PROTOC_VERSION := 3.21.12
+PROTOC_DEB_VERSION := $(PROTOC_VERSION)-3
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+TOOLS := $(HOLDFAST_CACHE_DIR)/tools
+PROTOC_GEN_GO := $(TOOLS)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION)/protoc-gen-go
+PROTOC_GEN_GO_GRPC := $(TOOLS)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)/protoc-gen-go-grpc
+GRPCURL_VERSION := v1.9.4
+export GRPCURL := $(TOOLS)/grpcurl-$(GRPCURL_VERSION)/grpcurl
+
+.PHONY: all build kube test unit e2e fuzz bench lint demo bootstraps clean generate protoc tools
 
 all: build
 
@@ -25,7 +35,7 @@ kube:
 unit:
 	go test -race -count=1 ./resolver/... ./cache/... ./xds/... ./cmd/...
 
-e2e: kube
+e2e: kube tools
 	go test -count=1 -timeout $(E2E_TIMEOUT) ./e2e/...
 
 # A short fuzz run of the input-eating code rides along with every test run.
@@ -42,6 +52,36 @@ bench: build kube
 	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./xds/
 	go run ./e2e/cmd/xdsbench
 	cd e2e && go test -run '^$$' -bench EndToEndPropagation -benchtime 100x -count 1 .
+
+# The admin API's generated code is checked in; `make generate` rebuilds it with pinned tools:
+# protoc from Debian (protobuf-compiler and libprotobuf-dev $(PROTOC_DEB_VERSION)), the Go
+# plugins from the Go module proxy.
+generate: protoc $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+	protoc -I xds/admin -I /usr/include \
+		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) \
+		--go_out=xds/admin --go_opt=paths=source_relative \
+		--go-grpc_out=xds/admin --go-grpc_opt=paths=source_relative \
+		xds/admin/admin.proto
+
+protoc:
+	@if [[ "$$(protoc --version 2>/dev/null)" != "libprotoc $(PROTOC_VERSION)" ]] || [[ ! -f /usr/include/google/protobuf/timestamp.proto ]]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			protobuf-compiler=$(PROTOC_DEB_VERSION) libprotobuf-dev=$(PROTOC_DEB_VERSION); fi
+
+$(PROTOC_GEN_GO):
+	GOBIN=$(dir $@) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(PROTOC_GEN_GO_GRPC):
+	GOBIN=$(dir $@) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+# Tools the tests run: grpcurl (admin API through reflection), promtool (alert rules, from
+# Debian's prometheus package).
+tools: $(GRPCURL)
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus; }
+
+$(GRPCURL):
+	GOBIN=$(dir $@) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 $(GOLANGCI_LINT):
 	GOBIN=$(dir $@) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -199,7 +199,7 @@ func (s *Store) Restore() error {
 	age := time.Since(writtenAt)
 	s.metrics.restored.Set(1)
 	s.metrics.restoredAge.Set(age.Seconds())
-	s.log.Warn("serving state restored from disk until the API server is synced",
+	s.log.Warn("serving state restored from disk until the API server is synced", "decision", "state_restored", "subject", s.path(),
 		"services", len(services), "written", writtenAt, "age", age.Round(time.Second), "load_time", time.Since(start))
 	s.obs.OnView(v)
 	return nil
@@ -207,7 +207,7 @@ func (s *Store) Restore() error {
 
 func (s *Store) loadFailed(le *LoadError) error {
 	s.metrics.loadErrors.WithLabelValues(le.Reason).Inc()
-	s.log.Error("state file ignored: starting empty, serving once synced", "path", s.path(), "reason", le.Reason, "err", le.Err)
+	s.log.Error("state file ignored: starting empty, serving once synced", "decision", "state_file_ignored", "subject", s.path(), "reason", le.Reason, "err", le.Err)
 	return le
 }
 
@@ -244,7 +244,7 @@ func (s *Store) OnResolution(r resolver.Resolution) {
 		s.hold = &Hold{ID: s.holds, Since: now}
 		s.metrics.holds.Inc()
 		s.metrics.held.Set(1)
-		s.log.Warn("mass withdrawal held: clients keep the last good state", "hold", s.hold.ID, "reason", v.Reason,
+		s.log.Warn("mass withdrawal held: clients keep the last good state", "decision", "guard_hold", "subject", fmt.Sprint("hold ", s.hold.ID), "hold", s.hold.ID, "reason", v.Reason,
 			"withdrawn", v.Withdrawn, "fleet", v.Fleet, "services", v.Services, "hold_period", s.opts.Guard.HoldPeriod)
 	}
 	s.hold.Verdict, s.hold.change = v, r
@@ -286,24 +286,24 @@ func (s *Store) applyLocked(r resolver.Resolution, now time.Time, how string) {
 	}
 	s.mu.Unlock()
 	if len(refused) > 0 {
-		s.log.Error("services refused: a capacity limit is reached; what is served stays untouched",
+		s.log.Error("services refused: a capacity limit is reached; what is served stays untouched", "decision", "capacity_refused",
 			"refused", refused, "services", len(admitted), "max_services", s.capacity.limits.MaxServices,
 			"endpoints", endpoints, "max_endpoints", s.capacity.limits.MaxEndpoints)
 	}
 	for _, kind := range crossed {
-		s.log.Warn("capacity above 80%", "kind", kind, "services", len(admitted), "endpoints", endpoints,
+		s.log.Warn("capacity above 80%", "decision", "capacity_warning", "subject", kind, "kind", kind, "services", len(admitted), "endpoints", endpoints,
 			"max_services", s.capacity.limits.MaxServices, "max_endpoints", s.capacity.limits.MaxEndpoints)
 	}
 	if hold != nil {
 		s.metrics.held.Set(0)
 		s.metrics.heldWithdrawn.Set(0)
 		s.metrics.releases.WithLabelValues(how).Inc()
-		s.log.Warn("held change applied", "hold", hold.ID, "how", how, "held_for", now.Sub(hold.Since).Round(time.Second),
+		s.log.Warn("held change applied", "decision", "guard_release", "subject", fmt.Sprint("hold ", hold.ID), "hold", hold.ID, "how", how, "held_for", now.Sub(hold.Since).Round(time.Second),
 			"withdrawn", hold.Verdict.Withdrawn, "services", hold.Verdict.Services)
 	}
 	if wasRestored && r.Synced {
 		s.metrics.restored.Set(0)
-		s.log.Info("synced with the API server: restored state replaced", "services", len(r.Services))
+		s.log.Info("synced with the API server: restored state replaced", "decision", "restored_state_replaced", "services", len(r.Services))
 	}
 	s.obs.OnView(v)
 	select {
@@ -437,7 +437,7 @@ func (s *Store) flush() bool {
 	}
 	if err != nil {
 		s.metrics.writeErrors.Inc()
-		s.log.Error("state file not written; the previous one stays", "path", s.path(), "err", err)
+		s.log.Error("state file not written; the previous one stays", "decision", "state_write_failed", "subject", s.path(), "err", err)
 		return false
 	}
 	s.mu.Lock()

@@ -40,7 +40,7 @@ func (l *rejectionLog) report(rs []Rejection) {
 			continue
 		}
 		l.counter.WithLabelValues(r.Reason).Inc()
-		l.log.Warn("object rejected", "kind", r.Kind, "namespace", r.Namespace, "name", r.Name,
+		l.log.Warn("object rejected", "decision", "object_rejected", "subject", r.Namespace+"/"+r.Name, "kind", r.Kind, "namespace", r.Namespace, "name", r.Name,
 			"resource_version", r.ResourceVersion, "reason", r.Reason, "detail", r.Detail)
 	}
 }

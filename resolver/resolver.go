@@ -487,10 +487,10 @@ func (r *Resolver) setDegraded(k Key, reason string) {
 	switch {
 	case reason == "" && was:
 		delete(r.degraded, k)
-		r.log.Info("service no longer degraded", "service", k)
+		r.log.Info("service no longer degraded", "decision", "service_restored", "subject", k.String())
 	case reason != "" && reason != prev:
 		r.degraded[k] = reason
-		r.log.Warn("service degraded: keeping its last good state", "service", k, "reason", reason)
+		r.log.Warn("service degraded: keeping its last good state", "decision", "service_degraded", "subject", k.String(), "reason", reason)
 	}
 	r.metrics.degraded.Set(float64(len(r.degraded)))
 }

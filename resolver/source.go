@@ -37,7 +37,11 @@ type SourceStatus struct {
 	Reason      string      `json:"reason,omitempty"`
 	LastEvent   time.Time   `json:"last_event"`
 	LastProbeOK time.Time   `json:"last_probe_ok"`
-	Restarts    int         `json:"restarts"`
+	// LastBookmark is the last watch bookmark: the API server's sign of life on an idle watch.
+	LastBookmark time.Time `json:"last_bookmark,omitzero"`
+	// LastProbeError is the last probe's error, "" when it succeeded.
+	LastProbeError string `json:"last_probe_error,omitempty"`
+	Restarts       int    `json:"restarts"`
 	// LastUnhealthy is when the source last went stale or re-listed after a restart.
 	LastUnhealthy time.Time `json:"last_unhealthy,omitzero"`
 	// SyncedOnce: this source has completed at least one full list.
@@ -136,18 +140,24 @@ func (s *source) setState(st SourceState, reason string) {
 	}
 	s.r.metrics.stale.WithLabelValues(s.name).Set(stale)
 	s.r.healthChanged()
-	log := s.r.log.With("source", s.name, "from", prev, "to", st, "reason", reason)
-	if st == Stale {
-		log.Warn("source is stale; serving the last known routes")
-	} else {
-		log.Info("source state changed")
+	log := s.r.log.With("subject", s.name, "from", prev, "to", st, "reason", reason)
+	switch {
+	case st == Stale:
+		log.Warn("source is stale; serving the last known routes", "decision", "source_stale")
+	case prev == Stale:
+		log.Info("source recovered", "decision", "source_recovered")
+	default:
+		log.Info("source state changed", "decision", "source_"+string(st))
 	}
 }
 
-func (s *source) noteEvent() {
+func (s *source) noteEvent(typ watch.EventType) {
 	now := time.Now()
 	s.mu.Lock()
 	s.status.LastEvent = now
+	if typ == watch.Bookmark {
+		s.status.LastBookmark = now
+	}
 	s.mu.Unlock()
 }
 
@@ -162,7 +172,7 @@ func (s *source) run(ctx context.Context) {
 		go func() {
 			if cache.WaitForCacheSync(gctx.Done(), gen.servicesInf.HasSynced, gen.slices.HasSynced) {
 				gen.synced.Store(true)
-				s.noteEvent()
+				s.noteEvent(watch.Added) // a completed list is a sign of life
 				s.setState(Live, "synced")
 				s.r.resync(s)
 			}
@@ -183,7 +193,7 @@ func (s *source) run(ctx context.Context) {
 			backoff = s.r.opts.RestartBackoff // the last generation was healthy for a while
 		}
 		wait := backoff/2 + rand.N(backoff/2+1) //nolint:gosec // jitter spreads restarts of many replicas; not a secret
-		s.r.log.Info("restarting watches", "source", s.name, "reason", reason, "after", wait.Round(time.Millisecond))
+		s.r.log.Info("restarting watches", "decision", "source_restart", "subject", s.name, "reason", reason, "after", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return
@@ -261,7 +271,7 @@ func (s *source) observe(w watch.Interface) watch.Interface {
 	go func() {
 		defer close(out)
 		for ev := range w.ResultChan() {
-			s.noteEvent()
+			s.noteEvent(ev.Type)
 			out <- ev
 		}
 	}()
@@ -288,6 +298,9 @@ func (s *source) probe(ctx context.Context) {
 	st := s.Status()
 	if err != nil {
 		s.r.metrics.probeFailures.WithLabelValues(s.name).Inc()
+		s.mu.Lock()
+		s.status.LastProbeError = err.Error()
+		s.mu.Unlock()
 		if st.State != Stale {
 			s.setState(Stale, fmt.Sprintf("probe failed: %v", err))
 		}
@@ -295,7 +308,7 @@ func (s *source) probe(ctx context.Context) {
 	}
 	now := time.Now()
 	s.mu.Lock()
-	s.status.LastProbeOK = now
+	s.status.LastProbeOK, s.status.LastProbeError = now, ""
 	s.mu.Unlock()
 	switch {
 	case st.State == Stale:

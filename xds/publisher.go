@@ -154,7 +154,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		}
 		start := time.Now()
 		if err := p.publish(ctx, *v); err != nil {
-			p.log.Error("snapshot not published; clients keep the previous one", "generation", v.Generation, "err", err)
+			p.log.Error("snapshot not published; clients keep the previous one", "decision", "snapshot_rejected", "generation", v.Generation, "err", err)
 			continue
 		}
 		p.metrics.publishSeconds.Observe(time.Since(start).Seconds())
@@ -283,7 +283,7 @@ func (p *Publisher) update(v cache.View) {
 		if err != nil {
 			p.metrics.invalid.Inc()
 			_, kept := p.built[k]
-			p.log.Warn("service translation rejected: keeping its previous resources", "service", k, "kept_previous", kept, "err", err)
+			p.log.Warn("service translation rejected: keeping its previous resources", "decision", "service_invalid", "subject", k.String(), "kept_previous", kept, "err", err)
 			invalid[k] = invalidState{src: s, why: err.Error()}
 			continue
 		}

@@ -152,6 +152,9 @@ func (s *Server) SetSnapshots(snaps Snapshots) {
 	}
 }
 
+// Snapshot returns what clients of a kind are served now (nil before the first publish).
+func (s *Server) Snapshot(kind ClientKind) *Snapshot { return s.snapshot(kind) }
+
 func (s *Server) snapshot(kind ClientKind) *Snapshot {
 	p := s.snaps.Load()
 	if p == nil {
@@ -193,7 +196,7 @@ func (s *Server) open(flavour string) (*stream, error) {
 	defer s.mu.Unlock()
 	if len(s.streams) >= s.opts.MaxClients {
 		s.metrics.refused.Inc()
-		s.log.Warn("ADS stream refused: client limit reached", "max_clients", s.opts.MaxClients)
+		s.log.Warn("ADS stream refused: client limit reached", "decision", "client_refused", "max_clients", s.opts.MaxClients)
 		return nil, status.Errorf(codes.ResourceExhausted, "holdfast serves at most %d clients (--max-clients)", s.opts.MaxClients)
 	}
 	s.nextID++
@@ -346,6 +349,8 @@ type TypeStatus struct {
 	AckedVersion string
 	Nacked       *NackRecord
 	InFlight     bool // a response awaits the client's ACK or NACK
+	// InFlightResources are that response's resources, name → version ("" = removal).
+	InFlightResources map[string]string
 }
 
 // Clients returns the status of every connected client, in connection order.

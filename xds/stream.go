@@ -154,7 +154,7 @@ func (st *stream) settleLocked(typ resourcev3.Type, ts *typeState, detail *statu
 			st.nacks = slices.Delete(st.nacks, 0, len(st.nacks)-st.srv.opts.NackHistory)
 		}
 		st.srv.metrics.nacks.WithLabelValues(typ).Inc()
-		st.srv.log.Warn("client rejected a response; it will not be sent that version again", "node", st.nodeID,
+		st.srv.log.Warn("client rejected a response; it will not be sent that version again", "decision", "client_nack", "subject", st.nodeID,
 			"type", typ, "version", ts.inflightVersion, "nonce", ts.inflight, "resources", len(res), "detail", detail.GetMessage())
 	} else {
 		ts.ackedVersion, ts.nacked = ts.inflightVersion, nil
@@ -562,8 +562,18 @@ func (st *stream) status() ClientStatus {
 	cs := ClientStatus{NodeID: st.nodeID, Node: st.node, Kind: st.kind, Flavour: st.flavour, Since: st.since,
 		Types: make(map[resourcev3.Type]TypeStatus, len(st.types)), Nacks: slices.Clone(st.nacks)}
 	for typ, ts := range st.types {
-		cs.Types[typ] = TypeStatus{Wildcard: ts.wildcard, Names: slices.Clone(ts.sortedNames()), Sent: ts.sentVersions(),
+		t := TypeStatus{Wildcard: ts.wildcard, Names: slices.Clone(ts.sortedNames()), Sent: ts.sentVersions(),
 			AckedVersion: ts.ackedVersion, Nacked: ts.nacked, InFlight: ts.inflight != ""}
+		if t.InFlight {
+			t.InFlightResources = make(map[string]string, len(ts.inflightOut)+len(ts.inflightRemoved))
+			for _, r := range ts.inflightOut {
+				t.InFlightResources[r.Name] = r.Version
+			}
+			for _, n := range ts.inflightRemoved {
+				t.InFlightResources[n] = ""
+			}
+		}
+		cs.Types[typ] = t
 	}
 	return cs
 }
@@ -582,7 +592,7 @@ func (st *stream) checkSlow(now time.Time) error {
 
 func (st *stream) slowLocked(typ resourcev3.Type, why string) error {
 	st.srv.metrics.slow.Inc()
-	st.srv.log.Warn("client too slow: disconnecting it (it reconnects and gets the current state)", "node", st.nodeID,
+	st.srv.log.Warn("client too slow: disconnecting it (it reconnects and gets the current state)", "decision", "client_slow", "subject", st.nodeID,
 		"kind", st.kind, "flavour", st.flavour, "type", typ, "why", why, "stream", st.id)
 	return grpcstatus.Errorf(codes.Unavailable, "holdfast: client too slow (%s): reconnect", why)
 }

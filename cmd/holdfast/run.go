@@ -11,10 +11,13 @@ import (
 	"os"
 	"time"
 
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/reflection"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -23,10 +26,17 @@ import (
 	"github.com/holdfast/holdfast/cache"
 	"github.com/holdfast/holdfast/resolver"
 	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/admin"
 )
+
+// decisionLogSize is how many decisions the admin API's decision log keeps.
+const decisionLogSize = 1000
 
 // run wires resolver → cache → xds and serves until ctx is done.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	// Every decision logged by any part is also kept for the admin API's decision log.
+	decisions := admin.NewDecisions(decisionLogSize)
+	log = slog.New(decisions.Handler(log.Handler()))
 	klog.SetSlogLogger(log.With("component", "client-go"))
 	restCfg, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
@@ -89,8 +99,19 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		_ = xdsLis.Close()
 		return fmt.Errorf("--http-listen: %w", err)
 	}
+	adminLis, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		_ = xdsLis.Close()
+		_ = httpLis.Close()
+		return fmt.Errorf("--admin-listen: %w", err)
+	}
+	adminSrv := grpc.NewServer()
+	admin.RegisterAdminServer(adminSrv, admin.NewServer(admin.Options{Services: store, Sources: res, Clients: srv,
+		Naming: xds.Naming{Domain: cfg.ClusterDomain}, Decisions: decisions, Logger: log}))
+	statusv3.RegisterClientStatusDiscoveryServiceServer(adminSrv, admin.NewCSDS(srv))
+	reflection.Register(adminSrv)
 	httpSrv := &http.Server{Handler: httpHandler(reg, readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)), ReadHeaderTimeout: 5 * time.Second}
-	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
+	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(),
 		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -100,6 +121,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return store.Run(gctx) })
 	g.Go(func() error { return res.Run(gctx) })
 	g.Go(func() error { return srv.GRPC.Serve(xdsLis) })
+	g.Go(func() error { return adminSrv.Serve(adminLis) })
 	g.Go(func() error {
 		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -112,6 +134,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 		defer cancel()
 		srv.Stop(sctx)
+		adminSrv.Stop()
 		return httpSrv.Shutdown(sctx)
 	})
 	return g.Wait()

@@ -14,8 +14,9 @@ import (
 
 // Binaries are the programs built from this checkout.
 type Binaries struct {
-	Holdfast string
-	Backend  string
+	Holdfast    string
+	Holdfastctl string
+	Backend     string
 }
 
 // ModuleRoot is the directory holding Holdfast's go.mod.
@@ -27,16 +28,16 @@ func ModuleRoot() (string, error) {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..")), nil
 }
 
-// Build compiles holdfast and the test backend into dir.
+// Build compiles holdfast, holdfastctl and the test backend into dir.
 func Build(dir string) (Binaries, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return Binaries{}, err
 	}
-	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/holdfast", "./e2e/cmd/backend")
+	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/holdfast", "./cmd/holdfastctl", "./e2e/cmd/backend")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Binaries{}, fmt.Errorf("harness: go build: %w\n%s", err, out)
 	}
-	return Binaries{Holdfast: filepath.Join(dir, "holdfast"), Backend: filepath.Join(dir, "backend")}, nil
+	return Binaries{Holdfast: filepath.Join(dir, "holdfast"), Holdfastctl: filepath.Join(dir, "holdfastctl"), Backend: filepath.Join(dir, "backend")}, nil
 }

@@ -21,12 +21,13 @@ import (
 // Holdfast is a running holdfast process.
 type Holdfast struct {
 	// set by StartHoldfast, read-only
-	XDSAddr  string
-	HTTPAddr string
-	LogPath  string
-	cmd      *exec.Cmd
-	done     chan struct{}
-	exitErr  error // valid after done is closed
+	XDSAddr   string
+	HTTPAddr  string
+	AdminAddr string
+	LogPath   string
+	cmd       *exec.Cmd
+	done      chan struct{}
+	exitErr   error // valid after done is closed
 }
 
 // StartHoldfast runs bin with the given kubeconfig and extra flags, on free loopback ports, and
@@ -45,21 +46,22 @@ func StartHoldfast(ctx context.Context, bin, logDir, kubeconfig string, extra ..
 
 // RunHoldfast starts Holdfast like StartHoldfast but does not wait for anything.
 func RunHoldfast(bin, logDir, kubeconfig string, extra ...string) (*Holdfast, error) {
-	ports, err := testproc.FreePorts(2)
+	ports, err := testproc.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
 	h := &Holdfast{
-		XDSAddr:  "127.0.0.1:" + strconv.Itoa(ports[0]),
-		HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
-		done:     make(chan struct{}),
+		XDSAddr:   "127.0.0.1:" + strconv.Itoa(ports[0]),
+		HTTPAddr:  "127.0.0.1:" + strconv.Itoa(ports[1]),
+		AdminAddr: "127.0.0.1:" + strconv.Itoa(ports[2]),
+		done:      make(chan struct{}),
 	}
 	logf, err := os.CreateTemp(logDir, "holdfast-*.log")
 	if err != nil {
 		return nil, err
 	}
 	h.LogPath = logf.Name()
-	args := append([]string{"--kubeconfig", kubeconfig, "--xds-listen", h.XDSAddr, "--http-listen", h.HTTPAddr}, extra...)
+	args := append([]string{"--kubeconfig", kubeconfig, "--xds-listen", h.XDSAddr, "--http-listen", h.HTTPAddr, "--admin-listen", h.AdminAddr}, extra...)
 	h.cmd = exec.Command(bin, args...)
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

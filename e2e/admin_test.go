@@ -1,0 +1,386 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/adsclient"
+	"github.com/holdfast/holdfast/e2e/faultproxy"
+	"github.com/holdfast/holdfast/e2e/harness"
+	"github.com/holdfast/holdfast/xds/admin"
+)
+
+// adminScene is a Holdfast (behind a fault proxy) with everything an operator must be able to
+// see at once: a change held by the guard, a degraded service, a NACKing client, a grpc-go
+// client, and — last — a stale source.
+type adminScene struct {
+	ns      string
+	h       *harness.Holdfast
+	proxy   *faultproxy.Proxy
+	admin   admin.AdminClient
+	csds    statusv3.ClientStatusDiscoveryServiceClient
+	echo    string // the echo service's resource name
+	picky   *adsclient.Client
+	grpcApp string // the grpc-go client's node ID
+}
+
+func newAdminScene(t *testing.T) *adminScene {
+	ns := newNamespace(t)
+	b := startBackends(t, grpcPort.target, "b1", "b2", "flaky")
+	createService(t, ns, "echo", grpcPort)
+	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true})
+	createService(t, ns, "flaky", grpcPort)
+	writeSlice(t, ns, "flaky-a", "flaky", grpcPort, endpoint{b["flaky"], true})
+	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
+	ctx := testContext(t)
+	// 10 services × 5 endpoints nobody dials: the fleet the guard protects.
+	for i := range 10 {
+		svc := fmt.Sprintf("s%d", i)
+		createService(t, ns, svc, grpcPort)
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-a", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
+		}
+		for j := range 5 {
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.246.%d.%d", i, j+1)},
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+		}
+		if _, err := api.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, h := holdfastBehindProxy(t, ns, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",
+		"--guard-hold-period", "10m")
+	conn, err := grpc.NewClient(h.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	sc := &adminScene{ns: ns, h: h, proxy: p, admin: admin.NewAdminClient(conn), csds: statusv3.NewClientStatusDiscoveryServiceClient(conn),
+		echo: target(ns, "echo", grpcPort.port), grpcApp: "test-" + t.Name()}
+
+	// A grpc-go client that takes everything, and an Envoy-like one that rejects echo's
+	// assignment once it has two endpoints.
+	app := dial(t, h, sc.echo)
+	if err := app.WaitForBackends(ctx, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	sc.picky, err = adsclient.Dial(h.XDSAddr, adsclient.Options{NodeID: "picky", Delta: true, Reject: rejectTwoEndpoints(sc.echo)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sc.picky.Close() })
+	if err := sc.picky.WaitFor(ctx, func(s adsclient.State) bool { return len(addresses(s, sc.echo)) == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true}, endpoint{b["b2"], true})
+	if err := app.WaitForBackends(ctx, "b1", "b2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := eventually(ctx, func() bool { return sc.picky.Stats().NACKs[resourcev3.EndpointType] >= 1 }); err != nil {
+		t.Fatal("the picky client never rejected echo's assignment")
+	}
+	// flaky's only slice loses its port: nothing usable, so it keeps its last good state.
+	if _, err := api.Update(ctx, func() *discoveryv1.EndpointSlice {
+		s, err := api.Get(ctx, "flaky-a", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Ports[0].Port = nil
+		return s
+	}(), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(ctx, t, h, "holdfast_services_degraded", func(v float64) bool { return v == 1 })
+	// 8 of the 10 guarded services lose every endpoint at once: held.
+	for i := range 8 {
+		if err := api.Delete(ctx, fmt.Sprintf("s%d-a", i), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMetric(ctx, t, h, "holdfast_guard_held", func(v float64) bool { return v == 1 })
+	// Last, the API server stops answering: the source goes stale.
+	p.SetMode(faultproxy.Stall)
+	t.Cleanup(func() { p.SetMode(faultproxy.Pass) })
+	waitStale(ctx, t, h, ns, 1)
+	return sc
+}
+
+func TestAdminAPI(t *testing.T) {
+	sc := newAdminScene(t)
+	ctx := testContext(t)
+
+	t.Run("ListServices", func(t *testing.T) {
+		r, err := sc.admin.ListServices(ctx, &admin.ListServicesRequest{Namespace: sc.ns})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]*admin.ServiceSummary{}
+		for _, s := range r.GetServices() {
+			got[s.GetName()] = s
+		}
+		if len(got) != 12 {
+			t.Errorf("%d services listed, want 12", len(got))
+		}
+		for name, want := range map[string]struct{ state, reason string }{
+			"flaky": {"degraded", "no usable"},
+			"s0":    {"held", "hold"},
+			"echo":  {"stale", "stale"},
+		} {
+			s := got[name]
+			if s.GetState() != want.state || !strings.Contains(strings.ToLower(s.GetReason()), want.reason) {
+				t.Errorf("%s: state %q reason %q, want %s (reason with %q)", name, s.GetState(), s.GetReason(), want.state, want.reason)
+			}
+		}
+		if s := got["s0"]; s.GetHoldId() == "" || s.GetEndpoints() != 5 {
+			t.Errorf("held s0 = %v: want its hold ID and its 5 endpoints still served", s)
+		}
+		if s := got["echo"]; s.GetEndpoints() != 2 || s.GetReadyEndpoints() != 2 || s.GetAge() == nil {
+			t.Errorf("echo = %v", s)
+		}
+	})
+
+	t.Run("GetService", func(t *testing.T) {
+		r, err := sc.admin.GetService(ctx, &admin.GetServiceRequest{Namespace: sc.ns, Name: "echo"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eps int
+		for _, p := range r.GetPorts() {
+			for _, z := range p.GetZones() {
+				for _, e := range z.GetEndpoints() {
+					if e.GetHealth() == "HEALTHY" && e.GetReady() {
+						eps++
+					}
+				}
+			}
+		}
+		kinds := map[string]int{}
+		for _, res := range r.GetResources() {
+			if res.GetVersion() == "" {
+				t.Errorf("resource without a version: %v", res)
+			}
+			kinds[res.GetClientKind()]++
+		}
+		if eps != 2 || kinds["grpc"] != 4 || kinds["envoy"] != 4 || r.GetServiceResourceVersion() == "" || len(r.GetSlices()) != 1 || r.GetObservedAt() == nil {
+			t.Errorf("echo in full = %v", r)
+		}
+		if _, err := sc.admin.GetService(ctx, &admin.GetServiceRequest{Namespace: sc.ns, Name: "nope"}); err == nil || !strings.Contains(err.Error(), "no service") {
+			t.Errorf("unknown service: %v", err)
+		}
+	})
+
+	t.Run("ListClients and GetClient", func(t *testing.T) {
+		r, err := sc.admin.ListClients(ctx, &admin.ListClientsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		byNode := map[string]*admin.ClientSummary{}
+		for _, c := range r.GetClients() {
+			byNode[c.GetNodeId()] = c
+		}
+		picky, app := byNode["picky"], byNode[sc.grpcApp]
+		if picky.GetKind() != "envoy" || picky.GetFlavour() != "delta" || picky.GetNacks() < 1 ||
+			app.GetKind() != "grpc" || app.GetFlavour() != "sotw" || len(app.GetTypes()) != 4 {
+			t.Fatalf("clients = %v", r)
+		}
+		var nacked *admin.Nack
+		for _, ty := range picky.GetTypes() {
+			if ty.GetType() == resourcev3.EndpointType {
+				nacked = ty.GetNacked()
+			}
+		}
+		if !strings.Contains(nacked.GetDetail(), "refusing an assignment with two endpoints") || nacked.GetResources()[sc.echo] == "" {
+			t.Errorf("picky's EDS NACK = %v", nacked)
+		}
+		d, err := sc.admin.GetClient(ctx, &admin.GetClientRequest{NodeId: "picky"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		status := ""
+		for _, ty := range d.GetSummary().GetTypes() {
+			for _, res := range ty.GetResources() {
+				if ty.GetType() == resourcev3.EndpointType && res.GetName() == sc.echo {
+					status = res.GetStatus()
+				}
+			}
+		}
+		if status != "NACKED" || len(d.GetNacks()) == 0 {
+			t.Errorf("picky's echo assignment status %q, NACKs %v", status, d.GetNacks())
+		}
+	})
+
+	t.Run("ListSources", func(t *testing.T) {
+		r, err := sc.admin.ListSources(ctx, &admin.ListSourcesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.GetSources()) != 1 {
+			t.Fatalf("sources = %v", r)
+		}
+		s := r.GetSources()[0]
+		if s.GetName() != sc.ns || s.GetState() != "stale" || s.GetReason() == "" || s.GetStaleSince() == nil || s.GetLastEvent() == nil || s.GetLastProbeError() == "" {
+			t.Errorf("source = %v", s)
+		}
+	})
+
+	t.Run("DecisionLog", func(t *testing.T) {
+		r, err := sc.admin.DecisionLog(ctx, &admin.DecisionLogRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]*admin.Decision{}
+		for i, d := range r.GetDecisions() {
+			if i > 0 && d.GetAt().AsTime().After(r.GetDecisions()[i-1].GetAt().AsTime()) {
+				t.Errorf("not newest first at %d", i)
+			}
+			if _, ok := seen[d.GetKind()]; !ok {
+				seen[d.GetKind()] = d
+			}
+		}
+		for kind, subject := range map[string]string{"guard_hold": "hold 1", "service_degraded": sc.ns + "/flaky", "client_nack": "picky", "source_stale": sc.ns} {
+			if d := seen[kind]; d.GetSubject() != subject || d.GetMessage() == "" {
+				t.Errorf("decision %s = %v, want subject %q", kind, d, subject)
+			}
+		}
+		only, err := sc.admin.DecisionLog(ctx, &admin.DecisionLogRequest{Kind: "client_nack", Limit: 1})
+		if err != nil || len(only.GetDecisions()) != 1 || only.GetDecisions()[0].GetKind() != "client_nack" {
+			t.Errorf("filtered log = %v, %v", only, err)
+		}
+	})
+
+	t.Run("CSDS", func(t *testing.T) {
+		r, err := sc.csds.FetchClientStatus(ctx, &statusv3.ClientStatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]map[string]*statusv3.ClientConfig_GenericXdsConfig{} // node → type+name → config
+		for _, cfg := range r.GetConfig() {
+			m := map[string]*statusv3.ClientConfig_GenericXdsConfig{}
+			for _, g := range cfg.GetGenericXdsConfigs() {
+				m[g.GetTypeUrl()+" "+g.GetName()] = g
+			}
+			got[cfg.GetNode().GetId()] = m
+		}
+		eds := resourcev3.EndpointType + " " + sc.echo
+		if g := got["picky"][eds]; g.GetClientStatus() != adminv3.ClientResourceStatus_NACKED || g.GetConfigStatus() != statusv3.ConfigStatus_ERROR ||
+			!strings.Contains(g.GetErrorState().GetDetails(), "two endpoints") {
+			t.Errorf("picky's echo assignment in CSDS = %v", g)
+		}
+		for _, typ := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
+			if g := got[sc.grpcApp][typ+" "+sc.echo]; g.GetClientStatus() != adminv3.ClientResourceStatus_ACKED || g.GetXdsConfig() == nil {
+				t.Errorf("grpc-go client's %s in CSDS = %v", typ, g)
+			}
+		}
+	})
+
+	t.Run("holdfastctl", func(t *testing.T) {
+		ctl := func(args ...string) (string, error) {
+			out, err := exec.CommandContext(ctx, env.bins.Holdfastctl, append([]string{"--addr", sc.h.AdminAddr}, args...)...).CombinedOutput()
+			return string(out), err
+		}
+		out, err := ctl("services", sc.ns)
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		for _, want := range []string{"NAMESPACE", "flaky", "degraded", "held", "stale"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("services table lacks %q:\n%s", want, out)
+			}
+		}
+		out, err = ctl("-o", "json", "clients")
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		var clients struct {
+			Clients []struct {
+				NodeID string `json:"nodeId"`
+				Kind   string `json:"kind"`
+				Nacks  int    `json:"nacks"`
+			} `json:"clients"`
+		}
+		api, err := sc.admin.ListClients(ctx, &admin.ListClientsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(out), &clients); err != nil || len(clients.Clients) != len(api.GetClients()) {
+			t.Fatalf("clients JSON (%v) does not match the API's %d clients:\n%s", err, len(api.GetClients()), out)
+		}
+		for i, c := range clients.Clients {
+			if c.NodeID != api.GetClients()[i].GetNodeId() || c.Kind != api.GetClients()[i].GetKind() || c.Nacks != int(api.GetClients()[i].GetNacks()) {
+				t.Errorf("client %d: JSON %+v, API %v", i, c, api.GetClients()[i])
+			}
+		}
+		for _, args := range [][]string{{"-o", "yaml", "sources"}, {"holds"}, {"log", "5"}, {"csds", "picky"}, {"client", "picky"}, {"service", sc.ns + "/echo"}} {
+			if out, err := ctl(args...); err != nil || len(strings.TrimSpace(out)) == 0 {
+				t.Errorf("holdfastctl %v: %v\n%s", args, err, out)
+			}
+		}
+		if out, _ := ctl("-o", "yaml", "sources"); !strings.Contains(out, "state: stale") {
+			t.Errorf("sources YAML:\n%s", out)
+		}
+		// Unreachable: a clear error and exit 1.
+		cmd := exec.CommandContext(ctx, env.bins.Holdfastctl, "--addr", "127.0.0.1:1", "--timeout", "2s", "services")
+		out2, err := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out2), "not reachable at 127.0.0.1:1") {
+			t.Errorf("holdfastctl against nothing: exit %d (%v): %s", code, err, out2)
+		}
+	})
+
+	t.Run("grpcurl", func(t *testing.T) {
+		grpcurl := os.Getenv("GRPCURL")
+		if grpcurl == "" {
+			t.Fatal("GRPCURL is not set: run the tests through make (make tools installs grpcurl)")
+		}
+		out, err := exec.CommandContext(ctx, grpcurl, "-plaintext", sc.h.AdminAddr, "list").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "holdfast.admin.v1.Admin") || !strings.Contains(string(out), "envoy.service.status.v3.ClientStatusDiscoveryService") {
+			t.Fatalf("grpcurl list: %v\n%s", err, out)
+		}
+		out, err = exec.CommandContext(ctx, grpcurl, "-plaintext", "-d", `{"kind":"guard_hold"}`, sc.h.AdminAddr, "holdfast.admin.v1.Admin/DecisionLog").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), `"subject": "hold 1"`) {
+			t.Errorf("grpcurl DecisionLog: %v\n%s", err, out)
+		}
+	})
+
+	// Last: releasing the hold applies it, and says so.
+	t.Run("ReleaseHold", func(t *testing.T) {
+		holds, err := sc.admin.ListHolds(ctx, &admin.ListHoldsRequest{})
+		if err != nil || len(holds.GetHolds()) != 1 {
+			t.Fatalf("holds = %v, %v", holds, err)
+		}
+		h := holds.GetHolds()[0]
+		if h.GetWithdrawn() != 40 || len(h.GetServices()) != 8 || h.GetReason() == "" {
+			t.Errorf("hold = %v", h)
+		}
+		if _, err := sc.admin.ReleaseHold(ctx, &admin.ReleaseHoldRequest{Id: "99"}); err == nil {
+			t.Error("released a hold that does not exist")
+		}
+		if _, err := sc.admin.ReleaseHold(ctx, &admin.ReleaseHoldRequest{Id: h.GetId()}); err != nil {
+			t.Fatal(err)
+		}
+		if after, err := sc.admin.ListHolds(ctx, &admin.ListHoldsRequest{}); err != nil || len(after.GetHolds()) != 0 {
+			t.Errorf("after release: %v, %v", after, err)
+		}
+		log, err := sc.admin.DecisionLog(ctx, &admin.DecisionLogRequest{Kind: "operator_release"})
+		if err != nil || len(log.GetDecisions()) != 1 {
+			t.Errorf("no operator_release decision: %v, %v", log, err)
+		}
+		if s, err := sc.admin.GetService(ctx, &admin.GetServiceRequest{Namespace: sc.ns, Name: "s0"}); err != nil || s.GetSummary().GetEndpoints() != 0 {
+			t.Errorf("s0 after the release: %v, %v", s, err)
+		}
+	})
+}

@@ -1,0 +1,303 @@
+// Package admin is Holdfast's operator API: the admin gRPC service (admin.proto, generated
+// code beside it), CSDS, and the decision log both are fed from.
+package admin
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/resolver"
+	"github.com/holdfast/holdfast/xds"
+)
+
+// Services is what the admin API needs of the store.
+type Services interface {
+	Services() []cache.ServiceStatus
+	Service(resolver.Key) (cache.ServiceStatus, bool)
+	Held() *cache.Hold
+	Release(id int) error
+}
+
+// Sources is what the admin API needs of the resolver.
+type Sources interface {
+	Sources() []resolver.SourceStatus
+}
+
+// Clients is what the admin API and CSDS need of the xDS server.
+type Clients interface {
+	Clients() []xds.ClientStatus
+	Snapshot(xds.ClientKind) *xds.Snapshot
+}
+
+// Options configure a Server.
+type Options struct {
+	Services  Services
+	Sources   Sources
+	Clients   Clients
+	Naming    xds.Naming
+	Decisions *Decisions
+	Logger    *slog.Logger
+}
+
+// Server implements the Admin service.
+type Server struct {
+	UnimplementedAdminServer
+	o   Options
+	log *slog.Logger
+}
+
+// NewServer returns an Admin server over o's parts.
+func NewServer(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Decisions == nil {
+		o.Decisions = NewDecisions(1)
+	}
+	return &Server{o: o, log: o.Logger.With("component", "admin")}
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func summary(st cache.ServiceStatus, now time.Time) *ServiceSummary {
+	out := &ServiceSummary{Namespace: st.Key.Namespace, Name: st.Key.Name, State: string(st.State), Reason: st.Reason}
+	if st.HoldID != 0 {
+		out.HoldId = strconv.Itoa(st.HoldID)
+	}
+	if s := st.Service; s != nil {
+		for _, p := range s.Ports {
+			out.Ports = append(out.Ports, p.Port)
+			for _, e := range p.Endpoints {
+				out.Endpoints++
+				if e.Ready {
+					out.ReadyEndpoints++
+				}
+			}
+		}
+		if !s.Origin.ObservedAt.IsZero() {
+			out.Age = durationpb.New(now.Sub(s.Origin.ObservedAt).Round(time.Second))
+		}
+	}
+	return out
+}
+
+// ListServices lists every service served or refused.
+func (s *Server) ListServices(_ context.Context, req *ListServicesRequest) (*ListServicesResponse, error) {
+	now := time.Now()
+	out := &ListServicesResponse{}
+	for _, st := range s.o.Services.Services() {
+		if req.GetNamespace() != "" && st.Key.Namespace != req.GetNamespace() {
+			continue
+		}
+		out.Services = append(out.Services, summary(st, now))
+	}
+	return out, nil
+}
+
+// GetService returns one service in full.
+func (s *Server) GetService(_ context.Context, req *GetServiceRequest) (*ServiceDetail, error) {
+	k := resolver.Key{Namespace: req.GetNamespace(), Name: req.GetName()}
+	if k.Namespace == "" {
+		if ns, name, ok := strings.Cut(k.Name, "/"); ok {
+			k = resolver.Key{Namespace: ns, Name: name}
+		}
+	}
+	st, ok := s.o.Services.Service(k)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "no service %s", k)
+	}
+	out := &ServiceDetail{Summary: summary(st, time.Now())}
+	svc := st.Service
+	if svc == nil {
+		return out, nil
+	}
+	out.Headless = svc.Headless
+	out.ServiceResourceVersion = svc.Origin.ServiceVersion
+	out.ObservedAt = ts(svc.Origin.ObservedAt)
+	for _, o := range svc.Origin.Slices {
+		out.Slices = append(out.Slices, &ObjectVersion{Name: o.Name, ResourceVersion: o.ResourceVersion})
+	}
+	for _, p := range svc.Ports {
+		port := &Port{Name: p.Name, Port: p.Port, AppProtocol: p.AppProtocol}
+		zones := map[string]*Zone{}
+		for _, e := range p.Endpoints {
+			z := zones[e.Zone]
+			if z == nil {
+				z = &Zone{Zone: e.Zone}
+				zones[e.Zone] = z
+			}
+			z.Endpoints = append(z.Endpoints, &Endpoint{Address: e.Address, Port: e.Port, Ready: e.Ready, Serving: e.Serving,
+				Terminating: e.Terminating, Node: e.NodeName, Hostname: e.Hostname, Health: health(e.Health())})
+		}
+		for _, name := range slices.Sorted(maps.Keys(zones)) {
+			port.Zones = append(port.Zones, zones[name])
+		}
+		out.Ports = append(out.Ports, port)
+		out.Resources = append(out.Resources, s.served(k, p.Port)...)
+	}
+	return out, nil
+}
+
+func health(h resolver.Health) string {
+	switch h {
+	case resolver.Healthy:
+		return "HEALTHY"
+	case resolver.Draining:
+		return "DRAINING"
+	default:
+		return "UNUSABLE"
+	}
+}
+
+// served lists the resources clients of each kind are served for one service port.
+func (s *Server) served(k resolver.Key, port int32) []*ServedResource {
+	var out []*ServedResource
+	name := s.o.Naming.Resource(k, port)
+	for _, kind := range []xds.ClientKind{xds.KindGRPC, xds.KindEnvoy} {
+		snap := s.o.Clients.Snapshot(kind)
+		wanted := map[resourcev3.Type]string{resourcev3.ClusterType: name, resourcev3.EndpointType: name,
+			resourcev3.ListenerType: name, resourcev3.RouteType: name}
+		if kind == xds.KindEnvoy {
+			wanted[resourcev3.ListenerType] = xds.Outbound(port)
+			wanted[resourcev3.RouteType] = xds.Outbound(port)
+		}
+		for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+			if r, ok := snap.Get(typ, wanted[typ]); ok {
+				out = append(out, &ServedResource{ClientKind: string(kind), Type: typ, Name: r.Name, Version: r.Version})
+			}
+		}
+	}
+	return out
+}
+
+func nack(n *xds.NackRecord) *Nack {
+	if n == nil {
+		return nil
+	}
+	return &Nack{At: ts(n.At), Type: n.Type, Version: n.Version, Nonce: n.Nonce, Detail: n.Detail, Resources: maps.Clone(n.Resources)}
+}
+
+var typeOrder = []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+func (s *Server) client(c xds.ClientStatus, detail bool) *ClientSummary {
+	out := &ClientSummary{NodeId: c.NodeID, Kind: string(c.Kind), Flavour: c.Flavour, Zone: c.Node.GetLocality().GetZone(),
+		Region: c.Node.GetLocality().GetRegion(), UserAgent: c.Node.GetUserAgentName(), ConnectedAt: ts(c.Since), Nacks: int32(len(c.Nacks))} //nolint:gosec // at most NackHistory
+	snap := s.o.Clients.Snapshot(c.Kind)
+	for _, typ := range typeOrder {
+		t, ok := c.Types[typ]
+		if !ok {
+			continue
+		}
+		tsOut := &TypeStatus{Type: typ, Wildcard: t.Wildcard, Subscribed: int32(len(t.Names)), Sent: int32(len(t.Sent)), //nolint:gosec // counts of resources
+			AckedVersion: t.AckedVersion, InFlight: t.InFlight, Nacked: nack(t.Nacked)}
+		if detail {
+			for _, r := range t.Resources(snap, typ) {
+				tsOut.Resources = append(tsOut.Resources, &ResourceStatus{Name: r.Name, Version: r.Version, Status: string(r.State)})
+			}
+		}
+		out.Types = append(out.Types, tsOut)
+	}
+	return out
+}
+
+// ListClients lists every connected client.
+func (s *Server) ListClients(context.Context, *ListClientsRequest) (*ListClientsResponse, error) {
+	out := &ListClientsResponse{}
+	for _, c := range s.o.Clients.Clients() {
+		if c.NodeID == "" {
+			continue // not identified yet
+		}
+		out.Clients = append(out.Clients, s.client(c, false))
+	}
+	return out, nil
+}
+
+// GetClient returns one client in full. A node ID may have more than one stream (a client
+// reconnecting before its old stream is gone); the newest is shown.
+func (s *Server) GetClient(_ context.Context, req *GetClientRequest) (*ClientDetail, error) {
+	var found *xds.ClientStatus
+	for _, c := range s.o.Clients.Clients() {
+		if c.NodeID == req.GetNodeId() {
+			found = &c
+		}
+	}
+	if found == nil {
+		return nil, status.Errorf(codes.NotFound, "no connected client with node ID %q", req.GetNodeId())
+	}
+	out := &ClientDetail{Summary: s.client(*found, true)}
+	for i := len(found.Nacks) - 1; i >= 0; i-- {
+		out.Nacks = append(out.Nacks, nack(&found.Nacks[i]))
+	}
+	return out, nil
+}
+
+// ListSources lists the health of every watch.
+func (s *Server) ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error) {
+	out := &ListSourcesResponse{}
+	for _, src := range s.o.Sources.Sources() {
+		o := &Source{Name: src.Name, State: string(src.State), Reason: src.Reason, Since: ts(src.Since), LastEvent: ts(src.LastEvent),
+			LastBookmark: ts(src.LastBookmark), LastProbeOk: ts(src.LastProbeOK), LastProbeError: src.LastProbeError, Restarts: int32(src.Restarts)} //nolint:gosec // restarts of one process
+		if src.State == resolver.Stale {
+			o.StaleSince = ts(src.Since)
+		}
+		out.Sources = append(out.Sources, o)
+	}
+	return out, nil
+}
+
+func hold(h *cache.Hold) *Hold {
+	return &Hold{Id: strconv.Itoa(h.ID), Since: ts(h.Since), Reason: h.Verdict.Reason, Withdrawn: int32(h.Verdict.Withdrawn), //nolint:gosec // endpoint counts are capped by --max-endpoints
+		Fleet: int32(h.Verdict.Fleet), Services: slices.Clone(h.Verdict.Services)} //nolint:gosec // as above
+}
+
+// ListHolds lists the changes the guard holds.
+func (s *Server) ListHolds(context.Context, *ListHoldsRequest) (*ListHoldsResponse, error) {
+	out := &ListHoldsResponse{}
+	if h := s.o.Services.Held(); h != nil {
+		out.Holds = append(out.Holds, hold(h))
+	}
+	return out, nil
+}
+
+// ReleaseHold applies a held change now.
+func (s *Server) ReleaseHold(_ context.Context, req *ReleaseHoldRequest) (*ReleaseHoldResponse, error) {
+	id, err := strconv.Atoi(req.GetId())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "hold ID %q is not a number", req.GetId())
+	}
+	h := s.o.Services.Held()
+	if h == nil || h.ID != id {
+		return nil, status.Errorf(codes.NotFound, "no hold %d", id)
+	}
+	if err := s.o.Services.Release(id); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+	}
+	s.log.Warn("hold released by an operator", "decision", "operator_release", "subject", "hold "+req.GetId(), "withdrawn", h.Verdict.Withdrawn)
+	return &ReleaseHoldResponse{Released: hold(h)}, nil
+}
+
+// DecisionLog returns the latest decisions, newest first.
+func (s *Server) DecisionLog(_ context.Context, req *DecisionLogRequest) (*DecisionLogResponse, error) {
+	out := &DecisionLogResponse{}
+	for _, d := range s.o.Decisions.Latest(int(req.GetLimit()), req.GetKind()) {
+		out.Decisions = append(out.Decisions, &Decision{At: ts(d.At), Kind: d.Kind, Subject: d.Subject, Message: d.Message, Attrs: d.Attrs})
+	}
+	return out, nil
+}
