@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -16,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/holdfast/holdfast/e2e/adsclient"
 	"github.com/holdfast/holdfast/e2e/faultproxy"
@@ -353,6 +356,54 @@ func TestAdminAPI(t *testing.T) {
 		out, err = exec.CommandContext(ctx, grpcurl, "-plaintext", "-d", `{"kind":"guard_hold"}`, sc.h.AdminAddr, "holdfast.admin.v1.Admin/DecisionLog").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), `"subject": "hold 1"`) {
 			t.Errorf("grpcurl DecisionLog: %v\n%s", err, out)
+		}
+	})
+
+	// The shipped alert rules load and pass their own unit tests in Prometheus' promtool, and
+	// every Holdfast metric they use is one this Holdfast exports.
+	t.Run("alert rules", func(t *testing.T) {
+		root, err := harness.ModuleRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(root, "deploy", "prometheus")
+		for _, args := range [][]string{{"check", "rules", "holdfast-alerts.yaml"}, {"test", "rules", "holdfast-alerts.test.yaml"}} {
+			cmd := exec.CommandContext(ctx, "promtool", args...)
+			cmd.Dir = dir
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("promtool %v: %v\n%s", args, err, out)
+			}
+		}
+		rules, err := os.ReadFile(filepath.Join(dir, "holdfast-alerts.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, metrics, err := sc.h.Get(ctx, "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var file struct {
+			Groups []struct {
+				Rules []struct{ Expr string }
+			}
+		}
+		if err := yaml.Unmarshal(rules, &file); err != nil {
+			t.Fatal(err)
+		}
+		var exprs strings.Builder
+		for _, g := range file.Groups {
+			for _, r := range g.Rules {
+				exprs.WriteString(r.Expr + "\n")
+			}
+		}
+		names := regexp.MustCompile(`holdfast_[a-z_]+`).FindAllString(exprs.String(), -1)
+		if len(names) < 8 {
+			t.Fatalf("only %d metric names found in the rules", len(names))
+		}
+		for _, n := range names {
+			if !strings.Contains(metrics, "# TYPE "+n+" ") {
+				t.Errorf("the rules use %s, which Holdfast does not export", n)
+			}
 		}
 	})
 

@@ -92,6 +92,7 @@ type serverMetrics struct {
 	nacks, responses, resSent *prometheus.CounterVec
 	bytes                     *prometheus.CounterVec
 	ackSeconds                prometheus.Histogram
+	lastAck                   prometheus.Gauge
 }
 
 // NewServer builds the ADS server. It serves nothing until the first SetSnapshots.
@@ -122,10 +123,12 @@ func NewServer(opts ServerOptions) (*Server, error) {
 			ackSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 				Name: "holdfast_xds_ack_seconds", Help: "Time from sending a response to the client's ACK or NACK.",
 				Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+			lastAck: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_xds_last_ack_timestamp_seconds", Help: "When a client last accepted a response (Unix time); compare with holdfast_xds_last_publish_timestamp_seconds."}),
 		},
 	}
 	m := s.metrics
-	for _, c := range []prometheus.Collector{m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds} {
+	for _, c := range []prometheus.Collector{m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck} {
 		if err := opts.Registry.Register(c); err != nil {
 			return nil, fmt.Errorf("xds: register metrics: %w", err)
 		}

@@ -158,6 +158,7 @@ func (st *stream) settleLocked(typ resourcev3.Type, ts *typeState, detail *statu
 			"type", typ, "version", ts.inflightVersion, "nonce", ts.inflight, "resources", len(res), "detail", detail.GetMessage())
 	} else {
 		ts.ackedVersion, ts.nacked = ts.inflightVersion, nil
+		st.srv.metrics.lastAck.SetToCurrentTime()
 	}
 	ts.inflight, ts.inflightOut, ts.inflightRemoved = "", nil, nil
 }
