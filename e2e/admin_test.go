@@ -66,8 +66,10 @@ func newAdminScene(t *testing.T) *adminScene {
 			t.Fatal(err)
 		}
 	}
+	// A longer debounce gathers the 8 deletions below into one change, so that none of them is
+	// applied alone before the guard sees the whole withdrawal.
 	p, h := holdfastBehindProxy(t, ns, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",
-		"--guard-hold-period", "10m")
+		"--guard-hold-period", "10m", "--debounce", "1s", "--debounce-max", "3s")
 	conn, err := grpc.NewClient(h.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +122,12 @@ func newAdminScene(t *testing.T) *adminScene {
 	p.SetMode(faultproxy.Stall)
 	t.Cleanup(func() { p.SetMode(faultproxy.Pass) })
 	waitStale(ctx, t, h, ns, 1)
+	if err := eventually(ctx, func() bool {
+		r, err := sc.admin.GetService(ctx, &admin.GetServiceRequest{Namespace: ns, Name: "echo"})
+		return err == nil && r.GetSummary().GetState() == "stale"
+	}); err != nil {
+		t.Fatal("echo never reported stale")
+	}
 	return sc
 }
 
@@ -141,8 +149,10 @@ func TestAdminAPI(t *testing.T) {
 		}
 		for name, want := range map[string]struct{ state, reason string }{
 			"flaky": {"degraded", "no usable"},
-			"s0":    {"held", "hold"},
+			"s0":    {"held", "hold 1"},
+			"s7":    {"held", "hold 1"},
 			"echo":  {"stale", "stale"},
+			"s9":    {"stale", "stale"},
 		} {
 			s := got[name]
 			if s.GetState() != want.state || !strings.Contains(strings.ToLower(s.GetReason()), want.reason) {
@@ -266,84 +276,6 @@ func TestAdminAPI(t *testing.T) {
 		}
 	})
 
-	t.Run("CSDS", func(t *testing.T) {
-		r, err := sc.csds.FetchClientStatus(ctx, &statusv3.ClientStatusRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[string]map[string]*statusv3.ClientConfig_GenericXdsConfig{} // node → type+name → config
-		for _, cfg := range r.GetConfig() {
-			m := map[string]*statusv3.ClientConfig_GenericXdsConfig{}
-			for _, g := range cfg.GetGenericXdsConfigs() {
-				m[g.GetTypeUrl()+" "+g.GetName()] = g
-			}
-			got[cfg.GetNode().GetId()] = m
-		}
-		eds := resourcev3.EndpointType + " " + sc.echo
-		if g := got["picky"][eds]; g.GetClientStatus() != adminv3.ClientResourceStatus_NACKED || g.GetConfigStatus() != statusv3.ConfigStatus_ERROR ||
-			!strings.Contains(g.GetErrorState().GetDetails(), "two endpoints") {
-			t.Errorf("picky's echo assignment in CSDS = %v", g)
-		}
-		for _, typ := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
-			if g := got[sc.grpcApp][typ+" "+sc.echo]; g.GetClientStatus() != adminv3.ClientResourceStatus_ACKED || g.GetXdsConfig() == nil {
-				t.Errorf("grpc-go client's %s in CSDS = %v", typ, g)
-			}
-		}
-	})
-
-	t.Run("holdfastctl", func(t *testing.T) {
-		ctl := func(args ...string) (string, error) {
-			out, err := exec.CommandContext(ctx, env.bins.Holdfastctl, append([]string{"--addr", sc.h.AdminAddr}, args...)...).CombinedOutput()
-			return string(out), err
-		}
-		out, err := ctl("services", sc.ns)
-		if err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
-		for _, want := range []string{"NAMESPACE", "flaky", "degraded", "held", "stale"} {
-			if !strings.Contains(out, want) {
-				t.Errorf("services table lacks %q:\n%s", want, out)
-			}
-		}
-		out, err = ctl("-o", "json", "clients")
-		if err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
-		var clients struct {
-			Clients []struct {
-				NodeID string `json:"nodeId"`
-				Kind   string `json:"kind"`
-				Nacks  int    `json:"nacks"`
-			} `json:"clients"`
-		}
-		api, err := sc.admin.ListClients(ctx, &admin.ListClientsRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := json.Unmarshal([]byte(out), &clients); err != nil || len(clients.Clients) != len(api.GetClients()) {
-			t.Fatalf("clients JSON (%v) does not match the API's %d clients:\n%s", err, len(api.GetClients()), out)
-		}
-		for i, c := range clients.Clients {
-			if c.NodeID != api.GetClients()[i].GetNodeId() || c.Kind != api.GetClients()[i].GetKind() || c.Nacks != int(api.GetClients()[i].GetNacks()) {
-				t.Errorf("client %d: JSON %+v, API %v", i, c, api.GetClients()[i])
-			}
-		}
-		for _, args := range [][]string{{"-o", "yaml", "sources"}, {"holds"}, {"log", "5"}, {"csds", "picky"}, {"client", "picky"}, {"service", sc.ns + "/echo"}} {
-			if out, err := ctl(args...); err != nil || len(strings.TrimSpace(out)) == 0 {
-				t.Errorf("holdfastctl %v: %v\n%s", args, err, out)
-			}
-		}
-		if out, _ := ctl("-o", "yaml", "sources"); !strings.Contains(out, "state: stale") {
-			t.Errorf("sources YAML:\n%s", out)
-		}
-		// Unreachable: a clear error and exit 1.
-		cmd := exec.CommandContext(ctx, env.bins.Holdfastctl, "--addr", "127.0.0.1:1", "--timeout", "2s", "services")
-		out2, err := cmd.CombinedOutput()
-		if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out2), "not reachable at 127.0.0.1:1") {
-			t.Errorf("holdfastctl against nothing: exit %d (%v): %s", code, err, out2)
-		}
-	})
-
 	t.Run("grpcurl", func(t *testing.T) {
 		grpcurl := os.Getenv("GRPCURL")
 		if grpcurl == "" {
@@ -407,6 +339,15 @@ func TestAdminAPI(t *testing.T) {
 		}
 	})
 
+	// The grpc-go client took echo's change from one to two endpoints: the push latency from
+	// the EndpointSlice event to its ACK is measured.
+	t.Run("push latency", func(t *testing.T) {
+		v, err := sc.h.Metric(ctx, `holdfast_xds_push_latency_seconds_count{type="`+resourcev3.EndpointType+`"}`)
+		if err != nil || v < 1 {
+			t.Errorf("no push latency measured for assignments: %v, %v", v, err)
+		}
+	})
+
 	// Last: releasing the hold applies it, and says so.
 	t.Run("ReleaseHold", func(t *testing.T) {
 		holds, err := sc.admin.ListHolds(ctx, &admin.ListHoldsRequest{})
@@ -434,4 +375,118 @@ func TestAdminAPI(t *testing.T) {
 			t.Errorf("s0 after the release: %v, %v", s, err)
 		}
 	})
+}
+
+// TestCSDSMatchesClients: CSDS shows every connected client with the status of each resource:
+// the grpc-go client's four resources ACKed, the Envoy-like client's rejected assignment
+// NACKED with the error it sent, and both agree with the admin API's view.
+func TestCSDSMatchesClients(t *testing.T) {
+	sc := newAdminScene(t)
+	ctx := testContext(t)
+	r, err := sc.csds.FetchClientStatus(ctx, &statusv3.ClientStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]map[string]*statusv3.ClientConfig_GenericXdsConfig{} // node → type+name → config
+	for _, cfg := range r.GetConfig() {
+		m := map[string]*statusv3.ClientConfig_GenericXdsConfig{}
+		for _, g := range cfg.GetGenericXdsConfigs() {
+			m[g.GetTypeUrl()+" "+g.GetName()] = g
+		}
+		got[cfg.GetNode().GetId()] = m
+	}
+	eds := resourcev3.EndpointType + " " + sc.echo
+	if g := got["picky"][eds]; g.GetClientStatus() != adminv3.ClientResourceStatus_NACKED || g.GetConfigStatus() != statusv3.ConfigStatus_ERROR ||
+		!strings.Contains(g.GetErrorState().GetDetails(), "two endpoints") {
+		t.Errorf("picky's echo assignment in CSDS = %v", g)
+	}
+	for _, typ := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
+		if g := got[sc.grpcApp][typ+" "+sc.echo]; g.GetClientStatus() != adminv3.ClientResourceStatus_ACKED || g.GetXdsConfig() == nil {
+			t.Errorf("grpc-go client's %s in CSDS = %v", typ, g)
+		}
+	}
+	// Every resource status the admin API reports for a client is the one CSDS reports.
+	clients, err := sc.admin.ListClients(ctx, &admin.ListClientsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(clients.GetClients()) || len(got) != 2 {
+		t.Errorf("CSDS has %d clients, the admin API %d; want 2", len(got), len(clients.GetClients()))
+	}
+	for _, c := range clients.GetClients() {
+		d, err := sc.admin.GetClient(ctx, &admin.GetClientRequest{NodeId: c.GetNodeId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, ty := range d.GetSummary().GetTypes() {
+			for _, res := range ty.GetResources() {
+				n++
+				g := got[c.GetNodeId()][ty.GetType()+" "+res.GetName()]
+				if g.GetClientStatus().String() != res.GetStatus() || g.GetVersionInfo() != res.GetVersion() {
+					t.Errorf("%s %s: CSDS %v %q, admin API %s %q", c.GetNodeId(), res.GetName(), g.GetClientStatus(), g.GetVersionInfo(), res.GetStatus(), res.GetVersion())
+				}
+			}
+		}
+		if n != len(got[c.GetNodeId()]) {
+			t.Errorf("%s: %d resources in the admin API, %d in CSDS", c.GetNodeId(), n, len(got[c.GetNodeId()]))
+		}
+	}
+}
+
+// TestHoldfastctl runs the built CLI against a real Holdfast: its tables say what the API
+// says, its JSON is the API's answer, and it fails clearly when Holdfast is not there.
+func TestHoldfastctl(t *testing.T) {
+	sc := newAdminScene(t)
+	ctx := testContext(t)
+	ctl := func(args ...string) (string, error) {
+		out, err := exec.CommandContext(ctx, env.bins.Holdfastctl, append([]string{"--addr", sc.h.AdminAddr}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := ctl("services", sc.ns)
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for _, want := range []string{"NAMESPACE", "flaky", "degraded", "held", "stale"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("services table lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = ctl("-o", "json", "clients")
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var clients struct {
+		Clients []struct {
+			NodeID string `json:"nodeId"`
+			Kind   string `json:"kind"`
+			Nacks  int    `json:"nacks"`
+		} `json:"clients"`
+	}
+	api, err := sc.admin.ListClients(ctx, &admin.ListClientsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(out), &clients); err != nil || len(clients.Clients) != len(api.GetClients()) {
+		t.Fatalf("clients JSON (%v) does not match the API's %d clients:\n%s", err, len(api.GetClients()), out)
+	}
+	for i, c := range clients.Clients {
+		if c.NodeID != api.GetClients()[i].GetNodeId() || c.Kind != api.GetClients()[i].GetKind() || c.Nacks != int(api.GetClients()[i].GetNacks()) {
+			t.Errorf("client %d: JSON %+v, API %v", i, c, api.GetClients()[i])
+		}
+	}
+	for _, args := range [][]string{{"-o", "yaml", "sources"}, {"holds"}, {"log", "5"}, {"csds", "picky"}, {"client", "picky"}, {"service", sc.ns + "/echo"}} {
+		if out, err := ctl(args...); err != nil || len(strings.TrimSpace(out)) == 0 {
+			t.Errorf("holdfastctl %v: %v\n%s", args, err, out)
+		}
+	}
+	if out, _ := ctl("-o", "yaml", "sources"); !strings.Contains(out, "state: stale") {
+		t.Errorf("sources YAML:\n%s", out)
+	}
+	// Unreachable: a clear error and exit 1.
+	cmd := exec.CommandContext(ctx, env.bins.Holdfastctl, "--addr", "127.0.0.1:1", "--timeout", "2s", "services")
+	out2, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out2), "not reachable at 127.0.0.1:1") {
+		t.Errorf("holdfastctl against nothing: exit %d (%v): %s", code, err, out2)
+	}
 }

@@ -40,7 +40,9 @@ type Service struct {
 }
 
 // Origin is the provenance of a Service's state: the resourceVersions of the objects it was
-// built from and when Holdfast first saw this state. It is for operators; routing ignores it.
+// built from and when the Kubernetes event that produced this state reached Holdfast (the start
+// of the push latency Holdfast measures up to each client's ACK). It is for operators;
+// routing ignores it.
 type Origin struct {
 	ServiceVersion string          `json:",omitempty"`
 	Slices         []ObjectVersion `json:",omitempty"` // sorted by name

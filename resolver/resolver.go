@@ -101,7 +101,7 @@ type Resolver struct {
 
 	// guarded by mu: what the run loop must do next
 	mu      sync.Mutex
-	dirty   map[Key]struct{}
+	dirty   map[Key]time.Time // services to rebuild, and when the first event for each arrived
 	resyncs map[*source]struct{}
 	health  bool          // a source changed state: publish even if no service changed
 	kick    chan struct{} // capacity 1: "there is work"
@@ -146,7 +146,7 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 		opts:       opts,
 		log:        log,
 		obs:        obs,
-		dirty:      map[Key]struct{}{},
+		dirty:      map[Key]time.Time{},
 		resyncs:    map[*source]struct{}{},
 		kick:       make(chan struct{}, 1),
 		services:   map[Key]*Service{},
@@ -252,8 +252,11 @@ func (r *Resolver) markSlice(o any) {
 }
 
 func (r *Resolver) mark(k Key) {
+	now := time.Now()
 	r.mu.Lock()
-	r.dirty[k] = struct{}{}
+	if _, ok := r.dirty[k]; !ok {
+		r.dirty[k] = now
+	}
 	r.mu.Unlock()
 	select {
 	case r.kick <- struct{}{}:
@@ -283,11 +286,17 @@ func (r *Resolver) healthChanged() {
 	}
 }
 
-func (r *Resolver) takeWork() (map[Key]struct{}, map[*source]struct{}, bool) {
+func (r *Resolver) healthPending() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.health
+}
+
+func (r *Resolver) takeWork() (map[Key]time.Time, map[*source]struct{}, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	d, s, h := r.dirty, r.resyncs, r.health
-	r.dirty, r.resyncs, r.health = map[Key]struct{}{}, map[*source]struct{}{}, false
+	r.dirty, r.resyncs, r.health = map[Key]time.Time{}, map[*source]struct{}{}, false
 	return d, s, h
 }
 
@@ -309,7 +318,9 @@ func (r *Resolver) Run(ctx context.Context) error {
 			return nil
 		case <-r.kick:
 		}
-		if !r.coalesce(ctx) {
+		// Bursts of events are coalesced; a source's health change is published at once, so
+		// that the guard and the service states downstream know without the debounce delay.
+		if !r.healthPending() && !r.coalesce(ctx) {
 			return nil
 		}
 		dirty, resyncs, health := r.takeWork()
@@ -328,9 +339,9 @@ func (r *Resolver) Run(ctx context.Context) error {
 				changed = true
 			}
 		}
-		for k := range dirty {
+		for k, at := range dirty {
 			// Keys of a source that is listing again are covered by its resync.
-			if gen := r.sourceFor(k.Namespace).current(); gen != nil && r.rebuild(k, gen) {
+			if gen := r.sourceFor(k.Namespace).current(); gen != nil && r.rebuild(k, gen, at) {
 				changed = true
 			}
 		}
@@ -370,7 +381,8 @@ func (r *Resolver) watchdog(ctx context.Context) {
 	}
 }
 
-// coalesce waits for a burst of events to settle: HoldOff after the latest one, at most MaxDelay.
+// coalesce waits for a burst of events to settle: HoldOff after the latest one, at most
+// MaxDelay, and no longer once a source's health changed.
 func (r *Resolver) coalesce(ctx context.Context) bool {
 	deadline := time.Now().Add(r.opts.MaxDelay)
 	t := time.NewTimer(r.opts.HoldOff)
@@ -383,7 +395,7 @@ func (r *Resolver) coalesce(ctx context.Context) bool {
 			return true
 		case <-r.kick:
 			wait := min(r.opts.HoldOff, time.Until(deadline))
-			if wait <= 0 {
+			if wait <= 0 || r.healthPending() {
 				return true
 			}
 			t.Reset(wait)
@@ -408,7 +420,7 @@ func (r *Resolver) rebuildSource(s *source) bool {
 	for _, svc := range svcs {
 		k := Key{Namespace: svc.Namespace, Name: svc.Name}
 		seen[k] = struct{}{}
-		if r.rebuild(k, gen) {
+		if r.rebuild(k, gen, time.Now()) {
 			changed = true
 		}
 	}
@@ -422,11 +434,12 @@ func (r *Resolver) rebuildSource(s *source) bool {
 	return changed
 }
 
-// rebuild recomputes one service from a synced generation's caches. It keeps the old *Service
+// rebuild recomputes one service from a synced generation's caches; at is when the event that
+// asked for it arrived, recorded as the new state's ObservedAt. It keeps the old *Service
 // when nothing routable changed (a re-list re-delivers every object), keeps the last good state
 // when the new input has nothing usable because of bad elements, and reports whether the service
 // changed.
-func (r *Resolver) rebuild(k Key, gen *generation) bool {
+func (r *Resolver) rebuild(k Key, gen *generation, at time.Time) bool {
 	var next *Service
 	var rejections []Rejection
 	slices := r.slicesOf(gen, k)
@@ -462,7 +475,7 @@ func (r *Resolver) rebuild(k Key, gen *generation) bool {
 			return false
 		}
 	}
-	next.Origin.ObservedAt = time.Now()
+	next.Origin.ObservedAt = at
 	r.services[k] = next
 	return true
 }

@@ -2,13 +2,17 @@ package resolver
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 )
 
 // resolutions collects what the resolver publishes.
@@ -137,4 +141,54 @@ func TestResolverWatchesOnlyItsNamespaces(t *testing.T) {
 	if next.Services[by] != first.Services[by] {
 		t.Error("a change in namespace a touched namespace b")
 	}
+}
+
+// A service's ObservedAt is when the event reached Holdfast, not when the debounce let it
+// through; a source going stale is published at once, not after the debounce.
+func TestResolverTimesEventsAndPublishesHealthAtOnce(t *testing.T) {
+	a := Key{"ns", "a"}
+	client := fake.NewClientset(svcNamed("a"), sliceFor("a", "10.0.0.1"))
+	out := make(resolutions, 100)
+	const holdOff = 300 * time.Millisecond
+	r, err := New(Options{Client: client, HoldOff: holdOff, MaxDelay: time.Second, ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond}, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	out.next(t, func(res Resolution) bool { return res.Synced && endpointsOf(res, a) == 1 })
+
+	sent := time.Now()
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, sliceFor("a", "10.0.0.1", "10.0.0.2"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	res := out.next(t, func(res Resolution) bool { return endpointsOf(res, a) == 2 })
+	got := time.Now()
+	at := res.Services[a].Origin.ObservedAt
+	if at.Before(sent) || got.Sub(at) < holdOff {
+		t.Errorf("observed at %v after the write, published %v after that: want the event's arrival, before the %v debounce",
+			at.Sub(sent), got.Sub(at), holdOff)
+	}
+
+	// With a 20 s debounce, a source's health is still published at once: when it syncs, and
+	// when the API server stops answering its probes.
+	client2 := fake.NewClientset(svcNamed("a"), sliceFor("a", "10.0.0.1"))
+	var down atomic.Bool // the reactor chain must be set before the client is used
+	client2.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if down.Load() {
+			return true, nil, errors.New("API server down")
+		}
+		return false, nil, nil
+	})
+	out2 := make(resolutions, 100)
+	r2, err := New(Options{Client: client2, HoldOff: 20 * time.Second, MaxDelay: 30 * time.Second,
+		ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond}, out2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = r2.Run(ctx) }()
+	out2.next(t, func(res Resolution) bool { return res.Synced && endpointsOf(res, a) == 1 })
+	down.Store(true)
+	out2.next(t, func(res Resolution) bool { return res.SourceOf("ns") == Stale })
 }

@@ -53,6 +53,9 @@ type Publisher struct {
 	ports     map[int32]*portOutbound                       // Envoy's outbound_<port> resources, by port
 	indexes   map[ClientKind]map[resourcev3.Type]*typeIndex // the last published, reused when unchanged
 	routeRefs map[*listenerv3.Listener][]string             // cache for checkReferences, pruned each publish
+	// eventAt is when the oldest Kubernetes event behind the services retranslated for this
+	// publish arrived (zero: none known); the indexes it changes carry it.
+	eventAt time.Time
 
 	published atomic.Bool
 }
@@ -246,6 +249,7 @@ func (p *Publisher) indexFor(kind ClientKind, typ resourcev3.Type, l resourceLis
 		idx = newTypeIndex(l)
 		if prev := p.indexes[kind][typ]; prev != nil {
 			idx.since(prev)
+			idx.eventAt = p.eventAt
 		}
 	}
 	if next[kind] == nil {
@@ -259,6 +263,7 @@ func (p *Publisher) indexFor(kind ClientKind, typ resourcev3.Type, l resourceLis
 // whose *resolver.Service changed. A service whose new translation is invalid keeps its
 // previous resources and is reported as invalid until a valid state arrives.
 func (p *Publisher) update(v cache.View) {
+	p.eventAt = time.Time{}
 	p.mu.Lock()
 	invalid := maps.Clone(p.invalid)
 	p.mu.Unlock()
@@ -288,6 +293,9 @@ func (p *Publisher) update(v cache.View) {
 			continue
 		}
 		p.built[k] = sr
+		if at := s.Origin.ObservedAt; !at.IsZero() && (p.eventAt.IsZero() || at.Before(p.eventAt)) {
+			p.eventAt = at
+		}
 	}
 	p.mu.Lock()
 	p.invalid = invalid

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"strings"
+	"time"
 	"weak"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -108,6 +109,8 @@ type typeIndex struct {
 	// else. base is weak so that indexes do not chain in memory.
 	base    weak.Pointer[typeIndex]
 	changed []string
+	// eventAt is when the Kubernetes event behind this index's changes reached Holdfast.
+	eventAt time.Time
 }
 
 func newTypeIndex(l resourceList) *typeIndex {

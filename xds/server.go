@@ -93,6 +93,7 @@ type serverMetrics struct {
 	bytes                     *prometheus.CounterVec
 	ackSeconds                prometheus.Histogram
 	lastAck                   prometheus.Gauge
+	pushLatency               *prometheus.HistogramVec
 }
 
 // NewServer builds the ADS server. It serves nothing until the first SetSnapshots.
@@ -123,12 +124,16 @@ func NewServer(opts ServerOptions) (*Server, error) {
 			ackSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 				Name: "holdfast_xds_ack_seconds", Help: "Time from sending a response to the client's ACK or NACK.",
 				Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+			pushLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+				Name:    "holdfast_xds_push_latency_seconds",
+				Help:    "From the Kubernetes event reaching Holdfast to the client's ACK of the change, by type (changes to clients already served; not initial pushes).",
+				Buckets: prometheus.ExponentialBuckets(0.005, 2, 15)}, []string{"type"}),
 			lastAck: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "holdfast_xds_last_ack_timestamp_seconds", Help: "When a client last accepted a response (Unix time); compare with holdfast_xds_last_publish_timestamp_seconds."}),
 		},
 	}
 	m := s.metrics
-	for _, c := range []prometheus.Collector{m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck} {
+	for _, c := range []prometheus.Collector{m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency} {
 		if err := opts.Registry.Register(c); err != nil {
 			return nil, fmt.Errorf("xds: register metrics: %w", err)
 		}
@@ -347,10 +352,12 @@ type TypeStatus struct {
 	Wildcard bool
 	Names    []string          // subscribed by name, sorted
 	Sent     map[string]string // what the client was sent and may hold, name → version
-	// AckedVersion is the version of the last response the client accepted; Nacked its latest
-	// rejection since then, if any.
+	// AckedVersion is the version of the last response the client accepted. Rejected is every
+	// resource whose latest version sent the client rejected (name → version), and Nacked the
+	// latest rejection while any is left.
 	AckedVersion string
 	Nacked       *NackRecord
+	Rejected     map[string]string
 	InFlight     bool // a response awaits the client's ACK or NACK
 	// InFlightResources are that response's resources, name → version ("" = removal).
 	InFlightResources map[string]string

@@ -9,6 +9,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -220,5 +222,88 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	r = recvWithin(t, responses(st2.Recv), 5*time.Second)
 	if r == nil || len((*r).Resources) != 0 || len((*r).RemovedResources) != 1 {
 		t.Fatalf("reconnect with known versions: want only b's removal, got %v", r)
+	}
+}
+
+// The push latency runs from the Kubernetes event behind a change (its ObservedAt) to the
+// client's ACK of it; a first push is not a change and is not counted.
+func TestPushLatencyFromEventToAck(t *testing.T) {
+	srv, conn, publish := testServer(t)
+	a, b := twoServices()
+	publish(testView(a, b))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := responses(st.Recv)
+	name := testTranslator.Naming.Resource(a.Key, 80)
+	ack := func() {
+		t.Helper()
+		r := recvWithin(t, in, 5*time.Second)
+		if r == nil {
+			t.Fatal("no response")
+		}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{name},
+			VersionInfo: (*r).VersionInfo, ResponseNonce: (*r).Nonce}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.EndpointType, ResourceNames: []string{name}}); err != nil {
+		t.Fatal(err)
+	}
+	ack()
+	hist := func() *dto.Histogram {
+		var m dto.Metric
+		if err := srv.metrics.pushLatency.WithLabelValues(resourcev3.EndpointType).(prometheus.Histogram).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram()
+	}
+	if n := hist().GetSampleCount(); n != 0 {
+		t.Fatalf("the first push counted as a change: %d samples", n)
+	}
+	changed := withEndpoints(a, "10.1.1.1")
+	changed.Origin.ObservedAt = time.Now().Add(-2 * time.Second) // the event arrived 2 s ago
+	publish(testView(changed, b))
+	ack()
+	deadline := time.Now().Add(5 * time.Second)
+	for hist().GetSampleCount() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h := hist(); h.GetSampleCount() != 1 || h.GetSampleSum() < 2 || h.GetSampleSum() > 60 {
+		t.Errorf("push latency: %d samples, sum %.3fs; want the one change, about 2 s", h.GetSampleCount(), h.GetSampleSum())
+	}
+}
+
+// A resource stays NACKED until the client accepts a version of it, whatever else it ACKs.
+func TestRejectionOutlivesOtherAcks(t *testing.T) {
+	srv, _, _ := testServer(t)
+	st := newStream(srv, 1, flavourDelta)
+	ts := st.typeStateLocked(resourcev3.EndpointType)
+	a, b := &Resource{Name: "a", Version: "1"}, &Resource{Name: "b", Version: "1"}
+	send := func(nonce string, rs ...*Resource) {
+		ts.inflight, ts.inflightOut, ts.inflightAt = nonce, rs, time.Now()
+		for _, r := range rs {
+			ts.sent[r.Name] = r.Version
+		}
+	}
+	send("1", a)
+	st.settleLocked(resourcev3.EndpointType, ts, &statuspb.Status{Message: "bad a"}, time.Now())
+	send("2", b)
+	st.settleLocked(resourcev3.EndpointType, ts, nil, time.Now())
+	got := map[string]ResourceState{}
+	for _, r := range st.status().Types[resourcev3.EndpointType].Resources(nil, resourcev3.EndpointType) {
+		got[r.Name] = r.State
+	}
+	if got["a"] != Nacked || got["b"] != Acked {
+		t.Fatalf("after rejecting a and accepting b: %v", got)
+	}
+	a2 := &Resource{Name: "a", Version: "2"}
+	send("3", a2)
+	st.settleLocked(resourcev3.EndpointType, ts, nil, time.Now())
+	if tsStatus := st.status().Types[resourcev3.EndpointType]; len(tsStatus.Rejected) != 0 || tsStatus.Nacked != nil {
+		t.Fatalf("a fixed version was accepted, yet: rejected %v, nacked %v", tsStatus.Rejected, tsStatus.Nacked)
 	}
 }

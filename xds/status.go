@@ -46,7 +46,7 @@ func (t TypeStatus) Resources(snap *Snapshot, typ resourcev3.Type) []ResourceSta
 		switch {
 		case isInflight && inflight != "":
 			rs.State, rs.Version = Requested, inflight
-		case sent && v != "" && t.Nacked != nil && t.Nacked.Resources[n] == v:
+		case sent && v != "" && t.Rejected[n] == v:
 			rs.State = Nacked
 		case (sent && v == "") || (!sent && !exists):
 			rs.State, rs.Version = DoesNotExist, ""

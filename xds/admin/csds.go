@@ -73,7 +73,8 @@ func (c *CSDS) status(req *statusv3.ClientStatusRequest) *statusv3.ClientStatusR
 					}
 				case xds.Nacked:
 					g.ClientStatus, g.ConfigStatus = adminv3.ClientResourceStatus_NACKED, statusv3.ConfigStatus_ERROR
-					g.ErrorState = &adminv3.UpdateFailureState{Details: t.Nacked.Detail, VersionInfo: r.Version, LastUpdateAttempt: ts(t.Nacked.At)}
+					n := rejection(cl, t, typ, r)
+					g.ErrorState = &adminv3.UpdateFailureState{Details: n.Detail, VersionInfo: r.Version, LastUpdateAttempt: ts(n.At)}
 				case xds.Requested:
 					g.ClientStatus, g.ConfigStatus = adminv3.ClientResourceStatus_REQUESTED, statusv3.ConfigStatus_NOT_SENT
 				case xds.DoesNotExist:
@@ -88,6 +89,20 @@ func (c *CSDS) status(req *statusv3.ClientStatusRequest) *statusv3.ClientStatusR
 		out.Config = append(out.Config, cfg)
 	}
 	return out
+}
+
+// rejection finds the NACK that rejected this version of the resource: the newest kept that
+// names it, else the type's latest.
+func rejection(cl xds.ClientStatus, t xds.TypeStatus, typ string, r xds.ResourceStatus) *xds.NackRecord {
+	for i := len(cl.Nacks) - 1; i >= 0; i-- {
+		if n := &cl.Nacks[i]; n.Type == typ && n.Resources[r.Name] == r.Version {
+			return n
+		}
+	}
+	if t.Nacked != nil {
+		return t.Nacked
+	}
+	return &xds.NackRecord{}
 }
 
 // matches says whether a node ID passes any of the matchers (no matchers: every node).
