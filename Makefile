@@ -46,10 +46,11 @@ fuzz:
 	go test ./xds/ -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME)
 	go test ./resolver/ -run '^$$' -fuzz FuzzBuildService -fuzztime $(FUZZTIME)
 	go test ./cache/ -run '^$$' -fuzz FuzzDecodeState -fuzztime $(FUZZTIME)
+	go test ./xds/agent/ -run '^$$' -fuzz FuzzDecodeCache -fuzztime $(FUZZTIME)
 
 # Benchmarks: timing goals live here, never in tests.
 bench: build kube
-	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./xds/
+	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./xds/ ./xds/agent/
 	go run ./e2e/cmd/xdsbench
 	cd e2e && go test -run '^$$' -bench EndToEndPropagation -benchtime 100x -count 1 .
 

@@ -139,9 +139,9 @@ func validService(s *resolver.Service) error {
 	return nil
 }
 
-// writeFileAtomic replaces path with data so that a reader sees the old file or the new one,
+// WriteFileAtomic replaces path with data so that a reader sees the old file or the new one,
 // never a mix, even across a crash: write a temp file, fsync it, rename it over, fsync the dir.
-func writeFileAtomic(path string, data []byte) error {
+func WriteFileAtomic(path string, data []byte) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
 	if err != nil {

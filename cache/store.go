@@ -433,7 +433,7 @@ func (s *Store) flush() bool {
 	}
 	data, err := encodeState(v.Services, time.Now())
 	if err == nil {
-		err = writeFileAtomic(s.path(), data)
+		err = WriteFileAtomic(s.path(), data)
 	}
 	if err != nil {
 		s.metrics.writeErrors.Inc()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -23,7 +24,8 @@ import (
 // BootstrapOptions describe the client a bootstrap is for.
 type BootstrapOptions struct {
 	NodeID string
-	// Server is Holdfast's xDS address, host:port.
+	// Server is the xDS server's address: host:port (Holdfast), or unix:///path (a local
+	// holdfast-agent on a Unix socket).
 	Server string
 	Zone   string
 	Region string
@@ -34,6 +36,12 @@ type BootstrapOptions struct {
 func (o BootstrapOptions) validate() (host string, port uint32, err error) {
 	if o.NodeID == "" {
 		return "", 0, fmt.Errorf("bootstrap: a node id is required")
+	}
+	if path, ok := o.pipe(); ok {
+		if !strings.HasPrefix(path, "/") {
+			return "", 0, fmt.Errorf("bootstrap: server %q: want unix:///absolute/path", o.Server)
+		}
+		return "", 0, nil
 	}
 	h, p, err := net.SplitHostPort(o.Server)
 	if err != nil {
@@ -48,6 +56,9 @@ func (o BootstrapOptions) validate() (host string, port uint32, err error) {
 	}
 	return h, uint32(n), nil
 }
+
+// pipe returns the Unix socket path of a unix:// server.
+func (o BootstrapOptions) pipe() (string, bool) { return strings.CutPrefix(o.Server, "unix://") }
 
 func (o BootstrapOptions) metadata(kind ClientKind) map[string]any {
 	return map[string]any{ClientMetadataKey: string(kind)}
@@ -124,8 +135,13 @@ func EnvoyBootstrapProto(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
 	discovery := clusterv3.Cluster_STRICT_DNS
+	address := socketAddress(host, port)
 	if _, err := netip.ParseAddr(host); err == nil {
 		discovery = clusterv3.Cluster_STATIC
+	}
+	if path, ok := o.pipe(); ok {
+		discovery = clusterv3.Cluster_STATIC
+		address = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}}
 	}
 	apiType := corev3.ApiConfigSource_GRPC
 	if o.Delta {
@@ -161,7 +177,7 @@ func EnvoyBootstrapProto(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 				ClusterName: xdsCluster,
 				Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-						Address: socketAddress(host, port),
+						Address: address,
 					}},
 				}}}},
 			},

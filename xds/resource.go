@@ -9,7 +9,10 @@ import (
 	"time"
 	"weak"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -191,4 +194,63 @@ func nameOf(m types.Resource) string {
 		return n.GetName()
 	}
 	return ""
+}
+
+// ResourceFromWire builds a Resource from bytes another control plane sent (an agent's cache):
+// the message is decoded to check it, the bytes are kept as they came, and version is the
+// sender's. typeURL must be one of the four types Holdfast serves.
+func ResourceFromWire(typeURL, name, version string, value []byte) (*Resource, error) {
+	var m types.Resource
+	switch typeURL {
+	case resourcev3.ClusterType:
+		m = &clusterv3.Cluster{}
+	case resourcev3.EndpointType:
+		m = &endpointv3.ClusterLoadAssignment{}
+	case resourcev3.ListenerType:
+		m = &listenerv3.Listener{}
+	case resourcev3.RouteType:
+		m = &routev3.RouteConfiguration{}
+	default:
+		return nil, fmt.Errorf("resource %q: type %q is not served", name, typeURL)
+	}
+	if err := proto.Unmarshal(value, m); err != nil {
+		return nil, fmt.Errorf("resource %q: %w", name, err)
+	}
+	if v, ok := m.(interface{ ValidateAll() error }); ok {
+		if err := v.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("resource %q: %w", name, err)
+		}
+	}
+	if got := nameOf(m); got != name {
+		return nil, fmt.Errorf("resource %q: its message names %q", name, got)
+	}
+	if version == "" {
+		return nil, fmt.Errorf("resource %q: no version", name)
+	}
+	r := &Resource{Name: name, Version: version, Msg: m, hash: fnv64(value)}
+	var valueAt int
+	r.wire, r.sotwAt, valueAt = frame(name, version, typeURL, value)
+	r.Any = &anypb.Any{TypeUrl: typeURL, Value: r.wire[valueAt:len(r.wire):len(r.wire)]}
+	return r, nil
+}
+
+// NewSnapshot builds a Snapshot from resources by type. A type whose resources are those of
+// prev keeps prev's index; a changed one records what changed since prev's, so that streams
+// do O(changed) work.
+func NewSnapshot(byType map[resourcev3.Type][]*Resource, prev *Snapshot) *Snapshot {
+	s := &Snapshot{types: make(map[resourcev3.Type]*typeIndex, len(byType))}
+	for typ, l := range byType {
+		idx := newTypeIndex(l)
+		if prev != nil {
+			if old, ok := prev.types[typ]; ok {
+				if old.version == idx.version && len(old.list) == len(idx.list) {
+					idx = old
+				} else {
+					idx.since(old)
+				}
+			}
+		}
+		s.types[typ] = idx
+	}
+	return s
 }

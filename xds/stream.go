@@ -66,6 +66,8 @@ type typeState struct {
 	// list it last sent in held instead, and sent is nil.
 	sent map[string]string
 	held []*Resource
+	// answered says a response of this type went out on this stream.
+	answered bool
 	// version is the SotW version_info of the last response; sentOnce says one went out.
 	version  string
 	sentOnce bool
@@ -512,9 +514,11 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 	} else {
 		out, removed = ts.deltaDiffLocked(idx)
 	}
-	if len(out) == 0 && len(removed) == 0 {
+	if len(out) == 0 && len(removed) == 0 && ts.answered {
 		return nil
 	}
+	// The first answer to a subscription goes out even when empty: it tells the client (an
+	// agent after a reconnect, an Envoy waiting to initialise) that what it has is the state.
 	slices.Sort(removed)
 	nonce := st.nextNonceLocked()
 	resp := deltaWire(idx.version, typ, nonce, out, removed)
@@ -572,7 +576,7 @@ func (ts *typeState) deltaDiffLocked(idx *typeIndex) (out []*Resource, removed [
 
 // sentLocked marks a response as in flight and counts it.
 func (st *stream) sentLocked(typ resourcev3.Type, ts *typeState, nonce, version string, out []*Resource, removed []string, resp *wireResponse, now time.Time) {
-	ts.inflight, ts.inflightAt, ts.inflightVersion = nonce, now, version
+	ts.inflight, ts.inflightAt, ts.inflightVersion, ts.answered = nonce, now, version, true
 	ts.inflightOut, ts.inflightRemoved = out, removed
 	m := st.srv.metrics
 	m.responses.WithLabelValues(typ, st.flavour).Inc()

@@ -118,6 +118,7 @@ func TestEnvoyBootstrap(t *testing.T) {
 	}{
 		{"127.0.0.1:18000", "STATIC", false},
 		{"holdfast.holdfast-system.svc:18000", "STRICT_DNS", true},
+		{"unix:///var/run/holdfast/agent.sock", "STATIC", true}, // a local holdfast-agent
 	} {
 		args := []string{"--envoy", "--node-id", "sidecar-1", "--server", tt.server}
 		if tt.delta {
@@ -133,6 +134,10 @@ func TestEnvoyBootstrap(t *testing.T) {
 		}
 		if got := b.GetStaticResources().GetClusters()[0].GetType().String(); got != tt.wantType {
 			t.Errorf("%s: xDS cluster type %s, want %s", tt.server, got, tt.wantType)
+		}
+		addr := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress()
+		if path, ok := strings.CutPrefix(tt.server, "unix://"); ok && addr.GetPipe().GetPath() != path {
+			t.Errorf("%s: xDS address %v, want the pipe %s", tt.server, addr, path)
 		}
 		if b.GetNode().GetMetadata().GetFields()["holdfast.io/client"].GetStringValue() != "envoy" {
 			t.Errorf("%s: node metadata does not say envoy", tt.server)

@@ -92,7 +92,11 @@ func (h *Holdfast) WaitReady(ctx context.Context) error {
 
 // Get fetches a path of Holdfast's HTTP endpoint (/readyz, /metrics, ...).
 func (h *Holdfast) Get(ctx context.Context, path string) (int, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+h.HTTPAddr+path, nil)
+	return get(ctx, "http://"+h.HTTPAddr+path)
+}
+
+func get(ctx context.Context, url string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, "", err
 	}
