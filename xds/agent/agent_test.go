@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,9 +15,12 @@ import (
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/holdfast/holdfast/cache"
 	"github.com/holdfast/holdfast/internal/fleet"
+	"github.com/holdfast/holdfast/resolver"
 	"github.com/holdfast/holdfast/xds"
 )
 
@@ -189,4 +193,122 @@ func BenchmarkAgentStartFromDisk(b *testing.B) {
 	}
 	b.ReportMetric(heap, "heap-MiB")
 	b.ReportMetric(float64(len(data))/(1<<20), "cache-MiB")
+}
+
+// upstream runs Holdfast's own xDS server for services on addr ("" = a free port).
+func upstream(t *testing.T, addr string, services map[resolver.Key]*resolver.Service) (*xds.Server, string) {
+	t.Helper()
+	srv, err := xds.NewServer(xds.ServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := xds.NewPublisher(xds.PublisherOptions{Translator: xds.Translator{Naming: xds.Naming{Domain: "cluster.local"}, EnvoyListenAddress: "127.0.0.1"}}, srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = pub.Run(ctx) }()
+	pub.OnView(cache.View{Services: services, Synced: true, Generation: 1})
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var lis net.Listener
+	deadline := time.Now().Add(5 * time.Second)
+	for lis == nil {
+		if lis, err = net.Listen("tcp", addr); err != nil {
+			if time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	go func() { _ = srv.GRPC.Serve(lis) }()
+	t.Cleanup(func() { srv.GRPC.Stop() })
+	return srv, lis.Addr().String()
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// While upstream is away the agent keeps everything; after it returns, a service deleted
+// meanwhile goes only because upstream says so, and a changed one changes.
+func TestAgentReconnectRemovesOnlyWhatUpstreamSaysIsGone(t *testing.T) {
+	services := fleet.New(3, 2)
+	up, addr := upstream(t, "", services)
+	down := &captured{}
+	a, err := New(Options{Upstream: addr, NodeID: "n", Kinds: []xds.ClientKind{xds.KindGRPC}, Downstream: down,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = a.Run(ctx) }()
+	clusters := func() []*xds.Resource {
+		if s := down.last(); s != nil {
+			return s[xds.KindGRPC].List(resourcev3.ClusterType)
+		}
+		return nil
+	}
+	eventually(t, "the agent mirrors 3 services", func() bool { return len(clusters()) == 3 && a.Status().Upstream["grpc"].Synced })
+	name := func(i int) string { return xds.Naming{Domain: "cluster.local"}.Resource(fleet.Key(i), 80) }
+	before, _ := down.last()[xds.KindGRPC].Get(resourcev3.EndpointType, name(0))
+
+	up.GRPC.Stop()
+	eventually(t, "the agent sees upstream gone", func() bool { return !a.Status().Upstream["grpc"].Connected })
+	if n := len(clusters()); n != 3 {
+		t.Fatalf("with upstream away the agent serves %d clusters, want all 3", n)
+	}
+
+	// Upstream returns without service 2 and with service 0 changed.
+	next := map[resolver.Key]*resolver.Service{fleet.Key(0): fleet.New(1, 5)[fleet.Key(0)], fleet.Key(1): services[fleet.Key(1)]}
+	upstream(t, addr, next)
+	eventually(t, "the agent applies upstream's state", func() bool {
+		s := down.last()[xds.KindGRPC]
+		now, ok := s.Get(resourcev3.EndpointType, name(0))
+		_, gone := s.Get(resourcev3.ClusterType, name(2))
+		return len(clusters()) == 2 && !gone && ok && now.Version != before.Version
+	})
+}
+
+// An upstream state bigger than the cache's bounds is refused: NACKed with the reason (Holdfast
+// records it) and not served.
+func TestAgentRefusesWhatExceedsItsBounds(t *testing.T) {
+	up, addr := upstream(t, "", fleet.New(3, 2))
+	down := &captured{}
+	// 3 services are 3 resources of each type; 5 in all fit clusters and some assignments only.
+	a, err := New(Options{Upstream: addr, NodeID: "small", Kinds: []xds.ClientKind{xds.KindGRPC}, Downstream: down, MaxResources: 5,
+		SettleTimeout: 50 * time.Millisecond, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = a.Run(ctx) }()
+	var detail string
+	eventually(t, "Holdfast records the agent's refusal", func() bool {
+		for _, c := range up.Clients() {
+			if c.NodeID == "small" && len(c.Nacks) > 0 {
+				detail = c.Nacks[0].Detail
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(detail, "cache limits exceeded (6 resources of 5") {
+		t.Errorf("NACK detail = %q", detail)
+	}
+	if n := a.Status().Counts[xds.KindGRPC]; n > 5 {
+		t.Errorf("the agent holds %d resources, over its bound of 5", n)
+	}
 }
