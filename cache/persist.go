@@ -38,7 +38,7 @@ type LoadError struct {
 	Err    error
 }
 
-func (e *LoadError) Error() string { return fmt.Sprintf("state file %s: %v", e.Reason, e.Err) }
+func (e *LoadError) Error() string { return fmt.Sprintf("%s: %v", e.Reason, e.Err) }
 func (e *LoadError) Unwrap() error { return e.Err }
 
 type stateFile struct {
@@ -56,49 +56,65 @@ func encodeState(services map[resolver.Key]*resolver.Service, now time.Time) ([]
 	if err != nil {
 		return nil, err
 	}
+	return Frame(stateMagic, stateVersion, payload), nil
+}
+
+// Frame prefixes payload with the header line "<magic> <version> <payload bytes> <sha256 hex>",
+// so that Unframe can tell a whole, current file from anything else.
+func Frame(magic string, version int, payload []byte) []byte {
 	sum := sha256.Sum256(payload)
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s %d %d %s\n", stateMagic, stateVersion, len(payload), hex.EncodeToString(sum[:]))
+	fmt.Fprintf(&b, "%s %d %d %s\n", magic, version, len(payload), hex.EncodeToString(sum[:]))
 	b.Write(payload)
-	return b.Bytes(), nil
+	return b.Bytes()
+}
+
+// Unframe reads a file written by Frame and returns its payload, or a *LoadError whose reason is
+// header, future_version, too_large, truncated or checksum.
+func Unframe(r io.Reader, magic string, version int, maxBytes int64) ([]byte, error) {
+	br := bufio.NewReader(io.LimitReader(r, maxBytes+1))
+	header, err := br.ReadString('\n')
+	if err != nil {
+		return nil, &LoadError{"header", fmt.Errorf("no header line: %w", err)}
+	}
+	f := strings.Fields(header)
+	if len(f) != 4 || f[0] != magic {
+		return nil, &LoadError{"header", fmt.Errorf("not a %s file", magic)}
+	}
+	v, err := strconv.Atoi(f[1])
+	if err != nil {
+		return nil, &LoadError{"header", fmt.Errorf("version %q", f[1])}
+	}
+	if v != version {
+		return nil, &LoadError{"future_version", fmt.Errorf("format version %d, this build reads %d", v, version)}
+	}
+	size, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil || size < 0 {
+		return nil, &LoadError{"header", fmt.Errorf("payload size %q", f[2])}
+	}
+	if size+int64(len(header)) > maxBytes {
+		return nil, &LoadError{"too_large", fmt.Errorf("%d bytes, more than %d", size+int64(len(header)), maxBytes)}
+	}
+	payload := make([]byte, size)
+	if _, err := io.ReadFull(br, payload); err != nil {
+		return nil, &LoadError{"truncated", err}
+	}
+	if n, _ := br.Read(make([]byte, 1)); n != 0 {
+		return nil, &LoadError{"header", errors.New("trailing bytes after the payload")}
+	}
+	sum := sha256.Sum256(payload)
+	if hex.EncodeToString(sum[:]) != f[3] {
+		return nil, &LoadError{"checksum", errors.New("payload does not match its checksum")}
+	}
+	return payload, nil
 }
 
 // decodeState parses and validates a state file. It never returns part of a file: either every
 // service in it is valid, or an error.
 func decodeState(r io.Reader, maxBytes int64) (map[resolver.Key]*resolver.Service, time.Time, error) {
-	br := bufio.NewReader(io.LimitReader(r, maxBytes+1))
-	header, err := br.ReadString('\n')
+	payload, err := Unframe(r, stateMagic, stateVersion, maxBytes)
 	if err != nil {
-		return nil, time.Time{}, &LoadError{"header", fmt.Errorf("no header line: %w", err)}
-	}
-	f := strings.Fields(header)
-	if len(f) != 4 || f[0] != stateMagic {
-		return nil, time.Time{}, &LoadError{"header", fmt.Errorf("not a Holdfast state file")}
-	}
-	version, err := strconv.Atoi(f[1])
-	if err != nil {
-		return nil, time.Time{}, &LoadError{"header", fmt.Errorf("version %q", f[1])}
-	}
-	if version != stateVersion {
-		return nil, time.Time{}, &LoadError{"future_version", fmt.Errorf("format version %d, this Holdfast reads %d", version, stateVersion)}
-	}
-	size, err := strconv.ParseInt(f[2], 10, 64)
-	if err != nil || size < 0 {
-		return nil, time.Time{}, &LoadError{"header", fmt.Errorf("payload size %q", f[2])}
-	}
-	if size+int64(len(header)) > maxBytes {
-		return nil, time.Time{}, &LoadError{"too_large", fmt.Errorf("%d bytes, more than %d", size+int64(len(header)), maxBytes)}
-	}
-	payload := make([]byte, size)
-	if _, err := io.ReadFull(br, payload); err != nil {
-		return nil, time.Time{}, &LoadError{"truncated", err}
-	}
-	if n, _ := br.Read(make([]byte, 1)); n != 0 {
-		return nil, time.Time{}, &LoadError{"header", errors.New("trailing bytes after the payload")}
-	}
-	sum := sha256.Sum256(payload)
-	if hex.EncodeToString(sum[:]) != f[3] {
-		return nil, time.Time{}, &LoadError{"checksum", errors.New("payload does not match its checksum")}
+		return nil, time.Time{}, err
 	}
 	var sf stateFile
 	if err := json.Unmarshal(payload, &sf); err != nil {

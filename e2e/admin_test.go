@@ -15,7 +15,6 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
@@ -50,22 +49,7 @@ func newAdminScene(t *testing.T) *adminScene {
 	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
 	ctx := testContext(t)
 	// 10 services × 5 endpoints nobody dials: the fleet the guard protects.
-	for i := range 10 {
-		svc := fmt.Sprintf("s%d", i)
-		createService(t, ns, svc, grpcPort)
-		s := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-a", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
-			AddressType: discoveryv1.AddressTypeIPv4,
-			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
-		}
-		for j := range 5 {
-			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.246.%d.%d", i, j+1)},
-				Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
-		}
-		if _, err := api.Create(ctx, s, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	guardedFleet(ctx, t, ns, func(int, int) string { return "" })
 	// A longer debounce gathers the 8 deletions below into one change, so that none of them is
 	// applied alone before the guard sees the whole withdrawal.
 	p, h := holdfastBehindProxy(t, ns, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -29,25 +30,12 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 	b := startBackends(t, grpcPort.target, live...)
 	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
 	ctx := testContext(t)
-	for i := range 10 {
-		svc := fmt.Sprintf("s%d", i)
-		createService(t, ns, svc, grpcPort)
-		s := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-a", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
-			AddressType: discoveryv1.AddressTypeIPv4,
-			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
+	guardedFleet(ctx, t, ns, func(i, j int) string {
+		if be, ok := b[fmt.Sprintf("s%d-%d", i, j)]; ok {
+			return be.Addr.String()
 		}
-		for j := range 5 {
-			addr := fmt.Sprintf("10.246.%d.%d", i, j+1) // nobody dials these services
-			if be, ok := b[fmt.Sprintf("%s-%d", svc, j)]; ok {
-				addr = be.Addr.String()
-			}
-			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
-		}
-		if _, err := api.Create(ctx, s, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+		return ""
+	})
 	h := startHoldfastOn(t, env.cluster, ns, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",
 		"--guard-hold-period", holdPeriod.String())
 	s0 := dial(t, h, target(ns, "s0", grpcPort.port))
@@ -102,5 +90,31 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 	waitMetric(ctx, t, h, "holdfast_guard_held", func(v float64) bool { return v == 0 })
 	if hits, failures, err := s9.Spread(ctx, 8); failures != 0 || len(hits) != 4 {
 		t.Errorf("s9 disturbed: %s, %d failures (%v)", harness.HitsString(hits), failures, err)
+	}
+}
+
+// guardedFleet creates services s0..s9 in ns, each with one slice "s<i>-a" of 5 ready
+// endpoints: addr(i, j) gives endpoint j of service i, "" for an address nobody dials.
+func guardedFleet(ctx context.Context, t *testing.T, ns string, addr func(i, j int) string) {
+	t.Helper()
+	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
+	for i := range 10 {
+		svc := fmt.Sprintf("s%d", i)
+		createService(t, ns, svc, grpcPort)
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-a", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
+		}
+		for j := range 5 {
+			a := addr(i, j)
+			if a == "" {
+				a = fmt.Sprintf("10.246.%d.%d", i, j+1)
+			}
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+		}
+		if _, err := api.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -192,15 +192,15 @@ func (a *Agent) LoadCache() error {
 		return nil
 	}
 	res, writtenAt, err := readCacheFile(a.cachePath(), a.o.MaxCacheBytes)
-	var ce *CacheError
+	var le *cache.LoadError
 	switch {
-	case errors.As(err, &ce) && ce.Reason == "missing":
+	case errors.As(err, &le) && le.Reason == "missing":
 		a.log.Info("no cache file: waiting for upstream", "path", a.cachePath())
 		return nil
 	case err != nil:
 		reason := "unreadable"
-		if errors.As(err, &ce) {
-			reason = ce.Reason
+		if errors.As(err, &le) {
+			reason = le.Reason
 		}
 		a.metrics.loadErrors.WithLabelValues(reason).Inc()
 		a.log.Error("cache file ignored: waiting for upstream", "decision", "agent_cache_ignored", "subject", a.cachePath(), "reason", reason, "err", err)

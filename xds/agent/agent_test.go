@@ -94,21 +94,21 @@ func TestCacheRoundTripAndDefects(t *testing.T) {
 		data   []byte
 		reason string
 	}{
-		{"empty", nil, "format"},
+		{"empty", nil, "header"},
 		{"truncated", good[:len(good)-10], "truncated"},
 		{"a flipped byte", append([]byte(header+"\n"), append(append([]byte{}, payload[:20]...), append([]byte{payload[20] ^ 1}, payload[21:]...)...)...), "checksum"},
-		{"a newer format", []byte(strings.Replace(header, "holdfast-agent-cache 1 ", "holdfast-agent-cache 2 ", 1) + "\n" + string(payload)), "version"},
-		{"not a cache", []byte("hello\n{}"), "format"},
-		{"oversized", good, "oversized"},
+		{"a newer format", []byte(strings.Replace(header, "holdfast-agent-cache 1 ", "holdfast-agent-cache 2 ", 1) + "\n" + string(payload)), "future_version"},
+		{"not a cache", []byte("hello\n{}"), "header"},
+		{"oversized", good, "too_large"},
 	}
 	for _, tt := range tests {
 		limit := int64(1 << 30)
-		if tt.reason == "oversized" {
+		if tt.reason == "too_large" {
 			limit = 100
 		}
 		_, _, err := decodeCache(bytes.NewReader(tt.data), limit)
-		var ce *CacheError
-		if !errors.As(err, &ce) || ce.Reason != tt.reason {
+		var le *cache.LoadError
+		if !errors.As(err, &le) || le.Reason != tt.reason {
 			t.Errorf("%s: %v, want reason %s", tt.name, err, tt.reason)
 		}
 	}

@@ -1,23 +1,21 @@
 package agent
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/holdfast/holdfast/cache"
 	"github.com/holdfast/holdfast/xds"
 )
 
-// The disk cache is one file, replaced atomically: a header line
+// The disk cache is one file, replaced atomically, framed like Holdfast's state file
+// (cache.Frame): a header line
 //
 //	holdfast-agent-cache 1 <payload bytes> <sha256 of payload, hex>
 //
@@ -40,15 +38,6 @@ type cachedEntry struct {
 	Value   []byte `json:"value"`
 }
 
-// CacheError says why a cache file was not used.
-type CacheError struct {
-	Reason string // missing, unreadable, truncated, checksum, version, format, oversized, invalid
-	Err    error
-}
-
-func (e *CacheError) Error() string { return fmt.Sprintf("agent cache %s: %v", e.Reason, e.Err) }
-func (e *CacheError) Unwrap() error { return e.Err }
-
 func encodeCache(kinds map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource, now time.Time) ([]byte, error) {
 	f := cacheFile{WrittenAt: now, Kinds: map[xds.ClientKind]map[resourcev3.Type][]cachedEntry{}}
 	for kind, types := range kinds {
@@ -63,52 +52,24 @@ func encodeCache(kinds map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Re
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(payload)
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s %d %d %s\n", cacheMagic, cacheVersion, len(payload), hex.EncodeToString(sum[:]))
-	b.Write(payload)
-	return b.Bytes(), nil
+	return cache.Frame(cacheMagic, cacheVersion, payload), nil
 }
 
 // decodeCache reads and checks a cache file. Any defect rejects the whole file: serving part of
 // a cache could withdraw what the rest would have kept.
 func decodeCache(r io.Reader, maxBytes int64) (map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource, time.Time, error) {
-	data, err := io.ReadAll(io.LimitReader(r, maxBytes+1024))
+	payload, err := cache.Unframe(r, cacheMagic, cacheVersion, maxBytes)
 	if err != nil {
-		return nil, time.Time{}, &CacheError{"unreadable", err}
-	}
-	nl := bytes.IndexByte(data, '\n')
-	if nl < 0 || nl > 200 {
-		return nil, time.Time{}, &CacheError{"format", errors.New("no header line")}
-	}
-	var magic, sumHex string
-	var version int
-	var size int64
-	if _, err := fmt.Sscanf(string(data[:nl]), "%s %d %d %s", &magic, &version, &size, &sumHex); err != nil || magic != cacheMagic {
-		return nil, time.Time{}, &CacheError{"format", fmt.Errorf("header %q", data[:nl])}
-	}
-	if version != cacheVersion {
-		return nil, time.Time{}, &CacheError{"version", errors.New("format version " + strconv.Itoa(version))}
-	}
-	if size > maxBytes {
-		return nil, time.Time{}, &CacheError{"oversized", fmt.Errorf("%d bytes, limit %d", size, maxBytes)}
-	}
-	payload := data[nl+1:]
-	if int64(len(payload)) != size {
-		return nil, time.Time{}, &CacheError{"truncated", fmt.Errorf("%d of %d bytes", len(payload), size)}
-	}
-	sum := sha256.Sum256(payload)
-	if hex.EncodeToString(sum[:]) != sumHex {
-		return nil, time.Time{}, &CacheError{"checksum", errors.New("payload does not match its checksum")}
+		return nil, time.Time{}, err
 	}
 	var f cacheFile
 	if err := json.Unmarshal(payload, &f); err != nil {
-		return nil, time.Time{}, &CacheError{"format", err}
+		return nil, time.Time{}, &cache.LoadError{Reason: "decode", Err: err}
 	}
 	out := map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource{}
 	for kind, types := range f.Kinds {
 		if kind != xds.KindGRPC && kind != xds.KindEnvoy {
-			return nil, time.Time{}, &CacheError{"invalid", fmt.Errorf("client kind %q", kind)}
+			return nil, time.Time{}, &cache.LoadError{Reason: "invalid", Err: fmt.Errorf("client kind %q", kind)}
 		}
 		out[kind] = map[resourcev3.Type]map[string]*xds.Resource{}
 		for typ, entries := range types {
@@ -116,7 +77,7 @@ func decodeCache(r io.Reader, maxBytes int64) (map[xds.ClientKind]map[resourcev3
 			for _, e := range entries {
 				r, err := xds.ResourceFromWire(typ, e.Name, e.Version, e.Value)
 				if err != nil {
-					return nil, time.Time{}, &CacheError{"invalid", err}
+					return nil, time.Time{}, &cache.LoadError{Reason: "invalid", Err: err}
 				}
 				out[kind][typ][e.Name] = r
 			}
@@ -128,10 +89,10 @@ func decodeCache(r io.Reader, maxBytes int64) (map[xds.ClientKind]map[resourcev3
 func readCacheFile(path string, maxBytes int64) (map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource, time.Time, error) {
 	f, err := os.Open(path) //nolint:gosec // the operator's --cache-dir
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, time.Time{}, &CacheError{"missing", err}
+		return nil, time.Time{}, &cache.LoadError{Reason: "missing", Err: err}
 	}
 	if err != nil {
-		return nil, time.Time{}, &CacheError{"unreadable", err}
+		return nil, time.Time{}, &cache.LoadError{Reason: "unreadable", Err: err}
 	}
 	defer f.Close()
 	return decodeCache(f, maxBytes)
