@@ -236,7 +236,7 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 		ts.names = make(map[string]struct{}, len(names))
 		for _, n := range names {
 			if n != "*" {
-				ts.names[n] = struct{}{}
+				ts.names[st.canonicalLocked(typ, n)] = struct{}{}
 			}
 		}
 		ts.sorted, ts.dirty = nil, true
@@ -246,6 +246,16 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 			}
 		}
 	})
+}
+
+// canonicalLocked returns the published resource's own copy of a subscribed name, when it
+// exists: a thousand streams subscribed to the same names then share one copy of each, and
+// the request they came in can be collected.
+func (st *stream) canonicalLocked(typ resourcev3.Type, n string) string {
+	if r, ok := st.srv.snapshot(st.kind).Get(typ, n); ok {
+		return r.Name
+	}
+	return n
 }
 
 func sameNames(have map[string]struct{}, names []string) bool {
@@ -458,7 +468,7 @@ func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 	return st.onRequest(req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), func(ts *typeState, first bool) {
 		if first {
 			for n, v := range req.GetInitialResourceVersions() {
-				ts.sent[n] = v
+				ts.sent[st.canonicalLocked(req.GetTypeUrl(), n)] = v
 			}
 			if len(req.GetResourceNamesSubscribe()) == 0 {
 				ts.wildcard = true // legacy wildcard
@@ -468,7 +478,7 @@ func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 			if n == "*" {
 				ts.wildcard = true
 			} else {
-				ts.names[n] = struct{}{}
+				ts.names[st.canonicalLocked(req.GetTypeUrl(), n)] = struct{}{}
 			}
 			ts.dirty, ts.sorted = true, nil
 		}
