@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/holdfast/holdfast/internal/promreg"
 	"github.com/holdfast/holdfast/resolver"
 )
 
@@ -153,10 +154,8 @@ func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
 		},
 	}
 	m := s.metrics
-	for _, c := range append([]prometheus.Collector{m.writes, m.writeErrors, m.lastWrite, m.loadErrors, m.restored, m.restoredAge, m.held, m.heldWithdrawn, m.holds, m.releases}, capacity.collectors()...) {
-		if err := opts.Registry.Register(c); err != nil {
-			return nil, fmt.Errorf("store: register metrics: %w", err)
-		}
+	if err := promreg.Register(opts.Registry, "store", append([]prometheus.Collector{m.writes, m.writeErrors, m.lastWrite, m.loadErrors, m.restored, m.restoredAge, m.held, m.heldWithdrawn, m.holds, m.releases}, capacity.collectors()...)...); err != nil {
+		return nil, err
 	}
 	return s, nil
 }

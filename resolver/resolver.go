@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/holdfast/holdfast/internal/promreg"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -177,10 +179,8 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 		r.metrics.stale.WithLabelValues(s.name).Set(0)
 	}
 	m := r.metrics
-	for _, c := range []prometheus.Collector{m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, m.degraded, rejections.counter, syncAgeCollector{r}} {
-		if err := opts.Registry.Register(c); err != nil {
-			return nil, fmt.Errorf("resolver: register metrics: %w", err)
-		}
+	if err := promreg.Register(opts.Registry, "resolver", m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, m.degraded, rejections.counter, syncAgeCollector{r}); err != nil {
+		return nil, err
 	}
 	return r, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/promreg"
 	"github.com/holdfast/holdfast/resolver"
 )
 
@@ -105,10 +106,8 @@ func NewPublisher(opts PublisherOptions, out SnapshotSetter) (*Publisher, error)
 		},
 	}
 	m := p.metrics
-	for _, c := range []prometheus.Collector{m.publishes, m.failures, m.invalid, m.invalidNow, m.lastPublish, m.publishSeconds, m.resources} {
-		if err := opts.Registry.Register(c); err != nil {
-			return nil, fmt.Errorf("publisher: register metrics: %w", err)
-		}
+	if err := promreg.Register(opts.Registry, "publisher", m.publishes, m.failures, m.invalid, m.invalidNow, m.lastPublish, m.publishSeconds, m.resources); err != nil {
+		return nil, err
 	}
 	return p, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -234,23 +235,22 @@ func ResourceFromWire(typeURL, name, version string, value []byte) (*Resource, e
 	return r, nil
 }
 
-// NewSnapshot builds a Snapshot from resources by type. A type whose resources are those of
-// prev keeps prev's index; a changed one records what changed since prev's, so that streams
-// do O(changed) work.
-func NewSnapshot(byType map[resourcev3.Type][]*Resource, prev *Snapshot) *Snapshot {
-	s := &Snapshot{types: make(map[resourcev3.Type]*typeIndex, len(byType))}
-	for typ, l := range byType {
-		idx := newTypeIndex(l)
-		if prev != nil {
-			if old, ok := prev.types[typ]; ok {
-				if old.version == idx.version && len(old.list) == len(idx.list) {
-					idx = old
-				} else {
-					idx.since(old)
-				}
-			}
-		}
-		s.types[typ] = idx
+// WithType returns a snapshot like s (which may be nil) but with l as the resources of type
+// typ. The new type index records what changed since s's, so that streams do O(changed)
+// work; an unchanged list keeps s's index.
+func (s *Snapshot) WithType(typ resourcev3.Type, l []*Resource) *Snapshot {
+	out := &Snapshot{types: make(map[resourcev3.Type]*typeIndex, 4)}
+	if s != nil {
+		maps.Copy(out.types, s.types)
 	}
-	return s
+	idx := newTypeIndex(l)
+	if old, ok := out.types[typ]; ok {
+		if old.version == idx.version && len(old.list) == len(idx.list) {
+			idx = old
+		} else {
+			idx.since(old)
+		}
+	}
+	out.types[typ] = idx
+	return out
 }

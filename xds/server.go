@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -16,6 +15,8 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/holdfast/holdfast/internal/promreg"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
@@ -133,10 +134,8 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		},
 	}
 	m := s.metrics
-	for _, c := range []prometheus.Collector{m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency} {
-		if err := opts.Registry.Register(c); err != nil {
-			return nil, fmt.Errorf("xds: register metrics: %w", err)
-		}
+	if err := promreg.Register(opts.Registry, "xds", m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency); err != nil {
+		return nil, err
 	}
 	s.GRPC = grpc.NewServer(
 		grpc.ForceServerCodecV2(newWireCodec()),

@@ -307,3 +307,36 @@ func TestRejectionOutlivesOtherAcks(t *testing.T) {
 		t.Fatalf("a fixed version was accepted, yet: rejected %v, nacked %v", tsStatus.Rejected, tsStatus.Nacked)
 	}
 }
+
+// Delivery answers, without copying client state, who still lacks a version and who rejected it.
+func TestDelivery(t *testing.T) {
+	srv, _, _ := testServer(t)
+	st := newStream(srv, 99, flavourDelta)
+	st.known, st.kind, st.nodeID = true, KindEnvoy, "e1"
+	srv.mu.Lock()
+	srv.streams[st.id] = st
+	srv.mu.Unlock()
+	ts := st.typeStateLocked(resourcev3.EndpointType)
+	ts.subscribed, ts.wildcard = true, true
+	a1, a2 := &Resource{Name: "a", Version: "1"}, &Resource{Name: "a", Version: "2"}
+	want := func(v string) map[string]string { return map[string]string{"a": v} }
+	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1")); d.Pending != 1 || d.Rejection != "" {
+		t.Errorf("not sent yet: %+v", d)
+	}
+	ts.inflight, ts.inflightOut, ts.sent["a"] = "n1", []*Resource{a1}, "1"
+	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1")); d.Pending != 1 {
+		t.Errorf("in flight: %+v", d)
+	}
+	st.settleLocked(resourcev3.EndpointType, ts, nil, time.Now())
+	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1")); d.Pending != 0 || d.Rejection != "" {
+		t.Errorf("acknowledged: %+v", d)
+	}
+	if d := srv.Delivery(KindGRPC, resourcev3.EndpointType, want("9")); d.Pending != 0 {
+		t.Errorf("another kind's clients counted: %+v", d)
+	}
+	ts.inflight, ts.inflightOut, ts.sent["a"] = "n2", []*Resource{a2}, "2"
+	st.settleLocked(resourcev3.EndpointType, ts, &statuspb.Status{Message: "no"}, time.Now())
+	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("2")); d.Rejection != "local client e1 rejected a version 2: no" {
+		t.Errorf("rejected: %+v", d)
+	}
+}

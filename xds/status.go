@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
@@ -57,14 +59,62 @@ func (t TypeStatus) Resources(snap *Snapshot, typ resourcev3.Type) []ResourceSta
 		}
 		out = append(out, rs)
 	}
-	slices.SortFunc(out, func(a, b ResourceStatus) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b ResourceStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// Delivery is how far some resources have got with the clients that want them.
+type Delivery struct {
+	// Pending counts (client, resource) pairs where the client wants the resource and does not
+	// hold that version yet, or holds it in a response it has not answered.
+	Pending int
+	// Rejection describes the first client found to have rejected one of them ("" if none).
+	Rejection string
+}
+
+// Delivery reports, for the clients of kind subscribed to type typ, how far the resources
+// named in versions (name → version) have got. It reads each stream's state in place, without
+// copying it: callers may poll it.
+func (s *Server) Delivery(kind ClientKind, typ resourcev3.Type, versions map[string]string) Delivery {
+	s.mu.Lock()
+	streams := make([]*stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		streams = append(streams, st)
+	}
+	s.mu.Unlock()
+	var d Delivery
+	for _, st := range streams {
+		st.mu.Lock()
+		if ts := st.types[typ]; st.known && st.kind == kind && ts != nil {
+			st.deliveryLocked(ts, versions, &d)
+		}
+		st.mu.Unlock()
+	}
+	return d
+}
+
+func (st *stream) deliveryLocked(ts *typeState, versions map[string]string, d *Delivery) {
+	var inflight map[string]string
+	if ts.inflight != "" {
+		inflight = make(map[string]string, len(ts.inflightOut))
+		for _, r := range ts.inflightOut {
+			inflight[r.Name] = r.Version
+		}
+	}
+	for name, v := range versions {
+		if _, named := ts.names[name]; !ts.wildcard && !named {
+			continue
+		}
+		held, _ := ts.sentVersion(name)
+		switch {
+		case ts.rejected[name] == v && d.Rejection == "":
+			detail := ""
+			if ts.nacked != nil {
+				detail = ts.nacked.Detail
+			}
+			d.Rejection = fmt.Sprintf("local client %s rejected %s version %s: %s", st.nodeID, name, v, detail)
+		case held != v || inflight[name] == v:
+			d.Pending++
+		}
+	}
 }

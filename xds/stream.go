@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"weak"
@@ -398,6 +399,19 @@ func (ts *typeState) hold(full bool, wanted, out []*Resource) {
 			}
 		}
 	}
+}
+
+// sentVersion returns the version of name the client was sent and may hold.
+func (ts *typeState) sentVersion(name string) (string, bool) {
+	if ts.held == nil {
+		v, ok := ts.sent[name]
+		return v, ok
+	}
+	// held is sorted by name: the index's list, or the wanted names in order.
+	if i, ok := slices.BinarySearchFunc(ts.held, name, func(r *Resource, n string) int { return strings.Compare(r.Name, n) }); ok {
+		return ts.held[i].Version, true
+	}
+	return "", false
 }
 
 // sentVersions returns what the client holds, name → version.

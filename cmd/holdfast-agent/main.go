@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,12 +21,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/holdfast/holdfast/internal/health"
 	"github.com/holdfast/holdfast/xds"
 	"github.com/holdfast/holdfast/xds/agent"
 )
@@ -183,18 +182,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		_ = xdsLis.Close()
 		return fmt.Errorf("--http-listen: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		st := a.Status()
-		w.Header().Set("Content-Type", "application/json")
-		if !st.Ready {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_ = json.NewEncoder(w).Encode(st)
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	handler := health.Handler(reg, func() (bool, any) { st := a.Status(); return st.Ready, st })
+	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast-agent starting", "upstream", cfg.upstream, "listen", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
 		"node", cfg.nodeID, "kinds", cfg.kinds, "cache_dir", cfg.cacheDir)
 

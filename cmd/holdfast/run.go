@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,7 +13,6 @@ import (
 	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/reflection"
@@ -24,6 +22,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/health"
+	"github.com/holdfast/holdfast/internal/promreg"
 	"github.com/holdfast/holdfast/resolver"
 	"github.com/holdfast/holdfast/xds"
 	"github.com/holdfast/holdfast/xds/admin"
@@ -56,7 +56,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	if err := registerAll(reg, collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+	if err := promreg.Register(reg, "holdfast", collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return err
 	}
 
@@ -110,7 +110,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Naming: xds.Naming{Domain: cfg.ClusterDomain}, Decisions: decisions, Logger: log}))
 	statusv3.RegisterClientStatusDiscoveryServiceServer(adminSrv, admin.NewCSDS(srv))
 	reflection.Register(adminSrv)
-	httpSrv := &http.Server{Handler: httpHandler(reg, readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)), ReadHeaderTimeout: 5 * time.Second}
+	ready := readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)
+	httpSrv := &http.Server{Handler: health.Handler(reg, func() (bool, any) { r := ready(); return r.Ready, r }), ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(),
 		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain)
 
@@ -138,15 +139,6 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return httpSrv.Shutdown(sctx)
 	})
 	return g.Wait()
-}
-
-func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("register metrics: %w", err)
-		}
-	}
-	return nil
 }
 
 // restConfig finds the API server: --kubeconfig, else the in-cluster config, else $KUBECONFIG.
@@ -225,22 +217,4 @@ func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, store *cache.Stor
 		r.Ready = r.Published && len(r.Stuck) == 0 && (readyWhenStale || !r.Stale)
 		return r
 	}
-}
-
-func httpHandler(reg *prometheus.Registry, ready func() readiness) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		r := ready()
-		w.Header().Set("Content-Type", "application/json")
-		if !r.Ready {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_ = json.NewEncoder(w).Encode(r)
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	return mux
 }

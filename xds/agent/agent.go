@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -27,13 +28,14 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/promreg"
 	"github.com/holdfast/holdfast/xds"
 )
 
 // Downstream is the local xDS server the agent feeds: Holdfast's own.
 type Downstream interface {
 	SetSnapshots(xds.Snapshots)
-	Clients() []xds.ClientStatus
+	Delivery(xds.ClientKind, resourcev3.Type, map[string]string) xds.Delivery
 }
 
 // Options configure an Agent.
@@ -105,16 +107,17 @@ type Agent struct {
 	metrics metrics
 	kick    chan struct{} // capacity 1: the cache changed and must be written
 
-	mu       sync.Mutex
-	res      resources
-	snaps    xds.Snapshots
-	bytes    int64
-	restored *restoredState // nil once upstream confirmed every type, or if nothing was restored
-	up       map[xds.ClientKind]*upstreamState
-	dirty    bool
-	everLive bool      // upstream has answered every type of some kind at least once
-	written  int       // resources in the last cache file written
-	wroteAt  time.Time // when
+	mu        sync.Mutex
+	res       resources
+	snaps     xds.Snapshots
+	bytes     int64                                        // resource bytes cached
+	typeBytes map[xds.ClientKind]map[resourcev3.Type]int64 // of which, by kind and type
+	restored  *restoredState                               // nil once upstream confirmed every type, or if nothing was restored
+	up        map[xds.ClientKind]*upstreamState
+	dirty     bool
+	everLive  bool      // upstream has answered every type of some kind at least once
+	written   int       // resources in the last cache file written
+	wroteAt   time.Time // when
 }
 
 type restoredState struct {
@@ -148,8 +151,10 @@ func New(o Options) (*Agent, error) {
 	}
 	a := &Agent{o: o, log: o.Logger.With("component", "agent"), kick: make(chan struct{}, 1), res: resources{},
 		up: map[xds.ClientKind]*upstreamState{}}
+	a.typeBytes = map[xds.ClientKind]map[resourcev3.Type]int64{}
 	for _, k := range o.Kinds {
 		a.res[k] = map[resourcev3.Type]map[string]*xds.Resource{}
+		a.typeBytes[k] = map[resourcev3.Type]int64{}
 		a.up[k] = &upstreamState{synced: map[resourcev3.Type]bool{}}
 	}
 	m := metrics{
@@ -174,10 +179,8 @@ func New(o Options) (*Agent, error) {
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "holdfast_agent_cache_write_errors_total",
 			Help: "Cache writes that failed; the previous file stays."}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.resources, m.reconnects, m.forwarded, m.rejected, m.fromCache, m.cacheAge, m.loadErrors, m.writes, m.writeErrors} {
-		if err := o.Registry.Register(c); err != nil {
-			return nil, fmt.Errorf("agent: register metrics: %w", err)
-		}
+	if err := promreg.Register(o.Registry, "agent", m.connected, m.resources, m.reconnects, m.forwarded, m.rejected, m.fromCache, m.cacheAge, m.loadErrors, m.writes, m.writeErrors); err != nil {
+		return nil, err
 	}
 	a.metrics = m
 	return a, nil
@@ -214,7 +217,14 @@ func (a *Agent) LoadCache() error {
 		}
 	}
 	a.restored = &restoredState{writtenAt: writtenAt, tooOld: age > a.o.MaxCacheAge}
-	a.publishLocked()
+	a.bytes = 0
+	for _, k := range a.o.Kinds {
+		for _, typ := range typeOrder {
+			a.typeBytes[k][typ] = bytesOf(a.res[k][typ])
+			a.bytes += a.typeBytes[k][typ]
+		}
+	}
+	a.publishLocked(typeOrder, a.o.Kinds...)
 	n := a.countLocked()
 	a.mu.Unlock()
 	a.metrics.fromCache.Set(1)
@@ -239,23 +249,32 @@ func (a *Agent) countLocked() int {
 	return n
 }
 
-// publishLocked hands the downstream server a snapshot per kind of everything cached.
-func (a *Agent) publishLocked() {
+// publishLocked hands the downstream server new snapshots in which the given types of the
+// given kinds are rebuilt from the cache; the other types keep their indexes.
+func (a *Agent) publishLocked(types []resourcev3.Type, kinds ...xds.ClientKind) {
 	snaps := make(xds.Snapshots, len(a.res))
-	for kind, types := range a.res {
-		byType := make(map[resourcev3.Type][]*xds.Resource, len(types))
-		for typ, rs := range types {
+	maps.Copy(snaps, a.snaps)
+	for _, kind := range kinds {
+		for _, typ := range types {
+			rs := a.res[kind][typ]
 			l := make([]*xds.Resource, 0, len(rs))
 			for _, r := range rs {
 				l = append(l, r)
 			}
-			byType[typ] = l
+			snaps[kind] = snaps[kind].WithType(typ, l)
 		}
-		snaps[kind] = xds.NewSnapshot(byType, a.snaps[kind])
 		a.metrics.resources.WithLabelValues(string(kind)).Set(float64(a.countKindLocked(kind)))
 	}
 	a.snaps = snaps
 	a.o.Downstream.SetSnapshots(snaps)
+}
+
+func bytesOf(rs map[string]*xds.Resource) int64 {
+	var n int64
+	for _, r := range rs {
+		n += int64(len(r.Any.GetValue()))
+	}
+	return n
 }
 
 func (a *Agent) countKindLocked(kind xds.ClientKind) int {
@@ -416,20 +435,8 @@ func (a *Agent) apply(ctx context.Context, kind xds.ClientKind, resp *discoveryv
 		next[r.Name] = r
 	}
 	total := a.countLocked() - len(cur) + len(next)
-	var size int64
-	for k, types := range a.res {
-		for t, rs := range types {
-			if k == kind && t == typ {
-				continue
-			}
-			for _, r := range rs {
-				size += int64(len(r.Any.GetValue()))
-			}
-		}
-	}
-	for _, r := range next {
-		size += int64(len(r.Any.GetValue()))
-	}
+	typeSize := bytesOf(next)
+	size := a.bytes - a.typeBytes[kind][typ] + typeSize
 	if total > a.o.MaxResources || size > a.o.MaxCacheBytes {
 		a.mu.Unlock()
 		a.metrics.rejected.WithLabelValues(typ).Inc()
@@ -438,11 +445,11 @@ func (a *Agent) apply(ctx context.Context, kind xds.ClientKind, resp *discoveryv
 		return fmt.Sprintf("holdfast-agent: cache limits exceeded (%d resources of %d, %d bytes of %d)", total, a.o.MaxResources, size, a.o.MaxCacheBytes)
 	}
 	a.res[kind][typ] = next
-	a.bytes = size
+	a.bytes, a.typeBytes[kind][typ] = size, typeSize
 	a.up[kind].synced[typ] = true
 	a.everLive = a.everLive || len(a.up[kind].synced) == len(typeOrder)
 	a.confirmLocked()
-	a.publishLocked()
+	a.publishLocked([]resourcev3.Type{typ}, kind)
 	a.dirty = true
 	a.mu.Unlock()
 	select {
@@ -479,35 +486,14 @@ func (a *Agent) verdict(ctx context.Context, kind xds.ClientKind, typ resourcev3
 	if len(in) == 0 {
 		return ""
 	}
+	versions := make(map[string]string, len(in))
+	for _, r := range in {
+		versions[r.Name] = r.Version
+	}
 	deadline := time.Now().Add(a.o.SettleTimeout)
 	for {
-		pending, detail := false, ""
-		for _, c := range a.o.Downstream.Clients() {
-			if c.Kind != kind {
-				continue
-			}
-			t, ok := c.Types[typ]
-			if !ok {
-				continue
-			}
-			for _, r := range in {
-				if !t.Wildcard {
-					if _, found := slices.BinarySearch(t.Names, r.Name); !found {
-						continue
-					}
-				}
-				switch {
-				case t.Rejected[r.Name] == r.Version && detail == "":
-					nack := ""
-					if t.Nacked != nil {
-						nack = t.Nacked.Detail
-					}
-					detail = fmt.Sprintf("local client %s rejected %s version %s: %s", c.NodeID, r.Name, r.Version, nack)
-				case t.Sent[r.Name] != r.Version || (t.InFlight && t.InFlightResources[r.Name] == r.Version):
-					pending = true
-				}
-			}
-		}
+		d := a.o.Downstream.Delivery(kind, typ, versions)
+		pending, detail := d.Pending > 0, d.Rejection
 		if detail != "" {
 			a.metrics.forwarded.WithLabelValues(typ).Inc()
 			a.log.Warn("forwarding a local client's rejection upstream", "decision", "agent_nack_forwarded", "subject", string(kind), "type", typ, "detail", detail)

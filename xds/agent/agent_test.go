@@ -32,8 +32,10 @@ type captured struct {
 }
 
 func (c *captured) SetSnapshots(s xds.Snapshots) { c.mu.Lock(); c.snaps, c.n = s, c.n+1; c.mu.Unlock() }
-func (c *captured) Clients() []xds.ClientStatus  { return nil }
-func (c *captured) last() xds.Snapshots          { c.mu.Lock(); defer c.mu.Unlock(); return c.snaps }
+func (c *captured) Delivery(xds.ClientKind, resourcev3.Type, map[string]string) xds.Delivery {
+	return xds.Delivery{}
+}
+func (c *captured) last() xds.Snapshots { c.mu.Lock(); defer c.mu.Unlock(); return c.snaps }
 
 // fleetResources translates a synthetic fleet with Holdfast's own publisher.
 func fleetResources(t testing.TB, services, per int) resources {
