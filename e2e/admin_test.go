@@ -467,6 +467,19 @@ func TestHoldfastctl(t *testing.T) {
 	if out, _ := ctl("-o", "yaml", "sources"); !strings.Contains(out, "state: stale") {
 		t.Errorf("sources YAML:\n%s", out)
 	}
+	// The operator's release: the hold listed, released by ID, gone, and a wrong ID refused.
+	if out, _ := ctl("holds"); !strings.Contains(out, "would withdraw 40 of") {
+		t.Errorf("holds table:\n%s", out)
+	}
+	if out, err := ctl("release", "7"); err == nil || !strings.Contains(out, "no hold 7") {
+		t.Errorf("releasing a hold that does not exist: %v\n%s", err, out)
+	}
+	if out, err := ctl("release", "1"); err != nil || !strings.Contains(out, "released hold 1: 40 of") {
+		t.Errorf("holdfastctl release 1: %v\n%s", err, out)
+	}
+	if holds, err := sc.admin.ListHolds(ctx, &admin.ListHoldsRequest{}); err != nil || len(holds.GetHolds()) != 0 {
+		t.Errorf("after holdfastctl release: %v, %v", holds, err)
+	}
 	// Unreachable: a clear error and exit 1.
 	cmd := exec.CommandContext(ctx, env.bins.Holdfastctl, "--addr", "127.0.0.1:1", "--timeout", "2s", "services")
 	out2, err := cmd.CombinedOutput()
