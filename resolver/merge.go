@@ -3,6 +3,7 @@ package resolver
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	corev1 "k8s.io/api/core/v1"
@@ -30,7 +31,12 @@ const (
 	ReasonServiceNotFound    = "service_not_found"
 	ReasonTooManyEndpoints   = "too_many_endpoints"
 	ReasonNothingUsableInput = "no_usable_endpoints_left"
+	ReasonAnnotationInvalid  = "annotation_invalid"
 )
+
+// topology returns the zone and region labels of a Node; ok is false when the Node is not
+// known (or Nodes are not watched: nil).
+type topology func(node string) (zone, region string, ok bool)
 
 func sliceRejection(s *discoveryv1.EndpointSlice, reason, detail string) Rejection {
 	return Rejection{Kind: "EndpointSlice", Namespace: s.Namespace, Name: s.Name, ResourceVersion: s.ResourceVersion, Reason: reason, Detail: detail}
@@ -40,7 +46,10 @@ func sliceRejection(s *discoveryv1.EndpointSlice, reason, detail string) Rejecti
 // model. Slice ports are matched to service ports by name (both empty for a single unnamed port).
 // It returns nil for services that carry no routable ports (ExternalName, or no TCP ports), and
 // every element it left out as a Rejection. It never fails: a bad element is dropped alone.
-func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*Service, []Rejection) {
+//
+// Endpoints without a zone in their slice take their Node's zone label, and every endpoint its
+// Node's region label, when nodes is not nil.
+func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, nodes topology) (*Service, []Rejection) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil, []Rejection{{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, ResourceVersion: svc.ResourceVersion,
 			Reason: ReasonExternalName, Detail: "ExternalName services are resolved by DNS, not served over xDS"}}
@@ -50,6 +59,18 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*Se
 		Key:      Key{Namespace: svc.Namespace, Name: svc.Name},
 		Headless: svc.Spec.ClusterIP == corev1.ClusterIPNone,
 		Origin:   Origin{ServiceVersion: svc.ResourceVersion},
+	}
+	if td := svc.Spec.TrafficDistribution; td != nil {
+		out.TrafficDistribution = *td
+	}
+	if v, ok := svc.Annotations[LocalityAnnotation]; ok {
+		switch v {
+		case LocalityOff, LocalityZone, LocalityRegion:
+			out.Locality = v
+		default:
+			rejections = append(rejections, Rejection{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, ResourceVersion: svc.ResourceVersion,
+				Reason: ReasonAnnotationInvalid, Detail: fmt.Sprintf("%s: %q is not off, zone or region; the default applies", LocalityAnnotation, v)})
+		}
 	}
 	for _, s := range slices {
 		out.Origin.Slices = append(out.Origin.Slices, ObjectVersion{Name: s.Name, ResourceVersion: s.ResourceVersion})
@@ -63,7 +84,7 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*Se
 		if sp.AppProtocol != nil {
 			p.AppProtocol = *sp.AppProtocol
 		}
-		p.Endpoints = endpointsForPort(sp.Name, slices, &rejections)
+		p.Endpoints = endpointsForPort(sp.Name, slices, nodes, &rejections)
 		out.Ports = append(out.Ports, p)
 	}
 	// Problems that do not depend on the port: reported once per slice.
@@ -84,7 +105,7 @@ func isTCP(p corev1.Protocol) bool { return p == "" || p == corev1.ProtocolTCP }
 // endpointsForPort collects, across all slices, the endpoints serving the service port named
 // portName. An address:port listed by several slices appears once, with the most usable
 // conditions any slice reported for it (ready beats serving beats neither).
-func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice, rejections *[]Rejection) []Endpoint {
+func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice, nodes topology, rejections *[]Rejection) []Endpoint {
 	byHostPort := map[netip.AddrPort]Endpoint{}
 	for _, s := range slices {
 		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
@@ -109,7 +130,7 @@ func endpointsForPort(portName string, slices []*discoveryv1.EndpointSlice, reje
 					*rejections = append(*rejections, sliceRejection(s, ReasonAddressFamily, fmt.Sprintf("%s in an %s slice", a, s.AddressType)))
 					continue
 				}
-				ep := toEndpoint(addr.String(), int32(target), e)
+				ep := toEndpoint(addr.String(), int32(target), e, nodes)
 				key := netip.AddrPortFrom(addr, target)
 				if prev, dup := byHostPort[key]; dup {
 					*rejections = append(*rejections, sliceRejection(s, ReasonDuplicateEndpoint, fmt.Sprintf("%s listed more than once", key)))
@@ -161,7 +182,8 @@ func slicePort(s *discoveryv1.EndpointSlice, name string) (port uint16, found, o
 
 // toEndpoint applies the API's defaulting rules for conditions: a nil ready means ready, a nil
 // serving means the same as ready, a nil terminating means not terminating.
-func toEndpoint(addr string, port int32, e *discoveryv1.Endpoint) Endpoint {
+// Zone and region come from the endpoint's Node where the slice does not say.
+func toEndpoint(addr string, port int32, e *discoveryv1.Endpoint, nodes topology) Endpoint {
 	ready := e.Conditions.Ready == nil || *e.Conditions.Ready
 	serving := ready
 	if e.Conditions.Serving != nil {
@@ -177,6 +199,22 @@ func toEndpoint(addr string, port int32, e *discoveryv1.Endpoint) Endpoint {
 	}
 	if e.Hostname != nil {
 		ep.Hostname = *e.Hostname
+	}
+	if e.Hints != nil {
+		for _, z := range e.Hints.ForZones {
+			if z.Name != "" && !slices.Contains(ep.ForZones, z.Name) {
+				ep.ForZones = append(ep.ForZones, z.Name)
+			}
+		}
+		slices.Sort(ep.ForZones)
+	}
+	if nodes != nil && ep.NodeName != "" {
+		if zone, region, ok := nodes(ep.NodeName); ok {
+			if ep.Zone == "" {
+				ep.Zone = zone
+			}
+			ep.Region = region
+		}
 	}
 	return ep
 }

@@ -150,7 +150,7 @@ func TestBuildService(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, _ := buildService(tt.svc, tt.slices)
+			got, _ := buildService(tt.svc, tt.slices, nil)
 			if got != nil {
 				got.Origin = Origin{} // provenance has its own test
 			}
@@ -168,7 +168,7 @@ func TestBuildServiceRecordsOrigin(t *testing.T) {
 	b.ResourceVersion = "57"
 	a := slice("web-a", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.0.0.1"}})
 	a.ResourceVersion = "63"
-	got, _ := buildService(s, []*discoveryv1.EndpointSlice{b, a})
+	got, _ := buildService(s, []*discoveryv1.EndpointSlice{b, a}, nil)
 	want := Origin{ServiceVersion: "41", Slices: []ObjectVersion{{"web-a", "63"}, {"web-b", "57"}}}
 	if !reflect.DeepEqual(got.Origin, want) {
 		t.Errorf("origin = %+v, want %+v", got.Origin, want)
@@ -194,12 +194,15 @@ func TestEndpointHealth(t *testing.T) {
 }
 
 func TestHostPort(t *testing.T) {
-	for in, want := range map[Endpoint]string{
-		{Address: "10.0.0.1", Port: 80}: "10.0.0.1:80",
-		{Address: "fd00::1", Port: 443}: "[fd00::1]:443",
+	for _, tt := range []struct {
+		in   Endpoint
+		want string
+	}{
+		{Endpoint{Address: "10.0.0.1", Port: 80}, "10.0.0.1:80"},
+		{Endpoint{Address: "fd00::1", Port: 443}, "[fd00::1]:443"},
 	} {
-		if got := in.HostPort(); got != want {
-			t.Errorf("HostPort(%v) = %q, want %q", in, got, want)
+		if got := tt.in.HostPort(); got != tt.want {
+			t.Errorf("HostPort(%v) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
@@ -235,7 +238,7 @@ func TestBuildServiceRejections(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, rejections := buildService(svc(httpPort), tt.slices)
+			got, rejections := buildService(svc(httpPort), tt.slices, nil)
 			var reasons []string
 			for _, r := range rejections {
 				reasons = append(reasons, r.Reason)
@@ -249,7 +252,7 @@ func TestBuildServiceRejections(t *testing.T) {
 		})
 	}
 	_, rs := buildService(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "x"},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"}}, nil)
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"}}, nil, nil)
 	if len(rs) != 1 || rs[0].Reason != ReasonExternalName {
 		t.Errorf("ExternalName: rejections %v", rs)
 	}
@@ -260,7 +263,7 @@ func TestUnusableKeepsLastGoodState(t *testing.T) {
 	usable := &Service{Ports: []Port{{Port: 80, Endpoints: []Endpoint{{Address: "10.0.0.1", Port: 80, Ready: true}}}}}
 	empty := &Service{Ports: []Port{{Port: 80}}}
 	big := &Service{Ports: []Port{{Port: 80, Endpoints: make([]Endpoint, 3)}}}
-	bad := []Rejection{{Reason: ReasonAddressInvalid}}
+	bad := []Rejection{{Kind: "EndpointSlice", Reason: ReasonAddressInvalid}}
 	tests := []struct {
 		name             string
 		prev, next       *Service
@@ -273,10 +276,90 @@ func TestUnusableKeepsLastGoodState(t *testing.T) {
 		{"first sight of a bad service", nil, empty, bad, false},
 		{"too many endpoints", usable, big, nil, true},
 		{"deletion goes through", usable, nil, bad, false},
+		{"a bad annotation does not make a scale to zero look like bad input", usable, empty,
+			[]Rejection{{Kind: "Service", Reason: ReasonAnnotationInvalid}}, false},
 	}
 	for _, tt := range tests {
 		if got := r.unusable(tt.prev, tt.next, tt.rejections) != ""; got != tt.wantKeepPrevious {
 			t.Errorf("%s: keep previous = %v, want %v", tt.name, got, tt.wantKeepPrevious)
 		}
+	}
+}
+
+// TestBuildServiceTopology: zones come from the slice, else from the endpoint's Node; regions
+// from the Node; hints are kept; the locality annotation and trafficDistribution are read,
+// and a bad annotation is reported and ignored.
+func TestBuildServiceTopology(t *testing.T) {
+	nodes := func(name string) (string, string, bool) {
+		switch name {
+		case "node-a":
+			return "zone-a", "region-1", true
+		case "node-b":
+			return "zone-b", "region-1", true
+		}
+		return "", "", false
+	}
+	httpPort := corev1.ServicePort{Name: "http", Port: 80}
+	s := slice("web-1", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("http", 8080)},
+		ep{addrs: []string{"10.0.0.1"}, zone: "zone-x"}, // the slice's zone wins over the Node's
+		ep{addrs: []string{"10.0.0.2"}},                 // zone from node-b
+		ep{addrs: []string{"10.0.0.3"}},                 // unknown Node: nothing
+		ep{addrs: []string{"10.0.0.4"}},                 // no Node at all
+	)
+	s.Endpoints[0].NodeName = ptr("node-a")
+	s.Endpoints[1].NodeName = ptr("node-b")
+	s.Endpoints[1].Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-c"}, {Name: "zone-b"}, {Name: "zone-b"}}}
+	s.Endpoints[2].NodeName = ptr("node-gone")
+	want := []Endpoint{
+		{Address: "10.0.0.1", Port: 8080, Ready: true, Serving: true, Zone: "zone-x", NodeName: "node-a", Region: "region-1"},
+		{Address: "10.0.0.2", Port: 8080, Ready: true, Serving: true, Zone: "zone-b", NodeName: "node-b", Region: "region-1", ForZones: []string{"zone-b", "zone-c"}},
+		{Address: "10.0.0.3", Port: 8080, Ready: true, Serving: true, NodeName: "node-gone"},
+		{Address: "10.0.0.4", Port: 8080, Ready: true, Serving: true},
+	}
+	tests := []struct {
+		name         string
+		annotation   string
+		distribution string
+		nodes        topology
+		wantLocality string
+		wantReason   string
+	}{
+		{"nodes watched, region policy", LocalityRegion, "", nodes, LocalityRegion, ""},
+		{"off", LocalityOff, "PreferClose", nodes, LocalityOff, ""},
+		{"a bad annotation is reported and ignored", "nearest", "PreferClose", nodes, "", ReasonAnnotationInvalid},
+		{"nodes not watched", "", "", nil, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sv := svc(httpPort)
+			if tt.annotation != "" {
+				sv.Annotations = map[string]string{LocalityAnnotation: tt.annotation}
+			}
+			if tt.distribution != "" {
+				sv.Spec.TrafficDistribution = ptr(tt.distribution)
+			}
+			got, rs := buildService(sv, []*discoveryv1.EndpointSlice{s}, tt.nodes)
+			if got.Locality != tt.wantLocality || got.TrafficDistribution != tt.distribution {
+				t.Errorf("locality %q, distribution %q; want %q, %q", got.Locality, got.TrafficDistribution, tt.wantLocality, tt.distribution)
+			}
+			switch {
+			case tt.wantReason == "" && len(rs) != 0:
+				t.Errorf("rejections %v", rs)
+			case tt.wantReason != "" && (len(rs) != 1 || rs[0].Reason != tt.wantReason || rs[0].Kind != "Service"):
+				t.Errorf("rejections %v, want one %s", rs, tt.wantReason)
+			}
+			wantEps := want
+			if tt.nodes == nil {
+				wantEps = []Endpoint{
+					{Address: "10.0.0.1", Port: 8080, Ready: true, Serving: true, Zone: "zone-x", NodeName: "node-a"},
+					{Address: "10.0.0.2", Port: 8080, Ready: true, Serving: true, NodeName: "node-b", ForZones: []string{"zone-b", "zone-c"}},
+					{Address: "10.0.0.3", Port: 8080, Ready: true, Serving: true, NodeName: "node-gone"},
+					{Address: "10.0.0.4", Port: 8080, Ready: true, Serving: true},
+				}
+			}
+			if !reflect.DeepEqual(got.Ports[0].Endpoints, wantEps) {
+				t.Errorf("endpoints\n got %+v\nwant %+v", got.Ports[0].Endpoints, wantEps)
+			}
+		})
 	}
 }

@@ -37,7 +37,26 @@ type Service struct {
 	Ports []Port
 	// Origin says which Kubernetes objects this state was built from, and when.
 	Origin Origin `json:",omitzero"`
+	// Locality is the service's holdfast.io/locality annotation (LocalityOff, LocalityZone or
+	// LocalityRegion), "" when it has none or an invalid one.
+	Locality string `json:",omitempty"`
+	// TrafficDistribution is the service's spec.trafficDistribution, if set.
+	TrafficDistribution string `json:",omitempty"`
 }
+
+// LocalityAnnotation lets a service choose how its endpoints are ordered by closeness to each
+// client: LocalityOff, LocalityZone or LocalityRegion.
+const LocalityAnnotation = "holdfast.io/locality"
+
+// Locality policies a service can ask for.
+const (
+	// LocalityOff serves every endpoint at one priority.
+	LocalityOff = "off"
+	// LocalityZone prefers the client's zone, then everything else.
+	LocalityZone = "zone"
+	// LocalityRegion prefers the client's zone, then its region, then everything else.
+	LocalityRegion = "region"
+)
 
 // Origin is the provenance of a Service's state: the resourceVersions of the objects it was
 // built from and when the Kubernetes event that produced this state reached Holdfast (the start
@@ -95,9 +114,15 @@ type Endpoint struct {
 	Ready       bool
 	Serving     bool
 	Terminating bool
-	Zone        string
-	NodeName    string
-	Hostname    string
+	// Zone is the endpoint's zone: the EndpointSlice's, or its Node's topology.kubernetes.io/zone
+	// label when the slice has none.
+	Zone     string
+	NodeName string
+	Hostname string
+	// Region is its Node's topology.kubernetes.io/region label ("" when Nodes are not watched).
+	Region string `json:",omitempty"`
+	// ForZones is the EndpointSlice's hints.forZones: the zones whose clients should use it.
+	ForZones []string `json:",omitempty"`
 }
 
 // Health says how an endpoint should be used.

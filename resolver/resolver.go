@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -36,6 +37,9 @@ func (f ObserverFunc) OnResolution(r Resolution) { f(r) }
 // Options configure a Resolver. Zero durations take the defaults in brackets.
 type Options struct {
 	Client kubernetes.Interface
+	// Metadata, when set, is used to watch Nodes' metadata: an endpoint's region, and its zone
+	// when its EndpointSlice has none, come from its Node's topology labels.
+	Metadata metadata.Interface
 	// Namespaces to watch; empty watches all namespaces.
 	Namespaces []string
 	Logger     *slog.Logger
@@ -446,7 +450,7 @@ func (r *Resolver) rebuild(k Key, gen *generation, at time.Time) bool {
 	svc, err := gen.services.Services(k.Namespace).Get(k.Name)
 	switch {
 	case err == nil:
-		next, rejections = buildService(svc, slices)
+		next, rejections = buildService(svc, slices, gen.topology())
 	case apierrors.IsNotFound(err):
 		for _, s := range slices {
 			rejections = append(rejections, sliceRejection(s, ReasonServiceNotFound, "service "+k.String()+" does not exist"))
@@ -489,8 +493,15 @@ func (r *Resolver) unusable(prev, next *Service, rejections []Rejection) string 
 	if n := next.EndpointCount(); n > r.opts.MaxEndpointsPerService {
 		return fmt.Sprintf("%s: %d endpoints, more than %d", ReasonTooManyEndpoints, n, r.opts.MaxEndpointsPerService)
 	}
-	if len(rejections) > 0 && prev != nil && next.usableCount() == 0 && prev.usableCount() > 0 {
-		return fmt.Sprintf("%s: %d elements rejected, first: %s (%s)", ReasonNothingUsableInput, len(rejections), rejections[0].Reason, rejections[0].Detail)
+	// Only bad endpoint input can leave a service without endpoints by mistake.
+	var bad []Rejection
+	for _, rj := range rejections {
+		if rj.Kind == "EndpointSlice" {
+			bad = append(bad, rj)
+		}
+	}
+	if len(bad) > 0 && prev != nil && next.usableCount() == 0 && prev.usableCount() > 0 {
+		return fmt.Sprintf("%s: %d elements rejected, first: %s (%s)", ReasonNothingUsableInput, len(bad), bad[0].Reason, bad[0].Detail)
 	}
 	return ""
 }

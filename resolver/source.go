@@ -78,7 +78,39 @@ type generation struct {
 	servicesInf cache.SharedIndexInformer
 	services    listerscorev1.ServiceLister
 	slices      cache.SharedIndexInformer
-	synced      atomic.Bool
+	// nodes holds Nodes' metadata (their topology labels), nil when Nodes are not watched.
+	nodes  cache.SharedIndexInformer
+	synced atomic.Bool
+}
+
+// topology reads a Node's zone and region labels from the generation's cache; nil when Nodes
+// are not watched.
+func (g *generation) topology() topology {
+	if g.nodes == nil {
+		return nil
+	}
+	return func(name string) (string, string, bool) {
+		o, ok, err := g.nodes.GetIndexer().GetByKey(name)
+		if err != nil || !ok {
+			return "", "", false
+		}
+		m, ok := o.(*metav1.PartialObjectMetadata)
+		if !ok {
+			return "", "", false
+		}
+		return m.Labels[corev1.LabelTopologyZone], m.Labels[corev1.LabelTopologyRegion], true
+	}
+}
+
+// nodeTopologyChanged says whether a Node event can change an endpoint's zone or region.
+func nodeTopologyChanged(old, cur any) bool {
+	a, okA := old.(*metav1.PartialObjectMetadata)
+	b, okB := cur.(*metav1.PartialObjectMetadata)
+	if !okA || !okB {
+		return true
+	}
+	return a.Labels[corev1.LabelTopologyZone] != b.Labels[corev1.LabelTopologyZone] ||
+		a.Labels[corev1.LabelTopologyRegion] != b.Labels[corev1.LabelTopologyRegion]
 }
 
 func newSource(r *Resolver, namespace string) *source {
@@ -170,7 +202,11 @@ func (s *source) run(ctx context.Context) {
 		gen := s.startGeneration(gctx)
 		started := time.Now()
 		go func() {
-			if cache.WaitForCacheSync(gctx.Done(), gen.servicesInf.HasSynced, gen.slices.HasSynced) {
+			synced := []cache.InformerSynced{gen.servicesInf.HasSynced, gen.slices.HasSynced}
+			if gen.nodes != nil {
+				synced = append(synced, gen.nodes.HasSynced)
+			}
+			if cache.WaitForCacheSync(gctx.Done(), synced...) {
 				gen.synced.Store(true)
 				s.noteEvent(watch.Added) // a completed list is a sign of life
 				s.setState(Live, "synced")
@@ -225,11 +261,34 @@ func (s *source) startGeneration(ctx context.Context) *generation {
 		DeleteFunc: func(o any) { r.markSlice(o) },
 	})
 	g := &generation{servicesInf: svcInf, services: listerscorev1.NewServiceLister(svcInf.GetIndexer()), slices: sliceInf}
+	if md := s.r.opts.Metadata; md != nil {
+		// Metadata only: a Node's labels are all Holdfast reads, and full Nodes (status, images)
+		// would cost tens of kilobytes each.
+		nodes := md.Resource(corev1.SchemeGroupVersion.WithResource("nodes"))
+		nodeLW := listWatch(s,
+			func(ctx context.Context, o metav1.ListOptions) (*metav1.PartialObjectMetadataList, error) { return nodes.List(ctx, o) },
+			nodes.Watch)
+		g.nodes = cache.NewSharedIndexInformer(nodeLW, &metav1.PartialObjectMetadata{}, 0, cache.Indexers{})
+		// A Node's zone or region moves every endpoint on it: rebuild the source's services
+		// (unchanged ones keep their state). Rare: labels are set when a Node joins.
+		_, _ = g.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { r.resync(s) },
+			UpdateFunc: func(old, o any) {
+				if nodeTopologyChanged(old, o) {
+					r.resync(s)
+				}
+			},
+			DeleteFunc: func(any) { r.resync(s) },
+		})
+	}
 	s.mu.Lock()
 	s.gen = g
 	s.mu.Unlock()
 	go svcInf.RunWithContext(ctx)
 	go sliceInf.RunWithContext(ctx)
+	if g.nodes != nil {
+		go g.nodes.RunWithContext(ctx)
+	}
 	return g
 }
 

@@ -13,6 +13,8 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // grpc-go's limits for ring_hash (gRFC A42).
@@ -49,6 +51,9 @@ func checkGRPCCluster(c *clusterv3.Cluster) error {
 		}
 	default:
 		return fmt.Errorf("lb_policy %v: gRPC supports ROUND_ROBIN, RING_HASH and LEAST_REQUEST", c.GetLbPolicy())
+	}
+	if err := checkGRPCOutlierDetection(c.GetOutlierDetection()); err != nil {
+		return err
 	}
 	if len(c.GetTransportSocketMatches()) > 0 {
 		return errors.New("transport_socket_matches: not supported by gRPC")
@@ -198,6 +203,37 @@ func checkGRPCRoutes(rc *routev3.RouteConfiguration) error {
 			default:
 				return fmt.Errorf("virtual host %q: cluster specifier %T: gRPC supports cluster and weighted_clusters", vh.GetName(), cs)
 			}
+		}
+	}
+	return nil
+}
+
+// checkGRPCOutlierDetection applies gRFC A50's rules (unmarshal_cds.go): durations valid and
+// not negative, percentages at most 100.
+func checkGRPCOutlierDetection(od *clusterv3.OutlierDetection) error {
+	if od == nil {
+		return nil
+	}
+	for _, d := range []struct {
+		field string
+		v     *durationpb.Duration
+	}{{"interval", od.GetInterval()}, {"base_ejection_time", od.GetBaseEjectionTime()}, {"max_ejection_time", od.GetMaxEjectionTime()}} {
+		if d.v == nil {
+			continue
+		}
+		if err := d.v.CheckValid(); err != nil || d.v.AsDuration() < 0 {
+			return fmt.Errorf("outlier_detection.%s %v: gRPC needs a valid duration >= 0", d.field, d.v)
+		}
+	}
+	for _, p := range []struct {
+		field string
+		v     *wrapperspb.UInt32Value
+	}{
+		{"max_ejection_percent", od.GetMaxEjectionPercent()}, {"enforcing_success_rate", od.GetEnforcingSuccessRate()},
+		{"failure_percentage_threshold", od.GetFailurePercentageThreshold()}, {"enforcing_failure_percentage", od.GetEnforcingFailurePercentage()},
+	} {
+		if p.v != nil && p.v.GetValue() > 100 {
+			return fmt.Errorf("outlier_detection.%s %d: gRPC needs at most 100", p.field, p.v.GetValue())
 		}
 	}
 	return nil

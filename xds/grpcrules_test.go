@@ -3,6 +3,7 @@ package xds
 import (
 	"strings"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -12,6 +13,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/holdfast/holdfast/resolver"
@@ -77,6 +79,12 @@ func TestGRPCRules(t *testing.T) {
 		{"STATIC cluster", func(_ *testing.T, c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment, _ *listenerv3.Listener, _ *routev3.RouteConfiguration) {
 			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 		}, "cluster type STATIC"},
+		{"outlier detection ejecting over 100%", func(_ *testing.T, c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment, _ *listenerv3.Listener, _ *routev3.RouteConfiguration) {
+			c.OutlierDetection.MaxEjectionPercent = wrapperspb.UInt32(101)
+		}, "max_ejection_percent 101"},
+		{"outlier detection with a negative interval", func(_ *testing.T, c *clusterv3.Cluster, _ *endpointv3.ClusterLoadAssignment, _ *listenerv3.Listener, _ *routev3.RouteConfiguration) {
+			c.OutlierDetection.Interval = durationpb.New(-time.Second)
+		}, "outlier_detection.interval"},
 		{"the same endpoint in two zones", func(_ *testing.T, _ *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, _ *listenerv3.Listener, _ *routev3.RouteConfiguration) {
 			cla.Endpoints[1].LbEndpoints = append(cla.Endpoints[1].LbEndpoints, cla.Endpoints[0].LbEndpoints[0])
 		}, "10.0.0.1:8080 listed twice"},

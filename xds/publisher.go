@@ -246,10 +246,12 @@ func (p *Publisher) indexFor(kind ClientKind, typ resourcev3.Type, l resourceLis
 	}
 	if idx == nil {
 		idx = newTypeIndex(l)
-		if prev := p.indexes[kind][typ]; prev != nil {
+		prev := p.indexes[kind][typ]
+		if prev != nil {
 			idx.since(prev)
 			idx.eventAt = p.eventAt
 		}
+		idx.localize(prev)
 	}
 	if next[kind] == nil {
 		next[kind] = map[resourcev3.Type]*typeIndex{}

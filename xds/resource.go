@@ -34,6 +34,9 @@ type Resource struct {
 	// entry of a state-of-the-world response (see frame).
 	wire   []byte
 	sotwAt int
+	// local builds what clients in other places get instead (endpoint assignments whose
+	// endpoints are in several places); nil when every client gets this.
+	local *localAssignment
 }
 
 // newResource serialises m deterministically and versions it by that serialisation.
@@ -115,6 +118,8 @@ type typeIndex struct {
 	changed []string
 	// eventAt is when the Kubernetes event behind this index's changes reached Holdfast.
 	eventAt time.Time
+	// local holds the variants of an endpoint index by client locality (nil: none).
+	local *localized
 }
 
 func newTypeIndex(l resourceList) *typeIndex {

@@ -49,6 +49,7 @@ type stream struct {
 	known  bool // the node has been seen
 	nodeID string
 	node   *corev3.Node
+	loc    Locality
 	kind   ClientKind
 	types  map[resourcev3.Type]*typeState
 	nacks  []NackRecord // newest last, at most NackHistory
@@ -118,7 +119,7 @@ func (st *stream) identify(node *corev3.Node) {
 		return
 	}
 	kind, knownKind := KindOf(node)
-	st.known, st.node, st.nodeID, st.kind = true, node, node.GetId(), kind
+	st.known, st.node, st.nodeID, st.kind, st.loc = true, node, node.GetId(), kind, localityOf(node)
 	st.mu.Unlock()
 	if !knownKind {
 		st.srv.metrics.unknown.Inc()
@@ -310,7 +311,7 @@ func pushTypes[Resp comparable](st *stream, now time.Time, enqueue func(Resp) bo
 		if ts == nil || !ts.subscribed || ts.inflight != "" {
 			continue
 		}
-		idx := snap.index(typ)
+		idx := snap.index(typ).at(st.loc)
 		if idx == ts.index && !ts.dirty {
 			continue
 		}

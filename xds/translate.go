@@ -37,6 +37,28 @@ type Translator struct {
 	Naming Naming
 	// EnvoyListenAddress is the address Envoy's outbound_<port> listeners bind to.
 	EnvoyListenAddress string
+	// LocalityDefault is the locality policy of services that do not choose one
+	// (resolver.LocalityRegion when empty).
+	LocalityDefault string
+}
+
+// newAssignment builds a port's base assignment resource and, when clients in different
+// places should see its endpoints at different priorities, what builds their variants. The
+// base's version also covers what only the variants show (the policy, the hints), so that a
+// change there reaches clients.
+func (t *Translator) newAssignment(name string, s *resolver.Service, p *resolver.Port, cla *endpointv3.ClusterLoadAssignment) *Resource {
+	la := newLocalAssignment(name, t.localityMode(s), p.Endpoints)
+	if la == nil {
+		return newResource(cla)
+	}
+	b := marshalDeterministic(cla)
+	hashes := []uint64{fnv64(b), fnv64([]byte(la.mode))}
+	for _, e := range la.eps {
+		hashes = append(hashes, fnv64([]byte(strings.Join(e.ForZones, ","))))
+	}
+	r := newResourceHashed(cla, b, combine(hashes))
+	la.base, r.local = r, la
+	return r
 }
 
 // serviceResources are the resources of one service, built once per *resolver.Service.
@@ -77,7 +99,7 @@ func (t *Translator) translateService(s *resolver.Service) (*serviceResources, e
 		if err != nil {
 			return nil, err
 		}
-		cla := assignment(name, p.Endpoints)
+		cla := assignment(name, p.Endpoints, nil)
 		grpcRoute := routeConfig(name, []*routev3.VirtualHost{virtualHost(name, []string{"*"}, name)})
 		vhost := virtualHost(name, t.Naming.Domains(s.Key, p.Port), name)
 		for _, m := range []validator{cluster, cla, listener, grpcRoute, vhost, envoyL} {
@@ -99,7 +121,7 @@ func (t *Translator) translateService(s *resolver.Service) (*serviceResources, e
 		out.ports = append(out.ports, portResources{
 			port:         p.Port,
 			cluster:      newResource(cluster),
-			assignment:   newResource(cla),
+			assignment:   t.newAssignment(name, s, p, cla),
 			grpcListener: newResource(listener),
 			grpcRoute:    newResource(grpcRoute),
 			envoyVHost:   newVHostEntry(vhost),
@@ -158,7 +180,34 @@ func cluster(name string, p *resolver.Port) (*clusterv3.Cluster, error) {
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			httpProtocolOptsName: optsAny,
 		},
+		OutlierDetection: outlierDetection(),
 	}, nil
+}
+
+// outlierDetection makes priority failover happen for Envoy, which moves traffic to the next
+// priority only as hosts of a priority become unhealthy, and with no active health checks
+// only ejection makes them so. Envoy's defaults would not: consecutive gateway failures
+// (connect failures, 502/503/504) are not enforced, and at most 10% of hosts may be ejected,
+// so a dead zone stays in rotation. Here: three gateway failures or five 5xx in a row eject a
+// host for 15 s (longer each time), checked every 5 s, up to every host. Success-rate
+// ejection, which needs statistics over many hosts, is off. grpc-go (gRFC A50) ignores the
+// consecutive counters and reads the failure-percentage rule: a host failing 85% of at
+// least 50 requests in an interval is ejected, once the cluster has 5 hosts with that volume.
+// grpc-go fails over between priorities by connectivity alone.
+func outlierDetection() *clusterv3.OutlierDetection {
+	return &clusterv3.OutlierDetection{
+		Consecutive_5Xx:                    wrapperspb.UInt32(5),
+		ConsecutiveGatewayFailure:          wrapperspb.UInt32(3),
+		EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(100),
+		Interval:                           durationpb.New(5 * time.Second),
+		BaseEjectionTime:                   durationpb.New(15 * time.Second),
+		MaxEjectionPercent:                 wrapperspb.UInt32(100),
+		EnforcingSuccessRate:               wrapperspb.UInt32(0),
+		FailurePercentageThreshold:         wrapperspb.UInt32(85),
+		EnforcingFailurePercentage:         wrapperspb.UInt32(100),
+		FailurePercentageMinimumHosts:      wrapperspb.UInt32(5),
+		FailurePercentageRequestVolume:     wrapperspb.UInt32(50),
+	}
 }
 
 // speaksHTTP2 reads the port's appProtocol, falling back to the port-name convention
@@ -180,12 +229,17 @@ func speaksHTTP2(p *resolver.Port) bool {
 	return false
 }
 
-// assignment groups endpoints into localities by zone. Ready endpoints are HEALTHY; serving
-// endpoints that are terminating are DRAINING (grpc-go skips them, Envoy drains them); the rest
-// are left out. A port with no usable endpoint gets an empty assignment: clients then fail fast.
-func assignment(name string, eps []resolver.Endpoint) *endpointv3.ClusterLoadAssignment {
-	byZone := map[string][]*endpointv3.LbEndpoint{}
-	for _, e := range eps {
+// assignment groups endpoints into localities by region and zone, at the priority prio gives
+// each (nil: all at 0). Ready endpoints are HEALTHY; serving endpoints that are terminating are
+// DRAINING (grpc-go skips them, Envoy drains them); the rest are left out. A port with no
+// usable endpoint gets an empty assignment: clients then fail fast.
+func assignment(name string, eps []resolver.Endpoint, prio func(i int) uint32) *endpointv3.ClusterLoadAssignment {
+	type group struct {
+		priority     uint32
+		region, zone string
+	}
+	byGroup := map[group][]*endpointv3.LbEndpoint{}
+	for i, e := range eps {
 		var hs corev3.HealthStatus
 		switch e.Health() {
 		case resolver.Healthy:
@@ -202,22 +256,29 @@ func assignment(name string, eps []resolver.Endpoint) *endpointv3.ClusterLoadAss
 			}},
 			HealthStatus: hs,
 		}
-		byZone[e.Zone] = append(byZone[e.Zone], lb)
+		g := group{region: e.Region, zone: e.Zone}
+		if prio != nil {
+			g.priority = prio(i)
+		}
+		byGroup[g] = append(byGroup[g], lb)
 	}
-	zones := make([]string, 0, len(byZone))
-	for z := range byZone {
-		zones = append(zones, z)
+	groups := make([]group, 0, len(byGroup))
+	for g := range byGroup {
+		groups = append(groups, g)
 	}
-	slices.Sort(zones)
-	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: make([]*endpointv3.LocalityLbEndpoints, 0, len(zones))}
-	for _, z := range zones {
-		lbs := byZone[z]
+	slices.SortFunc(groups, func(a, b group) int {
+		return cmp.Or(cmp.Compare(a.priority, b.priority), cmp.Compare(a.region, b.region), cmp.Compare(a.zone, b.zone))
+	})
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: make([]*endpointv3.LocalityLbEndpoints, 0, len(groups))}
+	for _, g := range groups {
+		lbs := byGroup[g]
 		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
-			Locality:    &corev3.Locality{Zone: z},
+			Locality:    &corev3.Locality{Region: g.region, Zone: g.zone},
 			LbEndpoints: lbs,
 			// grpc-go ignores localities without a weight; weigh them by size so that every
 			// endpoint gets an equal share whatever its zone.
 			LoadBalancingWeight: wrapperspb.UInt32(uint32(min(len(lbs), math.MaxUint32))), //nolint:gosec // bounded on the line
+			Priority:            g.priority,
 		})
 	}
 	return cla

@@ -43,7 +43,7 @@ func TestAssignment(t *testing.T) {
 		{Address: "10.0.0.4", Port: 8080, Zone: "a"}, // not serving: left out
 		{Address: "fd00::5", Port: 8080, Ready: true, Serving: true, Zone: "a"},
 	}
-	cla := assignment("svc", eps)
+	cla := assignment("svc", eps, nil)
 	if err := cla.ValidateAll(); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestAssignment(t *testing.T) {
 			t.Errorf("endpoint %d: got %v, want %v", i, got[i], want[i])
 		}
 	}
-	if empty := assignment("svc", nil); len(empty.Endpoints) != 0 || empty.ClusterName != "svc" || empty.ValidateAll() != nil {
+	if empty := assignment("svc", nil, nil); len(empty.Endpoints) != 0 || empty.ClusterName != "svc" || empty.ValidateAll() != nil {
 		t.Errorf("zero endpoints must give a valid, empty assignment, got %v", empty)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/resolver"
 )
 
 // Config is everything the control plane is started with. It is validated once, in parseConfig.
@@ -40,6 +41,8 @@ type Config struct {
 	AckTimeout         time.Duration
 	Debounce           time.Duration
 	DebounceMax        time.Duration
+	WatchNodes         bool
+	LocalityDefault    string
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -80,6 +83,8 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.MaxClients, "max-clients", 10000, "serve at most this many ADS streams; new ones over it are refused with RESOURCE_EXHAUSTED")
 	fs.DurationVar(&c.Limits.TombstoneGrace, "tombstone-grace", 30*time.Second, "a deleted service keeps its resources, without endpoints, this long, so that delete and re-create does not make clients drop it")
 	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
+	fs.BoolVar(&c.WatchNodes, "watch-nodes", true, "watch Nodes' metadata for their topology labels: an endpoint's region, and its zone when its EndpointSlice has none (needs list/watch on nodes)")
+	fs.StringVar(&c.LocalityDefault, "locality-default", resolver.LocalityRegion, "how endpoints are ordered for each client when a service does not say (annotation "+resolver.LocalityAnnotation+" or trafficDistribution): region (own zone, then own region, then the rest), zone (own zone, then the rest) or off (one priority)")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: holdfast [flags]\n       holdfast bootstrap --grpc|--envoy --node-id ID --server HOST:PORT [--zone Z --region R]\n\nFlags:\n")
@@ -116,6 +121,11 @@ func (c Config) validate() error {
 	}
 	if _, err := netip.ParseAddr(c.EnvoyListenAddress); err != nil {
 		errs = append(errs, fmt.Errorf("--envoy-listen-address %q: want an IP address", c.EnvoyListenAddress))
+	}
+	switch c.LocalityDefault {
+	case resolver.LocalityOff, resolver.LocalityZone, resolver.LocalityRegion:
+	default:
+		errs = append(errs, fmt.Errorf("--locality-default %q: want region, zone or off", c.LocalityDefault))
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -25,6 +25,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"bad cluster domain", []string{"--cluster-domain", "under_score"}, "--cluster-domain"},
 		{"bad envoy address", []string{"--envoy-listen-address", "localhost"}, "--envoy-listen-address"},
 		{"bad log format", []string{"--log-format", "xml"}, "--log-format"},
+		{"bad locality default", []string{"--locality-default", "nearest"}, "--locality-default"},
 		{"bad log level", []string{"--log-level", "loud"}, "--log-level"},
 		{"negative grace", []string{"--shutdown-grace", "-1s"}, "--shutdown-grace"},
 		{"probe timeout not below interval", []string{"--probe-interval", "2s", "--probe-timeout", "2s"}, "--probe-timeout"},

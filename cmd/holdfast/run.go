@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/reflection"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -54,6 +55,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	var md metadata.Interface
+	if cfg.WatchNodes {
+		if md, err = metadata.NewForConfig(restCfg); err != nil {
+			return fmt.Errorf("kubernetes metadata client: %w", err)
+		}
+	}
 
 	reg := prometheus.NewRegistry()
 	if err := promreg.Register(reg, "holdfast", collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
@@ -67,7 +74,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	pub, err := xds.NewPublisher(xds.PublisherOptions{
-		Translator: xds.Translator{Naming: xds.Naming{Domain: cfg.ClusterDomain}, EnvoyListenAddress: cfg.EnvoyListenAddress},
+		Translator: xds.Translator{Naming: xds.Naming{Domain: cfg.ClusterDomain}, EnvoyListenAddress: cfg.EnvoyListenAddress, LocalityDefault: cfg.LocalityDefault},
 		Logger:     log,
 		Registry:   reg,
 	}, srv)
@@ -81,7 +88,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	srv.SetClientsRatio(store.ClientsRatio())
 
 	res, err := resolver.New(resolver.Options{
-		Client: client, Namespaces: cfg.Namespaces, Logger: log, Registry: reg,
+		Client: client, Metadata: md, Namespaces: cfg.Namespaces, Logger: log, Registry: reg,
 		ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, WatchIdleTimeout: cfg.WatchIdleTimeout,
 		MaxEndpointsPerService: cfg.MaxEndpoints, HoldOff: cfg.Debounce, MaxDelay: cfg.DebounceMax,
 	}, store)
