@@ -266,7 +266,9 @@ func (s *source) startGeneration(ctx context.Context) *generation {
 		// would cost tens of kilobytes each.
 		nodes := md.Resource(corev1.SchemeGroupVersion.WithResource("nodes"))
 		nodeLW := listWatch(s,
-			func(ctx context.Context, o metav1.ListOptions) (*metav1.PartialObjectMetadataList, error) { return nodes.List(ctx, o) },
+			func(ctx context.Context, o metav1.ListOptions) (*metav1.PartialObjectMetadataList, error) {
+				return nodes.List(ctx, o)
+			},
 			nodes.Watch)
 		g.nodes = cache.NewSharedIndexInformer(nodeLW, &metav1.PartialObjectMetadata{}, 0, cache.Indexers{})
 		// A Node's zone or region moves every endpoint on it: rebuild the source's services
