@@ -37,6 +37,8 @@ type Options struct {
 	Delta bool
 	// Metadata is added to the node (e.g. holdfast.io/client).
 	Metadata map[string]any
+	// Zone and Region are the node's locality, as Envoy's bootstrap sets them.
+	Zone, Region string
 	// Reject, if set, is asked about every valid resource received; a non-nil error NACKs the
 	// response with it, the way an older Envoy rejects a field it does not know.
 	Reject func(typeURL string, r Resource) error
@@ -107,7 +109,7 @@ func Dial(addr string, opts Options) (*Client, error) {
 	c := &Client{
 		opts:    opts,
 		conn:    conn,
-		node:    &corev3.Node{Id: opts.NodeID, Cluster: "test", UserAgentName: "envoy", Metadata: md},
+		node:    &corev3.Node{Id: opts.NodeID, Cluster: "test", UserAgentName: "envoy", Metadata: md, Locality: locality(opts.Zone, opts.Region)},
 		state:   State{},
 		stats:   Stats{Responses: map[string]int{}, ACKs: map[string]int{}, NACKs: map[string]int{}, Deliveries: map[string]int{}},
 		changed: make(chan struct{}),
@@ -483,4 +485,11 @@ func (c *Client) runDelta(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+func locality(zone, region string) *corev3.Locality {
+	if zone == "" && region == "" {
+		return nil
+	}
+	return &corev3.Locality{Zone: zone, Region: region}
 }

@@ -29,6 +29,12 @@ func StartBackend(ctx context.Context, net *netns.Network, bin, id string, port 
 	if err != nil {
 		return nil, err
 	}
+	return StartBackendAt(ctx, net, bin, id, addr, port)
+}
+
+// StartBackendAt starts bin on addr, an address net already has (a killed backend's, to bring
+// it back where its EndpointSlice still points).
+func StartBackendAt(ctx context.Context, net *netns.Network, bin, id string, addr netip.Addr, port int32) (*Backend, error) {
 	b := &Backend{ID: id, Addr: addr, Port: port, done: make(chan struct{})}
 	listen := netip.AddrPortFrom(addr, uint16(port)).String()
 	b.cmd = net.Command(context.Background(), bin, "--listen", listen, "--id", id)

@@ -25,7 +25,13 @@ type GRPCClient struct {
 
 // DialXDS dials target (a service port's resource name) through the xDS server at xdsAddr.
 func DialXDS(xdsAddr, nodeID, target string) (*GRPCClient, error) {
-	bootstrap, err := xds.GRPCBootstrap(xds.BootstrapOptions{NodeID: nodeID, Server: xdsAddr})
+	return DialXDSWith(xds.BootstrapOptions{NodeID: nodeID, Server: xdsAddr}, target)
+}
+
+// DialXDSWith dials target with the bootstrap o describes (a node's zone and region, say),
+// and any further dial options (keepalive, say).
+func DialXDSWith(o xds.BootstrapOptions, target string, opts ...grpc.DialOption) (*GRPCClient, error) {
+	bootstrap, err := xds.GRPCBootstrap(o)
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +39,8 @@ func DialXDS(xdsAddr, nodeID, target string) (*GRPCClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("harness: xds resolver: %w", err)
 	}
-	conn, err := grpc.NewClient("xds:///"+target, grpc.WithResolvers(builder), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts = append([]grpc.DialOption{grpc.WithResolvers(builder), grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	conn, err := grpc.NewClient("xds:///"+target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("harness: dial xds:///%s: %w", target, err)
 	}

@@ -127,6 +127,24 @@ func (n *Network) Command(ctx context.Context, name string, args ...string) *exe
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
+// SetLink takes the root side of the namespace's veth down or up: with it down, packets to
+// the namespace go nowhere (the blackhole route), as if its node dropped off the network,
+// and its processes keep running.
+func (n *Network) SetLink(ctx context.Context, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	if err := ip(ctx, "link", "set", n.hostIf, state); err != nil {
+		return err
+	}
+	if up {
+		// The kernel drops the interface's routes when it goes down; put the subnet back.
+		return ip(ctx, "route", "replace", n.Prefix.String(), "dev", n.hostIf, "src", n.Host.String())
+	}
+	return nil
+}
+
 // Close deletes the namespace; the veth pair goes with it. The blackhole route stays for other
 // packages still running; it only ever drops traffic for test addresses.
 func (n *Network) Close() error {

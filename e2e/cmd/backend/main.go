@@ -11,9 +11,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"google.golang.org/grpc"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/keepalive"
 )
 
 type server struct {
@@ -42,7 +44,9 @@ func main() {
 		fmt.Fprintf(os.Stderr, "backend: %v\n", err)
 		os.Exit(1)
 	}
-	g := grpc.NewServer()
+	// Clients with keepalive (the link-down tests) ping every 10 s, grpc-go's minimum; the
+	// default policy would answer that with GOAWAY too_many_pings.
+	g := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))
 	testgrpc.RegisterTestServiceServer(g, &server{id: *id})
 	go func() {
 		sig := make(chan os.Signal, 1)

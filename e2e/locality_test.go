@@ -1,0 +1,412 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/holdfast/holdfast/e2e/adsclient"
+	"github.com/holdfast/holdfast/e2e/harness"
+	"github.com/holdfast/holdfast/e2e/netns"
+	"github.com/holdfast/holdfast/xds"
+)
+
+// The two "nodes" of the locality tests: a network namespace each, on their own /24s (the
+// package's pod network is 10.244.1.0/24), in zones zone-a and zone-b of one region.
+var zoneSubnets = map[string]netip.Prefix{
+	"zone-a": netip.MustParsePrefix("10.244.11.0/24"),
+	"zone-b": netip.MustParsePrefix("10.244.12.0/24"),
+}
+
+const testRegion = "region-1"
+
+// zoneScene is a service with two backends on each of two nodes, in zones a and b.
+type zoneScene struct {
+	ns       string
+	h        *harness.Holdfast
+	target   string
+	nets     map[string]*netns.Network     // by zone
+	backends map[string]*harness.Backend   // a1, a2 (zone-a), b1, b2 (zone-b)
+	zoneOf   map[string]string             // backend → zone
+	nodes    map[string]string             // zone → the name of the Node object for it
+	slice    func(withZone, withNode bool) // (re)writes the service's EndpointSlice
+}
+
+// newZoneScene starts the nodes' namespaces and backends, Node objects labelled with their
+// zone and region, the service, and a Holdfast watching the test's namespace.
+func newZoneScene(t *testing.T) *zoneScene {
+	t.Helper()
+	ctx := testContext(t)
+	sc := &zoneScene{ns: newNamespace(t), nets: map[string]*netns.Network{}, backends: map[string]*harness.Backend{},
+		zoneOf: map[string]string{}, nodes: map[string]string{}}
+	for _, zone := range []string{"zone-a", "zone-b"} {
+		n, err := netns.New(ctx, "hf-"+zone, zoneSubnets[zone])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Close() })
+		sc.nets[zone] = n
+		letter := zone[len(zone)-1:]
+		for i := 1; i <= 2; i++ {
+			id := fmt.Sprintf("%s%d", letter, i)
+			b, err := harness.StartBackend(ctx, n, env.bins.Backend, id, grpcPort.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(b.Kill)
+			sc.backends[id], sc.zoneOf[id] = b, zone
+		}
+		node := sc.ns + "-node-" + letter
+		sc.nodes[zone] = node
+		createNode(t, node, zone)
+	}
+	createService(t, sc.ns, "echo", grpcPort)
+	sc.target = target(sc.ns, "echo", grpcPort.port)
+	sc.slice = func(withZone, withNode bool) {
+		t.Helper()
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: sc.ns, Name: "echo-1", Labels: map[string]string{discoveryv1.LabelServiceName: "echo"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
+		}
+		for _, id := range slices.Sorted(maps.Keys(sc.backends)) {
+			e := discoveryv1.Endpoint{Addresses: []string{sc.backends[id].Addr.String()}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}}
+			if withZone {
+				e.Zone = ptr(sc.zoneOf[id])
+			}
+			if withNode {
+				e.NodeName = ptr(sc.nodes[sc.zoneOf[id]])
+			}
+			s.Endpoints = append(s.Endpoints, e)
+		}
+		c := env.cluster.Client.DiscoveryV1().EndpointSlices(sc.ns)
+		existing, err := c.Get(context.Background(), s.Name, metav1.GetOptions{})
+		if err == nil {
+			s.ResourceVersion = existing.ResourceVersion
+			_, err = c.Update(context.Background(), s, metav1.UpdateOptions{})
+		} else {
+			_, err = c.Create(context.Background(), s, metav1.CreateOptions{})
+		}
+		if err != nil {
+			t.Fatalf("write endpointslice: %v", err)
+		}
+	}
+	sc.slice(true, true)
+	sc.h = startHoldfast(t, sc.ns)
+	return sc
+}
+
+// createNode creates a Node object (no kubelet behind it) with Kubernetes' topology labels.
+func createNode(t *testing.T, name, zone string) {
+	t.Helper()
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		corev1.LabelTopologyZone: zone, corev1.LabelTopologyRegion: testRegion}}}
+	if _, err := env.cluster.Client.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create node %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = env.cluster.Client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+}
+
+// client dials the service as a grpc-go client whose bootstrap puts it in zone ("" for none).
+func (sc *zoneScene) client(t *testing.T, zone string, opts ...grpc.DialOption) *harness.GRPCClient {
+	t.Helper()
+	o := xds.BootstrapOptions{NodeID: "app-" + zone, Server: sc.h.XDSAddr}
+	if zone != "" {
+		o.Zone, o.Region = zone, testRegion
+	}
+	c, err := harness.DialXDSWith(o, sc.target, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// onlyHits makes n RPCs and fails unless every one succeeds on a backend in want, and every
+// backend in want answers.
+func onlyHits(ctx context.Context, t *testing.T, c *harness.GRPCClient, n int, want ...string) {
+	t.Helper()
+	hits, failures, err := c.Spread(ctx, n)
+	if failures > 0 || !slices.Equal(slices.Sorted(maps.Keys(hits)), want) {
+		t.Fatalf("%d RPCs: hits %s, %d failures (last: %v); want all on %v", n, harness.HitsString(hits), failures, err, want)
+	}
+}
+
+func TestLocalityPrefersOwnZone(t *testing.T) {
+	sc := newZoneScene(t)
+	ctx := testContext(t)
+	a, b := sc.client(t, "zone-a"), sc.client(t, "zone-b")
+	if err := a.WaitForBackends(ctx, "a1", "a2"); err != nil {
+		t.Fatal(err)
+	}
+	onlyHits(ctx, t, a, 200, "a1", "a2")
+	if err := b.WaitForBackends(ctx, "b1", "b2"); err != nil {
+		t.Fatal(err)
+	}
+	onlyHits(ctx, t, b, 200, "b1", "b2")
+
+	// An Envoy in zone a gets the same priorities, and a cluster whose outlier detection can
+	// eject a whole zone (Envoy's default would stop at 10% of hosts).
+	envoy, err := adsclient.Dial(sc.h.XDSAddr, adsclient.Options{NodeID: "envoy-a", Zone: "zone-a", Region: testRegion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer envoy.Close()
+	want := map[string]uint32{}
+	for id, be := range sc.backends {
+		want[be.Addr.String()] = map[string]uint32{"zone-a": 0, "zone-b": 1}[sc.zoneOf[id]]
+	}
+	var got map[string]uint32
+	err = envoy.WaitFor(ctx, func(s adsclient.State) bool {
+		r, ok := s[resourcev3.EndpointType][sc.target]
+		if !ok {
+			return false
+		}
+		got = endpointPriorities(r.Message.(*endpointv3.ClusterLoadAssignment))
+		c, ok := s[resourcev3.ClusterType][sc.target]
+		if !ok {
+			return false
+		}
+		od := c.Message.(*clusterv3.Cluster).GetOutlierDetection()
+		return od.GetMaxEjectionPercent().GetValue() == 100 && od.GetEnforcingConsecutiveGatewayFailure().GetValue() == 100 && maps.Equal(got, want)
+	})
+	if err != nil {
+		t.Fatalf("Envoy-like client in zone-a: priorities %v, want %v: %v", got, want, err)
+	}
+	if st := envoy.Stats(); len(st.Invalid) > 0 {
+		t.Fatalf("resources that fail ValidateAll: %v", st.Invalid)
+	}
+}
+
+func endpointPriorities(cla *endpointv3.ClusterLoadAssignment) map[string]uint32 {
+	out := map[string]uint32{}
+	for _, le := range cla.GetEndpoints() {
+		for _, e := range le.GetLbEndpoints() {
+			out[e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress()] = le.GetPriority()
+		}
+	}
+	return out
+}
+
+// callLog makes RPCs back to back and records which backend answered each, or that it failed.
+type callLog struct {
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	ids  []string // "" for a failure
+}
+
+func logCalls(c *harness.GRPCClient) *callLog {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &callLog{stop: cancel}
+	l.wg.Go(func() {
+		for ctx.Err() == nil {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			id, err := c.Call(cctx)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				id = ""
+			}
+			l.mu.Lock()
+			l.ids = append(l.ids, id)
+			l.mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	return l
+}
+
+// mark returns how many calls are logged so far.
+func (l *callLog) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.ids)
+}
+
+// since returns the calls logged after mark.
+func (l *callLog) since(mark int) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.ids[mark:])
+}
+
+// waitSettled waits until the last 50 calls after mark all landed in zone, and returns the
+// failures after mark up to then.
+func (l *callLog) waitSettled(ctx context.Context, t *testing.T, sc *zoneScene, mark int, zone string) int {
+	t.Helper()
+	for {
+		calls := l.since(mark)
+		if n := len(calls); n >= 50 && !slices.ContainsFunc(calls[n-50:], func(id string) bool { return id == "" || sc.zoneOf[id] != zone }) {
+			return countFailures(calls)
+		}
+		select {
+		case <-ctx.Done():
+			tail := calls[max(0, len(calls)-20):]
+			t.Fatalf("calls never settled on %s; last: %q", zone, tail)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func countFailures(ids []string) int {
+	n := 0
+	for _, id := range ids {
+		if id == "" {
+			n++
+		}
+	}
+	return n
+}
+
+// failoverBound is how many RPCs may fail while a dead zone is left: the ones in flight or
+// picked before grpc-go sees every connection of the zone fail. Measured: 0–2.
+const failoverBound = 10
+
+func TestLocalityFailsOverWhenZoneDies(t *testing.T) {
+	sc := newZoneScene(t)
+	ctx := testContext(t)
+	a := sc.client(t, "zone-a")
+	if err := a.WaitForBackends(ctx, "a1", "a2"); err != nil {
+		t.Fatal(err)
+	}
+	log := logCalls(a)
+	defer func() { log.stop(); log.wg.Wait() }()
+
+	// Zone a's backends die; its EndpointSlice still lists them as ready, as Kubernetes does
+	// until the node is noticed. The client moves to zone b by itself.
+	mark := log.mark()
+	killed := time.Now()
+	addrs := map[string]netip.Addr{}
+	for _, id := range []string{"a1", "a2"} {
+		addrs[id] = sc.backends[id].Addr
+		sc.backends[id].Kill()
+	}
+	failures := log.waitSettled(ctx, t, sc, mark, "zone-b")
+	t.Logf("zone a died: calls on zone b after %v, %d failed", time.Since(killed).Round(time.Millisecond), failures)
+	if failures > failoverBound {
+		t.Errorf("%d RPCs failed while failing over to zone b, want at most %d", failures, failoverBound)
+	}
+
+	// Zone a comes back at the same addresses: traffic returns, and nothing fails.
+	mark = log.mark()
+	back := time.Now()
+	for _, id := range []string{"a1", "a2"} {
+		b, err := harness.StartBackendAt(ctx, sc.nets["zone-a"], env.bins.Backend, id, addrs[id], grpcPort.target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Kill)
+		sc.backends[id] = b
+	}
+	failures = log.waitSettled(ctx, t, sc, mark, "zone-a")
+	t.Logf("zone a back: calls on zone a after %v, %d failed", time.Since(back).Round(time.Millisecond), failures)
+	if failures > 0 {
+		t.Errorf("%d RPCs failed while zone a came back", failures)
+	}
+}
+
+func TestLocalityNoZoneInfo(t *testing.T) {
+	sc := newZoneScene(t)
+	ctx := testContext(t)
+	all := []string{"a1", "a2", "b1", "b2"}
+
+	t.Run("a client without locality gets every endpoint at one priority", func(t *testing.T) {
+		c := sc.client(t, "")
+		if err := c.WaitForBackends(ctx, all...); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	a := sc.client(t, "zone-a")
+	if err := a.WaitForBackends(ctx, "a1", "a2"); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("endpoints without zone or node get one priority", func(t *testing.T) {
+		sc.slice(false, false)
+		if err := a.WaitForBackends(ctx, all...); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("a zone missing from the slice comes from the endpoint's Node", func(t *testing.T) {
+		sc.slice(false, true)
+		if err := a.WaitForBackends(ctx, "a1", "a2"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("a Node's zone label change moves its endpoints", func(t *testing.T) {
+		nodes := env.cluster.Client.CoreV1().Nodes()
+		n, err := nodes.Get(ctx, sc.nodes["zone-a"], metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Labels[corev1.LabelTopologyZone] = "zone-c"
+		if _, err := nodes.Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// Nothing is in zone a any more; everything is in the client's region.
+		if err := a.WaitForBackends(ctx, all...); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// linkDownBound: with zone a's link down, RPCs sent on its connections can wait for their 2 s
+// deadline until the connections are declared dead — at worst by keepalive (grpc-go's
+// shortest: a ping after 10 s without reads, 2 s for its answer), about 12 s / 2 s of them
+// plus those in flight. Measured: 3 failures, zone b after 4.6 s (the blackhole route fails
+// the writes sooner than keepalive would).
+const linkDownBound = 12
+
+// With zone a's node off the network (its processes alive, its packets lost) the client,
+// which has keepalive on as it should, moves to zone b; and back when the link returns.
+func TestLocalityFailsOverWhenZoneLinkDown(t *testing.T) {
+	sc := newZoneScene(t)
+	ctx := testContext(t)
+	a := sc.client(t, "zone-a", grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}))
+	if err := a.WaitForBackends(ctx, "a1", "a2"); err != nil {
+		t.Fatal(err)
+	}
+	log := logCalls(a)
+	defer func() { log.stop(); log.wg.Wait() }()
+	mark := log.mark()
+	down := time.Now()
+	if err := sc.nets["zone-a"].SetLink(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sc.nets["zone-a"].SetLink(context.Background(), true) })
+	failures := log.waitSettled(ctx, t, sc, mark, "zone-b")
+	t.Logf("zone a's link down: calls on zone b after %v, %d failed", time.Since(down).Round(time.Millisecond), failures)
+	if failures > linkDownBound {
+		t.Errorf("%d RPCs failed while failing over to zone b, want at most %d", failures, linkDownBound)
+	}
+	mark = log.mark()
+	up := time.Now()
+	if err := sc.nets["zone-a"].SetLink(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	failures = log.waitSettled(ctx, t, sc, mark, "zone-a")
+	t.Logf("zone a's link up: calls on zone a after %v, %d failed", time.Since(up).Round(time.Millisecond), failures)
+	if failures > 0 {
+		t.Errorf("%d RPCs failed while zone a came back", failures)
+	}
+}
