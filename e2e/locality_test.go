@@ -10,14 +10,18 @@ import (
 	"testing"
 	"time"
 
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/holdfast/holdfast/e2e/adsclient"
@@ -192,6 +196,43 @@ func TestLocalityPrefersOwnZone(t *testing.T) {
 	}
 	if st := envoy.Stats(); len(st.Invalid) > 0 {
 		t.Fatalf("resources that fail ValidateAll: %v", st.Invalid)
+	}
+
+	// CSDS shows each client the assignment its locality gets, as synced.
+	conn, err := grpc.NewClient(sc.h.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, zone := range []string{"zone-a", "zone-b"} {
+		resp, err := statusv3.NewClientStatusDiscoveryServiceClient(conn).FetchClientStatus(ctx, &statusv3.ClientStatusRequest{
+			NodeMatchers: []*matcherv3.NodeMatcher{{NodeId: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "app-" + zone}}}}})
+		if err != nil || len(resp.GetConfig()) != 1 {
+			t.Fatalf("CSDS for app-%s: %v, %v", zone, resp, err)
+		}
+		var found bool
+		for _, g := range resp.GetConfig()[0].GetGenericXdsConfigs() {
+			if g.GetTypeUrl() != resourcev3.EndpointType {
+				continue
+			}
+			found = true
+			var cla endpointv3.ClusterLoadAssignment
+			if g.GetClientStatus() != adminv3.ClientResourceStatus_ACKED || g.GetConfigStatus() != statusv3.ConfigStatus_SYNCED || g.GetXdsConfig().UnmarshalTo(&cla) != nil {
+				t.Fatalf("CSDS for app-%s: %v", zone, g)
+			}
+			for id, be := range sc.backends {
+				want := uint32(1)
+				if sc.zoneOf[id] == zone {
+					want = 0
+				}
+				if got := endpointPriorities(&cla)[be.Addr.String()]; got != want {
+					t.Errorf("CSDS for app-%s: %s at priority %d, want %d", zone, id, got, want)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("CSDS for app-%s shows no assignment", zone)
+		}
 	}
 }
 

@@ -1,11 +1,13 @@
 package xds
 
 import (
+	"maps"
 	"slices"
 	"sync"
 	"weak"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/holdfast/holdfast/resolver"
 )
@@ -264,4 +266,23 @@ func (idx *typeIndex) localize(prev *typeIndex) {
 	if idx.local != nil && prev != nil && prev.local != nil {
 		idx.local.prev = weak.Make(prev.local)
 	}
+}
+
+// For returns what a client with this node is served: s with its endpoint assignments as
+// the client's locality sees them.
+func (s *Snapshot) For(n *corev3.Node) *Snapshot {
+	if s == nil {
+		return nil
+	}
+	idx, ok := s.types[resourcev3.EndpointType]
+	if !ok {
+		return s
+	}
+	at := idx.at(localityOf(n))
+	if at == idx {
+		return s
+	}
+	out := &Snapshot{types: maps.Clone(s.types)}
+	out.types[resourcev3.EndpointType] = at
+	return out
 }

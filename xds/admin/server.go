@@ -199,7 +199,7 @@ var typeOrder = []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointTyp
 func (s *Server) client(c xds.ClientStatus, detail bool) *ClientSummary {
 	out := &ClientSummary{NodeId: c.NodeID, Kind: string(c.Kind), Flavour: c.Flavour, Zone: c.Node.GetLocality().GetZone(),
 		Region: c.Node.GetLocality().GetRegion(), UserAgent: c.Node.GetUserAgentName(), ConnectedAt: ts(c.Since), Nacks: int32(len(c.Nacks))} //nolint:gosec // at most NackHistory
-	snap := s.o.Clients.Snapshot(c.Kind)
+	snap := s.o.Clients.Snapshot(c.Kind).For(c.Node)
 	for _, typ := range typeOrder {
 		t, ok := c.Types[typ]
 		if !ok {

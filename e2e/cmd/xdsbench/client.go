@@ -70,7 +70,7 @@ func (b byteCounter) HandleRPC(_ context.Context, s stats.RPCStats) {
 func (b byteCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
 func (b byteCounter) HandleConn(context.Context, stats.ConnStats)                       {}
 
-func startClient(ctx context.Context, addr, id string, delta bool, want int) (*client, error) {
+func startClient(ctx context.Context, addr, id, zone string, delta bool, want int) (*client, error) {
 	c := &client{delta: delta, counts: map[string]int{}, seen: map[string]time.Time{}, complete: make(chan struct{}), want: want}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(byteCounter{&c.bytes}), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
@@ -79,6 +79,9 @@ func startClient(ctx context.Context, addr, id string, delta bool, want int) (*c
 	}
 	c.conn = conn
 	node := &corev3.Node{Id: id, Cluster: "bench", UserAgentName: "envoy"}
+	if zone != "" {
+		node.Locality = &corev3.Locality{Zone: zone}
+	}
 	go func() {
 		var err error
 		if delta {

@@ -42,12 +42,13 @@ func main() {
 	quick := flag.Bool("quick", false, "a small run, to check the tool works")
 	changes := flag.Int("changes", 10, "endpoint changes per run")
 	only := flag.String("only", "", "run only IMPL/FLAVOUR/CLIENTS/SERVICES (e.g. holdfast/delta/1000/1000)")
+	zones := flag.Int("zones", 0, "put client i in zone-(i mod N) (endpoints are spread over zone-0..2): clients then get per-zone priorities")
 	flag.Parse()
 	var runs []run
 	if *quick {
 		for _, impl := range []string{"holdfast", "baseline"} {
 			for _, flavour := range []string{"sotw", "delta"} {
-				runs = append(runs, run{impl, flavour, 10, 100, 10, 3})
+				runs = append(runs, run{impl, flavour, 10, 100, 10, 3, 0})
 			}
 		}
 	} else {
@@ -58,12 +59,12 @@ func main() {
 					if impl == "baseline" && clients == 1000 {
 						n = max(3, n/3) // each costs tens of seconds
 					}
-					runs = append(runs, run{impl, flavour, clients, 1000, 10, n})
+					runs = append(runs, run{impl, flavour, clients, 1000, 10, n, 0})
 				}
 			}
 		}
 		for _, impl := range []string{"holdfast", "baseline"} {
-			runs = append(runs, run{impl, "sotw", 100, 10000, 10, 3})
+			runs = append(runs, run{impl, "sotw", 100, 10000, 10, 3, 0})
 		}
 	}
 	if *only != "" {
@@ -74,7 +75,10 @@ func main() {
 		}
 		c, _ := strconv.Atoi(f[2])
 		n, _ := strconv.Atoi(f[3])
-		runs = []run{{f[0], f[1], c, n, 10, *changes}}
+		runs = []run{{f[0], f[1], c, n, 10, *changes, 0}}
+	}
+	for i := range runs {
+		runs[i].zones = *zones
 	}
 	fmt.Println("| server | xDS | clients | services × endpoints | initial push: wall | initial push: CPU | change until all have it: p50 | p99 | CPU per change | bytes per change | heap | RSS |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -116,6 +120,7 @@ func main() {
 type run struct {
 	impl, flavour                   string
 	clients, services, per, changes int
+	zones                           int
 }
 
 type result struct {
@@ -171,7 +176,11 @@ func (r run) do() (result, error) {
 	cpu0, t0 := procCPU(pid), time.Now()
 	clients := make([]*client, r.clients)
 	for i := range clients {
-		c, err := startClient(ctx, addr, fmt.Sprintf("bench-%d", i), r.flavour == "delta", r.services)
+		zone := ""
+		if r.zones > 0 {
+			zone = fmt.Sprintf("zone-%d", i%r.zones)
+		}
+		c, err := startClient(ctx, addr, fmt.Sprintf("bench-%d", i), zone, r.flavour == "delta", r.services)
 		if err != nil {
 			return res, err
 		}
