@@ -55,7 +55,7 @@ func (c *CSDS) status(req *statusv3.ClientStatusRequest) *statusv3.ClientStatusR
 		if cl.NodeID == "" || !matches(req.GetNodeMatchers(), cl.NodeID) {
 			continue
 		}
-		snap := c.clients.Snapshot(cl.Kind)
+		snap := c.clients.Snapshot(cl.Kind).For(cl.Node) // its endpoints as its locality sees them
 		cfg := &statusv3.ClientConfig{Node: cl.Node}
 		for _, typ := range typeOrder {
 			t, ok := cl.Types[typ]
