@@ -13,6 +13,8 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -31,13 +33,28 @@ type BootstrapOptions struct {
 	Region string
 	// Delta makes an Envoy bootstrap use incremental (Delta) ADS.
 	Delta bool
+	// CAFile, set, makes the client speak TLS to Holdfast and check its certificate against
+	// this bundle; CertFile and KeyFile add a client certificate (mTLS). Paths on the client's
+	// machine; grpc-go and Envoy reload the files when they change.
+	CAFile, CertFile, KeyFile string
 }
+
+func (o BootstrapOptions) tls() bool { return o.CAFile != "" || o.CertFile != "" }
 
 func (o BootstrapOptions) validate() (host string, port uint32, err error) {
 	if o.NodeID == "" {
 		return "", 0, fmt.Errorf("bootstrap: a node id is required")
 	}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return "", 0, fmt.Errorf("bootstrap: a client certificate and its key go together")
+	}
+	if o.CertFile != "" && o.CAFile == "" {
+		return "", 0, fmt.Errorf("bootstrap: a client certificate needs the CA of Holdfast's certificate")
+	}
 	if path, ok := o.pipe(); ok {
+		if o.tls() {
+			return "", 0, fmt.Errorf("bootstrap: a Unix socket (a local agent) is not TLS")
+		}
 		if !strings.HasPrefix(path, "/") {
 			return "", 0, fmt.Errorf("bootstrap: server %q: want unix:///absolute/path", o.Server)
 		}
@@ -77,10 +94,19 @@ func GRPCBootstrap(o BootstrapOptions) ([]byte, error) {
 	if o.Zone != "" || o.Region != "" {
 		node["locality"] = locality{Zone: o.Zone, Region: o.Region}
 	}
+	creds := map[string]any{"type": "insecure"}
+	if o.tls() {
+		// gRFC A65: TLS channel credentials whose files grpc-go watches and reloads.
+		cfg := map[string]string{"ca_certificate_file": o.CAFile}
+		if o.CertFile != "" {
+			cfg["certificate_file"], cfg["private_key_file"] = o.CertFile, o.KeyFile
+		}
+		creds = map[string]any{"type": "tls", "config": cfg}
+	}
 	b := map[string]any{
 		"xds_servers": []any{map[string]any{
 			"server_uri":      o.Server,
-			"channel_creds":   []any{map[string]string{"type": "insecure"}},
+			"channel_creds":   []any{creds},
 			"server_features": []string{"xds_v3"},
 		}},
 		"node": node,
@@ -184,8 +210,53 @@ func EnvoyBootstrapProto(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		}}},
 		Admin: &bootstrapv3.Admin{Address: socketAddress("127.0.0.1", 9901)},
 	}
+	if o.tls() {
+		ts, err := upstreamTLS(o, host)
+		if err != nil {
+			return nil, err
+		}
+		b.StaticResources.Clusters[0].TransportSocket = ts
+	}
 	if err := b.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
 	return b, nil
+}
+
+// upstreamTLS is the xDS cluster's TLS: Holdfast's certificate checked against the CA file and
+// its name (host, as SNI and subject alt name), and the client certificate for mTLS. Envoy
+// watches the files and reloads them.
+func upstreamTLS(o BootstrapOptions, host string) (*corev3.TransportSocket, error) {
+	ctx := &tlsv3.CommonTlsContext{
+		AlpnProtocols: []string{"h2"},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.CAFile}},
+			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+				SanType: sanType(host),
+				Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: host}},
+			}},
+		}},
+	}
+	if o.CertFile != "" {
+		ctx.TlsCertificates = []*tlsv3.TlsCertificate{{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.CertFile}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.KeyFile}},
+		}}
+	}
+	utc := &tlsv3.UpstreamTlsContext{CommonTlsContext: ctx}
+	if sanType(host) == tlsv3.SubjectAltNameMatcher_DNS {
+		utc.Sni = host
+	}
+	a, err := anypb.New(utc)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	return &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}, nil
+}
+
+func sanType(host string) tlsv3.SubjectAltNameMatcher_SanType {
+	if _, err := netip.ParseAddr(host); err == nil {
+		return tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+	}
+	return tlsv3.SubjectAltNameMatcher_DNS
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/promreg"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
@@ -34,6 +35,8 @@ type ServerOptions struct {
 	AckTimeout time.Duration
 	// NackHistory is how many NACKs are remembered per client. [16]
 	NackHistory int
+	// Credentials secure the server (TLS); nil serves plaintext.
+	Credentials credentials.TransportCredentials
 }
 
 func (o *ServerOptions) defaults() {
@@ -137,13 +140,17 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if err := promreg.Register(opts.Registry, "xds", m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency); err != nil {
 		return nil, err
 	}
-	s.GRPC = grpc.NewServer(
+	gopts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(newWireCodec()),
 		grpc.MaxConcurrentStreams(1000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// grpc-go and Envoy clients ping at most this often when configured to.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	}
+	if opts.Credentials != nil {
+		gopts = append(gopts, grpc.Creds(opts.Credentials))
+	}
+	s.GRPC = grpc.NewServer(gopts...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.GRPC, s)
 	return s, nil
 }

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/holdfast/holdfast/internal/health"
+	"github.com/holdfast/holdfast/internal/tlsfiles"
 	"github.com/holdfast/holdfast/xds"
 	"github.com/holdfast/holdfast/xds/agent"
 )
@@ -39,6 +40,9 @@ type config struct {
 	maxCacheBytes                 int64
 	maxCacheAge, settle, shutdown time.Duration
 	logFormat, logLevel           string
+	upstreamTLS                   tlsfiles.Files
+	upstreamServerName            string
+	upstreamPlaintext             bool
 }
 
 func main() { os.Exit(realMain(os.Args[1:], os.Stderr)) }
@@ -86,6 +90,11 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.maxCacheAge, "max-cache-age", 24*time.Hour, "a disk cache older than this is still served, and reported loudly")
 	fs.DurationVar(&c.settle, "settle-timeout", 5*time.Second, "how long an upstream response waits for local clients' ACK or NACK before it is acknowledged")
 	fs.DurationVar(&c.shutdown, "shutdown-grace", 5*time.Second, "on SIGTERM, time for local streams to close")
+	fs.StringVar(&c.upstreamTLS.CA, "upstream-ca", "", "PEM CA bundle Holdfast's certificate must chain to (TLS upstream); reloaded when the file changes")
+	fs.StringVar(&c.upstreamTLS.Cert, "upstream-cert", "", "PEM client certificate presented to Holdfast (mTLS, with --upstream-key); reloaded when the file changes")
+	fs.StringVar(&c.upstreamTLS.Key, "upstream-key", "", "PEM private key of --upstream-cert")
+	fs.StringVar(&c.upstreamServerName, "upstream-server-name", "", "name Holdfast's certificate must carry (default: the --upstream host)")
+	fs.BoolVar(&c.upstreamPlaintext, "upstream-plaintext", false, "speak to Holdfast without TLS (its --tls-cert unset); TLS with the system roots otherwise, when no --upstream-ca")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -111,6 +120,12 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	}
 	if _, _, err := net.SplitHostPort(c.httpListen); err != nil {
 		errs = append(errs, fmt.Errorf("--http-listen %q: want host:port", c.httpListen))
+	}
+	if err := c.upstreamTLS.CheckClient(); err != nil {
+		errs = append(errs, fmt.Errorf("--upstream-cert/--upstream-key: %w", err))
+	}
+	if c.upstreamPlaintext && (c.upstreamTLS.Enabled() || c.upstreamServerName != "") {
+		errs = append(errs, errors.New("--upstream-plaintext excludes --upstream-ca, --upstream-cert, --upstream-key and --upstream-server-name"))
 	}
 	if c.maxResources <= 0 || c.maxCacheBytes <= 0 || c.maxCacheAge <= 0 || c.settle <= 0 {
 		errs = append(errs, errors.New("--max-resources, --max-cache-bytes, --max-cache-age and --settle-timeout must be positive"))
@@ -146,7 +161,17 @@ func listen(addr string) (net.Listener, error) {
 			return nil, err
 		}
 		_ = os.Remove(path) // a socket left by a killed agent
-		return net.Listen("unix", path)
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, err
+		}
+		// Any local user may connect (connecting needs write permission); who can reach the
+		// socket is decided by the directory it is in.
+		if err := os.Chmod(path, 0o666); err != nil { //nolint:gosec // see above
+			_ = l.Close()
+			return nil, err
+		}
+		return l, nil
 	}
 	return net.Listen("tcp", addr)
 }
@@ -161,9 +186,17 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	creds := insecure.NewCredentials()
+	var tlsReload *tlsfiles.Reloader
+	if !cfg.upstreamPlaintext {
+		if tlsReload, err = tlsfiles.NewClient(cfg.upstreamTLS, tlsfiles.Options{Component: "upstream", Logger: log, Registry: reg}); err != nil {
+			return fmt.Errorf("--upstream-ca/--upstream-cert/--upstream-key: %w", err)
+		}
+		creds = tlsReload.ClientCredentials(cfg.upstreamServerName)
+	}
 	a, err := agent.New(agent.Options{
 		Upstream: cfg.upstream, NodeID: cfg.nodeID, Zone: cfg.zone, Region: cfg.region, Kinds: ks,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds),
 			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})},
 		CacheDir: cfg.cacheDir, MaxResources: cfg.maxResources, MaxCacheBytes: cfg.maxCacheBytes, MaxCacheAge: cfg.maxCacheAge,
 		SettleTimeout: cfg.settle, Downstream: srv, Logger: log, Registry: reg,
@@ -185,10 +218,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	handler := health.Handler(reg, func() (bool, any) { st := a.Status(); return st.Ready, st })
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast-agent starting", "upstream", cfg.upstream, "listen", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
-		"node", cfg.nodeID, "kinds", cfg.kinds, "cache_dir", cfg.cacheDir)
+		"node", cfg.nodeID, "kinds", cfg.kinds, "cache_dir", cfg.cacheDir, "upstream_tls", !cfg.upstreamPlaintext, "upstream_mtls", cfg.upstreamTLS.Cert != "")
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.Run(gctx) })
+	if tlsReload != nil {
+		g.Go(func() error { tlsReload.Run(gctx, time.Second); return nil })
+	}
 	g.Go(func() error { return srv.GRPC.Serve(xdsLis) })
 	g.Go(func() error {
 		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {

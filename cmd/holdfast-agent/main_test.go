@@ -25,6 +25,9 @@ func TestFlags(t *testing.T) {
 		{append(ok, "--max-cache-age", "0s"), "must be positive"},
 		{append(ok, "--log-level", "loud"), "--log-level"},
 		{append(ok, "extra"), "unexpected arguments"},
+		{append(ok, "--upstream-ca", "/ca.crt", "--upstream-cert", "/c.crt", "--upstream-key", "/c.key"), ""},
+		{append(ok, "--upstream-cert", "/c.crt"), "--upstream-cert"},
+		{append(ok, "--upstream-plaintext", "--upstream-ca", "/ca.crt"), "--upstream-plaintext excludes"},
 	}
 	for _, tt := range tests {
 		_, err := parse(tt.args, io.Discard)
@@ -40,9 +43,9 @@ func TestFlags(t *testing.T) {
 	}
 }
 
-// The agent containers in deploy/agent run with flags the agent accepts.
+// The agent containers in deploy/ run with flags the agent accepts.
 func TestDeployExamplesUseRealFlags(t *testing.T) {
-	for _, file := range []string{"../../deploy/agent/sidecar.yaml", "../../deploy/agent/daemonset.yaml"} {
+	for _, file := range []string{"../../deploy/overlays/sidecar-example/shop.yaml", "../../deploy/overlays/with-agent/agent-daemonset.yaml"} {
 		data, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)

@@ -22,6 +22,9 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Zone, "zone", "", "the client's zone, for locality-aware routing")
 	fs.StringVar(&o.Region, "region", "", "the client's region, for locality-aware routing")
 	fs.BoolVar(&o.Delta, "delta", false, "with --envoy: use incremental (Delta) ADS")
+	fs.StringVar(&o.CAFile, "ca-file", "", "speak TLS to Holdfast, checking its certificate against this PEM CA bundle (a path on the client)")
+	fs.StringVar(&o.CertFile, "cert-file", "", "with --ca-file: the client certificate for mTLS (with --key-file)")
+	fs.StringVar(&o.KeyFile, "key-file", "", "the private key of --cert-file")
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/tlsfiles"
 	"github.com/holdfast/holdfast/resolver"
 )
 
@@ -43,6 +44,7 @@ type Config struct {
 	DebounceMax        time.Duration
 	WatchNodes         bool
 	LocalityDefault    string
+	TLS                tlsfiles.Files
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -85,6 +87,9 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
 	fs.BoolVar(&c.WatchNodes, "watch-nodes", true, "watch Nodes' metadata for their topology labels: an endpoint's region, and its zone when its EndpointSlice has none (needs list/watch on nodes)")
 	fs.StringVar(&c.LocalityDefault, "locality-default", resolver.LocalityRegion, "how endpoints are ordered for each client when a service does not say (annotation "+resolver.LocalityAnnotation+" or trafficDistribution): region (own zone, then own region, then the rest), zone (own zone, then the rest) or off (one priority)")
+	fs.StringVar(&c.TLS.Cert, "tls-cert", "", "PEM certificate for the xDS and admin servers (with --tls-key); reloaded when the file changes. Empty: plaintext")
+	fs.StringVar(&c.TLS.Key, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&c.TLS.CA, "client-ca", "", "PEM CA bundle: with it, xDS and admin clients must present a certificate it signed (mTLS); reloaded when the file changes")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: holdfast [flags]\n       holdfast bootstrap --grpc|--envoy --node-id ID --server HOST:PORT [--zone Z --region R]\n\nFlags:\n")
@@ -121,6 +126,11 @@ func (c Config) validate() error {
 	}
 	if _, err := netip.ParseAddr(c.EnvoyListenAddress); err != nil {
 		errs = append(errs, fmt.Errorf("--envoy-listen-address %q: want an IP address", c.EnvoyListenAddress))
+	}
+	if c.TLS.Enabled() {
+		if err := c.TLS.CheckServer(); err != nil {
+			errs = append(errs, fmt.Errorf("--tls-cert/--tls-key/--client-ca: %w", err))
+		}
 	}
 	switch c.LocalityDefault {
 	case resolver.LocalityOff, resolver.LocalityZone, resolver.LocalityRegion:

@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	xdsgrpc "google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
+
+	"github.com/holdfast/holdfast/internal/testpki"
 )
 
 func TestBadFlagsExit2(t *testing.T) {
@@ -26,6 +30,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"bad envoy address", []string{"--envoy-listen-address", "localhost"}, "--envoy-listen-address"},
 		{"bad log format", []string{"--log-format", "xml"}, "--log-format"},
 		{"bad locality default", []string{"--locality-default", "nearest"}, "--locality-default"},
+		{"certificate without key", []string{"--tls-cert", "/x.crt"}, "--tls-cert"},
+		{"client CA without a certificate", []string{"--client-ca", "/ca.crt"}, "--client-ca"},
 		{"bad log level", []string{"--log-level", "loud"}, "--log-level"},
 		{"negative grace", []string{"--shutdown-grace", "-1s"}, "--shutdown-grace"},
 		{"probe timeout not below interval", []string{"--probe-interval", "2s", "--probe-timeout", "2s"}, "--probe-timeout"},
@@ -148,10 +154,11 @@ func TestEnvoyBootstrap(t *testing.T) {
 
 // The examples in deploy/ are what `make bootstraps` generates; they must stay current and valid.
 func TestDeployBootstrapsAreCurrent(t *testing.T) {
-	common := []string{"--server", "holdfast.holdfast-system.svc:18000", "--zone", "zone-a", "--region", "region-1"}
+	common := []string{"--server", "holdfast.holdfast-system.svc:18000", "--zone", "zone-a", "--region", "region-1", "--ca-file", "/etc/holdfast/ca/ca.crt"}
 	for file, args := range map[string][]string{
 		"../../deploy/grpc-bootstrap.json":  append([]string{"--grpc", "--node-id", "example-grpc-client"}, common...),
 		"../../deploy/envoy-bootstrap.yaml": append([]string{"--envoy", "--node-id", "example-sidecar"}, common...),
+		"../../deploy/overlays/sidecar-example/envoy-bootstrap.yaml": {"--envoy", "--delta", "--node-id", "shop", "--server", "unix:///var/run/holdfast/agent.sock"},
 	} {
 		got, err := os.ReadFile(file)
 		if err != nil {
@@ -162,6 +169,7 @@ func TestDeployBootstrapsAreCurrent(t *testing.T) {
 		}
 	}
 	parseEnvoyBootstrap(t, mustRead(t, "../../deploy/envoy-bootstrap.yaml"))
+	parseEnvoyBootstrap(t, mustRead(t, "../../deploy/overlays/sidecar-example/envoy-bootstrap.yaml"))
 }
 
 func mustRead(t *testing.T, path string) []byte {
@@ -171,4 +179,65 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// With --ca-file the bootstraps speak TLS to Holdfast: grpc-go's "tls" channel credentials
+// (gRFC A65, files it watches), Envoy's TLS transport socket checking Holdfast's name.
+func TestBootstrapTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, cert, key := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	pk, err := testpki.NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := pk.Issue("client", "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, b := range map[string][]byte{ca: pk.PEM(), cert: leaf.CertPEM, key: leaf.KeyPEM} {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := bootstrap(t, "--grpc", "--node-id", "c", "--server", "holdfast.example:18000", "--ca-file", ca, "--cert-file", cert, "--key-file", key)
+	if _, err := xdsgrpc.NewXDSResolverWithConfigForTesting(out); err != nil {
+		t.Fatalf("grpc-go rejects the TLS bootstrap: %v\n%s", err, out)
+	}
+	var g struct {
+		XDSServers []struct {
+			ChannelCreds []struct {
+				Type   string            `json:"type"`
+				Config map[string]string `json:"config"`
+			} `json:"channel_creds"`
+		} `json:"xds_servers"`
+	}
+	if err := json.Unmarshal(out, &g); err != nil {
+		t.Fatal(err)
+	}
+	if cc := g.XDSServers[0].ChannelCreds[0]; cc.Type != "tls" || cc.Config["ca_certificate_file"] != ca || cc.Config["certificate_file"] != cert || cc.Config["private_key_file"] != key {
+		t.Errorf("gRPC channel creds %+v", cc)
+	}
+
+	b := parseEnvoyBootstrap(t, bootstrap(t, "--envoy", "--node-id", "e", "--server", "holdfast.example:18000", "--ca-file", ca))
+	ts := b.GetStaticResources().GetClusters()[0].GetTransportSocket()
+	var utc tlsv3.UpstreamTlsContext
+	if err := ts.GetTypedConfig().UnmarshalTo(&utc); err != nil {
+		t.Fatalf("Envoy xDS cluster transport socket %v: %v", ts, err)
+	}
+	vc := utc.GetCommonTlsContext().GetValidationContext()
+	if utc.GetSni() != "holdfast.example" || vc.GetTrustedCa().GetFilename() != ca ||
+		vc.GetMatchTypedSubjectAltNames()[0].GetMatcher().GetExact() != "holdfast.example" {
+		t.Errorf("Envoy upstream TLS %v", &utc)
+	}
+
+	for _, args := range [][]string{
+		{"--grpc", "--node-id", "c", "--server", "h:1", "--ca-file", ca, "--cert-file", cert},
+		{"--grpc", "--node-id", "c", "--server", "h:1", "--cert-file", cert, "--key-file", key},
+		{"--envoy", "--node-id", "c", "--server", "unix:///run/a.sock", "--ca-file", ca},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := realMain(append([]string{"bootstrap"}, args...), &stdout, &stderr); code != 2 {
+			t.Errorf("bootstrap %v: exit %d, want 2 (%s)", args, code, stderr.String())
+		}
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/reflection"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
@@ -25,6 +26,7 @@ import (
 	"github.com/holdfast/holdfast/cache"
 	"github.com/holdfast/holdfast/internal/health"
 	"github.com/holdfast/holdfast/internal/promreg"
+	"github.com/holdfast/holdfast/internal/tlsfiles"
 	"github.com/holdfast/holdfast/resolver"
 	"github.com/holdfast/holdfast/xds"
 	"github.com/holdfast/holdfast/xds/admin"
@@ -69,7 +71,16 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	// The publisher needs the server's snapshot cache, the server the store's client gauge,
 	// the store the publisher: build the cache side first.
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients, AckTimeout: cfg.AckTimeout})
+	// TLS for the xDS and admin servers, from files reloaded when they change.
+	var creds credentials.TransportCredentials
+	var tlsReload *tlsfiles.Reloader
+	if cfg.TLS.Enabled() {
+		if tlsReload, err = tlsfiles.NewServer(cfg.TLS, tlsfiles.Options{Component: "server", Logger: log, Registry: reg}); err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key/--client-ca: %w", err)
+		}
+		creds = tlsReload.ServerCredentials()
+	}
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients, AckTimeout: cfg.AckTimeout, Credentials: creds})
 	if err != nil {
 		return err
 	}
@@ -112,7 +123,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		_ = httpLis.Close()
 		return fmt.Errorf("--admin-listen: %w", err)
 	}
-	adminSrv := grpc.NewServer()
+	var adminOpts []grpc.ServerOption
+	if creds != nil {
+		adminOpts = append(adminOpts, grpc.Creds(creds))
+	}
+	adminSrv := grpc.NewServer(adminOpts...)
 	admin.RegisterAdminServer(adminSrv, admin.NewServer(admin.Options{Services: store, Sources: res, Clients: srv,
 		Naming: xds.Naming{Domain: cfg.ClusterDomain}, Decisions: decisions, Logger: log}))
 	statusv3.RegisterClientStatusDiscoveryServiceServer(adminSrv, admin.NewCSDS(srv))
@@ -120,10 +135,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ready := readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)
 	httpSrv := &http.Server{Handler: health.Handler(reg, func() (bool, any) { r := ready(); return r.Ready, r }), ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(),
-		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain)
+		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain, "tls", cfg.TLS.Enabled(), "mtls", cfg.TLS.CA != "")
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return pub.Run(gctx) })
+	if tlsReload != nil {
+		g.Go(func() error { tlsReload.Run(gctx, time.Second); return nil })
+	}
 	// A bad state file is reported by Restore and ignored: Holdfast then serves once synced.
 	_ = store.Restore()
 	g.Go(func() error { return store.Run(gctx) })

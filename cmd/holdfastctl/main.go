@@ -30,10 +30,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"sigs.k8s.io/yaml"
 
+	"github.com/holdfast/holdfast/internal/tlsfiles"
 	"github.com/holdfast/holdfast/xds/admin"
 )
 
-const usage = `usage: holdfastctl [--addr HOST:PORT] [-o table|json|yaml] [--timeout D] COMMAND [ARGS]
+const usage = `usage: holdfastctl [--addr HOST:PORT] [--tls | --ca F [--cert F --key F]] [-o table|json|yaml] [--timeout D] COMMAND [ARGS]
 
 commands:
   services [NAMESPACE]     every service, its state and why
@@ -56,6 +57,12 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	addr := fs.String("addr", "127.0.0.1:18001", "Holdfast's admin address (its --admin-listen)")
 	format := fs.String("o", "table", "output: table, json or yaml")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for Holdfast")
+	useTLS := fs.Bool("tls", false, "speak TLS to Holdfast (its --tls-cert is set); implied by --ca, --cert, --key and --server-name")
+	var files tlsfiles.Files
+	fs.StringVar(&files.CA, "ca", "", "PEM CA bundle Holdfast's certificate must chain to (default: the system roots)")
+	fs.StringVar(&files.Cert, "cert", "", "PEM client certificate, for a Holdfast with --client-ca (with --key)")
+	fs.StringVar(&files.Key, "key", "", "PEM private key of --cert")
+	serverName := fs.String("server-name", "", "name Holdfast's certificate must carry (default: the --addr host)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -77,7 +84,16 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if *useTLS || files.Enabled() || *serverName != "" {
+		r, err := tlsfiles.NewClient(files, tlsfiles.Options{Component: "holdfastctl"})
+		if err != nil {
+			fmt.Fprintf(stderr, "holdfastctl: --ca/--cert/--key: %v\n", err)
+			return 2
+		}
+		creds = r.ClientCredentials(*serverName)
+	}
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		fmt.Fprintf(stderr, "holdfastctl: --addr %q: %v\n", *addr, err)
 		return 2

@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +26,7 @@ type Agent struct {
 }
 
 // RunAgent starts holdfast-agent against upstream on free loopback ports and returns at once.
+// It speaks plaintext upstream unless extra sets --upstream-ca.
 func RunAgent(bin, logDir, upstream string, extra ...string) (*Agent, error) {
 	ports, err := testproc.FreePorts(2)
 	if err != nil {
@@ -36,6 +39,9 @@ func RunAgent(bin, logDir, upstream string, extra ...string) (*Agent, error) {
 	}
 	a.LogPath = logf.Name()
 	args := append([]string{"--upstream", upstream, "--listen", a.ListenAddr, "--http-listen", a.HTTPAddr}, extra...)
+	if !slices.ContainsFunc(extra, func(s string) bool { return strings.HasPrefix(s, "--upstream-ca") }) {
+		args = append(args, "--upstream-plaintext")
+	}
 	a.cmd = exec.Command(bin, args...)
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

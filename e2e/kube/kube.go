@@ -178,6 +178,16 @@ func Start(ctx context.Context, dir string) (c *Cluster, err error) {
 // WriteKubeconfig writes an admin kubeconfig for server (the API server, or a proxy in front of
 // it) that trusts caFile.
 func (c *Cluster) WriteKubeconfig(path, server, caFile string) error {
+	return c.writeKubeconfig(path, server, caFile, c.Token)
+}
+
+// WriteKubeconfigWithToken writes a kubeconfig for this API server that authenticates with
+// token (a ServiceAccount's, say).
+func (c *Cluster) WriteKubeconfigWithToken(path, token string) error {
+	return c.writeKubeconfig(path, c.Server, c.CAFile, token)
+}
+
+func (c *Cluster) writeKubeconfig(path, server, caFile, token string) error {
 	kc := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -193,7 +203,7 @@ contexts:
 - name: holdfast-test
   context: {cluster: holdfast-test, user: admin}
 current-context: holdfast-test
-`, server, caFile, c.Token)
+`, server, caFile, token)
 	return os.WriteFile(path, []byte(kc), 0o600)
 }
 
