@@ -21,7 +21,7 @@ PROTOC_GEN_GO_GRPC := $(TOOLS)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)/
 GRPCURL_VERSION := v1.9.4
 export GRPCURL := $(TOOLS)/grpcurl-$(GRPCURL_VERSION)/grpcurl
 
-.PHONY: all build kube test unit e2e fuzz bench lint demo bootstraps clean generate protoc tools
+.PHONY: all build kube test unit e2e fuzz bench lint demo bootstraps prometheusrule clean generate protoc tools
 
 all: build
 
@@ -96,8 +96,17 @@ demo: kube
 
 # The example bootstraps in deploy/ are generated; a unit test checks they are current.
 bootstraps:
-	go run ./cmd/holdfast bootstrap --grpc --node-id example-grpc-client --server holdfast.holdfast-system.svc:18000 --zone zone-a --region region-1 > deploy/grpc-bootstrap.json
-	go run ./cmd/holdfast bootstrap --envoy --node-id example-sidecar --server holdfast.holdfast-system.svc:18000 --zone zone-a --region region-1 > deploy/envoy-bootstrap.yaml
+	go run ./cmd/holdfast bootstrap --grpc --node-id example-grpc-client --server holdfast.holdfast-system.svc:18000 --zone zone-a --region region-1 --ca-file /etc/holdfast/ca/ca.crt > deploy/grpc-bootstrap.json
+	go run ./cmd/holdfast bootstrap --envoy --node-id example-sidecar --server holdfast.holdfast-system.svc:18000 --zone zone-a --region region-1 --ca-file /etc/holdfast/ca/ca.crt > deploy/envoy-bootstrap.yaml
+	go run ./cmd/holdfast bootstrap --envoy --delta --node-id shop --server unix:///var/run/holdfast/agent.sock > deploy/overlays/sidecar-example/envoy-bootstrap.yaml
+
+# The PrometheusRule is the plain rules file under a PrometheusRule's spec; a unit test checks
+# they are the same rules.
+prometheusrule:
+	{ printf '%s\n' '# Generated from holdfast-alerts.yaml by make prometheusrule: edit that file, not this one.' \
+	  'apiVersion: monitoring.coreos.com/v1' 'kind: PrometheusRule' 'metadata:' '  name: holdfast' \
+	  '  namespace: holdfast-system' '  labels: {app.kubernetes.io/part-of: holdfast}' 'spec:'; \
+	  grep -v '^#' deploy/prometheus/holdfast-alerts.yaml | sed 's/^/  /'; } > deploy/prometheus/prometheusrule.yaml
 
 clean:
 	rm -rf bin/

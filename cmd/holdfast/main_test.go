@@ -156,8 +156,8 @@ func TestEnvoyBootstrap(t *testing.T) {
 func TestDeployBootstrapsAreCurrent(t *testing.T) {
 	common := []string{"--server", "holdfast.holdfast-system.svc:18000", "--zone", "zone-a", "--region", "region-1", "--ca-file", "/etc/holdfast/ca/ca.crt"}
 	for file, args := range map[string][]string{
-		"../../deploy/grpc-bootstrap.json":  append([]string{"--grpc", "--node-id", "example-grpc-client"}, common...),
-		"../../deploy/envoy-bootstrap.yaml": append([]string{"--envoy", "--node-id", "example-sidecar"}, common...),
+		"../../deploy/grpc-bootstrap.json":                           append([]string{"--grpc", "--node-id", "example-grpc-client"}, common...),
+		"../../deploy/envoy-bootstrap.yaml":                          append([]string{"--envoy", "--node-id", "example-sidecar"}, common...),
 		"../../deploy/overlays/sidecar-example/envoy-bootstrap.yaml": {"--envoy", "--delta", "--node-id", "shop", "--server", "unix:///var/run/holdfast/agent.sock"},
 	} {
 		got, err := os.ReadFile(file)
