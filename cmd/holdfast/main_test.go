@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -239,5 +240,37 @@ func TestBootstrapTLS(t *testing.T) {
 		if code := realMain(append([]string{"bootstrap"}, args...), &stdout, &stderr); code != 2 {
 			t.Errorf("bootstrap %v: exit %d, want 2 (%s)", args, code, stderr.String())
 		}
+	}
+}
+
+// The control plane in deploy/base runs with flags Holdfast accepts.
+func TestDeployArgsAreAccepted(t *testing.T) {
+	var d struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Name string
+						Args []string
+					}
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(mustRead(t, "../../deploy/base/deployment.yaml"), &d); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if c.Name != "holdfast" {
+			continue
+		}
+		found = true
+		if _, err := parseConfig(c.Args, io.Discard); err != nil {
+			t.Errorf("deploy/base/deployment.yaml: %v", err)
+		}
+	}
+	if !found {
+		t.Error("no holdfast container in deploy/base/deployment.yaml")
 	}
 }
