@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -290,37 +291,7 @@ func TestAdminAPI(t *testing.T) {
 				t.Errorf("promtool %v: %v\n%s", args, err, out)
 			}
 		}
-		rules, err := os.ReadFile(filepath.Join(dir, "holdfast-alerts.yaml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, metrics, err := sc.h.Get(ctx, "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var file struct {
-			Groups []struct {
-				Rules []struct{ Expr string }
-			}
-		}
-		if err := yaml.Unmarshal(rules, &file); err != nil {
-			t.Fatal(err)
-		}
-		var exprs strings.Builder
-		for _, g := range file.Groups {
-			for _, r := range g.Rules {
-				exprs.WriteString(r.Expr + "\n")
-			}
-		}
-		names := regexp.MustCompile(`holdfast_[a-z_]+`).FindAllString(exprs.String(), -1)
-		if len(names) < 8 {
-			t.Fatalf("only %d metric names found in the rules", len(names))
-		}
-		for _, n := range names {
-			if !strings.Contains(metrics, "# TYPE "+n+" ") {
-				t.Errorf("the rules use %s, which Holdfast does not export", n)
-			}
-		}
+		checkRuleMetrics(ctx, t, sc.h, "holdfast", 8)
 	})
 
 	// The grpc-go client took echo's change from one to two endpoints: the push latency from
@@ -485,5 +456,50 @@ func TestHoldfastctl(t *testing.T) {
 	out2, err := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out2), "not reachable at 127.0.0.1:1") {
 		t.Errorf("holdfastctl against nothing: exit %d (%v): %s", code, err, out2)
+	}
+}
+
+// checkRuleMetrics checks that every metric the alert rules of group use is one h exports, and
+// that the group uses at least least of them.
+func checkRuleMetrics(ctx context.Context, t *testing.T, h *harness.Holdfast, group string, least int) {
+	t.Helper()
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := os.ReadFile(filepath.Join(root, "deploy", "prometheus", "holdfast-alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, metrics, err := h.Get(ctx, "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Groups []struct {
+			Name  string
+			Rules []struct{ Expr string }
+		}
+	}
+	if err := yaml.Unmarshal(rules, &file); err != nil {
+		t.Fatal(err)
+	}
+	var exprs strings.Builder
+	for _, g := range file.Groups {
+		if g.Name != group {
+			continue
+		}
+		for _, r := range g.Rules {
+			exprs.WriteString(r.Expr + "\n")
+		}
+	}
+	names := regexp.MustCompile(`holdfast_[a-z_]+`).FindAllString(exprs.String(), -1)
+	if len(names) < least {
+		t.Fatalf("only %d metric names found in the rules of group %s", len(names), group)
+	}
+	for _, n := range names {
+		if !strings.Contains(metrics, "# TYPE "+n+" ") {
+			t.Errorf("the rules use %s, which Holdfast does not export", n)
+		}
 	}
 }

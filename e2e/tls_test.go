@@ -177,6 +177,10 @@ func TestTLSReload(t *testing.T) {
 		t.Errorf("holdfast_tls_reloads_total{result=ok} = %v, %v", n, err)
 	}
 
+	t.Run("the TLS alert rules use metrics Holdfast exports", func(t *testing.T) {
+		checkRuleMetrics(ctx, t, h, "holdfast-tls", 2)
+	})
+
 	t.Run("holdfastctl over mTLS", func(t *testing.T) {
 		out, err := exec.CommandContext(ctx, env.bins.Holdfastctl, "--addr", h.AdminAddr, "--ca", f.caFile, "--cert", f.clientCert, "--key", f.clientK, "sources").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), ns) {
