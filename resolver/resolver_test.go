@@ -192,3 +192,41 @@ func TestResolverTimesEventsAndPublishesHealthAtOnce(t *testing.T) {
 	down.Store(true)
 	out2.next(t, func(res Resolution) bool { return res.SourceOf("ns") == Stale })
 }
+
+// A source that recovers from its fourth fault in a row re-lists as promptly as after its
+// first: the API server has just answered a probe, so the restart waits the base backoff
+// (jittered), not one that doubled through the earlier faults. With doubling, the fifth wait
+// would be 1.6–3.2 s here.
+func TestSourceRelistsPromptlyAfterRepeatedFaults(t *testing.T) {
+	client := fake.NewClientset(svcNamed("a"), sliceFor("a", "10.0.0.1"))
+	var down atomic.Bool
+	client.PrependReactor("list", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if down.Load() {
+			return true, nil, errors.New("API server down")
+		}
+		return false, nil, nil
+	})
+	out := make(resolutions, 1000)
+	r, err := New(Options{Client: client, ProbeInterval: 20 * time.Millisecond, ProbeTimeout: 20 * time.Millisecond,
+		RestartBackoff: 200 * time.Millisecond, MaxRestartBackoff: time.Minute}, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	out.next(t, func(res Resolution) bool { return res.Synced && res.SourceOf("ns") == Live })
+	for i := range 5 {
+		down.Store(true)
+		out.next(t, func(res Resolution) bool { return res.SourceOf("ns") == Stale })
+		down.Store(false)
+		up := time.Now()
+		out.next(t, func(res Resolution) bool { return res.SourceOf("ns") == Live })
+		if took := time.Since(up); took > time.Second {
+			t.Errorf("fault %d: live again %v after the API server answered; want about the 200 ms base backoff", i+1, took)
+		}
+	}
+	if st := r.Sources()[0]; st.Restarts != 5 {
+		t.Errorf("%d restarts, want one per recovery (5)", st.Restarts)
+	}
+}

@@ -193,6 +193,9 @@ func (s *source) noteEvent(typ watch.EventType) {
 	s.mu.Unlock()
 }
 
+// restartRecovered is the restart reason of a source whose API server answers again.
+const restartRecovered = "recovered from stale"
+
 // run keeps a generation of informers running until ctx is done, starting a new one with
 // backoff and jitter whenever a restart is requested.
 func (s *source) run(ctx context.Context) {
@@ -225,8 +228,11 @@ func (s *source) run(ctx context.Context) {
 		s.status.Restarts++
 		s.mu.Unlock()
 		s.r.metrics.restarts.WithLabelValues(s.name).Inc()
-		if time.Since(started) > 2*s.r.opts.WatchIdleTimeout {
-			backoff = s.r.opts.RestartBackoff // the last generation was healthy for a while
+		if time.Since(started) > 2*s.r.opts.WatchIdleTimeout || reason == restartRecovered {
+			// The last generation was healthy for a while, or a probe has just found the API
+			// server answering again: re-list soon (with jitter) rather than after a wait that
+			// grew through earlier faults — a change made during the fault waits for it.
+			backoff = s.r.opts.RestartBackoff
 		}
 		wait := backoff/2 + rand.N(backoff/2+1) //nolint:gosec // jitter spreads restarts of many replicas; not a secret
 		s.r.log.Info("restarting watches", "decision", "source_restart", "subject", s.name, "reason", reason, "after", wait.Round(time.Millisecond))
@@ -375,7 +381,7 @@ func (s *source) probe(ctx context.Context) {
 	case st.State == Stale:
 		// Back, but the watches may have missed changes: list everything again.
 		s.setState(Syncing, "API server answers again; re-listing")
-		s.requestRestart("recovered from stale")
+		s.requestRestart(restartRecovered)
 	case st.State == Live && now.Sub(st.LastEvent) > s.r.opts.WatchIdleTimeout:
 		s.setState(Stale, fmt.Sprintf("no watch event or bookmark for %v", now.Sub(st.LastEvent).Round(time.Second)))
 		s.requestRestart("silent watch")

@@ -53,6 +53,16 @@ func RunAgent(bin, logDir, upstream string, extra ...string) (*Agent, error) {
 	return a, nil
 }
 
+// Running says whether the agent has not exited.
+func (a *Agent) Running() bool {
+	select {
+	case <-a.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // WaitReady polls /readyz until it answers 200.
 func (a *Agent) WaitReady(ctx context.Context) (string, error) {
 	for {

@@ -138,6 +138,16 @@ func (h *Holdfast) Terminate(timeout time.Duration) error {
 	}
 }
 
+// Running says whether the process has not exited.
+func (h *Holdfast) Running() bool {
+	select {
+	case <-h.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // Kill sends SIGKILL and waits for the exit.
 func (h *Holdfast) Kill() {
 	_ = h.cmd.Process.Kill()
