@@ -6,7 +6,7 @@ export HOLDFAST_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/holdfast
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(HOLDFAST_CACHE_DIR)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 # Correctness deadline for the whole e2e run; a warm run takes well under a minute.
-E2E_TIMEOUT ?= 15m
+E2E_TIMEOUT ?= 25m
 # Executions, not seconds: a duration-based -fuzztime can fail with a spurious "context deadline
 # exceeded" in Go 1.26 (golang/go#75804, fixed in 1.27). A count has no deadline to race.
 FUZZTIME ?= 4000x
@@ -21,7 +21,7 @@ PROTOC_GEN_GO_GRPC := $(TOOLS)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)/
 GRPCURL_VERSION := v1.9.4
 export GRPCURL := $(TOOLS)/grpcurl-$(GRPCURL_VERSION)/grpcurl
 
-.PHONY: all build kube test unit e2e fuzz bench lint demo bootstraps prometheusrule clean generate protoc tools
+.PHONY: all build kube test unit e2e fuzz bench lint demo chaos soak bootstraps prometheusrule clean generate protoc tools
 
 all: build
 
@@ -90,6 +90,18 @@ $(GOLANGCI_LINT):
 
 lint: $(GOLANGCI_LINT)
 	$(GOLANGCI_LINT) run ./...
+
+# The fault matrix with its full durations (make test runs it with short ones); the table goes
+# to stdout and to docs/reliability-matrix.md.
+chaos: kube
+	HOLDFAST_CHAOS=full HOLDFAST_CHAOS_TABLE=$(CURDIR)/docs/reliability-matrix.md \
+	  go test -count=1 -timeout 40m -run '^TestChaosMatrix$$' -v ./e2e/
+
+# A long soak: `make soak DURATION=30m` (make test runs a 60 s one).
+DURATION ?= 30m
+soak: kube
+	HOLDFAST_SOAK_DURATION=$(DURATION) HOLDFAST_SOAK_REPORT=$(CURDIR)/docs/reliability-soak.md \
+	  go test -count=1 -timeout 2h -run '^TestSoak$$' -v ./e2e/
 
 demo: kube
 	go run ./e2e/cmd/demo
