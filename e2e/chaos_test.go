@@ -101,7 +101,8 @@ type load struct {
 	lastErr      error
 }
 
-func startLoad(clients ...*harness.GRPCClient) *load {
+// startLoad has each client make an RPC, then wait every before the next.
+func startLoad(every time.Duration, clients ...*harness.GRPCClient) *load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{stop: cancel}
 	for _, c := range clients {
@@ -120,7 +121,7 @@ func startLoad(clients ...*harness.GRPCClient) *load {
 					l.lastErr = err
 					l.mu.Unlock()
 				}
-				time.Sleep(10 * time.Millisecond)
+				time.Sleep(every)
 			}
 		})
 	}
@@ -192,7 +193,7 @@ func newChaos(t *testing.T) *chaos {
 	if err := sc.move.WaitForBackends(ctx, "b0", "b1"); err != nil {
 		t.Fatal(err)
 	}
-	sc.load = startLoad(clients...)
+	sc.load = startLoad(10*time.Millisecond, clients...)
 	t.Cleanup(sc.load.finish)
 	return sc
 }
@@ -410,7 +411,7 @@ func TestChaosMatrix(t *testing.T) {
 		}
 		viaAgents = append(viaAgents, c)
 	}
-	agentLoad := startLoad(viaAgents...)
+	agentLoad := startLoad(10*time.Millisecond, viaAgents...)
 	defer agentLoad.finish()
 	sc.run(&rows, func(ctx context.Context, r *chaosRow) {
 		r.Fault = "both Holdfast replicas killed, apps via agents"
