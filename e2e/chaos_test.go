@@ -467,7 +467,8 @@ func TestChaosMatrix(t *testing.T) {
 	}
 	// The baseline waits for every load client to be back on the restarted Holdfast (grpc-go
 	// reconnects with backoff), and for the count to hold still.
-	if waitFor(context.Background(), timeout, func() bool { return connectedClients(sc.h) >= chaosServices+1 }) > 5*timeout {
+	// (the load clients, the client of "move", agent A's upstream stream)
+	if waitFor(context.Background(), timeout, func() bool { return connectedClients(sc.h) >= chaosServices+2 }) > 5*timeout {
 		t.Fatalf("only %d xDS clients reconnected", connectedClients(sc.h))
 	}
 	time.Sleep(3 * time.Second)
@@ -656,7 +657,7 @@ func TestChaosMatrix(t *testing.T) {
 
 	// No growth: once the clients of rows 7–12 are gone (the checks' own grpc-go clients close
 	// their streams lazily), goroutines and live heap are back.
-	if waitFor(context.Background(), timeout, func() bool { return connectedClients(sc.h) == baseClients }) > 5*timeout {
+	if waitFor(context.Background(), timeout, func() bool { return connectedClients(sc.h) <= baseClients }) > 5*timeout {
 		t.Errorf("xDS clients %d, not back to %d", connectedClients(sc.h), baseClients)
 	}
 	time.Sleep(time.Second)
