@@ -64,7 +64,7 @@ func TestResilienceProxyStallCorruptFail(t *testing.T) {
 	}
 
 	for _, m := range modes {
-		calls := keepCalling(c)
+		calls := startLoad(20*time.Millisecond, c)
 		p.SetMode(m)
 		detected := waitStale(ctx, t, h, ns, 1)
 

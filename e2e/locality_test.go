@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -246,79 +245,6 @@ func endpointPriorities(cla *endpointv3.ClusterLoadAssignment) map[string]uint32
 	return out
 }
 
-// callLog makes RPCs back to back and records which backend answered each, or that it failed.
-type callLog struct {
-	stop context.CancelFunc
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	ids  []string // "" for a failure
-}
-
-func logCalls(c *harness.GRPCClient) *callLog {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &callLog{stop: cancel}
-	l.wg.Go(func() {
-		for ctx.Err() == nil {
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			id, err := c.Call(cctx)
-			cancel()
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				id = ""
-			}
-			l.mu.Lock()
-			l.ids = append(l.ids, id)
-			l.mu.Unlock()
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
-	return l
-}
-
-// mark returns how many calls are logged so far.
-func (l *callLog) mark() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.ids)
-}
-
-// since returns the calls logged after mark.
-func (l *callLog) since(mark int) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.ids[mark:])
-}
-
-// waitSettled waits until the last 50 calls after mark all landed in zone, and returns the
-// failures after mark up to then.
-func (l *callLog) waitSettled(ctx context.Context, t *testing.T, sc *zoneScene, mark int, zone string) int {
-	t.Helper()
-	for {
-		calls := l.since(mark)
-		if n := len(calls); n >= 50 && !slices.ContainsFunc(calls[n-50:], func(id string) bool { return id == "" || sc.zoneOf[id] != zone }) {
-			return countFailures(calls)
-		}
-		select {
-		case <-ctx.Done():
-			tail := calls[max(0, len(calls)-20):]
-			t.Fatalf("calls never settled on %s; last: %q", zone, tail)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func countFailures(ids []string) int {
-	n := 0
-	for _, id := range ids {
-		if id == "" {
-			n++
-		}
-	}
-	return n
-}
-
 // failoverBound is how many RPCs may fail while a dead zone is left: the ones in flight or
 // picked before grpc-go sees every connection of the zone fail. Measured: 0–2.
 const failoverBound = 10
@@ -331,7 +257,7 @@ func TestLocalityFailsOverWhenZoneDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := logCalls(a)
-	defer func() { log.stop(); log.wg.Wait() }()
+	defer log.finish() //nolint:errcheck // failures are counted from the log
 
 	// Zone a's backends die; its EndpointSlice still lists them as ready, as Kubernetes does
 	// until the node is noticed. The client moves to zone b by itself.
@@ -428,7 +354,7 @@ func TestLocalityFailsOverWhenZoneLinkDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := logCalls(a)
-	defer func() { log.stop(); log.wg.Wait() }()
+	defer log.finish() //nolint:errcheck // failures are counted from the log
 	mark := log.mark()
 	down := time.Now()
 	if err := sc.nets["zone-a"].SetLink(ctx, false); err != nil {

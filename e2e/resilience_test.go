@@ -4,49 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/kube"
 )
-
-// caller makes RPCs back to back until stopped, counting failures.
-type caller struct {
-	stop     context.CancelFunc
-	wg       sync.WaitGroup
-	ok, fail int
-	lastErr  error
-}
-
-func keepCalling(c *harness.GRPCClient) *caller {
-	ctx, cancel := context.WithCancel(context.Background())
-	k := &caller{stop: cancel}
-	k.wg.Go(func() {
-		for ctx.Err() == nil {
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			_, err := c.Call(cctx)
-			cancel()
-			switch {
-			case ctx.Err() != nil:
-			case err != nil:
-				k.fail++
-				k.lastErr = err
-			default:
-				k.ok++
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-	return k
-}
-
-func (k *caller) finish() (ok, fail int, lastErr error) {
-	k.stop()
-	k.wg.Wait()
-	return k.ok, k.fail, k.lastErr
-}
 
 // waitStale waits until holdfast_source_stale for ns reads want, and returns how long it took.
 func waitStale(ctx context.Context, t *testing.T, h *harness.Holdfast, ns string, want float64) time.Duration {
@@ -98,7 +61,7 @@ func faultScenario(t *testing.T, hold time.Duration, inject func(*kube.Cluster) 
 		t.Fatal(err)
 	}
 
-	calls := keepCalling(c)
+	calls := startLoad(20*time.Millisecond, c)
 	faultAt := time.Now()
 	if err := inject(k); err != nil {
 		t.Fatal(err)

@@ -100,7 +100,7 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := startLoad(cfg.every, clients...)
-	defer l.finish()
+	defer l.finish() //nolint:errcheck // counted below
 
 	// Churn: a random service moves to another pair of backends every 200 ms. Every backend
 	// stays alive, so no RPC has a reason to fail, whatever configuration a client holds.
