@@ -81,7 +81,7 @@ func TestSoak(t *testing.T) {
 	write("probe", 0)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.duration+5*time.Minute)
 	defer cancel()
-	h, err := harness.StartHoldfast(ctx, env.bins.Holdfast, env.dir, kubeconfig, "--namespaces", ns, "--guard-disabled")
+	h, err := harness.StartHoldfast(ctx, env.bins.Holdfast, env.dir, kubeconfig, "--namespaces", ns, "--guard-disabled", "--debug-pprof")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,6 +181,9 @@ func TestSoak(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		if time.Now().After(next) {
 			next = next.Add(cfg.sample)
+			if len(samples) == int(cfg.duration/cfg.sample)/3 {
+				heapProfile(ctx, t, h, "warm")
+			}
 			sent, failed := l.counts()
 			heap, _ := h.Metric(ctx, "go_gc_heap_live_bytes")
 			g, _ := h.Metric(ctx, "go_goroutines")
@@ -204,6 +207,7 @@ func TestSoak(t *testing.T) {
 	samples = append(samples, soakSample{at: time.Since(start), sent: sent, failed: failed, heapMiB: heap / (1 << 20), goroutines: g,
 		propagationP99: p99(props), propagationSamples: len(props), fault: "end"})
 
+	heapProfile(ctx, t, h, "end")
 	report := soakReport(cfg, samples)
 	t.Logf("soak:\n%s", report)
 	if path := os.Getenv("HOLDFAST_SOAK_REPORT"); path != "" {
@@ -257,4 +261,21 @@ func soakReport(cfg soakConfig, samples []soakSample) string {
 			strconv.FormatFloat(rate*100, 'f', 3, 64)+" %", dur(s.propagationP99), s.propagationSamples, s.heapMiB, s.goroutines, s.fault)
 	}
 	return b.String()
+}
+
+// heapProfile saves Holdfast's heap profile (after a GC) as <name>.pprof in
+// $HOLDFAST_SOAK_PROFILES, if set: `go tool pprof -base warm.pprof end.pprof` shows what grew.
+func heapProfile(ctx context.Context, t *testing.T, h *harness.Holdfast, name string) {
+	dir := os.Getenv("HOLDFAST_SOAK_PROFILES")
+	if dir == "" {
+		return
+	}
+	code, body, err := h.Get(ctx, "/debug/pprof/heap?gc=1")
+	if err != nil || code != 200 {
+		t.Errorf("heap profile: %d %v", code, err)
+		return
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".pprof"), []byte(body), 0o600); err != nil {
+		t.Error(err)
+	}
 }

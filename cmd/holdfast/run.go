@@ -133,7 +133,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	statusv3.RegisterClientStatusDiscoveryServiceServer(adminSrv, admin.NewCSDS(srv))
 	reflection.Register(adminSrv)
 	ready := readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)
-	httpSrv := &http.Server{Handler: health.Handler(reg, func() (bool, any) { r := ready(); return r.Ready, r }), ReadHeaderTimeout: 5 * time.Second}
+	handler := health.Handler(reg, func() (bool, any) { r := ready(); return r.Ready, r })
+	if cfg.DebugPprof {
+		handler = health.WithPprof(handler)
+	}
+	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(),
 		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain, "tls", cfg.TLS.Enabled(), "mtls", cfg.TLS.CA != "")
 
