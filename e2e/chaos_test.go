@@ -161,7 +161,7 @@ func newChaos(t *testing.T) *chaos {
 		t.Fatal(err)
 	}
 	sc.load = startLoad(10*time.Millisecond, clients...)
-	t.Cleanup(func() { sc.load.finish() })
+	t.Cleanup(func() { _, _, _ = sc.load.finish() })
 	return sc
 }
 
@@ -561,7 +561,7 @@ func TestChaosMatrix(t *testing.T) {
 		z.backends["a2"].Kill()
 		failures := log.waitSettled(ctx, t, z, mark, "zone-b")
 		r.Detected, r.DetectBound, r.detectedLabel = time.Since(start), 5*time.Second, "traffic on zone b"
-		log.finish()
+		_, _, _ = log.finish()
 		calls := log.since(mark)
 		r.Sent, r.Failed = int64(len(calls)), int64(failures)
 		r.Duration = time.Since(start)

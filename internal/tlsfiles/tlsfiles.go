@@ -129,7 +129,7 @@ func load(f Files) (*material, error) {
 		if path == "" {
 			return nil, nil
 		}
-		b, err := os.ReadFile(path)
+		b, err := os.ReadFile(path) //nolint:gosec // the operator names these files (flags)
 		if err != nil {
 			return nil, err
 		}
@@ -202,7 +202,7 @@ func (r *Reloader) sum() ([32]byte, error) {
 		if p == "" {
 			continue
 		}
-		b, err := os.ReadFile(p)
+		b, err := os.ReadFile(p) //nolint:gosec // the operator names these files (flags)
 		if err != nil {
 			return [32]byte{}, err
 		}
