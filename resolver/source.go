@@ -329,28 +329,42 @@ func (s *source) watchOptions(o *metav1.ListOptions) {
 	o.AllowWatchBookmarks = true
 }
 
-// observe wraps a watch so that every event it delivers records the time.
+// observe wraps a watch so that every event it delivers records the time. When the informer
+// stops the watch, the forwarding goroutine ends even if an event is waiting to be taken (it
+// used to wait forever: one goroutine leaked per restarted watch).
 func (s *source) observe(w watch.Interface) watch.Interface {
 	if w == nil {
 		return nil
 	}
-	out := make(chan watch.Event)
+	ow := &observedWatch{Interface: w, out: make(chan watch.Event), done: make(chan struct{})}
 	go func() {
-		defer close(out)
+		defer close(ow.out)
 		for ev := range w.ResultChan() {
 			s.noteEvent(ev.Type)
-			out <- ev
+			select {
+			case ow.out <- ev:
+			case <-ow.done:
+				return
+			}
 		}
 	}()
-	return &observedWatch{Interface: w, out: out}
+	return ow
 }
 
 type observedWatch struct {
 	watch.Interface
-	out chan watch.Event
+	out  chan watch.Event
+	done chan struct{}
+	once sync.Once
 }
 
 func (w *observedWatch) ResultChan() <-chan watch.Event { return w.out }
+
+// Stop stops the watch and the forwarding of its events.
+func (w *observedWatch) Stop() {
+	w.once.Do(func() { close(w.done) })
+	w.Interface.Stop()
+}
 
 // probe checks that the API server can answer a quorum read for this source now: a LIST with
 // limit=1 and no resourceVersion is served only with etcd reachable, unlike watches and
