@@ -52,7 +52,7 @@ type zoneScene struct {
 
 // newZoneScene starts the nodes' namespaces and backends, Node objects labelled with their
 // zone and region, the service, and a Holdfast watching the test's namespace.
-func newZoneScene(t *testing.T) *zoneScene {
+func newZoneScene(t *testing.T, holdfastFlags ...string) *zoneScene {
 	t.Helper()
 	ctx := testContext(t)
 	sc := &zoneScene{ns: newNamespace(t), nets: map[string]*netns.Network{}, backends: map[string]*harness.Backend{},
@@ -110,7 +110,7 @@ func newZoneScene(t *testing.T) *zoneScene {
 		}
 	}
 	sc.slice(true, true)
-	sc.h = startHoldfast(t, sc.ns)
+	sc.h = startHoldfastOn(t, env.cluster, sc.ns, holdfastFlags...)
 	return sc
 }
 
@@ -375,5 +375,44 @@ func TestLocalityFailsOverWhenZoneLinkDown(t *testing.T) {
 	t.Logf("zone a's link up: calls on zone a after %v, %d failed", time.Since(up).Round(time.Millisecond), failures)
 	if failures > 0 {
 		t.Errorf("%d RPCs failed while zone a came back", failures)
+	}
+}
+
+// With closeness off by default, a Service that asks for it (trafficDistribution: PreferClose)
+// gets it, and EndpointSlice hints name the zones that consume each endpoint.
+func TestLocalityHonoursServiceChoiceAndHints(t *testing.T) {
+	sc := newZoneScene(t, "--locality-default", "off")
+	ctx := testContext(t)
+	a := sc.client(t, "zone-a")
+	if err := a.WaitForBackends(ctx, "a1", "a2", "b1", "b2"); err != nil {
+		t.Fatalf("default off: %v", err)
+	}
+	svcs := env.cluster.Client.CoreV1().Services(sc.ns)
+	svc, err := svcs.Get(ctx, "echo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Spec.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferClose)
+	if _, err := svcs.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WaitForBackends(ctx, "a1", "a2"); err != nil {
+		t.Fatalf("PreferClose: %v", err)
+	}
+	// Every endpoint hinted for the other zone: zone a's clients should use zone b's endpoints.
+	slices := env.cluster.Client.DiscoveryV1().EndpointSlices(sc.ns)
+	s, err := slices.Get(ctx, "echo-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range s.Endpoints {
+		other := map[string]string{"zone-a": "zone-b", "zone-b": "zone-a"}[*s.Endpoints[i].Zone]
+		s.Endpoints[i].Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: other}}}
+	}
+	if _, err := slices.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WaitForBackends(ctx, "b1", "b2"); err != nil {
+		t.Fatalf("hints: %v", err)
 	}
 }
