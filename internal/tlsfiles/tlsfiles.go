@@ -6,7 +6,6 @@
 package tlsfiles
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -122,43 +121,56 @@ func (r *Reloader) set(m *material) {
 	}
 }
 
+// contents are the files' bytes as read at one moment, and their checksum.
+type contents struct {
+	cert, key, ca []byte
+	sum           [32]byte
+}
+
+// read reads the files once.
+func read(f Files) (contents, error) {
+	var c contents
+	var all []byte
+	for _, x := range []struct {
+		path string
+		into *[]byte
+	}{{f.Cert, &c.cert}, {f.Key, &c.key}, {f.CA, &c.ca}} {
+		if x.path == "" {
+			continue
+		}
+		b, err := os.ReadFile(x.path) //nolint:gosec // the operator names these files (flags)
+		if err != nil {
+			return contents{}, err
+		}
+		*x.into = b
+		all = append(append(all, b...), 0)
+	}
+	c.sum = sha256.Sum256(all)
+	return c, nil
+}
+
 // load reads and parses the files.
 func load(f Files) (*material, error) {
-	var all []byte
-	read := func(path string) ([]byte, error) {
-		if path == "" {
-			return nil, nil
-		}
-		b, err := os.ReadFile(path) //nolint:gosec // the operator names these files (flags)
-		if err != nil {
-			return nil, err
-		}
-		all = append(append(all, b...), 0)
-		return b, nil
-	}
-	certPEM, err := read(f.Cert)
+	c, err := read(f)
 	if err != nil {
 		return nil, err
 	}
-	keyPEM, err := read(f.Key)
-	if err != nil {
-		return nil, err
-	}
-	caPEM, err := read(f.CA)
-	if err != nil {
-		return nil, err
-	}
-	m := &material{sum: sha256.Sum256(all)}
+	return parse(f, c)
+}
+
+// parse turns what was read into the material handshakes use.
+func parse(f Files, c contents) (*material, error) {
+	m := &material{sum: c.sum}
 	if f.Cert != "" {
-		c, err := tls.X509KeyPair(certPEM, keyPEM)
+		pair, err := tls.X509KeyPair(c.cert, c.key)
 		if err != nil {
 			return nil, fmt.Errorf("%s and %s: %w", f.Cert, f.Key, err)
 		}
-		m.cert, m.notAfter = &c, c.Leaf.NotAfter
+		m.cert, m.notAfter = &pair, pair.Leaf.NotAfter
 	}
 	if f.CA != "" {
 		m.pool = x509.NewCertPool()
-		if !m.pool.AppendCertsFromPEM(caPEM) {
+		if !m.pool.AppendCertsFromPEM(c.ca) {
 			return nil, fmt.Errorf("%s: no PEM certificate in it", f.CA)
 		}
 	}
@@ -176,39 +188,21 @@ func (r *Reloader) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		sum, err := r.sum()
-		if err != nil || sum == r.cur.Load().sum || sum == refused {
-			continue // unreadable now (mid-replacement): try again next time
+		c, err := read(r.files)
+		if err != nil || c.sum == r.cur.Load().sum || c.sum == refused {
+			continue // unchanged, refused already, or unreadable now (mid-replacement)
 		}
-		m, err := load(r.files)
-		switch {
-		case err != nil:
-			refused = sum
+		m, err := parse(r.files, c)
+		if err != nil {
+			refused = c.sum
 			r.reloads.WithLabelValues("error").Inc()
 			r.log.Error("new certificate files refused; still using the previous ones", "decision", "tls_reload_refused", "err", err)
-		case !bytes.Equal(m.sum[:], sum[:]):
-			// Changed again between reading and loading: load on the next tick.
-		default:
-			r.set(m)
-			r.reloads.WithLabelValues("ok").Inc()
-			r.log.Info("certificate files reloaded", "decision", "tls_reloaded", "not_after", m.notAfter)
-		}
-	}
-}
-
-func (r *Reloader) sum() ([32]byte, error) {
-	var all []byte
-	for _, p := range []string{r.files.Cert, r.files.Key, r.files.CA} {
-		if p == "" {
 			continue
 		}
-		b, err := os.ReadFile(p) //nolint:gosec // the operator names these files (flags)
-		if err != nil {
-			return [32]byte{}, err
-		}
-		all = append(append(all, b...), 0)
+		r.set(m)
+		r.reloads.WithLabelValues("ok").Inc()
+		r.log.Info("certificate files reloaded", "decision", "tls_reloaded", "not_after", m.notAfter)
 	}
-	return sha256.Sum256(all), nil
 }
 
 // ServerConfig is a server's TLS configuration: each handshake takes the current certificate,
