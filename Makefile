@@ -102,6 +102,7 @@ DURATION ?= 30m
 soak: kube
 	HOLDFAST_SOAK_DURATION=$(DURATION) HOLDFAST_SOAK_REPORT=$(CURDIR)/docs/reliability-soak.md \
 	  go test -count=1 -timeout 2h -run '^TestSoak$$' -v ./e2e/
+	go run ./e2e/cmd/soakplot -in docs/reliability-soak.md -out docs/reliability-soak.png
 
 demo: kube
 	go run ./e2e/cmd/demo
