@@ -286,7 +286,7 @@ func TestRejectionOutlivesOtherAcks(t *testing.T) {
 	send := func(nonce string, rs ...*Resource) {
 		ts.inflight, ts.inflightOut, ts.inflightAt = nonce, rs, time.Now()
 		for _, r := range rs {
-			ts.sent[r.Name] = r.Version
+			ts.sent.set(r.Name, r.Version)
 		}
 	}
 	send("1", a)
@@ -323,7 +323,8 @@ func TestDelivery(t *testing.T) {
 	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1")); d.Pending != 1 || d.Rejection != "" {
 		t.Errorf("not sent yet: %+v", d)
 	}
-	ts.inflight, ts.inflightOut, ts.sent["a"] = "n1", []*Resource{a1}, "1"
+	ts.inflight, ts.inflightOut = "n1", []*Resource{a1}
+	ts.sent.set("a", "1")
 	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1")); d.Pending != 1 {
 		t.Errorf("in flight: %+v", d)
 	}
@@ -334,7 +335,8 @@ func TestDelivery(t *testing.T) {
 	if d := srv.Delivery(KindGRPC, resourcev3.EndpointType, want("9")); d.Pending != 0 {
 		t.Errorf("another kind's clients counted: %+v", d)
 	}
-	ts.inflight, ts.inflightOut, ts.sent["a"] = "n2", []*Resource{a2}, "2"
+	ts.inflight, ts.inflightOut = "n2", []*Resource{a2}
+	ts.sent.set("a", "2")
 	st.settleLocked(resourcev3.EndpointType, ts, &statuspb.Status{Message: "no"}, time.Now())
 	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("2")); d.Rejection != "local client e1 rejected a version 2: no" {
 		t.Errorf("rejected: %+v", d)

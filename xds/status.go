@@ -102,7 +102,7 @@ func (st *stream) deliveryLocked(ts *typeState, versions map[string]string, d *D
 		}
 	}
 	for name, v := range versions {
-		if _, named := ts.names[name]; !ts.wildcard && !named {
+		if !ts.wildcard && !ts.names.has(name) {
 			continue
 		}
 		held, _ := ts.sentVersion(name)

@@ -60,13 +60,12 @@ type stream struct {
 type typeState struct {
 	subscribed bool
 	wildcard   bool
-	names      map[string]struct{}
-	sorted     []string // names, sorted; nil when it must be recomputed
+	names      nameSet
 	// sent is the version of every resource the client was sent and may hold, accepted or
 	// rejected: what it has, or what it refused and must not get again. "" (Delta) means the
 	// client was told the resource does not exist. A SotW full-state type (LDS, CDS) keeps the
-	// list it last sent in held instead, and sent is nil.
-	sent map[string]string
+	// list it last sent in held instead, and sent is empty.
+	sent sentSet
 	held []*Resource
 	// answered says a response of this type went out on this stream.
 	answered bool
@@ -132,7 +131,7 @@ func (st *stream) identify(node *corev3.Node) {
 func (st *stream) typeStateLocked(typ resourcev3.Type) *typeState {
 	ts := st.types[typ]
 	if ts == nil {
-		ts = &typeState{names: map[string]struct{}{}, sent: map[string]string{}}
+		ts = &typeState{}
 		st.types[typ] = ts
 	}
 	return ts
@@ -231,20 +230,25 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 		}
 		names := req.GetResourceNames()
 		wildcard := slices.Contains(names, "*") || (fullState(typ) && len(names) == 0 && (first || ts.wildcard))
-		if wildcard == ts.wildcard && sameNames(ts.names, names) {
+		if wildcard == ts.wildcard && sameNames(&ts.names, names) {
 			return
 		}
 		ts.wildcard = wildcard
-		ts.names = make(map[string]struct{}, len(names))
+		ts.names = nameSet{}
 		for _, n := range names {
 			if n != "*" {
-				ts.names[st.canonicalLocked(typ, n)] = struct{}{}
+				ts.names.add(st.canonicalLocked(typ, n))
 			}
 		}
-		ts.sorted, ts.dirty = nil, true
-		for n := range ts.sent {
-			if _, ok := ts.names[n]; !ok && !ts.wildcard {
-				delete(ts.sent, n) // unsubscribed: the client dropped it
+		if ts.index != nil {
+			ts.names.rebase(ts.index)
+		}
+		ts.dirty = true
+		if !ts.wildcard {
+			for n := range ts.sent.all() {
+				if !ts.names.has(n) {
+					ts.sent.remove(n) // unsubscribed: the client dropped it
+				}
 			}
 		}
 	})
@@ -260,29 +264,31 @@ func (st *stream) canonicalLocked(typ resourcev3.Type, n string) string {
 	return n
 }
 
-func sameNames(have map[string]struct{}, names []string) bool {
+// sameNames says whether names (which may repeat a name) are exactly the set have.
+func sameNames(have *nameSet, names []string) bool {
 	n := 0
 	for _, x := range names {
 		if x == "*" {
 			continue
 		}
-		if _, ok := have[x]; !ok {
+		if !have.has(x) {
 			return false
 		}
 		n++
 	}
-	return n == len(have)
-}
-
-func (ts *typeState) sortedNames() []string {
-	if ts.sorted == nil {
-		ts.sorted = make([]string, 0, len(ts.names))
-		for n := range ts.names {
-			ts.sorted = append(ts.sorted, n)
-		}
-		slices.Sort(ts.sorted)
+	if n == have.len() {
+		return true
 	}
-	return ts.sorted
+	if n < have.len() {
+		return false
+	}
+	seen := make(map[string]struct{}, n) // repeated names: count each once
+	for _, x := range names {
+		if x != "*" {
+			seen[x] = struct{}{}
+		}
+	}
+	return len(seen) == have.len()
 }
 
 // pushSotw and pushDelta send, for every type with nothing in flight, what the client lacks.
@@ -318,6 +324,8 @@ func pushTypes[Resp comparable](st *stream, now time.Time, enqueue func(Resp) bo
 		changeDriven := ts.index != nil && !ts.dirty // not a first push or a new subscription
 		resp := respond(typ, ts, idx, now)
 		ts.index, ts.dirty = idx, false
+		ts.names.rebase(idx)
+		ts.sent.rebase(idx)
 		if resp == none {
 			continue
 		}
@@ -343,7 +351,7 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 		wanted, version = idx.list, idx.version
 	} else {
 		ts.setHash = 0
-		for _, n := range ts.sortedNames() {
+		for _, n := range ts.names.sortedNames() {
 			if r, ok := idx.byName[n]; ok {
 				wanted = append(wanted, r)
 				ts.setHash ^= r.hash
@@ -365,7 +373,7 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 	if !full {
 		out = out[:0:0]
 		for _, r := range wanted {
-			if ts.sent[r.Name] != r.Version {
+			if ts.sent.version(r.Name) != r.Version {
 				out = append(out, r)
 			}
 		}
@@ -380,23 +388,20 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 // dropped when the set shrank.
 func (ts *typeState) hold(full bool, wanted, out []*Resource) {
 	if full {
-		ts.held, ts.sent = wanted, nil
+		ts.held, ts.sent = wanted, sentSet{}
 		return
 	}
-	if len(ts.sent) == 0 {
-		ts.sent = make(map[string]string, len(out))
-	}
 	for _, r := range out {
-		ts.sent[r.Name] = r.Version
+		ts.sent.set(r.Name, r.Version)
 	}
-	if len(ts.sent) > len(wanted) {
+	if ts.sent.size() > len(wanted) {
 		keep := make(map[string]struct{}, len(wanted))
 		for _, r := range wanted {
 			keep[r.Name] = struct{}{}
 		}
-		for n := range ts.sent {
+		for n := range ts.sent.all() {
 			if _, ok := keep[n]; !ok {
-				delete(ts.sent, n)
+				ts.sent.remove(n)
 			}
 		}
 	}
@@ -405,8 +410,7 @@ func (ts *typeState) hold(full bool, wanted, out []*Resource) {
 // sentVersion returns the version of name the client was sent and may hold.
 func (ts *typeState) sentVersion(name string) (string, bool) {
 	if ts.held == nil {
-		v, ok := ts.sent[name]
-		return v, ok
+		return ts.sent.get(name)
 	}
 	// held is sorted by name: the index's list, or the wanted names in order.
 	if i, ok := slices.BinarySearchFunc(ts.held, name, func(r *Resource, n string) int { return strings.Compare(r.Name, n) }); ok {
@@ -418,7 +422,7 @@ func (ts *typeState) sentVersion(name string) (string, bool) {
 // sentVersions returns what the client holds, name → version.
 func (ts *typeState) sentVersions() map[string]string {
 	if ts.held == nil {
-		return maps.Clone(ts.sent)
+		return ts.sent.all()
 	}
 	out := make(map[string]string, len(ts.held))
 	for _, r := range ts.held {
@@ -434,7 +438,7 @@ func (ts *typeState) sentVersions() map[string]string {
 func (st *stream) sotwChangedLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, now time.Time) *wireResponse {
 	var out []*Resource
 	for _, n := range idx.changed {
-		if _, ok := ts.names[n]; !ok {
+		if !ts.names.has(n) {
 			continue
 		}
 		if old, ok := ts.index.byName[n]; ok {
@@ -442,13 +446,13 @@ func (st *stream) sotwChangedLocked(typ resourcev3.Type, ts *typeState, idx *typ
 		}
 		r, ok := idx.byName[n]
 		if !ok {
-			delete(ts.sent, n)
+			ts.sent.remove(n)
 			continue
 		}
 		ts.setHash ^= r.hash
-		if ts.sent[n] != r.Version {
+		if ts.sent.version(n) != r.Version {
 			out = append(out, r)
-			ts.sent[n] = r.Version
+			ts.sent.set(n, r.Version)
 		}
 	}
 	version := setVersion(ts.setHash)
@@ -483,7 +487,7 @@ func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 	return st.onRequest(req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), func(ts *typeState, first bool) {
 		if first {
 			for n, v := range req.GetInitialResourceVersions() {
-				ts.sent[st.canonicalLocked(req.GetTypeUrl(), n)] = v
+				ts.sent.set(st.canonicalLocked(req.GetTypeUrl(), n), v)
 			}
 			if len(req.GetResourceNamesSubscribe()) == 0 {
 				ts.wildcard = true // legacy wildcard
@@ -493,20 +497,20 @@ func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 			if n == "*" {
 				ts.wildcard = true
 			} else {
-				ts.names[st.canonicalLocked(req.GetTypeUrl(), n)] = struct{}{}
+				ts.names.add(st.canonicalLocked(req.GetTypeUrl(), n))
 			}
-			ts.dirty, ts.sorted = true, nil
+			ts.dirty = true
 		}
 		for _, n := range req.GetResourceNamesUnsubscribe() {
 			if n == "*" {
 				ts.wildcard = false
 			} else {
-				delete(ts.names, n)
+				ts.names.remove(n)
 				if !ts.wildcard {
-					delete(ts.sent, n)
+					ts.sent.remove(n)
 				}
 			}
-			ts.dirty, ts.sorted = true, nil
+			ts.dirty = true
 		}
 	})
 }
@@ -517,22 +521,22 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 	if ts.incremental(idx) {
 		// Only the names that changed since the last push can differ from what the client has.
 		for _, n := range idx.changed {
-			_, explicit := ts.names[n]
+			explicit := ts.names.has(n)
 			if !explicit && !ts.wildcard {
 				continue
 			}
 			if r, ok := idx.byName[n]; ok {
-				if ts.sent[n] != r.Version {
+				if v, told := ts.sent.get(n); !told || v != r.Version {
 					out = append(out, r)
 				}
 				continue
 			}
-			if v, told := ts.sent[n]; (explicit && !told) || (told && v != "") {
+			if v, told := ts.sent.get(n); (explicit && !told) || (told && v != "") {
 				removed = append(removed, n)
 				if explicit {
-					ts.sent[n] = ""
+					ts.sent.set(n, "")
 				} else {
-					delete(ts.sent, n)
+					ts.sent.remove(n)
 				}
 			}
 		}
@@ -547,11 +551,8 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 	slices.Sort(removed)
 	nonce := st.nextNonceLocked()
 	resp := deltaWire(idx.version, typ, nonce, out, removed)
-	if len(ts.sent) == 0 {
-		ts.sent = make(map[string]string, len(out)+len(removed))
-	}
 	for _, r := range out {
-		ts.sent[r.Name] = r.Version
+		ts.sent.set(r.Name, r.Version)
 	}
 	st.sentLocked(typ, ts, nonce, idx.version, out, removed, resp, now)
 	return resp
@@ -562,38 +563,40 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 func (ts *typeState) deltaDiffLocked(idx *typeIndex) (out []*Resource, removed []string) {
 	if ts.wildcard {
 		for _, r := range idx.list {
-			if ts.sent[r.Name] != r.Version {
+			if v, told := ts.sent.get(r.Name); !told || v != r.Version {
 				out = append(out, r)
 			}
 		}
 	}
-	for _, n := range ts.sortedNames() {
+	for _, n := range ts.names.sortedNames() {
 		r, ok := idx.byName[n]
 		switch {
 		case ok && ts.wildcard:
 			// sent above
-		case ok && ts.sent[n] != r.Version:
-			out = append(out, r)
-		case !ok:
-			if v, told := ts.sent[n]; !told || v != "" {
+		case ok:
+			if v, told := ts.sent.get(n); !told || v != r.Version {
+				out = append(out, r)
+			}
+		default:
+			if v, told := ts.sent.get(n); !told || v != "" {
 				removed = append(removed, n) // never existed, or gone: say so once
-				ts.sent[n] = ""
+				ts.sent.set(n, "")
 			}
 		}
 	}
-	for n, v := range ts.sent {
+	for n, v := range ts.sent.all() {
 		if _, exists := idx.byName[n]; exists || v == "" {
 			continue
 		}
-		_, explicit := ts.names[n]
+		explicit := ts.names.has(n)
 		if !explicit && !ts.wildcard {
 			continue
 		}
 		removed = append(removed, n)
 		if explicit {
-			ts.sent[n] = ""
+			ts.sent.set(n, "")
 		} else {
-			delete(ts.sent, n)
+			ts.sent.remove(n)
 		}
 	}
 	return out, removed
@@ -616,7 +619,7 @@ func (st *stream) status() ClientStatus {
 	cs := ClientStatus{NodeID: st.nodeID, Node: st.node, Kind: st.kind, Flavour: st.flavour, Since: st.since,
 		Types: make(map[resourcev3.Type]TypeStatus, len(st.types)), Nacks: slices.Clone(st.nacks)}
 	for typ, ts := range st.types {
-		t := TypeStatus{Wildcard: ts.wildcard, Names: slices.Clone(ts.sortedNames()), Sent: ts.sentVersions(),
+		t := TypeStatus{Wildcard: ts.wildcard, Names: slices.Clone(ts.names.sortedNames()), Sent: ts.sentVersions(),
 			AckedVersion: ts.ackedVersion, Nacked: ts.nacked, Rejected: maps.Clone(ts.rejected), InFlight: ts.inflight != ""}
 		if t.InFlight {
 			t.InFlightResources = make(map[string]string, len(ts.inflightOut)+len(ts.inflightRemoved))

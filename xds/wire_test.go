@@ -258,6 +258,19 @@ func streamsConverge(t *testing.T, loc *corev3.Locality) {
 		}
 		check(step)
 	}
+	// Both clients want most of the index and hold what they want: their streams keep it as
+	// the index plus exceptions, not as maps of their own.
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	for _, st := range srv.streams {
+		st.mu.Lock()
+		ts := st.types[resourcev3.EndpointType]
+		compact := ts.names.base != nil && ts.sent.base != nil
+		st.mu.Unlock()
+		if !compact {
+			t.Errorf("%s stream: EDS state not compact (names on an index: %v, sent on an index: %v)", st.flavour, ts.names.base != nil, ts.sent.base != nil)
+		}
+	}
 }
 
 func withEndpointList(s *resolver.Service, eps []resolver.Endpoint) *resolver.Service {

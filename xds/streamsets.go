@@ -1,0 +1,359 @@
+package xds
+
+import (
+	"slices"
+	"weak"
+)
+
+// A stream keeps, per type, the names its client subscribed to and the version of every
+// resource it was sent. At 10,000 services and 1,000 clients, plain maps of these held more
+// than a gigabyte, though almost every client holds almost exactly the index it was last
+// pushed. So both sets are kept as "an index plus exceptions" while that is much smaller than
+// a plain map, and as a plain map otherwise (a gRPC client subscribed to three names). An
+// index is immutable and shared by every stream, so a stream in step with it costs a few
+// words.
+//
+// Both are rebased on the index a stream is pushed: in O(changed) when the new index records
+// the old one as its base (see typeIndex.since), from scratch otherwise.
+
+// notHeld marks, among a sentSet's exceptions, a name of its base the client does not hold.
+// Versions are hex digests and "" means "told it does not exist", so it cannot be confused.
+const notHeld = "\x00"
+
+// sentSet is what a client was sent of one type and may hold: name → version, "" meaning it
+// was told the resource does not exist. The zero value is empty.
+type sentSet struct {
+	// base, when set, says the client holds base's version of each of base's resources,
+	// except where over says otherwise.
+	base *typeIndex
+	over map[string]string
+}
+
+func (s *sentSet) get(n string) (string, bool) {
+	if v, ok := s.over[n]; ok {
+		if v == notHeld {
+			return "", false
+		}
+		return v, true
+	}
+	if s.base != nil {
+		if r, ok := s.base.byName[n]; ok {
+			return r.Version, true
+		}
+	}
+	return "", false
+}
+
+// version is get without the second result: "" when not held.
+func (s *sentSet) version(n string) string {
+	v, _ := s.get(n)
+	return v
+}
+
+func (s *sentSet) set(n, v string) {
+	if s.base != nil {
+		if r, ok := s.base.byName[n]; ok && r.Version == v {
+			delete(s.over, n)
+			return
+		}
+	}
+	if s.over == nil {
+		s.over = map[string]string{}
+	}
+	s.over[n] = v
+}
+
+func (s *sentSet) remove(n string) {
+	if s.base != nil {
+		if _, ok := s.base.byName[n]; ok {
+			s.set(n, notHeld)
+			return
+		}
+	}
+	delete(s.over, n)
+}
+
+// all returns every entry, name → version.
+func (s *sentSet) all() map[string]string {
+	size := len(s.over)
+	if s.base != nil {
+		size += len(s.base.list)
+	}
+	out := make(map[string]string, size)
+	for n, v := range s.over {
+		if v != notHeld {
+			out[n] = v
+		}
+	}
+	if s.base != nil {
+		for _, r := range s.base.list {
+			if _, ok := s.over[r.Name]; !ok {
+				out[r.Name] = r.Version
+			}
+		}
+	}
+	return out
+}
+
+// size is how many entries the set holds.
+func (s *sentSet) size() int {
+	if s.base == nil {
+		return len(s.over)
+	}
+	n := len(s.base.list)
+	for name, v := range s.over {
+		_, inBase := s.base.byName[name]
+		switch {
+		case inBase && v == notHeld:
+			n--
+		case !inBase:
+			n++
+		}
+	}
+	return n
+}
+
+// rebase keeps the set's content and expresses it relative to idx when that is much smaller
+// than a plain map.
+func (s *sentSet) rebase(idx *typeIndex) {
+	if s.base == idx {
+		return
+	}
+	if s.base != nil && idx.base == weak.Make(s.base) {
+		// Only the names idx changed can read differently through it.
+		type entry struct {
+			name, v string
+			ok      bool
+		}
+		keep := make([]entry, len(idx.changed))
+		for i, n := range idx.changed {
+			v, ok := s.get(n)
+			keep[i] = entry{n, v, ok}
+		}
+		s.base = idx
+		for _, e := range keep {
+			if e.ok {
+				s.set(e.name, e.v)
+			} else {
+				s.remove(e.name)
+			}
+		}
+		if len(s.over) <= len(idx.list)/2 {
+			return
+		}
+	}
+	// From scratch, without copying the set: worth trying only when the client may hold at
+	// least half of idx.
+	if s.base == nil && len(s.over) < len(idx.list)/2 {
+		return
+	}
+	// Against idx, the exceptions are idx's resources held at another version or not at all,
+	// and whatever is held outside idx.
+	over := map[string]string{}
+	held := 0
+	for _, r := range idx.list {
+		switch v, ok := s.get(r.Name); {
+		case !ok:
+			over[r.Name] = notHeld
+		case v != r.Version:
+			over[r.Name] = v
+			held++
+		default:
+			held++
+		}
+	}
+	outside := func(n, v string) {
+		if _, in := idx.byName[n]; !in {
+			over[n] = v
+			held++
+		}
+	}
+	for n, v := range s.over {
+		if v != notHeld {
+			outside(n, v)
+		}
+	}
+	if s.base != nil {
+		for _, r := range s.base.list {
+			if _, o := s.over[r.Name]; !o {
+				outside(r.Name, r.Version)
+			}
+		}
+	}
+	switch {
+	case len(over)*2 < held:
+		s.base, s.over = idx, over
+	case s.base != nil:
+		s.base, s.over = nil, s.all()
+	}
+}
+
+// nameSet is the names a client subscribed to by name. The zero value is empty.
+type nameSet struct {
+	// base, when set, says every name of base's resources is in the set unless in minus.
+	base  *typeIndex
+	plus  map[string]struct{} // in the set, not in base
+	minus map[string]struct{} // in base, not in the set
+	n     int
+	// sorted caches the names in order for a set without base (nil: recompute).
+	sorted []string
+}
+
+func (s *nameSet) has(n string) bool {
+	if _, ok := s.plus[n]; ok {
+		return true
+	}
+	if s.base == nil {
+		return false
+	}
+	if _, ok := s.base.byName[n]; !ok {
+		return false
+	}
+	_, out := s.minus[n]
+	return !out
+}
+
+func (s *nameSet) len() int { return s.n }
+
+// add adds n and says whether it was new.
+func (s *nameSet) add(n string) bool {
+	if s.has(n) {
+		return false
+	}
+	s.n++
+	s.sorted = nil
+	if s.base != nil {
+		if _, ok := s.base.byName[n]; ok {
+			delete(s.minus, n)
+			return true
+		}
+	}
+	if s.plus == nil {
+		s.plus = map[string]struct{}{}
+	}
+	s.plus[n] = struct{}{}
+	return true
+}
+
+// remove removes n and says whether it was there.
+func (s *nameSet) remove(n string) bool {
+	if !s.has(n) {
+		return false
+	}
+	s.n--
+	s.sorted = nil
+	if s.base != nil {
+		if _, ok := s.base.byName[n]; ok {
+			if s.minus == nil {
+				s.minus = map[string]struct{}{}
+			}
+			s.minus[n] = struct{}{}
+			return true
+		}
+	}
+	delete(s.plus, n)
+	return true
+}
+
+// sortedNames returns the names in order. The slice must not be modified.
+func (s *nameSet) sortedNames() []string {
+	if s.sorted != nil {
+		return s.sorted
+	}
+	out := make([]string, 0, s.n)
+	for n := range s.plus {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	if s.base == nil {
+		s.sorted = out // cached: a set without base is small or changes rarely
+		return out
+	}
+	// Merge base's sorted names (less minus) with plus's.
+	merged := make([]string, 0, s.n)
+	i := 0
+	for _, r := range s.base.list {
+		if _, gone := s.minus[r.Name]; gone {
+			continue
+		}
+		for i < len(out) && out[i] < r.Name {
+			merged = append(merged, out[i])
+			i++
+		}
+		merged = append(merged, r.Name)
+	}
+	return append(merged, out[i:]...)
+}
+
+// rebase keeps the set's content and expresses it relative to idx when that is much smaller
+// than a plain set.
+func (s *nameSet) rebase(idx *typeIndex) {
+	if s.base == idx {
+		return
+	}
+	if s.base != nil && idx.base == weak.Make(s.base) {
+		keep := make([]bool, len(idx.changed))
+		for i, n := range idx.changed {
+			keep[i] = s.has(n)
+		}
+		s.base = idx
+		for i, n := range idx.changed {
+			_, inBase := idx.byName[n]
+			delete(s.plus, n)
+			delete(s.minus, n)
+			switch {
+			case keep[i] && !inBase:
+				if s.plus == nil {
+					s.plus = map[string]struct{}{}
+				}
+				s.plus[n] = struct{}{}
+			case !keep[i] && inBase:
+				if s.minus == nil {
+					s.minus = map[string]struct{}{}
+				}
+				s.minus[n] = struct{}{}
+			}
+		}
+		if len(s.plus)+len(s.minus) <= len(idx.list)/2 {
+			return
+		}
+	}
+	if s.base == nil && len(s.plus) < len(idx.list)/2 {
+		return
+	}
+	plus, minus := map[string]struct{}{}, map[string]struct{}{}
+	n := 0
+	for _, r := range idx.list {
+		if s.has(r.Name) {
+			n++
+		} else {
+			minus[r.Name] = struct{}{}
+		}
+	}
+	outside := func(name string) {
+		if _, in := idx.byName[name]; !in {
+			plus[name] = struct{}{}
+			n++
+		}
+	}
+	for name := range s.plus {
+		outside(name)
+	}
+	if s.base != nil {
+		for _, r := range s.base.list {
+			if _, gone := s.minus[r.Name]; !gone {
+				outside(r.Name)
+			}
+		}
+	}
+	switch {
+	case (len(plus)+len(minus))*2 < n:
+		*s = nameSet{base: idx, plus: plus, minus: minus, n: n}
+	case s.base != nil:
+		all := slices.Clone(s.sortedNames())
+		*s = nameSet{plus: make(map[string]struct{}, len(all)), n: len(all), sorted: all}
+		for _, name := range all {
+			s.plus[name] = struct{}{}
+		}
+	}
+}
