@@ -179,11 +179,7 @@ func plot(rows []row) *image.RGBA {
 			lo, hi = 0, 1
 		}
 		// Axes from zero make "flat" honest: a creep shows as a slope against the whole.
-		lo = 0
-		if hi <= lo {
-			hi = lo + 1
-		}
-		hi *= 1.1
+		lo, hi = 0, niceCeil(hi*1.05)
 		y := func(v float64) int { return bottom - int((v-lo)/(hi-lo)*float64(panelH)) }
 		for j, r := range rows {
 			if r.fault == "" {
@@ -227,6 +223,21 @@ func plot(rows []row) *image.RGBA {
 		}
 	}
 	return img
+}
+
+// niceCeil rounds v up to 4 × a step of 1, 2 or 5 × 10^k, so the axis ticks are round.
+func niceCeil(v float64) float64 {
+	if v <= 0 || math.IsNaN(v) {
+		return 4
+	}
+	step := v / 4
+	mag := math.Pow(10, math.Floor(math.Log10(step)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*mag >= step {
+			return 4 * m * mag
+		}
+	}
+	return 40 * mag
 }
 
 func fill(img *image.RGBA, r image.Rectangle, c color.RGBA) {

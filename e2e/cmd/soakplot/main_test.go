@@ -96,3 +96,14 @@ func TestPlot(t *testing.T) {
 		t.Error("a missing report gave no error")
 	}
 }
+
+func TestNiceCeil(t *testing.T) {
+	tests := []struct{ in, want float64 }{
+		{38.2, 40}, {1382, 2000}, {1.07, 2}, {0.73, 0.8}, {1.1, 2}, {0, 4}, {101, 200}, {9.5, 10},
+	}
+	for _, tc := range tests {
+		if got := niceCeil(tc.in); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("niceCeil(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
