@@ -138,7 +138,7 @@ func newTypeIndex(l resourceList) *typeIndex {
 func (idx *typeIndex) since(prev *typeIndex) {
 	idx.base = weak.Make(prev)
 	for _, r := range idx.list {
-		if old, ok := prev.byName[r.Name]; !ok || old.hash != r.hash {
+		if old, ok := prev.byName[r.Name]; !ok || old.hash != r.hash || old.Version != r.Version {
 			idx.changed = append(idx.changed, r.Name)
 		}
 	}
