@@ -198,6 +198,21 @@ func (r run) do() (result, error) {
 		}
 	}
 	res.initWall, res.initCPU = time.Since(t0), procCPU(pid)-cpu0
+	defer func() {
+		// Reported, not hidden: a reconnect costs the server a second initial push.
+		n, first := 0, error(nil)
+		for _, c := range clients {
+			c.mu.Lock()
+			n += c.reconnects
+			if first == nil {
+				first = c.err
+			}
+			c.mu.Unlock()
+		}
+		if n > 0 {
+			fmt.Fprintf(os.Stderr, "%v: %d client streams failed and reconnected (e.g. %v)\n", r, n, first)
+		}
+	}()
 	if err := cpuProfile("stop"); err != nil {
 		return res, err
 	}
