@@ -235,14 +235,8 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 		}
 		ts.wildcard = wildcard
 		ts.names = nameSet{}
-		for _, n := range names {
-			if n != "*" {
-				ts.names.add(st.canonicalLocked(typ, n))
-			}
-		}
-		if ts.index != nil {
-			ts.names.rebase(ts.index)
-		}
+		ts.names.addMany(st.indexLocked(typ, ts), slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "*" }),
+			func(n string) string { return st.canonicalLocked(typ, n) })
 		ts.dirty = true
 		if !ts.wildcard {
 			for n := range ts.sent.all() {
@@ -252,6 +246,18 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 			}
 		}
 	})
+}
+
+// indexLocked is the index a type's names are best expressed against: the one last pushed, else
+// the one the next push will use.
+func (st *stream) indexLocked(typ resourcev3.Type, ts *typeState) *typeIndex {
+	if ts.index != nil {
+		return ts.index
+	}
+	if snap := st.srv.snapshot(st.kind); snap != nil {
+		return snap.index(typ).at(st.loc)
+	}
+	return nil
 }
 
 // canonicalLocked returns the published resource's own copy of a subscribed name, when it
@@ -351,6 +357,7 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 		wanted, version = idx.list, idx.version
 	} else {
 		ts.setHash = 0
+		wanted = make([]*Resource, 0, ts.names.len())
 		for _, n := range ts.names.sortedNames() {
 			if r, ok := idx.byName[n]; ok {
 				wanted = append(wanted, r)
@@ -365,20 +372,20 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 	if !ts.sentOnce && ts.clientVersion != "" && ts.clientVersion == version {
 		// A reconnecting client that already has exactly this state: nothing to send.
 		ts.sentOnce, ts.version = true, version
-		ts.hold(full, wanted, wanted)
+		ts.hold(full, idx, wanted, wanted)
 		ts.ackedVersion = version
 		return nil
 	}
 	out := wanted
 	if !full {
-		out = out[:0:0]
+		out = make([]*Resource, 0, len(wanted))
 		for _, r := range wanted {
 			if ts.sent.version(r.Name) != r.Version {
 				out = append(out, r)
 			}
 		}
 	}
-	ts.hold(full, wanted, out)
+	ts.hold(full, idx, wanted, out)
 	return st.sotwSendLocked(typ, ts, version, out, full, now)
 }
 
@@ -386,14 +393,12 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 // replaced whole, and kept as the list itself (for a wildcard client, the index's own list:
 // nothing per client); otherwise only what is sent changes, and names no longer wanted are
 // dropped when the set shrank.
-func (ts *typeState) hold(full bool, wanted, out []*Resource) {
+func (ts *typeState) hold(full bool, idx *typeIndex, wanted, out []*Resource) {
 	if full {
 		ts.held, ts.sent = wanted, sentSet{}
 		return
 	}
-	for _, r := range out {
-		ts.sent.set(r.Name, r.Version)
-	}
+	ts.sent.setMany(idx, out)
 	if ts.sent.size() > len(wanted) {
 		keep := make(map[string]struct{}, len(wanted))
 		for _, r := range wanted {
@@ -493,12 +498,13 @@ func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 				ts.wildcard = true // legacy wildcard
 			}
 		}
-		for _, n := range req.GetResourceNamesSubscribe() {
-			if n == "*" {
-				ts.wildcard = true
-			} else {
-				ts.names.add(st.canonicalLocked(req.GetTypeUrl(), n))
-			}
+		subscribe := req.GetResourceNamesSubscribe()
+		if slices.Contains(subscribe, "*") {
+			ts.wildcard = true
+			subscribe = slices.DeleteFunc(slices.Clone(subscribe), func(n string) bool { return n == "*" })
+		}
+		if len(req.GetResourceNamesSubscribe()) > 0 {
+			ts.names.addMany(st.indexLocked(req.GetTypeUrl(), ts), subscribe, func(n string) string { return st.canonicalLocked(req.GetTypeUrl(), n) })
 			ts.dirty = true
 		}
 		for _, n := range req.GetResourceNamesUnsubscribe() {
@@ -551,9 +557,7 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 	slices.Sort(removed)
 	nonce := st.nextNonceLocked()
 	resp := deltaWire(idx.version, typ, nonce, out, removed)
-	for _, r := range out {
-		ts.sent.set(r.Name, r.Version)
-	}
+	ts.sent.setMany(idx, out)
 	st.sentLocked(typ, ts, nonce, idx.version, out, removed, resp, now)
 	return resp
 }

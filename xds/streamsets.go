@@ -2,6 +2,7 @@ package xds
 
 import (
 	"slices"
+	"strings"
 	"weak"
 )
 
@@ -71,6 +72,45 @@ func (s *sentSet) remove(n string) {
 		}
 	}
 	delete(s.over, n)
+}
+
+func (s *sentSet) empty() bool { return s.base == nil && len(s.over) == 0 }
+
+// setMany sets each resource's version, as set does one by one. An empty set that ends up
+// holding most of idx is built on idx directly, without a map entry per resource: this is every
+// client's first push.
+func (s *sentSet) setMany(idx *typeIndex, rs []*Resource) {
+	if s.empty() && len(rs)*2 >= len(idx.list) && len(idx.list) > 0 {
+		marks := make([]bool, len(idx.list))
+		over := map[string]string{}
+		for _, r := range rs {
+			if i, ok := idx.position(r.Name); ok && idx.list[i].Version == r.Version {
+				marks[i] = true
+			} else {
+				over[r.Name] = r.Version
+			}
+		}
+		for i, r := range idx.list {
+			if _, o := over[r.Name]; !marks[i] && !o {
+				over[r.Name] = notHeld
+			}
+		}
+		if len(over)*2 < len(rs) {
+			s.base, s.over = idx, over
+			return
+		}
+	}
+	if s.empty() {
+		s.base, s.over = nil, make(map[string]string, len(rs))
+	}
+	for _, r := range rs {
+		s.set(r.Name, r.Version)
+	}
+}
+
+// position is where name is in idx.list.
+func (idx *typeIndex) position(name string) (int, bool) {
+	return slices.BinarySearchFunc(idx.list, name, func(r *Resource, n string) int { return strings.Compare(r.Name, n) })
 }
 
 // all returns every entry, name → version.
@@ -253,6 +293,48 @@ func (s *nameSet) remove(n string) bool {
 	}
 	delete(s.plus, n)
 	return true
+}
+
+// addMany adds names, as add does one by one (canon gives the copy of a name to keep). A set
+// without base that ends up holding most of idx is built on idx directly, without a map entry
+// per name: this is every Envoy's first EDS subscription.
+func (s *nameSet) addMany(idx *typeIndex, names []string, canon func(string) string) {
+	if s.base == nil && idx != nil && len(idx.list) > 0 && (len(s.plus)+len(names))*2 >= len(idx.list) {
+		marks := make([]bool, len(idx.list))
+		plus := map[string]struct{}{}
+		add := func(n string) {
+			if i, ok := idx.position(n); ok {
+				marks[i] = true
+			} else {
+				plus[canon(n)] = struct{}{}
+			}
+		}
+		for n := range s.plus {
+			add(n)
+		}
+		for _, n := range names {
+			add(n)
+		}
+		minus := map[string]struct{}{}
+		n := len(plus)
+		for i, r := range idx.list {
+			if marks[i] {
+				n++
+			} else {
+				minus[r.Name] = struct{}{}
+			}
+		}
+		if (len(plus)+len(minus))*2 < n {
+			*s = nameSet{base: idx, plus: plus, minus: minus, n: n}
+			return
+		}
+	}
+	if s.base == nil && s.plus == nil {
+		s.plus = make(map[string]struct{}, len(names))
+	}
+	for _, n := range names {
+		s.add(canon(n))
+	}
 }
 
 // sortedNames returns the names in order. The slice must not be modified.

@@ -79,7 +79,7 @@ func streamSetsMatch(t *testing.T, seed uint64) {
 	for step := range 400 {
 		n := name(rng.IntN(universe + 2))
 		var what string
-		switch op := rng.IntN(10); op {
+		switch op := rng.IntN(12); op {
 		case 0, 1:
 			what = "set to the index's version"
 			if r, ok := idx.byName[n]; ok {
@@ -119,6 +119,42 @@ func streamSetsMatch(t *testing.T, seed uint64) {
 				wantSent[r.Name] = r.Version
 				names.add(r.Name)
 				wantNames[r.Name] = true
+			}
+		case 10:
+			// A batch of subscriptions (an Envoy's first EDS request: most of the index).
+			what = "subscribe many"
+			var batch []string
+			for i := range universe + 2 {
+				if rng.IntN(5) != 0 {
+					batch = append(batch, name(i))
+				}
+			}
+			names.addMany(idx, batch, func(n string) string { return n })
+			for _, n := range batch {
+				wantNames[n] = true
+			}
+		case 11:
+			// A push of many resources (a first push), some at versions the index does not have.
+			what = "set many"
+			var rs []*Resource
+			for _, r := range idx.list {
+				switch rng.IntN(8) {
+				case 0:
+				case 1:
+					rs = append(rs, &Resource{Name: r.Name, Version: "other"})
+				default:
+					rs = append(rs, r)
+				}
+			}
+			if rng.IntN(4) == 0 {
+				rs = append(rs, &Resource{Name: name(universe), Version: "x"}) // outside the index
+			}
+			sent.setMany(idx, rs)
+			for _, r := range rs {
+				wantSent[r.Name] = r.Version
+			}
+			if sent.base == idx {
+				compact++
 			}
 		case 9:
 			// A publish: a few resources change, appear or go; the stream is rebased on the
