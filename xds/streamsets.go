@@ -83,9 +83,15 @@ func (s *sentSet) setMany(idx *typeIndex, rs []*Resource) {
 	if s.empty() && len(rs)*2 >= len(idx.list) && len(idx.list) > 0 {
 		marks := make([]bool, len(idx.list))
 		over := map[string]string{}
+		next := 0 // rs usually follows idx.list's order: try the next place first
 		for _, r := range rs {
-			if i, ok := idx.position(r.Name); ok && idx.list[i].Version == r.Version {
+			i, ok := next, next < len(idx.list) && idx.list[next].Name == r.Name
+			if !ok {
+				i, ok = idx.position(r.Name)
+			}
+			if ok && idx.list[i].Version == r.Version {
 				marks[i] = true
+				next = i + 1
 			} else {
 				over[r.Name] = r.Version
 			}

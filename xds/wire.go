@@ -31,6 +31,13 @@ const (
 // Resource), and wire[sotwAt:] is the same bytes' tail, the resource as one entry of a
 // DiscoveryResponse's resources (an Any): both messages number that field 2, and so does
 // Resource for its Any. value is copied in at the end, so wire[valueAt:] is the Any's value.
+// setWire keeps a resource's framed bytes (see frame) and returns valueAt.
+func (r *Resource) setWire(wire []byte, sotwAt, valueAt int) int {
+	r.wire, r.sotwAt = wire, sotwAt
+	r.deltaBuf, r.sotwBuf = mem.SliceBuffer(wire), mem.SliceBuffer(wire[sotwAt:])
+	return valueAt
+}
+
 func frame(name, version, typeURL string, value []byte) (wire []byte, sotwAt, valueAt int) {
 	anyLen := 1 + protowire.SizeBytes(len(typeURL)) + 1 + protowire.SizeBytes(len(value))
 	sotwLen := 1 + protowire.SizeBytes(anyLen)
@@ -87,7 +94,7 @@ func sotwWire(version, typ, nonce string, res []*Resource) *wireResponse {
 	w := &wireResponse{parts: make(mem.BufferSlice, 1+len(res)), n: len(res)}
 	w.head(version, typ, nonce, nil)
 	for i, r := range res {
-		w.parts[1+i] = mem.SliceBuffer(r.wire[r.sotwAt:])
+		w.parts[1+i] = r.sotwBuf
 		w.size += len(r.Any.Value)
 	}
 	return w
@@ -98,7 +105,7 @@ func deltaWire(systemVersion, typ, nonce string, res []*Resource, removed []stri
 	w := &wireResponse{parts: make(mem.BufferSlice, 1+len(res)), n: len(res)}
 	w.head(systemVersion, typ, nonce, removed)
 	for i, r := range res {
-		w.parts[1+i] = mem.SliceBuffer(r.wire)
+		w.parts[1+i] = r.deltaBuf
 		w.size += len(r.Any.Value)
 	}
 	return w
