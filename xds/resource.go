@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"weak"
 
@@ -124,6 +125,9 @@ type typeIndex struct {
 	eventAt time.Time
 	// local holds the variants of an endpoint index by client locality (nil: none).
 	local *localized
+	// joined is the index's resources framed back to back, per response shape (see
+	// joinedWire); built the first time a response sends a run of them.
+	joined [2]atomic.Pointer[joinedWire]
 }
 
 func newTypeIndex(l resourceList) *typeIndex {

@@ -386,7 +386,7 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 		}
 	}
 	ts.hold(full, idx, wanted, out)
-	return st.sotwSendLocked(typ, ts, version, out, full, now)
+	return st.sotwSendLocked(typ, ts, idx, version, out, full, now)
 }
 
 // hold records what a SotW client holds once sent out of wanted. A full-state type is
@@ -464,10 +464,10 @@ func (st *stream) sotwChangedLocked(typ resourcev3.Type, ts *typeState, idx *typ
 	if ts.sentOnce && version == ts.version {
 		return nil
 	}
-	return st.sotwSendLocked(typ, ts, version, out, false, now)
+	return st.sotwSendLocked(typ, ts, idx, version, out, false, now)
 }
 
-func (st *stream) sotwSendLocked(typ resourcev3.Type, ts *typeState, version string, out []*Resource, full bool, now time.Time) *wireResponse {
+func (st *stream) sotwSendLocked(typ resourcev3.Type, ts *typeState, idx *typeIndex, version string, out []*Resource, full bool, now time.Time) *wireResponse {
 	if !full && len(out) == 0 {
 		// Nothing new: a resource went away or was unsubscribed. SotW RDS and EDS have no way
 		// to say so; the client drops it when the listener or cluster using it goes.
@@ -475,7 +475,7 @@ func (st *stream) sotwSendLocked(typ resourcev3.Type, ts *typeState, version str
 		return nil
 	}
 	nonce := st.nextNonceLocked()
-	resp := sotwWire(version, typ, nonce, out)
+	resp := sotwWire(idx, version, typ, nonce, out)
 	ts.version, ts.sentOnce = version, true
 	st.sentLocked(typ, ts, nonce, version, out, nil, resp, now)
 	return resp
@@ -556,7 +556,7 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 	// agent after a reconnect, an Envoy waiting to initialise) that what it has is the state.
 	slices.Sort(removed)
 	nonce := st.nextNonceLocked()
-	resp := deltaWire(idx.version, typ, nonce, out, removed)
+	resp := deltaWire(idx, idx.version, typ, nonce, out, removed)
 	ts.sent.setMany(idx, out)
 	st.sentLocked(typ, ts, nonce, idx.version, out, removed, resp, now)
 	return resp

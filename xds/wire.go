@@ -89,26 +89,101 @@ func (w *wireResponse) head(version, typ, nonce string, removed []string) {
 	w.parts[0] = mem.SliceBuffer(b)
 }
 
-// sotwWire is a DiscoveryResponse carrying res.
-func sotwWire(version, typ, nonce string, res []*Resource) *wireResponse {
-	w := &wireResponse{parts: make(mem.BufferSlice, 1+len(res)), n: len(res)}
+// sotwWire is a DiscoveryResponse carrying res, which are resources of idx (nil: unknown).
+func sotwWire(idx *typeIndex, version, typ, nonce string, res []*Resource) *wireResponse {
+	w := &wireResponse{n: len(res), parts: make(mem.BufferSlice, 1, 2)}
 	w.head(version, typ, nonce, nil)
-	for i, r := range res {
-		w.parts[1+i] = r.sotwBuf
-		w.size += len(r.Any.Value)
-	}
+	w.add(idx, shapeSotW, res)
 	return w
 }
 
-// deltaWire is a DeltaDiscoveryResponse carrying res and removing removed.
-func deltaWire(systemVersion, typ, nonce string, res []*Resource, removed []string) *wireResponse {
-	w := &wireResponse{parts: make(mem.BufferSlice, 1+len(res)), n: len(res)}
+// deltaWire is a DeltaDiscoveryResponse carrying res (resources of idx, nil: unknown) and
+// removing removed.
+func deltaWire(idx *typeIndex, systemVersion, typ, nonce string, res []*Resource, removed []string) *wireResponse {
+	w := &wireResponse{n: len(res), parts: make(mem.BufferSlice, 1, 2)}
 	w.head(systemVersion, typ, nonce, removed)
-	for i, r := range res {
-		w.parts[1+i] = r.deltaBuf
+	w.add(idx, shapeDelta, res)
+	return w
+}
+
+const (
+	shapeDelta = 0
+	shapeSotW  = 1
+)
+
+// minJoinedRun is the shortest run of consecutive index resources sent as one buffer.
+const minJoinedRun = 8
+
+// add appends res's bytes. Runs of resources that follow each other in idx go out as one slice
+// of the index's joined bytes: gRPC then frames a few large buffers instead of one per
+// resource (its writer keeps its scratch space only for frames of at most 64 buffers, and
+// resources are a few hundred bytes).
+func (w *wireResponse) add(idx *typeIndex, shape int, res []*Resource) {
+	buf := func(r *Resource) mem.Buffer {
+		if shape == shapeSotW {
+			return r.sotwBuf
+		}
+		return r.deltaBuf
+	}
+	for _, r := range res {
 		w.size += len(r.Any.Value)
 	}
-	return w
+	if idx == nil || len(res) < minJoinedRun {
+		for _, r := range res {
+			w.parts = append(w.parts, buf(r))
+		}
+		return
+	}
+	var j *joinedWire
+	for k := 0; k < len(res); {
+		i, ok := idx.position(res[k].Name)
+		run := 0
+		for ok && k+run < len(res) && i+run < len(idx.list) && idx.list[i+run] == res[k+run] {
+			run++
+		}
+		if run < minJoinedRun {
+			w.parts = append(w.parts, buf(res[k]))
+			k++
+			continue
+		}
+		if j == nil {
+			j = idx.joinedWire(shape)
+		}
+		w.parts = append(w.parts, mem.SliceBuffer(j.buf[j.offs[i]:j.offs[i+run]]))
+		k += run
+	}
+}
+
+// joinedWire is an index's resources framed for one response shape, back to back: resource i
+// is buf[offs[i]:offs[i+1]].
+type joinedWire struct {
+	buf  []byte
+	offs []int
+}
+
+// joinedWire returns idx's joined bytes for shape, building them once.
+func (idx *typeIndex) joinedWire(shape int) *joinedWire {
+	if j := idx.joined[shape].Load(); j != nil {
+		return j
+	}
+	size := 0
+	for _, r := range idx.list {
+		size += len(r.wire)
+	}
+	j := &joinedWire{buf: make([]byte, 0, size), offs: make([]int, 0, len(idx.list)+1)}
+	for _, r := range idx.list {
+		j.offs = append(j.offs, len(j.buf))
+		if shape == shapeSotW {
+			j.buf = append(j.buf, r.wire[r.sotwAt:]...)
+		} else {
+			j.buf = append(j.buf, r.wire...)
+		}
+	}
+	j.offs = append(j.offs, len(j.buf))
+	if !idx.joined[shape].CompareAndSwap(nil, j) {
+		return idx.joined[shape].Load() // another stream built it first
+	}
+	return j
 }
 
 // wireCodec is gRPC's proto codec, except that a *wireResponse is sent as the bytes it holds.

@@ -40,19 +40,23 @@ func wireResources(t *testing.T) []*Resource {
 }
 
 func TestWireResponsesMatchProto(t *testing.T) {
-	res := wireResources(t)
-	var anys []*anypb.Any
-	var wrapped []*discoveryv3.Resource
-	for _, r := range res {
-		a, err := anypb.New(r.Msg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !proto.Equal(a, r.Any) {
-			t.Fatalf("%s: Any differs from anypb.New", r.Name)
-		}
-		anys = append(anys, a)
-		wrapped = append(wrapped, &discoveryv3.Resource{Name: r.Name, Version: r.Version, Resource: a})
+	all := wireResources(t)
+	idx := newTypeIndex(all)
+	l := idx.list
+	other := newResource(all[0].Msg) // same content, another Resource: not the index's
+	reversed := slices.Clone(l)
+	slices.Reverse(reversed)
+	tests := []struct {
+		name   string
+		idx    *typeIndex
+		res    []*Resource
+		joined bool // some run goes out as the index's joined bytes
+	}{
+		{name: "no index", res: all},
+		{name: "the whole index", idx: idx, res: l, joined: true},
+		{name: "a run, a gap, singles", idx: idx, res: append(slices.Clone(l[:9]), l[10], other), joined: true},
+		{name: "out of order", idx: idx, res: reversed},
+		{name: "short", idx: idx, res: l[:3]},
 	}
 	codec := newWireCodec()
 	decode := func(w *wireResponse, into proto.Message) {
@@ -65,20 +69,47 @@ func TestWireResponsesMatchProto(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var sotw discoveryv3.DiscoveryResponse
-	decode(sotwWire("v1", resourcev3.EndpointType, "n1", res), &sotw)
-	want := &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resourcev3.EndpointType, Nonce: "n1", Resources: anys}
-	if !proto.Equal(&sotw, want) {
-		t.Errorf("SotW response decodes to %v", &sotw)
-	}
-	var delta discoveryv3.DeltaDiscoveryResponse
-	decode(deltaWire("sys", resourcev3.ClusterType, "n2", res, []string{"gone-1", "gone-2"}), &delta)
-	wantDelta := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: "sys", TypeUrl: resourcev3.ClusterType, Nonce: "n2",
-		Resources: wrapped, RemovedResources: []string{"gone-1", "gone-2"}}
-	if !proto.Equal(&delta, wantDelta) {
-		t.Errorf("Delta response decodes to %v", &delta)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var anys []*anypb.Any
+			var wrapped []*discoveryv3.Resource
+			for _, r := range tc.res {
+				a, err := anypb.New(r.Msg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !proto.Equal(a, r.Any) {
+					t.Fatalf("%s: Any differs from anypb.New", r.Name)
+				}
+				anys = append(anys, a)
+				wrapped = append(wrapped, &discoveryv3.Resource{Name: r.Name, Version: r.Version, Resource: a})
+			}
+			var sotw discoveryv3.DiscoveryResponse
+			sw := sotwWire(tc.idx, "v1", resourcev3.EndpointType, "n1", tc.res)
+			decode(sw, &sotw)
+			want := &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resourcev3.EndpointType, Nonce: "n1", Resources: anys}
+			if !proto.Equal(&sotw, want) {
+				t.Errorf("SotW response decodes to %v", &sotw)
+			}
+			var delta discoveryv3.DeltaDiscoveryResponse
+			dw := deltaWire(tc.idx, "sys", resourcev3.ClusterType, "n2", tc.res, []string{"gone-1", "gone-2"})
+			decode(dw, &delta)
+			wantDelta := &discoveryv3.DeltaDiscoveryResponse{SystemVersionInfo: "sys", TypeUrl: resourcev3.ClusterType, Nonce: "n2",
+				Resources: wrapped, RemovedResources: []string{"gone-1", "gone-2"}}
+			if !proto.Equal(&delta, wantDelta) {
+				t.Errorf("Delta response decodes to %v", &delta)
+			}
+			// A joined run is one part for many resources.
+			if joined := len(sw.parts)-1 < len(tc.res) && len(dw.parts)-1 < len(tc.res); joined != tc.joined {
+				t.Errorf("joined = %v (%d and %d parts for %d resources), want %v", joined, len(sw.parts)-1, len(dw.parts)-1, len(tc.res), tc.joined)
+			}
+			if sw.size != dw.size || sw.n != len(tc.res) {
+				t.Errorf("size %d and %d, n %d; want equal sizes and n %d", sw.size, dw.size, sw.n, len(tc.res))
+			}
+		})
 	}
 	// The codec still handles ordinary messages.
+	want := &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resourcev3.EndpointType, Nonce: "n1", Resources: []*anypb.Any{all[0].Any}}
 	b, err := codec.Marshal(want)
 	if err != nil {
 		t.Fatal(err)
