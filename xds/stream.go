@@ -235,8 +235,10 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 		}
 		ts.wildcard = wildcard
 		ts.names = nameSet{}
-		ts.names.addMany(st.indexLocked(typ, ts), slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "*" }),
-			func(n string) string { return st.canonicalLocked(typ, n) })
+		if slices.Contains(names, "*") {
+			names = slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "*" })
+		}
+		ts.names.addMany(st.indexLocked(typ, ts), names, func(n string) string { return st.canonicalLocked(typ, n) })
 		ts.dirty = true
 		if !ts.wildcard {
 			for n := range ts.sent.all() {
@@ -267,7 +269,7 @@ func (st *stream) canonicalLocked(typ resourcev3.Type, n string) string {
 	if r, ok := st.srv.snapshot(st.kind).Get(typ, n); ok {
 		return r.Name
 	}
-	return n
+	return strings.Clone(n) // a request's names share one allocation: keep only this one
 }
 
 // sameNames says whether names (which may repeat a name) are exactly the set have.

@@ -308,9 +308,15 @@ func (s *nameSet) addMany(idx *typeIndex, names []string, canon func(string) str
 	if s.base == nil && idx != nil && len(idx.list) > 0 && (len(s.plus)+len(names))*2 >= len(idx.list) {
 		marks := make([]bool, len(idx.list))
 		plus := map[string]struct{}{}
+		next := 0 // names usually come in idx.list's order: try the next place first
 		add := func(n string) {
-			if i, ok := idx.position(n); ok {
+			i, ok := next, next < len(idx.list) && idx.list[next].Name == n
+			if !ok {
+				i, ok = idx.position(n)
+			}
+			if ok {
 				marks[i] = true
+				next = i + 1
 			} else {
 				plus[canon(n)] = struct{}{}
 			}

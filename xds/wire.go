@@ -1,6 +1,7 @@
 package xds
 
 import (
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -202,6 +203,13 @@ func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.proto.Marshal(v)
 }
 
-func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if req, ok := v.(*discoveryv3.DiscoveryRequest); ok {
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		return unmarshalDiscoveryRequest(buf.ReadOnlyData(), req)
+	}
+	return c.proto.Unmarshal(data, v)
+}
 
 func (wireCodec) Name() string { return "proto" }
