@@ -55,8 +55,7 @@ func newResource(m types.Resource) *Resource {
 func newResourceHashed(m types.Resource, b []byte, hash uint64) *Resource {
 	r := &Resource{Name: nameOf(m), Version: fmt.Sprintf("%016x", hash), Msg: m, hash: hash}
 	typeURL := resourcev3.APITypePrefix + string(m.ProtoReflect().Descriptor().FullName())
-	var valueAt int
-	valueAt = r.setWire(frame(r.Name, r.Version, typeURL, b))
+	valueAt := r.setWire(frame(r.Name, r.Version, typeURL, b))
 	r.Any = &anypb.Any{TypeUrl: typeURL, Value: r.wire[valueAt:len(r.wire):len(r.wire)]}
 	return r
 }
@@ -238,12 +237,11 @@ func ResourceFromWire(typeURL, name, version string, value []byte) (*Resource, e
 	if got := nameOf(m); got != name {
 		return nil, fmt.Errorf("resource %q: its message names %q", name, got)
 	}
-	if version == "" {
+	if version == "" || version == notHeld {
 		return nil, fmt.Errorf("resource %q: no version", name)
 	}
 	r := &Resource{Name: name, Version: version, Msg: m, hash: fnv64(value)}
-	var valueAt int
-	valueAt = r.setWire(frame(name, version, typeURL, value))
+	valueAt := r.setWire(frame(name, version, typeURL, value))
 	r.Any = &anypb.Any{TypeUrl: typeURL, Value: r.wire[valueAt:len(r.wire):len(r.wire)]}
 	return r, nil
 }

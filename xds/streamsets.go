@@ -18,7 +18,8 @@ import (
 // the old one as its base (see typeIndex.since), from scratch otherwise.
 
 // notHeld marks, among a sentSet's exceptions, a name of its base the client does not hold.
-// Versions are hex digests and "" means "told it does not exist", so it cannot be confused.
+// "" means "told it does not exist", and no resource has either as its version (Holdfast's are
+// hex digests; ResourceFromWire refuses both from an upstream).
 const notHeld = "\x00"
 
 // sentSet is what a client was sent of one type and may hold: name → version, "" meaning it
