@@ -235,10 +235,7 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 		}
 		ts.wildcard = wildcard
 		ts.names = nameSet{}
-		if slices.Contains(names, "*") {
-			names = slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "*" })
-		}
-		ts.names.addMany(st.indexLocked(typ, ts), names, func(n string) string { return st.canonicalLocked(typ, n) })
+		ts.names.addMany(st.indexLocked(typ, ts), withoutWildcard(names), func(n string) string { return st.canonicalLocked(typ, n) })
 		ts.dirty = true
 		if !ts.wildcard {
 			for n := range ts.sent.all() {
@@ -248,6 +245,14 @@ func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
 			}
 		}
 	})
+}
+
+// withoutWildcard returns names without "*" (a copy only when there is one to drop).
+func withoutWildcard(names []string) []string {
+	if !slices.Contains(names, "*") {
+		return names
+	}
+	return slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "*" })
 }
 
 // indexLocked is the index a type's names are best expressed against: the one last pushed, else
@@ -420,7 +425,7 @@ func (ts *typeState) sentVersion(name string) (string, bool) {
 		return ts.sent.get(name)
 	}
 	// held is sorted by name: the index's list, or the wanted names in order.
-	if i, ok := slices.BinarySearchFunc(ts.held, name, func(r *Resource, n string) int { return strings.Compare(r.Name, n) }); ok {
+	if i, ok := byName(ts.held, name); ok {
 		return ts.held[i].Version, true
 	}
 	return "", false
@@ -500,13 +505,9 @@ func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 				ts.wildcard = true // legacy wildcard
 			}
 		}
-		subscribe := req.GetResourceNamesSubscribe()
-		if slices.Contains(subscribe, "*") {
-			ts.wildcard = true
-			subscribe = slices.DeleteFunc(slices.Clone(subscribe), func(n string) bool { return n == "*" })
-		}
-		if len(req.GetResourceNamesSubscribe()) > 0 {
-			ts.names.addMany(st.indexLocked(req.GetTypeUrl(), ts), subscribe, func(n string) string { return st.canonicalLocked(req.GetTypeUrl(), n) })
+		if subscribe := req.GetResourceNamesSubscribe(); len(subscribe) > 0 {
+			ts.wildcard = ts.wildcard || slices.Contains(subscribe, "*")
+			ts.names.addMany(st.indexLocked(req.GetTypeUrl(), ts), withoutWildcard(subscribe), func(n string) string { return st.canonicalLocked(req.GetTypeUrl(), n) })
 			ts.dirty = true
 		}
 		for _, n := range req.GetResourceNamesUnsubscribe() {

@@ -84,13 +84,9 @@ func (s *sentSet) setMany(idx *typeIndex, rs []*Resource) {
 	if s.empty() && len(rs)*2 >= len(idx.list) && len(idx.list) > 0 {
 		marks := make([]bool, len(idx.list))
 		over := map[string]string{}
-		next := 0 // rs usually follows idx.list's order: try the next place first
+		next := 0 // rs usually follows idx.list's order
 		for _, r := range rs {
-			i, ok := next, next < len(idx.list) && idx.list[next].Name == r.Name
-			if !ok {
-				i, ok = idx.position(r.Name)
-			}
-			if ok && idx.list[i].Version == r.Version {
+			if i, ok := idx.positionFrom(next, r.Name); ok && idx.list[i].Version == r.Version {
 				marks[i] = true
 				next = i + 1
 			} else {
@@ -115,9 +111,18 @@ func (s *sentSet) setMany(idx *typeIndex, rs []*Resource) {
 	}
 }
 
-// position is where name is in idx.list.
-func (idx *typeIndex) position(name string) (int, bool) {
-	return slices.BinarySearchFunc(idx.list, name, func(r *Resource, n string) int { return strings.Compare(r.Name, n) })
+// positionFrom is where name is in idx.list, looked for at hint first: callers walking names in
+// the index's order find each at the place after the last in O(1).
+func (idx *typeIndex) positionFrom(hint int, name string) (int, bool) {
+	if hint >= 0 && hint < len(idx.list) && idx.list[hint].Name == name {
+		return hint, true
+	}
+	return byName(idx.list, name)
+}
+
+// byName is where name is in list, sorted by name.
+func byName(list []*Resource, name string) (int, bool) {
+	return slices.BinarySearchFunc(list, name, func(r *Resource, n string) int { return strings.Compare(r.Name, n) })
 }
 
 // all returns every entry, name → version.
@@ -309,13 +314,9 @@ func (s *nameSet) addMany(idx *typeIndex, names []string, canon func(string) str
 	if s.base == nil && idx != nil && len(idx.list) > 0 && (len(s.plus)+len(names))*2 >= len(idx.list) {
 		marks := make([]bool, len(idx.list))
 		plus := map[string]struct{}{}
-		next := 0 // names usually come in idx.list's order: try the next place first
+		next := 0 // names usually come in idx.list's order
 		add := func(n string) {
-			i, ok := next, next < len(idx.list) && idx.list[next].Name == n
-			if !ok {
-				i, ok = idx.position(n)
-			}
-			if ok {
+			if i, ok := idx.positionFrom(next, n); ok {
 				marks[i] = true
 				next = i + 1
 			} else {

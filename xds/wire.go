@@ -136,14 +136,18 @@ func (w *wireResponse) add(idx *typeIndex, shape int, res []*Resource) {
 		return
 	}
 	var j *joinedWire
+	next := 0 // res usually follows idx.list's order
 	for k := 0; k < len(res); {
-		i, ok := idx.position(res[k].Name)
+		i, ok := idx.positionFrom(next, res[k].Name)
 		run := 0
 		for ok && k+run < len(res) && i+run < len(idx.list) && idx.list[i+run] == res[k+run] {
 			run++
 		}
 		if run < minJoinedRun {
 			w.parts = append(w.parts, buf(res[k]))
+			if ok {
+				next = i + 1
+			}
 			k++
 			continue
 		}
@@ -151,7 +155,7 @@ func (w *wireResponse) add(idx *typeIndex, shape int, res []*Resource) {
 			j = idx.joinedWire(shape)
 		}
 		w.parts = append(w.parts, mem.SliceBuffer(j.buf[j.offs[i]:j.offs[i+run]]))
-		k += run
+		k, next = k+run, i+run
 	}
 }
 
