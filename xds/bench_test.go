@@ -1,7 +1,13 @@
 package xds
 
 import (
+	"fmt"
+	"slices"
 	"testing"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/holdfast/holdfast/cache"
 	"github.com/holdfast/holdfast/internal/fleet"
@@ -60,5 +66,52 @@ func BenchmarkOneChangePublish10kServices(b *testing.B) {
 				_ = l.version()
 			}
 		}
+	}
+}
+
+// BenchmarkDecodeSotWRequest decodes an Envoy's EDS request for 1,000 clusters: "first" names
+// them for the first time (each looked up in the index), "ack" repeats them (as every ACK
+// does), "unknown" names clusters Holdfast does not have (each copied).
+func BenchmarkDecodeSotWRequest(b *testing.B) {
+	names := make([]string, 1000)
+	for i := range names {
+		names[i] = fmt.Sprintf("svc-%d.ns-%d.svc.cluster.local:80", i, i%50)
+	}
+	slices.Sort(names)
+	idx := namesIndex(names...)
+	wire, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: "0123456789abcdef",
+		ResponseNonce: "42", ResourceNames: names})
+	if err != nil {
+		b.Fatal(err)
+	}
+	known := func(string) *typeIndex { return idx }
+	for _, c := range []struct {
+		name  string
+		known func(string) *typeIndex
+		again bool
+	}{
+		{"first", known, false},
+		{"ack", known, true},
+		{"unknown", nil, false},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(wire)))
+			b.ReportAllocs()
+			previous := newPreviousNames()
+			if c.again {
+				if err := unmarshalDiscoveryRequest(wire, &sotwRequest{req: new(discoveryv3.DiscoveryRequest), previous: previous}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for b.Loop() {
+				if !c.again {
+					clear(previous.byType)
+				}
+				r := &sotwRequest{req: new(discoveryv3.DiscoveryRequest), known: c.known, previous: previous}
+				if err := unmarshalDiscoveryRequest(wire, r); err != nil || r.repeated != c.again {
+					b.Fatalf("repeated %v, %v", r.repeated, err)
+				}
+			}
+		})
 	}
 }

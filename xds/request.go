@@ -2,6 +2,7 @@ package xds
 
 import (
 	"errors"
+	"hash/maphash"
 	"strings"
 	"unicode/utf8"
 
@@ -15,58 +16,203 @@ const fieldRequestNames = 3
 
 var errInvalidUTF8 = errors.New("proto: resource_names: invalid UTF-8")
 
+// sotwRequest is what a state-of-the-world stream receives a request into (see wireCodec): the
+// request, where its resource names are likely to be found, and what the stream's previous
+// requests named.
+type sotwRequest struct {
+	req *discoveryv3.DiscoveryRequest
+	// known returns the index of a type whose resource names the request's names are looked up
+	// in (nil: none).
+	known func(typeURL string) *typeIndex
+	// previous is, per type, the digest of the names in the stream's latest request of that
+	// type, kept by the stream's receiving goroutine across requests (nil: not kept).
+	previous *previousNames
+	// repeated says the request lists exactly the names of the stream's previous request of its
+	// type, in the same order. Its ResourceNames are then left nil, not decoded again: a SotW
+	// client repeats its whole list in every ACK, and every request is applied in order, so the
+	// stream holds that list already.
+	repeated bool
+}
+
+// previousNames remembers the names of a stream's latest request of each type as a digest:
+// 24 bytes a type, where keeping the names themselves would take a stream 16 bytes a name.
+// Two different lists with the same count, length and 64-bit seeded hash would make the second
+// count as a repeat; the seed is random per stream, so no client can aim for that.
+type previousNames struct {
+	seed   maphash.Seed
+	byType map[string]namesDigest
+}
+
+// maxRememberedTypes bounds previousNames.byType against a client sending made-up type URLs.
+const maxRememberedTypes = 16
+
+type namesDigest struct {
+	sum         uint64
+	count, size int
+}
+
+func newPreviousNames() *previousNames {
+	return &previousNames{seed: maphash.MakeSeed(), byType: map[string]namesDigest{}}
+}
+
 // unmarshalDiscoveryRequest decodes a state-of-the-world request like proto.Unmarshal, except
-// that its resource names share one allocation. A SotW client repeats every name it wants in
-// every request, ACKs included: an Envoy with a thousand clusters sends a thousand names per
-// EDS ACK, and decoding them one string each was the largest part of Holdfast's CPU for an
-// initial push. Every other field goes through proto.Unmarshal.
-func unmarshalDiscoveryRequest(b []byte, req *discoveryv3.DiscoveryRequest) error {
-	var names [][]byte
-	var others [][2]int // the other fields, as spans of b
-	total, restLen := 0, 0
+// for its resource names. A SotW client repeats every name it wants in every request, ACKs
+// included: an Envoy with a thousand clusters sends a thousand names per EDS ACK, and decoding
+// them one string each was the largest part of Holdfast's CPU for an initial push. So a name
+// that is a resource of known's index for the request's type becomes that resource's own name
+// (no copy), and the others share one allocation. Every other field goes through
+// proto.Unmarshal.
+func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
+	req := r.req
+	r.repeated = false
+	// One scan finds the names' runs of fields and everything else's. Malformed input goes to
+	// proto, which says how it is malformed.
+	var namesBuf, othersBuf [4]span
+	runs, others := namesBuf[:0], othersBuf[:0]
+	d := namesDigest{}
 	for at := 0; at < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[at:])
 		if n < 0 {
-			return proto.Unmarshal(b, req) // malformed: let proto say how
+			return proto.Unmarshal(b, req)
 		}
 		m := protowire.ConsumeFieldValue(num, typ, b[at+n:])
 		if m < 0 {
 			return proto.Unmarshal(b, req)
 		}
 		if num == fieldRequestNames && typ == protowire.BytesType {
-			v, _ := protowire.ConsumeBytes(b[at+n:])
-			if !utf8.Valid(v) {
-				return errInvalidUTF8
-			}
-			names = append(names, v)
-			total += len(v)
+			d.count++
+			d.size += n + m
+			runs = extend(runs, at, at+n+m)
 		} else {
-			others = append(others, [2]int{at, at + n + m})
-			restLen += n + m
+			others = extend(others, at, at+n+m)
 		}
 		at += n + m
 	}
-	if len(names) == 0 {
-		return proto.Unmarshal(b, req)
+	if d.count == 0 {
+		if err := proto.Unmarshal(b, req); err != nil {
+			return err
+		}
+		r.remember(d)
+		return nil
 	}
-	rest := make([]byte, 0, restLen)
-	for _, o := range others {
-		rest = append(rest, b[o[0]:o[1]]...)
+	rest := b[:0]
+	switch len(others) {
+	case 0:
+	case 1:
+		rest = b[others[0].from:others[0].to] // proto.Unmarshal keeps nothing of its input
+	default:
+		rest = make([]byte, 0, len(b)-d.size)
+		for _, o := range others {
+			rest = append(rest, b[o.from:o.to]...)
+		}
 	}
 	if err := proto.Unmarshal(rest, req); err != nil {
 		return err
 	}
-	var all strings.Builder
-	all.Grow(total)
-	for _, v := range names {
-		all.Write(v)
+	if r.previous != nil {
+		// The names' fields, tags and lengths included: they parse one way only, so equal
+		// bytes are an equal list.
+		var h maphash.Hash
+		h.SetSeed(r.previous.seed)
+		for _, run := range runs {
+			_, _ = h.Write(b[run.from:run.to])
+		}
+		d.sum = h.Sum64()
+		if prev, ok := r.previous.byType[req.GetTypeUrl()]; ok && prev == d {
+			r.repeated = true
+			return nil
+		}
 	}
-	s := all.String()
-	req.ResourceNames = make([]string, len(names))
-	at := 0
-	for i, v := range names {
-		req.ResourceNames[i] = s[at : at+len(v)]
-		at += len(v)
+
+	var idx *typeIndex
+	if r.known != nil {
+		idx = r.known(req.GetTypeUrl())
 	}
+	names := make([]string, 0, d.count)
+	type miss struct {
+		at int    // in names
+		v  []byte // in b
+	}
+	var misses []miss
+	missLen, next := 0, 0
+	valid := true
+	eachName(b, runs, func(v []byte) {
+		if idx != nil {
+			// Clients usually list names in the index's order: the one after the last is
+			// checked first, then the map. Neither comparison copies v.
+			if next < len(idx.list) && idx.list[next].Name == string(v) {
+				names = append(names, idx.list[next].Name)
+				next++
+				return
+			}
+			if r, ok := idx.byName[string(v)]; ok {
+				names = append(names, r.Name)
+				return
+			}
+		}
+		if !utf8.Valid(v) {
+			valid = false
+		}
+		if misses == nil {
+			misses = make([]miss, 0, d.count-len(names))
+		}
+		misses = append(misses, miss{len(names), v})
+		missLen += len(v)
+		names = append(names, "")
+	})
+	if !valid {
+		return errInvalidUTF8
+	}
+	if len(misses) > 0 {
+		var all strings.Builder
+		all.Grow(missLen)
+		for _, m := range misses {
+			all.Write(m.v)
+		}
+		s, at := all.String(), 0
+		for _, m := range misses {
+			names[m.at] = s[at : at+len(m.v)]
+			at += len(m.v)
+		}
+	}
+	req.ResourceNames = names
+	r.remember(d)
 	return nil
+}
+
+// remember records d as the names of the stream's latest request of req's type.
+func (r *sotwRequest) remember(d namesDigest) {
+	p := r.previous
+	if p == nil {
+		return
+	}
+	typ := r.req.GetTypeUrl()
+	if _, ok := p.byType[typ]; ok || len(p.byType) < maxRememberedTypes {
+		p.byType[typ] = d
+	}
+}
+
+// span is part of a buffer, [from, to).
+type span struct{ from, to int }
+
+// extend adds [from, to) to spans, as part of the last span when it ends at from.
+func extend(spans []span, from, to int) []span {
+	if l := len(spans); l > 0 && spans[l-1].to == from {
+		spans[l-1].to = to
+		return spans
+	}
+	return append(spans, span{from, to})
+}
+
+// eachName calls f with the value of every field in runs, spans of b holding well-formed
+// length-delimited fields only.
+func eachName(b []byte, runs []span, f func(v []byte)) {
+	for _, run := range runs {
+		for p := b[run.from:run.to]; len(p) > 0; {
+			_, _, n := protowire.ConsumeTag(p)
+			v, m := protowire.ConsumeBytes(p[n:])
+			f(v)
+			p = p[n+m:]
+		}
+	}
 }

@@ -1,7 +1,11 @@
 package xds
 
 import (
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -31,17 +35,83 @@ func FuzzUnmarshalDiscoveryRequest(f *testing.F) {
 	f.Add([]byte{0x1a, 0x05, 'a'})             // truncated
 	f.Add([]byte{0x18, 0x01, 0x1a, 0x01, 'z'}) // field 3 as a varint, then as bytes
 	f.Add([]byte{0x12, 0x03, 0x0a, 0x01, 'n'}) // node
+	// Names are looked up in an index, of any type, holding some of the seeds' names.
+	idx := namesIndex("a", "bb", "ccc.ns.svc.cluster.local:80", "x", "zz")
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var want, got discoveryv3.DiscoveryRequest
+		var want discoveryv3.DiscoveryRequest
 		wantErr := proto.Unmarshal(b, &want)
-		gotErr := unmarshalDiscoveryRequest(b, &got)
-		if (wantErr == nil) != (gotErr == nil) {
-			t.Fatalf("proto: %v; ours: %v", wantErr, gotErr)
-		}
-		if wantErr == nil && !proto.Equal(&want, &got) {
-			t.Fatalf("decoded differently:\nproto %v\nours  %v", &want, &got)
+		previous := newPreviousNames()
+		for i, r := range []*sotwRequest{
+			{},
+			{known: func(string) *typeIndex { return idx }},
+			{previous: previous}, // the first with these names
+			{previous: previous}, // the same again: a repeat when it has names
+		} {
+			r.req = new(discoveryv3.DiscoveryRequest)
+			in := slices.Clone(b)
+			gotErr := unmarshalDiscoveryRequest(in, r)
+			if (wantErr == nil) != (gotErr == nil) {
+				t.Fatalf("decode %d: proto: %v; ours: %v", i, wantErr, gotErr)
+			}
+			clear(in) // nothing decoded may refer to the input
+			if wantErr != nil {
+				continue
+			}
+			if wantRepeat := i == 3 && len(want.ResourceNames) > 0; r.repeated != wantRepeat {
+				t.Fatalf("decode %d: repeated = %v, want %v", i, r.repeated, wantRepeat)
+			}
+			w := proto.Clone(&want).(*discoveryv3.DiscoveryRequest)
+			if r.repeated {
+				w.ResourceNames = nil // not decoded again
+			}
+			if !proto.Equal(w, r.req) {
+				t.Fatalf("decode %d: decoded differently:\nproto %v\nours  %v", i, w, r.req)
+			}
 		}
 	})
+}
+
+// A request is a repeat when it lists the names of the stream's previous request of its type,
+// in the same order; requests of other types in between do not matter.
+func TestRequestNamesRepeated(t *testing.T) {
+	previous := newPreviousNames()
+	for i, step := range []struct {
+		typ          string
+		names        []string
+		nonce        string
+		wantRepeated bool
+	}{
+		{resourcev3.EndpointType, []string{"a", "b"}, "", false},
+		{resourcev3.EndpointType, []string{"a", "b"}, "1", true}, // an ACK
+		{resourcev3.EndpointType, []string{"b", "a"}, "2", false},
+		{resourcev3.ClusterType, nil, "3", false},
+		{resourcev3.RouteType, []string{"b", "a"}, "", false}, // same names, another type
+		{resourcev3.EndpointType, []string{"b", "a"}, "4", true},
+		{resourcev3.EndpointType, []string{"b", "a", "a"}, "5", false},
+		{resourcev3.EndpointType, []string{"b", "aa"}, "6", false},
+		{resourcev3.EndpointType, []string{"ba", "a"}, "7", false}, // same bytes run together
+		{resourcev3.EndpointType, nil, "8", false},
+		{resourcev3.EndpointType, []string{"ba", "a"}, "9", false}, // the list before last
+		{resourcev3.EndpointType, []string{"ba", "a"}, "10", true},
+	} {
+		b, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: step.typ, ResourceNames: step.names, ResponseNonce: step.nonce})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &sotwRequest{req: new(discoveryv3.DiscoveryRequest), previous: previous}
+		if err := unmarshalDiscoveryRequest(b, r); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if r.repeated != step.wantRepeated {
+			t.Errorf("step %d (%s %v): repeated = %v, want %v", i, step.typ, step.names, r.repeated, step.wantRepeated)
+		}
+		if r.req.GetResponseNonce() != step.nonce || r.req.GetTypeUrl() != step.typ {
+			t.Errorf("step %d: decoded %v", i, r.req)
+		}
+		if !r.repeated && !slices.Equal(r.req.ResourceNames, step.names) {
+			t.Errorf("step %d: names %q, want %q", i, r.req.ResourceNames, step.names)
+		}
+	}
 }
 
 // Through the server's codec, a request's names arrive intact.
@@ -57,4 +127,54 @@ func TestWireCodecDecodesRequests(t *testing.T) {
 	if err := newWireCodec().Unmarshal(data, &got); err != nil || !proto.Equal(&got, req) {
 		t.Fatalf("decoded %v, %v; want %v", &got, err, req)
 	}
+}
+
+// A SotW stream's request names that are resources of the index it knows become those
+// resources' own names; the others are copies; none refers to the buffers gRPC reuses.
+func TestWireCodecResolvesKnownNames(t *testing.T) {
+	idx := namesIndex("one", "three", "two")
+	req := &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: "v", ResponseNonce: "7",
+		ResourceNames: []string{"one", "two", "three", "four", "one", "fünf"}}
+	b, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cuts := range [][]int{
+		nil,     // one buffer: decoded in place
+		{9, 30}, // three: copied into one first
+	} {
+		in := slices.Clone(b)
+		var data mem.BufferSlice
+		from := 0
+		for _, to := range append(cuts, len(in)) {
+			data = append(data, mem.SliceBuffer(in[from:to]))
+			from = to
+		}
+		var askedFor string
+		got := sotwRequest{req: new(discoveryv3.DiscoveryRequest), known: func(typ string) *typeIndex { askedFor = typ; return idx }}
+		err := newWireCodec().Unmarshal(data, &got)
+		clear(in) // as gRPC reuses its buffers
+		if err != nil || !proto.Equal(got.req, req) {
+			t.Fatalf("%d buffers: decoded %v, %v; want %v", len(data), got.req, err, req)
+		}
+		if askedFor != resourcev3.EndpointType {
+			t.Errorf("names looked up in the index of %q, want %q", askedFor, resourcev3.EndpointType)
+		}
+		for i, n := range got.req.ResourceNames {
+			r, inIndex := idx.byName[n]
+			shared := inIndex && unsafe.StringData(n) == unsafe.StringData(r.Name)
+			if shared != inIndex {
+				t.Errorf("name %d (%q): in the index %v, shares its string %v", i, n, inIndex, shared)
+			}
+		}
+	}
+}
+
+// namesIndex is an index of resources with these names.
+func namesIndex(names ...string) *typeIndex {
+	var l resourceList
+	for i, n := range names {
+		l = append(l, &Resource{Name: strings.Clone(n), Version: fmt.Sprint(i + 1)})
+	}
+	return newTypeIndex(l)
 }

@@ -115,6 +115,8 @@ type typeIndex struct {
 	list    []*Resource
 	byName  map[string]*Resource
 	version string
+	// xor is the XOR of every resource's hash (see setVersion).
+	xor uint64
 	// base is the index this one replaced and changed the names of the resources added,
 	// changed or removed since it, sorted: a stream last pushed base needs to look at nothing
 	// else. base is weak so that indexes do not chain in memory.
@@ -134,11 +136,13 @@ func newTypeIndex(l resourceList) *typeIndex {
 	slices.SortFunc(list, func(a, b *Resource) int { return strings.Compare(a.Name, b.Name) })
 	byName := make(map[string]*Resource, len(list))
 	hashes := make([]uint64, len(list))
+	var xor uint64
 	for i, r := range list {
 		byName[r.Name] = r
 		hashes[i] = r.hash
+		xor ^= r.hash
 	}
-	return &typeIndex{list: list, byName: byName, version: versionOf(hashes)}
+	return &typeIndex{list: list, byName: byName, version: versionOf(hashes), xor: xor}
 }
 
 // since records that idx replaces prev, and what changed between them.

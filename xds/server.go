@@ -240,7 +240,15 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 	if err != nil {
 		return err
 	}
-	err = serve(gs.Context(), s, st, gs.Recv, sendWire(gs), st.onSotwRequest, st.pushSotw)
+	previous := newPreviousNames()
+	recv := func() (*sotwRequest, error) {
+		r := &sotwRequest{req: new(discoveryv3.DiscoveryRequest), known: st.knownIndex, previous: previous}
+		if err := gs.RecvMsg(r); err != nil {
+			return nil, err
+		}
+		return r, nil
+	}
+	err = serve(gs.Context(), s, st, recv, sendWire(gs), st.onSotwRequest, st.pushSotw)
 	s.close(st, err)
 	return err
 }

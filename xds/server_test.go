@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -141,6 +142,72 @@ func TestSotWNackIsNotResent(t *testing.T) {
 	if r == nil || len((*r).Resources) != 1 || (*r).VersionInfo == (*first).VersionInfo {
 		t.Fatalf("new version not sent: %v", r)
 	}
+}
+
+// Every SotW request's names become the subscription, whether they repeat the previous
+// request's (an ACK: nothing to do) or change it, with requests of another type in between.
+func TestSotWSubscriptionFollowsEveryRequest(t *testing.T) {
+	_, conn, publish := testServer(t)
+	a, b := twoServices()
+	publish(testView(a, b))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := responses(st.Recv)
+	na, nb := testTranslator.Naming.Resource(a.Key, 80), testTranslator.Naming.Resource(b.Key, 80)
+	nonce := map[string]string{}
+	send := func(typ string, names ...string) {
+		t.Helper()
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: typ, ResourceNames: names, ResponseNonce: nonce[typ]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(typ string, names ...string) {
+		t.Helper()
+		r := recvWithin(t, in, 5*time.Second)
+		if r == nil {
+			t.Fatalf("no %s response, want %q", typ, names)
+		}
+		var got []string
+		for _, res := range (*r).Resources {
+			m, err := res.UnmarshalNew()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, nameOf(m))
+		}
+		slices.Sort(got)
+		if (*r).TypeUrl != typ || !slices.Equal(got, names) {
+			t.Fatalf("response %s %q, want %s %q", (*r).TypeUrl, got, typ, names)
+		}
+		nonce[typ] = (*r).Nonce
+	}
+	expectNothing := func() {
+		t.Helper()
+		if r := recvWithin(t, in, 300*time.Millisecond); r != nil {
+			t.Fatalf("unexpected response %s with %d resources", (*r).TypeUrl, len((*r).Resources))
+		}
+	}
+	// EDS is not a full-state type: a response carries what the client lacks.
+	send(resourcev3.EndpointType, na)
+	expect(resourcev3.EndpointType, na)
+	send(resourcev3.EndpointType, na) // ACK
+	expectNothing()
+	send(resourcev3.EndpointType, na, nb)
+	expect(resourcev3.EndpointType, nb)
+	send(resourcev3.EndpointType, na, nb) // ACK
+	send(resourcev3.ClusterType, nb)
+	expect(resourcev3.ClusterType, nb)
+	send(resourcev3.ClusterType, nb)  // ACK
+	send(resourcev3.EndpointType, nb) // drops a, after a request of another type
+	expectNothing()
+	send(resourcev3.EndpointType, nb) // the same again
+	expectNothing()
+	send(resourcev3.EndpointType, nb, na) // a again: sent, as the client dropped it
+	expect(resourcev3.EndpointType, na)
 }
 
 func TestSotWReconnectWithCurrentVersionGetsNothing(t *testing.T) {

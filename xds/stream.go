@@ -222,11 +222,15 @@ func (st *stream) onRequest(node *corev3.Node, typ resourcev3.Type, nonce string
 }
 
 // onSotwRequest applies a state-of-the-world request: the client's full list of wanted names.
-func (st *stream) onSotwRequest(req *discoveryv3.DiscoveryRequest) error {
+func (st *stream) onSotwRequest(r *sotwRequest) error {
+	req := r.req
 	typ := req.GetTypeUrl()
 	return st.onRequest(req.GetNode(), typ, req.GetResponseNonce(), req.GetErrorDetail(), func(ts *typeState, first bool) {
 		if first {
 			ts.clientVersion = req.GetVersionInfo()
+		}
+		if r.repeated {
+			return // the names of the previous request of this type, which ts holds
 		}
 		names := req.GetResourceNames()
 		wildcard := slices.Contains(names, "*") || (fullState(typ) && len(names) == 0 && (first || ts.wildcard))
@@ -263,6 +267,21 @@ func (st *stream) indexLocked(typ resourcev3.Type, ts *typeState) *typeIndex {
 	}
 	if snap := st.srv.snapshot(st.kind); snap != nil {
 		return snap.index(typ).at(st.loc)
+	}
+	return nil
+}
+
+// knownIndex is the index a request's names of type typ are looked up in while it is decoded
+// (see sotwRequest): the current one of the client's kind, nil before the client said who it is.
+func (st *stream) knownIndex(typ string) *typeIndex {
+	st.mu.Lock()
+	known, kind := st.known, st.kind
+	st.mu.Unlock()
+	if !known {
+		return nil
+	}
+	if snap := st.srv.snapshot(kind); snap != nil {
+		return snap.types[typ]
 	}
 	return nil
 }
@@ -363,14 +382,7 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 	if ts.wildcard {
 		wanted, version = idx.list, idx.version
 	} else {
-		ts.setHash = 0
-		wanted = make([]*Resource, 0, ts.names.len())
-		for _, n := range ts.names.sortedNames() {
-			if r, ok := idx.byName[n]; ok {
-				wanted = append(wanted, r)
-				ts.setHash ^= r.hash
-			}
-		}
+		wanted, ts.setHash = ts.names.in(idx)
 		version = setVersion(ts.setHash)
 	}
 	if ts.sentOnce && version == ts.version {
@@ -384,7 +396,7 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 		return nil
 	}
 	out := wanted
-	if !full {
+	if !full && !ts.sent.empty() {
 		out = make([]*Resource, 0, len(wanted))
 		for _, r := range wanted {
 			if ts.sent.version(r.Name) != r.Version {

@@ -351,6 +351,34 @@ func (s *nameSet) addMany(idx *typeIndex, names []string, canon func(string) str
 	}
 }
 
+// in returns the set's resources in idx, in name order, and the XOR of their hashes. The slice
+// must not be modified: for a set that is all of idx, it is idx's own list.
+func (s *nameSet) in(idx *typeIndex) ([]*Resource, uint64) {
+	if s.base == idx && len(s.minus) == 0 {
+		return idx.list, idx.xor // plus holds only names idx lacks
+	}
+	var out []*Resource
+	var xor uint64
+	if s.base == idx {
+		out = make([]*Resource, 0, s.n)
+		for _, r := range idx.list {
+			if _, gone := s.minus[r.Name]; !gone {
+				out = append(out, r)
+				xor ^= r.hash
+			}
+		}
+		return out, xor
+	}
+	out = make([]*Resource, 0, s.n)
+	for _, n := range s.sortedNames() {
+		if r, ok := idx.byName[n]; ok {
+			out = append(out, r)
+			xor ^= r.hash
+		}
+	}
+	return out, xor
+}
+
 // sortedNames returns the names in order. The slice must not be modified.
 func (s *nameSet) sortedNames() []string {
 	if s.sorted != nil {

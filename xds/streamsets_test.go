@@ -75,6 +75,25 @@ func streamSetsMatch(t *testing.T, seed uint64) {
 		if names.len() != len(sorted) {
 			t.Fatalf("step %d (%s): names.len() = %d, want %d", step, what, names.len(), len(sorted))
 		}
+		var inIdx []string
+		var xor uint64
+		for _, n := range sorted {
+			if r, ok := idx.byName[n]; ok {
+				inIdx = append(inIdx, n)
+				xor ^= r.hash
+			}
+		}
+		rs, gotXor := names.in(idx)
+		got := make([]string, len(rs))
+		for i, r := range rs {
+			got[i] = r.Name
+			if idx.byName[r.Name] != r {
+				t.Fatalf("step %d (%s): names.in gave a resource not idx's: %s", step, what, r.Name)
+			}
+		}
+		if !slices.Equal(got, inIdx) || gotXor != xor {
+			t.Fatalf("step %d (%s): names.in(idx) = %v (xor %x), want %v (xor %x)", step, what, got, gotXor, inIdx, xor)
+		}
 	}
 	for step := range 400 {
 		n := name(rng.IntN(universe + 2))

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"sync"
+
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -191,12 +193,23 @@ func (idx *typeIndex) joinedWire(shape int) *joinedWire {
 	return j
 }
 
-// wireCodec is gRPC's proto codec, except that a *wireResponse is sent as the bytes it holds.
-// It is set on Holdfast's own gRPC server only (grpc.ForceServerCodecV2), never registered
-// process-wide.
-type wireCodec struct{ proto encoding.CodecV2 }
+// wireCodec is gRPC's proto codec, except that a *wireResponse is sent as the bytes it holds
+// and a state-of-the-world request is decoded by unmarshalDiscoveryRequest. It is set on
+// Holdfast's own gRPC server only (grpc.ForceServerCodecV2), never registered process-wide.
+type wireCodec struct {
+	proto encoding.CodecV2
+	// bufs holds *[]byte for requests that arrive in more than one buffer and are copied into
+	// one: gRPC's own pool clears every buffer it hands out, and with a thousand names an
+	// Envoy ACK is 60 KB.
+	bufs *sync.Pool
+}
 
-func newWireCodec() wireCodec { return wireCodec{proto: encoding.GetCodecV2("proto")} }
+// maxPooledRequest is the largest request buffer kept for reuse.
+const maxPooledRequest = 1 << 20
+
+func newWireCodec() wireCodec {
+	return wireCodec{proto: encoding.GetCodecV2("proto"), bufs: &sync.Pool{}}
+}
 
 func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if w, ok := v.(*wireResponse); ok {
@@ -208,12 +221,34 @@ func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	if req, ok := v.(*discoveryv3.DiscoveryRequest); ok {
-		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		defer buf.Free()
-		return unmarshalDiscoveryRequest(buf.ReadOnlyData(), req)
+	var r *sotwRequest
+	switch v := v.(type) {
+	case *sotwRequest:
+		r = v
+	case *discoveryv3.DiscoveryRequest:
+		r = &sotwRequest{req: v}
+	default:
+		return c.proto.Unmarshal(data, v)
 	}
-	return c.proto.Unmarshal(data, v)
+	if len(data) == 1 {
+		return unmarshalDiscoveryRequest(data[0].ReadOnlyData(), r)
+	}
+	bp, _ := c.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	n := data.Len()
+	if cap(*bp) < n {
+		*bp = make([]byte, n)
+	}
+	b := (*bp)[:n]
+	data.CopyTo(b)
+	// Nothing decoded refers to b (see unmarshalDiscoveryRequest), so it can be reused.
+	err := unmarshalDiscoveryRequest(b, r)
+	if cap(b) <= maxPooledRequest {
+		c.bufs.Put(bp)
+	}
+	return err
 }
 
 func (wireCodec) Name() string { return "proto" }
