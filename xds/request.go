@@ -11,10 +11,17 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// fieldRequestNames is DiscoveryRequest.resource_names.
+// fieldRequestNames is DiscoveryRequest.resource_names and
+// DeltaDiscoveryRequest.resource_names_subscribe.
 const fieldRequestNames = 3
 
-var errInvalidUTF8 = errors.New("proto: resource_names: invalid UTF-8")
+var errInvalidUTF8 = errors.New("proto: resource names: invalid UTF-8")
+
+// namedRequest is a discovery request whose field 3 lists resource names.
+type namedRequest interface {
+	proto.Message
+	GetTypeUrl() string
+}
 
 // sotwRequest is what a state-of-the-world stream receives a request into (see wireCodec): the
 // request, where its resource names are likely to be found, and what the stream's previous
@@ -55,6 +62,21 @@ func newPreviousNames() *previousNames {
 	return &previousNames{seed: maphash.MakeSeed(), byType: map[string]namesDigest{}}
 }
 
+// deltaRequest is what an incremental stream receives a request into (see wireCodec): the
+// request, and where the names it subscribes to are likely to be found.
+type deltaRequest struct {
+	req   *discoveryv3.DeltaDiscoveryRequest
+	known func(typeURL string) *typeIndex
+}
+
+// unmarshalDeltaDiscoveryRequest decodes an incremental request like proto.Unmarshal, except
+// that the names it subscribes to are decoded as unmarshalDiscoveryRequest decodes a SotW
+// request's: an Envoy's first EDS request subscribes to every cluster it was sent.
+func unmarshalDeltaDiscoveryRequest(b []byte, r *deltaRequest) error {
+	_, err := decodeRequest(b, r.req, func(names []string) { r.req.ResourceNamesSubscribe = names }, r.known, nil)
+	return err
+}
+
 // unmarshalDiscoveryRequest decodes a state-of-the-world request like proto.Unmarshal, except
 // for its resource names. A SotW client repeats every name it wants in every request, ACKs
 // included: an Envoy with a thousand clusters sends a thousand names per EDS ACK, and decoding
@@ -63,8 +85,16 @@ func newPreviousNames() *previousNames {
 // (no copy), and the others share one allocation. Every other field goes through
 // proto.Unmarshal.
 func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
-	req := r.req
-	r.repeated = false
+	repeated, err := decodeRequest(b, r.req, func(names []string) { r.req.ResourceNames = names }, r.known, r.previous)
+	r.repeated = repeated
+	return err
+}
+
+// decodeRequest decodes b into req like proto.Unmarshal, except for field 3, the resource
+// names: they are looked up in known's index for req's type, and handed to setNames. With
+// previous, a list equal to the stream's previous one of req's type is not decoded at all
+// (repeated; setNames is not called).
+func decodeRequest(b []byte, req namedRequest, setNames func([]string), known func(typeURL string) *typeIndex, previous *previousNames) (repeated bool, err error) {
 	// One scan finds the names' runs of fields and everything else's. Malformed input goes to
 	// proto, which says how it is malformed.
 	var namesBuf, othersBuf [4]span
@@ -73,11 +103,11 @@ func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
 	for at := 0; at < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[at:])
 		if n < 0 {
-			return proto.Unmarshal(b, req)
+			return false, proto.Unmarshal(b, req)
 		}
 		m := protowire.ConsumeFieldValue(num, typ, b[at+n:])
 		if m < 0 {
-			return proto.Unmarshal(b, req)
+			return false, proto.Unmarshal(b, req)
 		}
 		if num == fieldRequestNames && typ == protowire.BytesType {
 			d.count++
@@ -90,10 +120,10 @@ func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
 	}
 	if d.count == 0 {
 		if err := proto.Unmarshal(b, req); err != nil {
-			return err
+			return false, err
 		}
-		r.remember(d)
-		return nil
+		previous.remember(req.GetTypeUrl(), d)
+		return false, nil
 	}
 	rest := b[:0]
 	switch len(others) {
@@ -107,26 +137,25 @@ func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
 		}
 	}
 	if err := proto.Unmarshal(rest, req); err != nil {
-		return err
+		return false, err
 	}
-	if r.previous != nil {
+	if previous != nil {
 		// The names' fields, tags and lengths included: they parse one way only, so equal
 		// bytes are an equal list.
 		var h maphash.Hash
-		h.SetSeed(r.previous.seed)
+		h.SetSeed(previous.seed)
 		for _, run := range runs {
 			_, _ = h.Write(b[run.from:run.to])
 		}
 		d.sum = h.Sum64()
-		if prev, ok := r.previous.byType[req.GetTypeUrl()]; ok && prev == d {
-			r.repeated = true
-			return nil
+		if prev, ok := previous.byType[req.GetTypeUrl()]; ok && prev == d {
+			return true, nil
 		}
 	}
 
 	var idx *typeIndex
-	if r.known != nil {
-		idx = r.known(req.GetTypeUrl())
+	if known != nil {
+		idx = known(req.GetTypeUrl())
 	}
 	names := make([]string, 0, d.count)
 	type miss struct {
@@ -161,7 +190,7 @@ func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
 		names = append(names, "")
 	})
 	if !valid {
-		return errInvalidUTF8
+		return false, errInvalidUTF8
 	}
 	if len(misses) > 0 {
 		var all strings.Builder
@@ -175,18 +204,16 @@ func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
 			at += len(m.v)
 		}
 	}
-	req.ResourceNames = names
-	r.remember(d)
-	return nil
+	setNames(names)
+	previous.remember(req.GetTypeUrl(), d)
+	return false, nil
 }
 
-// remember records d as the names of the stream's latest request of req's type.
-func (r *sotwRequest) remember(d namesDigest) {
-	p := r.previous
+// remember records d as the names of the stream's latest request of type typ.
+func (p *previousNames) remember(typ string, d namesDigest) {
 	if p == nil {
 		return
 	}
-	typ := r.req.GetTypeUrl()
 	if _, ok := p.byType[typ]; ok || len(p.byType) < maxRememberedTypes {
 		p.byType[typ] = d
 	}

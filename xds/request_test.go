@@ -35,6 +35,16 @@ func FuzzUnmarshalDiscoveryRequest(f *testing.F) {
 	f.Add([]byte{0x1a, 0x05, 'a'})             // truncated
 	f.Add([]byte{0x18, 0x01, 0x1a, 0x01, 'z'}) // field 3 as a varint, then as bytes
 	f.Add([]byte{0x12, 0x03, 0x0a, 0x01, 'n'}) // node
+	for _, req := range []*discoveryv3.DeltaDiscoveryRequest{
+		{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a", "zz", "new"}, ResourceNamesUnsubscribe: []string{"x"},
+			InitialResourceVersions: map[string]string{"a": "1"}, ResponseNonce: "2"},
+	} {
+		b, err := proto.Marshal(req)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	// Names are looked up in an index, of any type, holding some of the seeds' names.
 	idx := namesIndex("a", "bb", "ccc.ns.svc.cluster.local:80", "x", "zz")
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -66,6 +76,21 @@ func FuzzUnmarshalDiscoveryRequest(f *testing.F) {
 			}
 			if !proto.Equal(w, r.req) {
 				t.Fatalf("decode %d: decoded differently:\nproto %v\nours  %v", i, w, r.req)
+			}
+		}
+		// The same bytes as an incremental request, whose field 3 is resource_names_subscribe.
+		var wantDelta discoveryv3.DeltaDiscoveryRequest
+		wantErr = proto.Unmarshal(b, &wantDelta)
+		for _, known := range []func(string) *typeIndex{nil, func(string) *typeIndex { return idx }} {
+			r := &deltaRequest{req: new(discoveryv3.DeltaDiscoveryRequest), known: known}
+			in := slices.Clone(b)
+			gotErr := unmarshalDeltaDiscoveryRequest(in, r)
+			if (wantErr == nil) != (gotErr == nil) {
+				t.Fatalf("delta: proto: %v; ours: %v", wantErr, gotErr)
+			}
+			clear(in)
+			if wantErr == nil && !proto.Equal(&wantDelta, r.req) {
+				t.Fatalf("delta: decoded differently:\nproto %v\nours  %v", &wantDelta, r.req)
 			}
 		}
 	})
@@ -166,6 +191,30 @@ func TestWireCodecResolvesKnownNames(t *testing.T) {
 			if shared != inIndex {
 				t.Errorf("name %d (%q): in the index %v, shares its string %v", i, n, inIndex, shared)
 			}
+		}
+	}
+}
+
+// An incremental stream's subscriptions are resolved the same way.
+func TestWireCodecResolvesKnownDeltaNames(t *testing.T) {
+	idx := namesIndex("one", "three", "two")
+	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: "7",
+		ResourceNamesSubscribe: []string{"one", "two", "four"}, ResourceNamesUnsubscribe: []string{"three"}}
+	b, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := slices.Clone(b)
+	got := &deltaRequest{req: new(discoveryv3.DeltaDiscoveryRequest), known: func(string) *typeIndex { return idx }}
+	err = newWireCodec().Unmarshal(mem.BufferSlice{mem.SliceBuffer(in[:7]), mem.SliceBuffer(in[7:])}, got)
+	clear(in)
+	if err != nil || !proto.Equal(got.req, req) {
+		t.Fatalf("decoded %v, %v; want %v", got.req, err, req)
+	}
+	for i, n := range got.req.ResourceNamesSubscribe {
+		r, inIndex := idx.byName[n]
+		if shared := inIndex && unsafe.StringData(n) == unsafe.StringData(r.Name); shared != inIndex {
+			t.Errorf("name %d (%q): in the index %v, shares its string %v", i, n, inIndex, shared)
 		}
 	}
 }

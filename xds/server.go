@@ -259,7 +259,14 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	if err != nil {
 		return err
 	}
-	err = serve(gs.Context(), s, st, gs.Recv, sendWire(gs), st.onDeltaRequest, st.pushDelta)
+	recv := func() (*discoveryv3.DeltaDiscoveryRequest, error) {
+		r := &deltaRequest{req: new(discoveryv3.DeltaDiscoveryRequest), known: st.knownIndex}
+		if err := gs.RecvMsg(r); err != nil {
+			return nil, err
+		}
+		return r.req, nil
+	}
+	err = serve(gs.Context(), s, st, recv, sendWire(gs), st.onDeltaRequest, st.pushDelta)
 	s.close(st, err)
 	return err
 }

@@ -580,28 +580,33 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 // deltaDiffLocked compares everything the client wants with what it was sent: what to send,
 // and what to tell it is gone (recorded as sent "").
 func (ts *typeState) deltaDiffLocked(idx *typeIndex) (out []*Resource, removed []string) {
-	if ts.wildcard {
-		for _, r := range idx.list {
+	fresh := ts.sent.empty() // a first push: everything wanted is new, nothing can be gone
+	lacking := func(rs []*Resource) []*Resource {
+		if fresh {
+			return rs
+		}
+		var out []*Resource
+		for _, r := range rs {
 			if v, told := ts.sent.get(r.Name); !told || v != r.Version {
 				out = append(out, r)
 			}
 		}
+		return out
 	}
-	for _, n := range ts.names.sortedNames() {
-		r, ok := idx.byName[n]
-		switch {
-		case ok && ts.wildcard:
-			// sent above
-		case ok:
-			if v, told := ts.sent.get(n); !told || v != r.Version {
-				out = append(out, r)
-			}
-		default:
-			if v, told := ts.sent.get(n); !told || v != "" {
-				removed = append(removed, n) // never existed, or gone: say so once
-				ts.sent.set(n, "")
-			}
+	if ts.wildcard {
+		out = lacking(idx.list[:len(idx.list):len(idx.list)])
+	} else {
+		rs, _ := ts.names.in(idx)
+		out = lacking(rs)
+	}
+	for _, n := range ts.names.outside(idx) {
+		if v, told := ts.sent.get(n); !told || v != "" {
+			removed = append(removed, n) // never existed, or gone: say so once
+			ts.sent.set(n, "")
 		}
+	}
+	if fresh {
+		return out, removed
 	}
 	for n, v := range ts.sent.all() {
 		if _, exists := idx.byName[n]; exists || v == "" {

@@ -355,12 +355,11 @@ func (s *nameSet) addMany(idx *typeIndex, names []string, canon func(string) str
 // must not be modified: for a set that is all of idx, it is idx's own list.
 func (s *nameSet) in(idx *typeIndex) ([]*Resource, uint64) {
 	if s.base == idx && len(s.minus) == 0 {
-		return idx.list, idx.xor // plus holds only names idx lacks
+		return idx.list[:len(idx.list):len(idx.list)], idx.xor // plus holds only names idx lacks
 	}
-	var out []*Resource
+	out := make([]*Resource, 0, s.n)
 	var xor uint64
 	if s.base == idx {
-		out = make([]*Resource, 0, s.n)
 		for _, r := range idx.list {
 			if _, gone := s.minus[r.Name]; !gone {
 				out = append(out, r)
@@ -369,7 +368,6 @@ func (s *nameSet) in(idx *typeIndex) ([]*Resource, uint64) {
 		}
 		return out, xor
 	}
-	out = make([]*Resource, 0, s.n)
 	for _, n := range s.sortedNames() {
 		if r, ok := idx.byName[n]; ok {
 			out = append(out, r)
@@ -377,6 +375,24 @@ func (s *nameSet) in(idx *typeIndex) ([]*Resource, uint64) {
 		}
 	}
 	return out, xor
+}
+
+// outside returns the set's names that idx has no resource of, in order.
+func (s *nameSet) outside(idx *typeIndex) []string {
+	var out []string
+	if s.base == idx {
+		for n := range s.plus {
+			out = append(out, n)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, n := range s.sortedNames() {
+		if _, ok := idx.byName[n]; !ok {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // sortedNames returns the names in order. The slice must not be modified.

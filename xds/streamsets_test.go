@@ -94,6 +94,15 @@ func streamSetsMatch(t *testing.T, seed uint64) {
 		if !slices.Equal(got, inIdx) || gotXor != xor {
 			t.Fatalf("step %d (%s): names.in(idx) = %v (xor %x), want %v (xor %x)", step, what, got, gotXor, inIdx, xor)
 		}
+		var notInIdx []string
+		for _, n := range sorted {
+			if _, ok := idx.byName[n]; !ok {
+				notInIdx = append(notInIdx, n)
+			}
+		}
+		if got := names.outside(idx); !slices.Equal(got, notInIdx) {
+			t.Fatalf("step %d (%s): names.outside(idx) = %v, want %v", step, what, got, notInIdx)
+		}
 	}
 	for step := range 400 {
 		n := name(rng.IntN(universe + 2))

@@ -194,7 +194,7 @@ func (idx *typeIndex) joinedWire(shape int) *joinedWire {
 }
 
 // wireCodec is gRPC's proto codec, except that a *wireResponse is sent as the bytes it holds
-// and a state-of-the-world request is decoded by unmarshalDiscoveryRequest. It is set on
+// and requests are decoded by decodeRequest. It is set on
 // Holdfast's own gRPC server only (grpc.ForceServerCodecV2), never registered process-wide.
 type wireCodec struct {
 	proto encoding.CodecV2
@@ -221,17 +221,21 @@ func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	var r *sotwRequest
+	var decode func([]byte) error
 	switch v := v.(type) {
 	case *sotwRequest:
-		r = v
+		decode = func(b []byte) error { return unmarshalDiscoveryRequest(b, v) }
 	case *discoveryv3.DiscoveryRequest:
-		r = &sotwRequest{req: v}
+		decode = func(b []byte) error { return unmarshalDiscoveryRequest(b, &sotwRequest{req: v}) }
+	case *deltaRequest:
+		decode = func(b []byte) error { return unmarshalDeltaDiscoveryRequest(b, v) }
+	case *discoveryv3.DeltaDiscoveryRequest:
+		decode = func(b []byte) error { return unmarshalDeltaDiscoveryRequest(b, &deltaRequest{req: v}) }
 	default:
 		return c.proto.Unmarshal(data, v)
 	}
 	if len(data) == 1 {
-		return unmarshalDiscoveryRequest(data[0].ReadOnlyData(), r)
+		return decode(data[0].ReadOnlyData())
 	}
 	bp, _ := c.bufs.Get().(*[]byte)
 	if bp == nil {
@@ -243,8 +247,8 @@ func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	b := (*bp)[:n]
 	data.CopyTo(b)
-	// Nothing decoded refers to b (see unmarshalDiscoveryRequest), so it can be reused.
-	err := unmarshalDiscoveryRequest(b, r)
+	// Nothing decoded refers to b (see decodeRequest), so it can be reused.
+	err := decode(b)
 	if cap(b) <= maxPooledRequest {
 		c.bufs.Put(bp)
 	}
