@@ -39,6 +39,8 @@ type sotwRequest struct {
 	// client repeats its whole list in every ACK, and every request is applied in order, so the
 	// stream holds that list already.
 	repeated bool
+	// failed is why the request could not be decoded (set by wireCodec; nil: it was).
+	failed error
 }
 
 // previousNames remembers the names of a stream's latest request of each type as a digest:
@@ -65,8 +67,9 @@ func newPreviousNames() *previousNames {
 // deltaRequest is what an incremental stream receives a request into (see wireCodec): the
 // request, and where the names it subscribes to are likely to be found.
 type deltaRequest struct {
-	req   *discoveryv3.DeltaDiscoveryRequest
-	known func(typeURL string) *typeIndex
+	req    *discoveryv3.DeltaDiscoveryRequest
+	known  func(typeURL string) *typeIndex
+	failed error // as sotwRequest's
 }
 
 // unmarshalDeltaDiscoveryRequest decodes an incremental request like proto.Unmarshal, except

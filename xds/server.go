@@ -92,6 +92,7 @@ type Server struct {
 
 type serverMetrics struct {
 	refused, unknown, slow    prometheus.Counter
+	badRequests               *prometheus.CounterVec
 	clients                   *prometheus.GaugeVec
 	nacks, responses, resSent *prometheus.CounterVec
 	bytes                     *prometheus.CounterVec
@@ -115,6 +116,9 @@ func NewServer(opts ServerOptions) (*Server, error) {
 				Name: "holdfast_xds_unknown_client_kind_total", Help: "ADS streams from clients that are neither gRPC nor Envoy; they are served as Envoy."}),
 			slow: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "holdfast_xds_slow_clients_disconnected_total", Help: "Streams closed because the client left a response unacknowledged for --xds-ack-timeout."}),
+			badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_xds_bad_requests_total",
+				Help: "Requests Holdfast could not use, by reason (malformed: not a valid discovery request; too_large: over gRPC's receive limit; no_type_url). The client's stream is closed with the error; other streams are unaffected."}, []string{"reason"}),
 			clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 				Name: "holdfast_xds_connected_clients", Help: "Open ADS streams with an identified node, by client kind and flavour (sotw, delta)."}, []string{"kind", "flavour"}),
 			nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -137,7 +141,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		},
 	}
 	m := s.metrics
-	if err := promreg.Register(opts.Registry, "xds", m.refused, m.unknown, m.slow, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency); err != nil {
+	if err := promreg.Register(opts.Registry, "xds", m.refused, m.unknown, m.slow, m.badRequests, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency); err != nil {
 		return nil, err
 	}
 	gopts := []grpc.ServerOption{
@@ -244,6 +248,7 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 	recv := func() (*sotwRequest, error) {
 		r := &sotwRequest{req: new(discoveryv3.DiscoveryRequest), known: st.knownIndex, previous: previous}
 		if err := gs.RecvMsg(r); err != nil {
+			s.recvFailed(st, r.failed, err)
 			return nil, err
 		}
 		return r, nil
@@ -262,6 +267,7 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	recv := func() (*discoveryv3.DeltaDiscoveryRequest, error) {
 		r := &deltaRequest{req: new(discoveryv3.DeltaDiscoveryRequest), known: st.knownIndex}
 		if err := gs.RecvMsg(r); err != nil {
+			s.recvFailed(st, r.failed, err)
 			return nil, err
 		}
 		return r.req, nil
@@ -269,6 +275,28 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	err = serve(gs.Context(), s, st, recv, sendWire(gs), st.onDeltaRequest, st.pushDelta)
 	s.close(st, err)
 	return err
+}
+
+// recvFailed counts and logs a request that ended a stream because Holdfast could not use it:
+// one that did not decode (decodeErr), or one over gRPC's size limit. Other receive errors (the
+// client went away) are not the client's input.
+func (s *Server) recvFailed(st *stream, decodeErr, err error) {
+	switch {
+	case decodeErr != nil:
+		s.badRequest(st, "malformed", decodeErr)
+	case status.Code(err) == codes.ResourceExhausted:
+		s.badRequest(st, "too_large", err)
+	}
+}
+
+// badRequest counts and logs a request refused for reason; the caller ends the stream with err.
+func (s *Server) badRequest(st *stream, reason string, err error) {
+	s.metrics.badRequests.WithLabelValues(reason).Inc()
+	st.mu.Lock()
+	node := st.nodeID
+	st.mu.Unlock()
+	s.log.Warn("bad request: stream closed", "decision", "bad_request", "reason", reason, "node", node,
+		"flavour", st.flavour, "stream", st.id, "err", err)
 }
 
 // sendWire sends pre-serialised responses on a stream (see wireCodec).

@@ -1,9 +1,15 @@
 package xds
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,10 +17,15 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/holdfast/holdfast/cache"
 	"github.com/holdfast/holdfast/resolver"
@@ -23,7 +34,12 @@ import (
 // testServer runs a Server on 127.0.0.1:0 fed by a Publisher, and returns a way to publish.
 func testServer(t *testing.T) (*Server, *grpc.ClientConn, func(cache.View)) {
 	t.Helper()
-	srv, err := NewServer(ServerOptions{AckTimeout: time.Minute})
+	return testServerWith(t, ServerOptions{AckTimeout: time.Minute})
+}
+
+func testServerWith(t *testing.T, opts ServerOptions) (*Server, *grpc.ClientConn, func(cache.View)) {
+	t.Helper()
+	srv, err := NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,6 +224,106 @@ func TestSotWSubscriptionFollowsEveryRequest(t *testing.T) {
 	expectNothing()
 	send(resourcev3.EndpointType, nb, na) // a again: sent, as the client dropped it
 	expect(resourcev3.EndpointType, na)
+}
+
+// rawCodec sends a []byte as the message, as a broken or hostile client might.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
+}
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*[]byte) = data.Materialize()
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+// lockedBuffer is a log destination safe for the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A request Holdfast cannot use ends that client's stream with a clear error, and is counted
+// and logged; other clients are served as before.
+func TestBadRequestsAreCountedAndLogged(t *testing.T) {
+	var logs lockedBuffer
+	srv, conn, publish := testServerWith(t, ServerOptions{AckTimeout: time.Minute, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	a, b := twoServices()
+	publish(testView(a, b))
+	marshal := func(m proto.Message) []byte {
+		out, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	const (
+		sotw  = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+		delta = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+	)
+	for _, c := range []struct {
+		name, method, reason string
+		msg                  []byte
+		code                 codes.Code
+	}{
+		{"invalid UTF-8 in a name", sotw, "malformed", []byte{0x1a, 0x02, 0xff, 0xfe}, codes.Internal},
+		{"truncated", delta, "malformed", []byte{0x1a, 0x05, 'a'}, codes.Internal},
+		{"node not a message", sotw, "malformed", []byte{0x12, 0x01, 0xff}, codes.Internal},
+		{"over gRPC's 4 MiB limit", sotw, "too_large",
+			marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{strings.Repeat("n", 5<<20)}}), codes.ResourceExhausted},
+		{"no type_url", delta, "no_type_url", marshal(&discoveryv3.DeltaDiscoveryRequest{Node: grpcNode}), codes.InvalidArgument},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := testutil.ToFloat64(srv.metrics.badRequests.WithLabelValues(c.reason))
+			logged := strings.Count(logs.String(), "reason="+c.reason)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, c.method, grpc.ForceCodecV2(rawCodec{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cs.SendMsg(c.msg); err != nil && !errors.Is(err, io.EOF) {
+				t.Fatal(err)
+			}
+			var out []byte
+			err = cs.RecvMsg(&out)
+			if status.Code(err) != c.code {
+				t.Fatalf("stream ended with %v, want code %v", err, c.code)
+			}
+			if got := testutil.ToFloat64(srv.metrics.badRequests.WithLabelValues(c.reason)) - before; got != 1 {
+				t.Errorf("holdfast_xds_bad_requests_total{reason=%q} rose by %v, want 1", c.reason, got)
+			}
+			if got := strings.Count(logs.String(), "reason="+c.reason) - logged; got != 1 {
+				t.Errorf("%d new log lines with reason=%s, want 1:\n%s", got, c.reason, logs.String())
+			}
+		})
+	}
+	// A well-formed client is served all along.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.EndpointType, ResourceNames: []string{testTranslator.Naming.Resource(a.Key, 80)}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := recvWithin(t, responses(st.Recv), 5*time.Second); r == nil || len((*r).Resources) != 1 {
+		t.Fatalf("a good client after the bad ones: %v", r)
+	}
 }
 
 func TestSotWReconnectWithCurrentVersionGetsNothing(t *testing.T) {

@@ -204,7 +204,9 @@ func (st *stream) nextNonceLocked() string {
 func (st *stream) onRequest(node *corev3.Node, typ resourcev3.Type, nonce string, detail *status.Status, subscribe func(ts *typeState, first bool)) error {
 	st.identify(node)
 	if typ == "" {
-		return grpcstatus.Error(codes.InvalidArgument, "request without type_url")
+		err := grpcstatus.Error(codes.InvalidArgument, "request without type_url")
+		st.srv.badRequest(st, "no_type_url", err)
+		return err
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()

@@ -224,11 +224,11 @@ func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	var decode func([]byte) error
 	switch v := v.(type) {
 	case *sotwRequest:
-		decode = func(b []byte) error { return unmarshalDiscoveryRequest(b, v) }
+		decode = func(b []byte) error { v.failed = unmarshalDiscoveryRequest(b, v); return v.failed }
 	case *discoveryv3.DiscoveryRequest:
 		decode = func(b []byte) error { return unmarshalDiscoveryRequest(b, &sotwRequest{req: v}) }
 	case *deltaRequest:
-		decode = func(b []byte) error { return unmarshalDeltaDiscoveryRequest(b, v) }
+		decode = func(b []byte) error { v.failed = unmarshalDeltaDiscoveryRequest(b, v); return v.failed }
 	case *discoveryv3.DeltaDiscoveryRequest:
 		decode = func(b []byte) error { return unmarshalDeltaDiscoveryRequest(b, &deltaRequest{req: v}) }
 	default:
