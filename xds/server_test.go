@@ -303,10 +303,16 @@ func TestBadRequestsAreCountedAndLogged(t *testing.T) {
 			if status.Code(err) != c.code {
 				t.Fatalf("stream ended with %v, want code %v", err, c.code)
 			}
-			if got := testutil.ToFloat64(srv.metrics.badRequests.WithLabelValues(c.reason)) - before; got != 1 {
+			// gRPC tells the client as it fails to decode, before the handler hears of it.
+			counted := func() float64 { return testutil.ToFloat64(srv.metrics.badRequests.WithLabelValues(c.reason)) - before }
+			lines := func() int { return strings.Count(logs.String(), "reason="+c.reason) - logged }
+			for deadline := time.Now().Add(5 * time.Second); (counted() < 1 || lines() < 1) && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if got := counted(); got != 1 {
 				t.Errorf("holdfast_xds_bad_requests_total{reason=%q} rose by %v, want 1", c.reason, got)
 			}
-			if got := strings.Count(logs.String(), "reason="+c.reason) - logged; got != 1 {
+			if got := lines(); got != 1 {
 				t.Errorf("%d new log lines with reason=%s, want 1:\n%s", got, c.reason, logs.String())
 			}
 		})
