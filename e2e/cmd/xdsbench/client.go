@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,48 @@ type client struct {
 	// with a thousand clients in this one process on two cores, a client can starve long
 	// enough for its connection to be dropped.
 	reconnects int
+
+	// Delta only: what the client holds (type → name → version) and subscribes to by name,
+	// kept across a deliberate reconnect (see resume), as Envoy keeps them.
+	versions map[string]map[string]string
+	subs     map[string]map[string]bool
+	// stopStream ends the current stream; resuming says the next one is a resume, and
+	// resumed is closed once it has been answered for every type.
+	stopStream context.CancelFunc
+	resuming   bool
+	resumed    chan struct{}
+	answered   map[string]bool
+}
+
+// deltaTypes are the types a Delta client holds, in the order it subscribes.
+var deltaTypes = []string{resourcev3.ClusterType, resourcev3.ListenerType, resourcev3.EndpointType, resourcev3.RouteType}
+
+// resume closes the client's stream and opens another that says what the client holds
+// (Delta's initial_resource_versions), as an Envoy does when its control plane restarts. The
+// returned channel is closed once the new stream has been answered for every type.
+func (c *client) resume() <-chan struct{} {
+	c.mu.Lock()
+	c.resuming, c.resumed, c.answered = true, make(chan struct{}), map[string]bool{}
+	done, stop := c.resumed, c.stopStream
+	c.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	return done
+}
+
+// answeredOnResume notes a response of typ on a resumed stream.
+func (c *client) answeredOnResume(typ string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.answered == nil || c.answered[typ] {
+		return
+	}
+	c.answered[typ] = true
+	if len(c.answered) == len(deltaTypes) {
+		close(c.resumed)
+		c.answered = nil
+	}
 }
 
 // nameOf reads field 1 (the name) of a serialised resource.
@@ -77,7 +120,11 @@ func (b byteCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.
 func (b byteCounter) HandleConn(context.Context, stats.ConnStats)                       {}
 
 func startClient(ctx context.Context, addr, id, zone string, delta bool, want int) (*client, error) {
-	c := &client{delta: delta, counts: map[string]int{}, seen: map[string]time.Time{}, complete: make(chan struct{}), want: want}
+	c := &client{delta: delta, counts: map[string]int{}, seen: map[string]time.Time{}, complete: make(chan struct{}), want: want,
+		versions: map[string]map[string]string{}, subs: map[string]map[string]bool{}}
+	for _, typ := range deltaTypes {
+		c.versions[typ], c.subs[typ] = map[string]string{}, map[string]bool{}
+	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(byteCounter{&c.bytes}), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
 	if err != nil {
@@ -90,21 +137,36 @@ func startClient(ctx context.Context, addr, id, zone string, delta bool, want in
 	}
 	go func() {
 		for {
+			sctx, stop := context.WithCancel(ctx)
+			c.mu.Lock()
+			c.stopStream = stop
+			resume := c.resuming
+			c.resuming = false
+			c.mu.Unlock()
 			var err error
 			if delta {
-				err = c.runDelta(ctx, node)
+				err = c.runDelta(sctx, node, resume)
 			} else {
-				err = c.runSotW(ctx, node)
+				err = c.runSotW(sctx, node)
+			}
+			stop()
+			c.mu.Lock()
+			if c.resuming && ctx.Err() == nil {
+				c.mu.Unlock()
+				continue // a deliberate reconnect: keep what the client holds
 			}
 			if ctx.Err() != nil || status.Code(err) == codes.Canceled {
+				c.mu.Unlock()
 				return // the run is over
 			}
-			c.mu.Lock()
 			c.err = err
 			c.reconnects++
 			// A new stream is sent everything again; assignments are counted by name already.
 			for _, typ := range []string{resourcev3.ClusterType, resourcev3.ListenerType, resourcev3.RouteType} {
 				c.counts[typ] = 0
+			}
+			for _, typ := range deltaTypes {
+				c.versions[typ], c.subs[typ] = map[string]string{}, map[string]bool{}
 			}
 			c.mu.Unlock()
 			time.Sleep(200 * time.Millisecond)
@@ -192,18 +254,35 @@ func (c *client) runSotW(ctx context.Context, node *corev3.Node) error {
 	}
 }
 
-func (c *client) runDelta(ctx context.Context, node *corev3.Node) error {
+func (c *client) runDelta(ctx context.Context, node *corev3.Node, resume bool) error {
 	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(c.conn).DeltaAggregatedResources(ctx)
 	if err != nil {
 		return err
 	}
-	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
-		return err
+	// A fresh client subscribes to CDS and LDS (wildcard), then to EDS and RDS by the names
+	// they return. A resuming one says what it holds of every type and subscribes to the same
+	// names again at once.
+	first := true
+	for _, typ := range deltaTypes {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ}
+		if resume {
+			c.mu.Lock()
+			req.InitialResourceVersions = maps.Clone(c.versions[typ])
+			req.ResourceNamesSubscribe = slices.Sorted(maps.Keys(c.subs[typ]))
+			c.mu.Unlock()
+		}
+		if typ == resourcev3.EndpointType || typ == resourcev3.RouteType {
+			if len(req.ResourceNamesSubscribe) == 0 {
+				continue
+			}
+		}
+		if first {
+			req.Node, first = node, false
+		}
+		if err := st.Send(req); err != nil {
+			return err
+		}
 	}
-	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType}); err != nil {
-		return err
-	}
-	subs := map[string]map[string]bool{resourcev3.EndpointType: {}, resourcev3.RouteType: {}}
 	for {
 		resp, err := st.Recv()
 		if err != nil {
@@ -211,10 +290,19 @@ func (c *client) runDelta(ctx context.Context, node *corev3.Node) error {
 		}
 		typ := resp.GetTypeUrl()
 		names := make([]string, len(resp.GetResources()))
+		c.mu.Lock()
 		for i, r := range resp.GetResources() {
 			names[i] = r.GetName()
+			c.versions[typ][r.GetName()] = r.GetVersion()
 		}
+		for _, n := range resp.GetRemovedResources() {
+			delete(c.versions[typ], n)
+		}
+		c.mu.Unlock()
 		c.record(typ, names, false, resp.GetRemovedResources())
+		if resume {
+			c.answeredOnResume(typ)
+		}
 		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: resp.GetNonce()}); err != nil {
 			return err
 		}
@@ -223,18 +311,20 @@ func (c *client) runDelta(ctx context.Context, node *corev3.Node) error {
 			continue
 		}
 		var sub, unsub []string
+		c.mu.Lock()
 		for _, n := range names {
-			if !subs[dep][n] {
-				subs[dep][n] = true
+			if !c.subs[dep][n] {
+				c.subs[dep][n] = true
 				sub = append(sub, n)
 			}
 		}
 		for _, n := range resp.GetRemovedResources() {
-			if subs[dep][n] {
-				delete(subs[dep], n)
+			if c.subs[dep][n] {
+				delete(c.subs[dep], n)
 				unsub = append(unsub, n)
 			}
 		}
+		c.mu.Unlock()
 		if len(sub)+len(unsub) > 0 {
 			if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: dep, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}); err != nil {
 				return err

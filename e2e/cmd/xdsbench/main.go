@@ -115,6 +115,18 @@ func main() {
 			ratio(float64(hb.initCPU), float64(h.initCPU)), ratio(float64(hb.initUser), float64(h.initUser)), ratio(float64(hb.changeCPU), float64(h.changeCPU)),
 			ratio(float64(hb.p99), float64(h.p99)), ratio(hb.bytesPerChange, h.bytesPerChange), ratio(float64(hb.heap), float64(h.heap)))
 	}
+	printResumes(runs, results)
+}
+
+func printResumes(runs []run, results map[run]result) {
+	fmt.Println()
+	fmt.Println("| server | xDS | clients | services × endpoints | resume (all reconnect at once, saying what they hold): wall | CPU |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, r := range runs {
+		if res := results[r]; res.resumeWall > 0 {
+			fmt.Printf("| %s | %s | %d | %d × %d | %s | %s |\n", r.impl, r.flavour, r.clients, r.services, r.per, dur(res.resumeWall), dur(res.resumeCPU))
+		}
+	}
 }
 
 type run struct {
@@ -130,6 +142,11 @@ type result struct {
 	changeCPU         time.Duration
 	bytesPerChange    float64
 	heap, rss         uint64
+	// Delta against Holdfast: every client closes its stream and opens another saying what it
+	// holds, at once (a control plane restart seen from the clients); timed until all are
+	// answered for every type. go-control-plane sends nothing to an up-to-date named
+	// subscription, so the baseline cannot be timed this way.
+	resumeWall, resumeCPU time.Duration
 }
 
 func (r run) do() (result, error) {
@@ -281,8 +298,32 @@ func (r run) do() (result, error) {
 	if err != nil {
 		return res, err
 	}
-	_, err = fmt.Sscanf(l, "heap %d", &res.heap)
-	return res, err
+	if _, err = fmt.Sscanf(l, "heap %d", &res.heap); err != nil {
+		return res, err
+	}
+	if r.flavour == "delta" && r.impl == "holdfast" {
+		if err := cpuProfile("resume"); err != nil {
+			return res, err
+		}
+		cpu2, t2 := procCPU(pid), time.Now()
+		var resumed []<-chan struct{}
+		for _, c := range clients {
+			resumed = append(resumed, c.resume())
+		}
+		limit := time.After(5 * time.Minute)
+		for _, done := range resumed {
+			select {
+			case <-done:
+			case <-limit:
+				return res, errors.New("resumed streams not all answered within 5m")
+			}
+		}
+		res.resumeWall, res.resumeCPU = time.Since(t2), procCPU(pid)-cpu2
+		if err := cpuProfile("stop"); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
 }
 
 var clkTck = 100 * time.Millisecond / 10 // 100 ticks per second (USER_HZ on Linux)
