@@ -12,8 +12,15 @@ import (
 )
 
 // fieldRequestNames is DiscoveryRequest.resource_names and
-// DeltaDiscoveryRequest.resource_names_subscribe.
-const fieldRequestNames = 3
+// DeltaDiscoveryRequest.resource_names_subscribe; fieldInitialVersions is
+// DeltaDiscoveryRequest.initial_resource_versions, a map<string, string>.
+const (
+	fieldRequestNames    = 3
+	fieldInitialVersions = 5
+)
+
+// nameVersion is one entry of a Delta request's initial_resource_versions.
+type nameVersion struct{ name, version string }
 
 var errInvalidUTF8 = errors.New("proto: resource names: invalid UTF-8")
 
@@ -67,16 +74,24 @@ func newPreviousNames() *previousNames {
 // deltaRequest is what an incremental stream receives a request into (see wireCodec): the
 // request, and where the names it subscribes to are likely to be found.
 type deltaRequest struct {
-	req    *discoveryv3.DeltaDiscoveryRequest
-	known  func(typeURL string) *typeIndex
-	failed error // as sotwRequest's
+	req   *discoveryv3.DeltaDiscoveryRequest
+	known func(typeURL string) *typeIndex
+	// initial is the request's initial_resource_versions in the order sent (a later entry for
+	// a name wins, as in the map), decoded here rather than into req's map.
+	initial []nameVersion
+	failed  error // as sotwRequest's
 }
 
 // unmarshalDeltaDiscoveryRequest decodes an incremental request like proto.Unmarshal, except
 // that the names it subscribes to are decoded as unmarshalDiscoveryRequest decodes a SotW
-// request's: an Envoy's first EDS request subscribes to every cluster it was sent.
+// request's (an Envoy's first EDS request subscribes to every cluster it was sent), and its
+// initial_resource_versions go to r.initial, names and versions resolved against the index the
+// same way: every Envoy that reconnects after a control plane restart says what it holds, a
+// thousand entries per type, nearly all of them exactly the index's.
 func unmarshalDeltaDiscoveryRequest(b []byte, r *deltaRequest) error {
-	_, err := decodeRequest(b, r.req, func(names []string) { r.req.ResourceNamesSubscribe = names }, r.known, nil)
+	r.initial = nil
+	_, err := decodeRequest(b, r.req, func(names []string) { r.req.ResourceNamesSubscribe = names },
+		func(vs []nameVersion) { r.initial = vs }, r.known, nil)
 	return err
 }
 
@@ -88,7 +103,7 @@ func unmarshalDeltaDiscoveryRequest(b []byte, r *deltaRequest) error {
 // (no copy), and the others share one allocation. Every other field goes through
 // proto.Unmarshal.
 func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
-	repeated, err := decodeRequest(b, r.req, func(names []string) { r.req.ResourceNames = names }, r.known, r.previous)
+	repeated, err := decodeRequest(b, r.req, func(names []string) { r.req.ResourceNames = names }, nil, r.known, r.previous)
 	r.repeated = repeated
 	return err
 }
@@ -96,13 +111,15 @@ func unmarshalDiscoveryRequest(b []byte, r *sotwRequest) error {
 // decodeRequest decodes b into req like proto.Unmarshal, except for field 3, the resource
 // names: they are looked up in known's index for req's type, and handed to setNames. With
 // previous, a list equal to the stream's previous one of req's type is not decoded at all
-// (repeated; setNames is not called).
-func decodeRequest(b []byte, req namedRequest, setNames func([]string), known func(typeURL string) *typeIndex, previous *previousNames) (repeated bool, err error) {
+// (repeated; setNames is not called). With setVersions, field 5 is a Delta request's
+// initial_resource_versions, decoded the same way and handed to setVersions.
+func decodeRequest(b []byte, req namedRequest, setNames func([]string), setVersions func([]nameVersion),
+	known func(typeURL string) *typeIndex, previous *previousNames) (repeated bool, err error) {
 	// One scan finds the names' runs of fields and everything else's. Malformed input goes to
 	// proto, which says how it is malformed.
-	var namesBuf, othersBuf [4]span
-	runs, others := namesBuf[:0], othersBuf[:0]
-	d := namesDigest{}
+	var namesBuf, othersBuf, versionsBuf [4]span
+	runs, others, vruns := namesBuf[:0], othersBuf[:0], versionsBuf[:0]
+	d, vcount := namesDigest{}, 0
 	for at := 0; at < len(b); {
 		num, typ, n := protowire.ConsumeTag(b[at:])
 		if n < 0 {
@@ -116,12 +133,15 @@ func decodeRequest(b []byte, req namedRequest, setNames func([]string), known fu
 			d.count++
 			d.size += n + m
 			runs = extend(runs, at, at+n+m)
+		} else if setVersions != nil && num == fieldInitialVersions && typ == protowire.BytesType {
+			vcount++
+			vruns = extend(vruns, at, at+n+m)
 		} else {
 			others = extend(others, at, at+n+m)
 		}
 		at += n + m
 	}
-	if d.count == 0 {
+	if d.count == 0 && vcount == 0 {
 		if err := proto.Unmarshal(b, req); err != nil {
 			return false, err
 		}
@@ -134,7 +154,7 @@ func decodeRequest(b []byte, req namedRequest, setNames func([]string), known fu
 	case 1:
 		rest = b[others[0].from:others[0].to] // proto.Unmarshal keeps nothing of its input
 	default:
-		rest = make([]byte, 0, len(b)-d.size)
+		rest = make([]byte, 0, len(b))
 		for _, o := range others {
 			rest = append(rest, b[o.from:o.to]...)
 		}
@@ -159,6 +179,17 @@ func decodeRequest(b []byte, req namedRequest, setNames func([]string), known fu
 	var idx *typeIndex
 	if known != nil {
 		idx = known(req.GetTypeUrl())
+	}
+	if vcount > 0 {
+		vs, err := decodeVersions(b, vruns, vcount, idx)
+		if err != nil {
+			return false, err
+		}
+		setVersions(vs)
+	}
+	if d.count == 0 {
+		previous.remember(req.GetTypeUrl(), d)
+		return false, nil
 	}
 	names := make([]string, 0, d.count)
 	type miss struct {
@@ -211,6 +242,64 @@ func decodeRequest(b []byte, req namedRequest, setNames func([]string), known fu
 	previous.remember(req.GetTypeUrl(), d)
 	return false, nil
 }
+
+// decodeVersions decodes the map entries in runs (key 1, value 2, both strings; other fields
+// skipped, as proto does), resolving each name and version to the index resource's own strings
+// when they are equal.
+func decodeVersions(b []byte, runs []span, count int, idx *typeIndex) ([]nameVersion, error) {
+	out := make([]nameVersion, 0, count)
+	next := 0
+	for _, run := range runs {
+		for p := b[run.from:run.to]; len(p) > 0; {
+			_, _, n := protowire.ConsumeTag(p)
+			entry, m := protowire.ConsumeBytes(p[n:])
+			p = p[n+m:]
+			var k, v []byte
+			for len(entry) > 0 {
+				num, typ, n := protowire.ConsumeTag(entry)
+				if n < 0 || num > protowire.MaxValidNumber {
+					return nil, errMalformedEntry
+				}
+				m := protowire.ConsumeFieldValue(num, typ, entry[n:])
+				if m < 0 {
+					return nil, errMalformedEntry
+				}
+				if typ == protowire.BytesType && (num == 1 || num == 2) {
+					val, _ := protowire.ConsumeBytes(entry[n:])
+					if !utf8.Valid(val) {
+						return nil, errInvalidUTF8
+					}
+					if num == 1 {
+						k = val
+					} else {
+						v = val
+					}
+				}
+				entry = entry[n+m:]
+			}
+			var r *Resource
+			if idx != nil {
+				if next < len(idx.list) && idx.list[next].Name == string(k) {
+					r = idx.list[next]
+					next++
+				} else {
+					r = idx.byName[string(k)]
+				}
+			}
+			switch {
+			case r != nil && r.Version == string(v):
+				out = append(out, nameVersion{r.Name, r.Version})
+			case r != nil:
+				out = append(out, nameVersion{r.Name, string(v)})
+			default:
+				out = append(out, nameVersion{string(k), string(v)})
+			}
+		}
+	}
+	return out, nil
+}
+
+var errMalformedEntry = errors.New("proto: initial_resource_versions: malformed entry")
 
 // remember records d as the names of the stream's latest request of type typ.
 func (p *previousNames) remember(typ string, d namesDigest) {

@@ -31,13 +31,17 @@ func FuzzUnmarshalDiscoveryRequest(f *testing.F) {
 		}
 		f.Add(b)
 	}
-	f.Add([]byte{0x1a, 0x02, 0xff, 0xfe})      // names field with invalid UTF-8
-	f.Add([]byte{0x1a, 0x05, 'a'})             // truncated
-	f.Add([]byte{0x18, 0x01, 0x1a, 0x01, 'z'}) // field 3 as a varint, then as bytes
-	f.Add([]byte{0x12, 0x03, 0x0a, 0x01, 'n'}) // node
+	f.Add([]byte{0x1a, 0x02, 0xff, 0xfe})                                   // names field with invalid UTF-8
+	f.Add([]byte{0x1a, 0x05, 'a'})                                          // truncated
+	f.Add([]byte{0x18, 0x01, 0x1a, 0x01, 'z'})                              // field 3 as a varint, then as bytes
+	f.Add([]byte{0x12, 0x03, 0x0a, 0x01, 'n'})                              // node
+	f.Add([]byte{0x2a, 0x06, 0x0a, 0x01, 'a', 0x0a, 0x01, 'b'})             // map entry: key twice
+	f.Add([]byte{0x2a, 0x04, 0x08, 0x01, 0x12, 0x00, 0x2a, 0x00})           // map entry: key as a varint; an empty entry
+	f.Add([]byte{0x2a, 0x03, 0x0a, 0x01, 'a', 0x2a, 0x03, 0x12, 0x01, 'z'}) // same key ("a", then "") twice
 	for _, req := range []*discoveryv3.DeltaDiscoveryRequest{
 		{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a", "zz", "new"}, ResourceNamesUnsubscribe: []string{"x"},
 			InitialResourceVersions: map[string]string{"a": "1"}, ResponseNonce: "2"},
+		{TypeUrl: resourcev3.ClusterType, InitialResourceVersions: map[string]string{"a": "1", "bb": "2", "gone": "3", "": ""}},
 	} {
 		b, err := proto.Marshal(req)
 		if err != nil {
@@ -89,7 +93,19 @@ func FuzzUnmarshalDiscoveryRequest(f *testing.F) {
 				t.Fatalf("delta: proto: %v; ours: %v", wantErr, gotErr)
 			}
 			clear(in)
-			if wantErr == nil && !proto.Equal(&wantDelta, r.req) {
+			if wantErr != nil {
+				continue
+			}
+			if len(r.req.InitialResourceVersions) > 0 {
+				t.Fatalf("delta: initial_resource_versions decoded into the map: %v", r.req.InitialResourceVersions)
+			}
+			for _, nv := range r.initial { // in order: a later entry for a name wins, as in proto's map
+				if r.req.InitialResourceVersions == nil {
+					r.req.InitialResourceVersions = map[string]string{}
+				}
+				r.req.InitialResourceVersions[nv.name] = nv.version
+			}
+			if !proto.Equal(&wantDelta, r.req) {
 				t.Fatalf("delta: decoded differently:\nproto %v\nours  %v", &wantDelta, r.req)
 			}
 		}

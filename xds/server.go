@@ -264,13 +264,13 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	if err != nil {
 		return err
 	}
-	recv := func() (*discoveryv3.DeltaDiscoveryRequest, error) {
+	recv := func() (*deltaRequest, error) {
 		r := &deltaRequest{req: new(discoveryv3.DeltaDiscoveryRequest), known: st.knownIndex}
 		if err := gs.RecvMsg(r); err != nil {
 			s.recvFailed(st, r.failed, err)
 			return nil, err
 		}
-		return r.req, nil
+		return r, nil
 	}
 	err = serve(gs.Context(), s, st, recv, sendWire(gs), st.onDeltaRequest, st.pushDelta)
 	s.close(st, err)

@@ -11,7 +11,6 @@ import (
 	"weak"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -509,10 +508,12 @@ func setVersion(h uint64) string { return fmt.Sprintf("%016x", h) }
 // onDeltaRequest applies an incremental request's subscription changes. The first request of
 // a type says which versions the client already has (after a reconnect), so that nothing it
 // has is sent again.
-func (st *stream) onDeltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
+func (st *stream) onDeltaRequest(r *deltaRequest) error {
+	req := r.req
 	return st.onRequest(req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), func(ts *typeState, first bool) {
 		if first {
-			for n, v := range req.GetInitialResourceVersions() {
+			ts.sent.setVersions(st.indexLocked(req.GetTypeUrl(), ts), r.initial)
+			for n, v := range req.GetInitialResourceVersions() { // decoded by proto (not by wireCodec)
 				ts.sent.set(st.canonicalLocked(req.GetTypeUrl(), n), v)
 			}
 			if len(req.GetResourceNamesSubscribe()) == 0 {
@@ -589,7 +590,7 @@ func (ts *typeState) deltaDiffLocked(idx *typeIndex) (out []*Resource, removed [
 		}
 		var out []*Resource
 		for _, r := range rs {
-			if v, told := ts.sent.get(r.Name); !told || v != r.Version {
+			if ts.sent.lacks(r) {
 				out = append(out, r)
 			}
 		}
@@ -610,10 +611,13 @@ func (ts *typeState) deltaDiffLocked(idx *typeIndex) (out []*Resource, removed [
 	if fresh {
 		return out, removed
 	}
-	for n, v := range ts.sent.all() {
-		if _, exists := idx.byName[n]; exists || v == "" {
-			continue
+	var gone []string // sent, and idx does not have them (any more)
+	ts.sent.eachOutside(idx, func(n, v string) {
+		if v != "" {
+			gone = append(gone, n)
 		}
+	})
+	for _, n := range gone {
 		explicit := ts.names.has(n)
 		if !explicit && !ts.wildcard {
 			continue

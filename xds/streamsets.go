@@ -111,6 +111,78 @@ func (s *sentSet) setMany(idx *typeIndex, rs []*Resource) {
 	}
 }
 
+// setVersions sets each name's version in order (a later one for a name wins), as set does one
+// by one. An empty set that ends up holding most of idx at idx's versions is built on idx
+// directly: this is a reconnecting Envoy's initial_resource_versions.
+func (s *sentSet) setVersions(idx *typeIndex, vs []nameVersion) {
+	if s.empty() && idx != nil && len(vs)*2 >= len(idx.list) && len(idx.list) > 0 {
+		// Entries come in any order (a map on the client): looked up by name, and the index's
+		// resources held at its version kept by identity.
+		held := make(map[*Resource]struct{}, len(vs))
+		over := map[string]string{}
+		for _, nv := range vs {
+			if r, ok := idx.byName[nv.name]; ok && r.Version == nv.version {
+				held[r] = struct{}{}
+				delete(over, nv.name)
+			} else {
+				if ok {
+					delete(held, r)
+				}
+				over[nv.name] = nv.version
+			}
+		}
+		if len(held) < len(idx.list) {
+			for _, r := range idx.list {
+				if _, h := held[r]; !h {
+					if _, o := over[r.Name]; !o {
+						over[r.Name] = notHeld
+					}
+				}
+			}
+		}
+		if len(over)*2 < len(vs) {
+			s.base, s.over = idx, over
+			return
+		}
+	}
+	for _, nv := range vs {
+		s.set(nv.name, nv.version)
+	}
+}
+
+// lacks says whether the client was not sent r's version of r: it does not hold it, or holds
+// another version.
+func (s *sentSet) lacks(r *Resource) bool {
+	if v, ok := s.over[r.Name]; ok {
+		return v != r.Version
+	}
+	if s.base == nil {
+		return true
+	}
+	b, ok := s.base.byName[r.Name]
+	return !ok || b.Version != r.Version
+}
+
+// eachOutside calls f with every entry whose name idx has no resource of.
+func (s *sentSet) eachOutside(idx *typeIndex, f func(name, version string)) {
+	for n, v := range s.over {
+		if _, in := idx.byName[n]; !in && v != notHeld {
+			f(n, v)
+		}
+	}
+	if s.base == nil || s.base == idx {
+		return // every name of the base is in idx
+	}
+	for _, r := range s.base.list {
+		if _, in := idx.byName[r.Name]; in {
+			continue
+		}
+		if _, o := s.over[r.Name]; !o {
+			f(r.Name, r.Version)
+		}
+	}
+}
+
 // positionFrom is where name is in idx.list, looked for at hint first: callers walking names in
 // the index's order find each at the place after the last in O(1).
 func (idx *typeIndex) positionFrom(hint int, name string) (int, bool) {

@@ -44,6 +44,63 @@ func streamSetsMatch(t *testing.T, seed uint64) {
 	var names nameSet
 	wantSent, wantNames := map[string]string{}, map[string]bool{}
 	compact := 0
+	// views checks what the sets say about idx, which need not be their base (a push compares
+	// them with the new index before rebasing on it).
+	views := func(step int, what string) {
+		t.Helper()
+		var sorted []string
+		for n, in := range wantNames {
+			if in {
+				sorted = append(sorted, n)
+			}
+		}
+		slices.Sort(sorted)
+		for _, r := range idx.list {
+			v, ok := wantSent[r.Name]
+			if want := !ok || v != r.Version; sent.lacks(r) != want {
+				t.Fatalf("step %d (%s): sent.lacks(%s@%s) = %v, want %v", step, what, r.Name, r.Version, !want, want)
+			}
+		}
+		outside := map[string]string{}
+		sent.eachOutside(idx, func(n, v string) { outside[n] = v })
+		wantOutside := map[string]string{}
+		for n, v := range wantSent {
+			if _, in := idx.byName[n]; !in {
+				wantOutside[n] = v
+			}
+		}
+		if !maps.Equal(outside, wantOutside) {
+			t.Fatalf("step %d (%s): sent.eachOutside(idx) = %v, want %v", step, what, outside, wantOutside)
+		}
+		var inIdx []string
+		var xor uint64
+		for _, n := range sorted {
+			if r, ok := idx.byName[n]; ok {
+				inIdx = append(inIdx, n)
+				xor ^= r.hash
+			}
+		}
+		rs, gotXor := names.in(idx)
+		got := make([]string, len(rs))
+		for i, r := range rs {
+			got[i] = r.Name
+			if idx.byName[r.Name] != r {
+				t.Fatalf("step %d (%s): names.in gave a resource not idx's: %s", step, what, r.Name)
+			}
+		}
+		if !slices.Equal(got, inIdx) || gotXor != xor {
+			t.Fatalf("step %d (%s): names.in(idx) = %v (xor %x), want %v (xor %x)", step, what, got, gotXor, inIdx, xor)
+		}
+		var notInIdx []string
+		for _, n := range sorted {
+			if _, ok := idx.byName[n]; !ok {
+				notInIdx = append(notInIdx, n)
+			}
+		}
+		if got := names.outside(idx); !slices.Equal(got, notInIdx) {
+			t.Fatalf("step %d (%s): names.outside(idx) = %v, want %v", step, what, got, notInIdx)
+		}
+	}
 	check := func(step int, what string) {
 		t.Helper()
 		for i := range universe + 2 {
@@ -75,39 +132,12 @@ func streamSetsMatch(t *testing.T, seed uint64) {
 		if names.len() != len(sorted) {
 			t.Fatalf("step %d (%s): names.len() = %d, want %d", step, what, names.len(), len(sorted))
 		}
-		var inIdx []string
-		var xor uint64
-		for _, n := range sorted {
-			if r, ok := idx.byName[n]; ok {
-				inIdx = append(inIdx, n)
-				xor ^= r.hash
-			}
-		}
-		rs, gotXor := names.in(idx)
-		got := make([]string, len(rs))
-		for i, r := range rs {
-			got[i] = r.Name
-			if idx.byName[r.Name] != r {
-				t.Fatalf("step %d (%s): names.in gave a resource not idx's: %s", step, what, r.Name)
-			}
-		}
-		if !slices.Equal(got, inIdx) || gotXor != xor {
-			t.Fatalf("step %d (%s): names.in(idx) = %v (xor %x), want %v (xor %x)", step, what, got, gotXor, inIdx, xor)
-		}
-		var notInIdx []string
-		for _, n := range sorted {
-			if _, ok := idx.byName[n]; !ok {
-				notInIdx = append(notInIdx, n)
-			}
-		}
-		if got := names.outside(idx); !slices.Equal(got, notInIdx) {
-			t.Fatalf("step %d (%s): names.outside(idx) = %v, want %v", step, what, got, notInIdx)
-		}
+		views(step, what)
 	}
 	for step := range 400 {
 		n := name(rng.IntN(universe + 2))
 		var what string
-		switch op := rng.IntN(12); op {
+		switch op := rng.IntN(13); op {
 		case 0, 1:
 			what = "set to the index's version"
 			if r, ok := idx.byName[n]; ok {
@@ -184,6 +214,37 @@ func streamSetsMatch(t *testing.T, seed uint64) {
 			if sent.base == idx {
 				compact++
 			}
+		case 12:
+			// A reconnecting client says what it holds (Delta's initial_resource_versions): the
+			// stream starts over from those, in order, a later entry for a name winning.
+			what = "initial versions"
+			var vs []nameVersion
+			for _, r := range idx.list {
+				switch rng.IntN(10) {
+				case 0:
+				case 1:
+					vs = append(vs, nameVersion{r.Name, "old"})
+				case 2:
+					vs = append(vs, nameVersion{r.Name, "old"}, nameVersion{r.Name, r.Version}) // repeated
+				default:
+					vs = append(vs, nameVersion{r.Name, r.Version})
+				}
+			}
+			if rng.IntN(3) == 0 {
+				vs = append(vs, nameVersion{name(universe + 1), "y"}) // outside the index
+			}
+			if rng.IntN(4) == 0 {
+				rng.Shuffle(len(vs), func(i, j int) { vs[i], vs[j] = vs[j], vs[i] })
+			}
+			sent = sentSet{}
+			clear(wantSent)
+			sent.setVersions(idx, vs)
+			for _, nv := range vs {
+				wantSent[nv.name] = nv.version
+			}
+			if sent.base == idx {
+				compact++
+			}
 		case 9:
 			// A publish: a few resources change, appear or go; the stream is rebased on the
 			// new index, linked to the old one or (a skipped publish) not.
@@ -203,6 +264,7 @@ func streamSetsMatch(t *testing.T, seed uint64) {
 			keep = append(keep, idx)
 			idx = next
 			what = fmt.Sprintf("rebase (linked %v)", linked)
+			views(step, "before "+what)
 			sent.rebase(idx)
 			names.rebase(idx)
 			if sent.base != nil && names.base != nil {
