@@ -412,6 +412,23 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	if r == nil || len((*r).Resources) != 0 || len((*r).RemovedResources) != 1 {
 		t.Fatalf("reconnect with known versions: want only b's removal, got %v", r)
 	}
+
+	// One that holds another version of a cluster is sent that cluster again.
+	stale := testTranslator.Naming.Resource(a.Key, 80)
+	versions[stale] = "stale"
+	ctx3, cancel3 := context.WithCancel(context.Background())
+	defer cancel3()
+	st3, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st3.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType, InitialResourceVersions: versions}); err != nil {
+		t.Fatal(err)
+	}
+	r = recvWithin(t, responses(st3.Recv), 5*time.Second)
+	if r == nil || len((*r).Resources) != 1 || (*r).Resources[0].Name != stale || len((*r).RemovedResources) != 1 {
+		t.Fatalf("reconnect with a stale version: want %s again and b's removal, got %v", stale, r)
+	}
 }
 
 // The push latency runs from the Kubernetes event behind a change (its ObservedAt) to the
