@@ -30,6 +30,14 @@ type namedRequest interface {
 	GetTypeUrl() string
 }
 
+// wireRequest is what a stream receives a request into: wireCodec hands it the request's
+// bytes, which must not be kept.
+type wireRequest interface {
+	decode(b []byte) error
+	// decodeErr is why decode failed (nil: it did not, or was not called).
+	decodeErr() error
+}
+
 // sotwRequest is what a state-of-the-world stream receives a request into (see wireCodec): the
 // request, where its resource names are likely to be found, and what the stream's previous
 // requests named.
@@ -46,9 +54,15 @@ type sotwRequest struct {
 	// client repeats its whole list in every ACK, and every request is applied in order, so the
 	// stream holds that list already.
 	repeated bool
-	// failed is why the request could not be decoded (set by wireCodec; nil: it was).
-	failed error
+	failed   error // see wireRequest.decodeErr
 }
+
+func (r *sotwRequest) decode(b []byte) error {
+	r.failed = unmarshalDiscoveryRequest(b, r)
+	return r.failed
+}
+
+func (r *sotwRequest) decodeErr() error { return r.failed }
 
 // previousNames remembers the names of a stream's latest request of each type as a digest:
 // 24 bytes a type, where keeping the names themselves would take a stream 16 bytes a name.
@@ -79,8 +93,15 @@ type deltaRequest struct {
 	// initial is the request's initial_resource_versions in the order sent (a later entry for
 	// a name wins, as in the map), decoded here rather than into req's map.
 	initial []nameVersion
-	failed  error // as sotwRequest's
+	failed  error // see wireRequest.decodeErr
 }
+
+func (r *deltaRequest) decode(b []byte) error {
+	r.failed = unmarshalDeltaDiscoveryRequest(b, r)
+	return r.failed
+}
+
+func (r *deltaRequest) decodeErr() error { return r.failed }
 
 // unmarshalDeltaDiscoveryRequest decodes an incremental request like proto.Unmarshal, except
 // that the names it subscribes to are decoded as unmarshalDiscoveryRequest decodes a SotW
@@ -198,23 +219,14 @@ func decodeRequest(b []byte, req namedRequest, setNames func([]string), setVersi
 	}
 	var misses []miss
 	missLen, next := 0, 0
-	valid := true
-	eachName(b, runs, func(v []byte) {
-		if idx != nil {
-			// Clients usually list names in the index's order: the one after the last is
-			// checked first, then the map. Neither comparison copies v.
-			if next < len(idx.list) && idx.list[next].Name == string(v) {
-				names = append(names, idx.list[next].Name)
-				next++
-				return
-			}
-			if r, ok := idx.byName[string(v)]; ok {
-				names = append(names, r.Name)
-				return
-			}
+	err = eachValue(b, runs, func(v []byte) error {
+		var r *Resource
+		if r, next = idx.lookup(next, v); r != nil {
+			names = append(names, r.Name)
+			return nil
 		}
 		if !utf8.Valid(v) {
-			valid = false
+			return errInvalidUTF8
 		}
 		if misses == nil {
 			misses = make([]miss, 0, d.count-len(names))
@@ -222,9 +234,10 @@ func decodeRequest(b []byte, req namedRequest, setNames func([]string), setVersi
 		misses = append(misses, miss{len(names), v})
 		missLen += len(v)
 		names = append(names, "")
+		return nil
 	})
-	if !valid {
-		return false, errInvalidUTF8
+	if err != nil {
+		return false, err
 	}
 	if len(misses) > 0 {
 		var all strings.Builder
@@ -249,54 +262,55 @@ func decodeRequest(b []byte, req namedRequest, setNames func([]string), setVersi
 func decodeVersions(b []byte, runs []span, count int, idx *typeIndex) ([]nameVersion, error) {
 	out := make([]nameVersion, 0, count)
 	next := 0
-	for _, run := range runs {
-		for p := b[run.from:run.to]; len(p) > 0; {
-			_, _, n := protowire.ConsumeTag(p)
-			entry, m := protowire.ConsumeBytes(p[n:])
-			p = p[n+m:]
-			var k, v []byte
-			for len(entry) > 0 {
-				num, typ, n := protowire.ConsumeTag(entry)
-				if n < 0 || num > protowire.MaxValidNumber {
-					return nil, errMalformedEntry
-				}
-				m := protowire.ConsumeFieldValue(num, typ, entry[n:])
-				if m < 0 {
-					return nil, errMalformedEntry
-				}
-				if typ == protowire.BytesType && (num == 1 || num == 2) {
-					val, _ := protowire.ConsumeBytes(entry[n:])
-					if !utf8.Valid(val) {
-						return nil, errInvalidUTF8
-					}
-					if num == 1 {
-						k = val
-					} else {
-						v = val
-					}
-				}
-				entry = entry[n+m:]
+	err := eachValue(b, runs, func(entry []byte) error {
+		var k, v []byte
+		for len(entry) > 0 {
+			num, typ, n := protowire.ConsumeTag(entry)
+			if n < 0 || num > protowire.MaxValidNumber {
+				return errMalformedEntry
 			}
-			var r *Resource
-			if idx != nil {
-				if next < len(idx.list) && idx.list[next].Name == string(k) {
-					r = idx.list[next]
-					next++
+			m := protowire.ConsumeFieldValue(num, typ, entry[n:])
+			if m < 0 {
+				return errMalformedEntry
+			}
+			if typ == protowire.BytesType && (num == 1 || num == 2) {
+				val, _ := protowire.ConsumeBytes(entry[n:])
+				if !utf8.Valid(val) {
+					return errInvalidUTF8
+				}
+				if num == 1 {
+					k = val
 				} else {
-					r = idx.byName[string(k)]
+					v = val
 				}
 			}
-			switch {
-			case r != nil && r.Version == string(v):
-				out = append(out, nameVersion{r.Name, r.Version})
-			case r != nil:
-				out = append(out, nameVersion{r.Name, string(v)})
-			default:
-				out = append(out, nameVersion{string(k), string(v)})
-			}
+			entry = entry[n+m:]
 		}
+		var r *Resource
+		switch r, next = idx.lookup(next, k); {
+		case r != nil && r.Version == string(v):
+			out = append(out, nameVersion{r.Name, r.Version})
+		case r != nil:
+			out = append(out, nameVersion{r.Name, string(v)})
+		default:
+			out = append(out, nameVersion{string(k), string(v)})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// lookup returns idx's resource named name (nil: none; idx may be nil) without copying name,
+// and where to look first for the next name: clients usually list names in the index's order,
+// so the place after the last is tried before the map.
+func (idx *typeIndex) lookup(hint int, name []byte) (*Resource, int) {
+	if idx == nil {
+		return nil, hint
 	}
-	return out, nil
+	if hint < len(idx.list) && idx.list[hint].Name == string(name) {
+		return idx.list[hint], hint + 1
+	}
+	return idx.byName[string(name)], hint
 }
 
 var errMalformedEntry = errors.New("proto: initial_resource_versions: malformed entry")
@@ -323,15 +337,18 @@ func extend(spans []span, from, to int) []span {
 	return append(spans, span{from, to})
 }
 
-// eachName calls f with the value of every field in runs, spans of b holding well-formed
-// length-delimited fields only.
-func eachName(b []byte, runs []span, f func(v []byte)) {
+// eachValue calls f with the value of every field in runs, spans of b holding well-formed
+// length-delimited fields only, until f returns an error.
+func eachValue(b []byte, runs []span, f func(v []byte) error) error {
 	for _, run := range runs {
 		for p := b[run.from:run.to]; len(p) > 0; {
 			_, _, n := protowire.ConsumeTag(p)
 			v, m := protowire.ConsumeBytes(p[n:])
-			f(v)
+			if err := f(v); err != nil {
+				return err
+			}
 			p = p[n+m:]
 		}
 	}
+	return nil
 }

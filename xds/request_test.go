@@ -155,8 +155,9 @@ func TestRequestNamesRepeated(t *testing.T) {
 	}
 }
 
-// Through the server's codec, a request's names arrive intact.
-func TestWireCodecDecodesRequests(t *testing.T) {
+// Through the server's codec, a message that is not a stream's request (here a bare
+// DiscoveryRequest) decodes as with gRPC's proto codec.
+func TestWireCodecDecodesOtherMessages(t *testing.T) {
 	req := &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: "v", ResourceNames: []string{"one", "two", "three"}}
 	b, err := proto.Marshal(req)
 	if err != nil {

@@ -245,14 +245,9 @@ func (s *Server) StreamAggregatedResources(gs discoveryv3.AggregatedDiscoverySer
 		return err
 	}
 	previous := newPreviousNames()
-	recv := func() (*sotwRequest, error) {
-		r := &sotwRequest{req: new(discoveryv3.DiscoveryRequest), known: st.knownIndex, previous: previous}
-		if err := gs.RecvMsg(r); err != nil {
-			s.recvFailed(st, r.failed, err)
-			return nil, err
-		}
-		return r, nil
-	}
+	recv := recvWire(s, st, gs, func() *sotwRequest {
+		return &sotwRequest{req: new(discoveryv3.DiscoveryRequest), known: st.knownIndex, previous: previous}
+	})
 	err = serve(gs.Context(), s, st, recv, sendWire(gs), st.onSotwRequest, st.pushSotw)
 	s.close(st, err)
 	return err
@@ -264,28 +259,30 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	if err != nil {
 		return err
 	}
-	recv := func() (*deltaRequest, error) {
-		r := &deltaRequest{req: new(discoveryv3.DeltaDiscoveryRequest), known: st.knownIndex}
-		if err := gs.RecvMsg(r); err != nil {
-			s.recvFailed(st, r.failed, err)
-			return nil, err
-		}
-		return r, nil
-	}
+	recv := recvWire(s, st, gs, func() *deltaRequest {
+		return &deltaRequest{req: new(discoveryv3.DeltaDiscoveryRequest), known: st.knownIndex}
+	})
 	err = serve(gs.Context(), s, st, recv, sendWire(gs), st.onDeltaRequest, st.pushDelta)
 	s.close(st, err)
 	return err
 }
 
-// recvFailed counts and logs a request that ended a stream because Holdfast could not use it:
-// one that did not decode (decodeErr), or one over gRPC's size limit. Other receive errors (the
-// client went away) are not the client's input.
-func (s *Server) recvFailed(st *stream, decodeErr, err error) {
-	switch {
-	case decodeErr != nil:
-		s.badRequest(st, "malformed", decodeErr)
-	case status.Code(err) == codes.ResourceExhausted:
-		s.badRequest(st, "too_large", err)
+// recvWire receives requests into what next makes (see wireCodec). A request that ends the
+// stream because Holdfast cannot use it — one that does not decode, or one over gRPC's size
+// limit — is counted and logged; other receive errors (the client went away) are not the
+// client's input.
+func recvWire[R wireRequest](s *Server, st *stream, gs grpc.ServerStream, next func() R) func() (R, error) {
+	return func() (R, error) {
+		r := next()
+		err := gs.RecvMsg(r)
+		switch {
+		case err == nil:
+		case r.decodeErr() != nil:
+			s.badRequest(st, "malformed", r.decodeErr())
+		case status.Code(err) == codes.ResourceExhausted:
+			s.badRequest(st, "too_large", err)
+		}
+		return r, err
 	}
 }
 

@@ -71,6 +71,26 @@ func testServerWith(t *testing.T, opts ServerOptions) (*Server, *grpc.ClientConn
 
 var grpcNode = &corev3.Node{Id: "n1", UserAgentName: "gRPC Go"}
 
+// sotwStream opens a state-of-the-world ADS stream on conn, closed when the test ends.
+func sotwStream(t *testing.T, conn *grpc.ClientConn) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// deltaStream opens an incremental ADS stream on conn, closed when the test ends.
+func deltaStream(t *testing.T, conn *grpc.ClientConn) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+	t.Helper()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // responses reads a stream's responses into a channel, from one goroutine.
 func responses[T any](recv func() (T, error)) <-chan T {
 	ch := make(chan T, 100)
@@ -115,12 +135,7 @@ func TestSotWNackIsNotResent(t *testing.T) {
 	srv, conn, publish := testServer(t)
 	a, b := twoServices()
 	publish(testView(a, b))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := sotwStream(t, conn)
 	in := responses(st.Recv)
 	name := testTranslator.Naming.Resource(a.Key, 80)
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.EndpointType, ResourceNames: []string{name}}); err != nil {
@@ -166,12 +181,7 @@ func TestSotWSubscriptionFollowsEveryRequest(t *testing.T) {
 	_, conn, publish := testServer(t)
 	a, b := twoServices()
 	publish(testView(a, b))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := sotwStream(t, conn)
 	in := responses(st.Recv)
 	na, nb := testTranslator.Naming.Resource(a.Key, 80), testTranslator.Naming.Resource(b.Key, 80)
 	nonce := map[string]string{}
@@ -318,12 +328,7 @@ func TestBadRequestsAreCountedAndLogged(t *testing.T) {
 		})
 	}
 	// A well-formed client is served all along.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := sotwStream(t, conn)
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.EndpointType, ResourceNames: []string{testTranslator.Naming.Resource(a.Key, 80)}}); err != nil {
 		t.Fatal(err)
 	}
@@ -365,12 +370,7 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	_, conn, publish := testServer(t)
 	a, b := twoServices()
 	publish(testView(a, b))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := deltaStream(t, conn)
 	in := responses(st.Recv)
 	envoy := &corev3.Node{Id: "e1", UserAgentName: "envoy"}
 	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType}); err != nil {
@@ -399,12 +399,7 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	}
 
 	// A new stream that says it has these versions is sent nothing it has.
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	defer cancel2()
-	st2, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st2 := deltaStream(t, conn)
 	if err := st2.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType, InitialResourceVersions: versions}); err != nil {
 		t.Fatal(err)
 	}
@@ -416,12 +411,7 @@ func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	// One that holds another version of a cluster is sent that cluster again.
 	stale := testTranslator.Naming.Resource(a.Key, 80)
 	versions[stale] = "stale"
-	ctx3, cancel3 := context.WithCancel(context.Background())
-	defer cancel3()
-	st3, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx3)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st3 := deltaStream(t, conn)
 	if err := st3.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType, InitialResourceVersions: versions}); err != nil {
 		t.Fatal(err)
 	}
@@ -437,12 +427,7 @@ func TestPushLatencyFromEventToAck(t *testing.T) {
 	srv, conn, publish := testServer(t)
 	a, b := twoServices()
 	publish(testView(a, b))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := sotwStream(t, conn)
 	in := responses(st.Recv)
 	name := testTranslator.Naming.Resource(a.Key, 80)
 	ack := func() {

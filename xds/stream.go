@@ -397,13 +397,8 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 		return nil
 	}
 	out := wanted
-	if !full && !ts.sent.empty() {
-		out = make([]*Resource, 0, len(wanted))
-		for _, r := range wanted {
-			if ts.sent.version(r.Name) != r.Version {
-				out = append(out, r)
-			}
-		}
+	if !full {
+		out = ts.sent.lacking(wanted)
 	}
 	ts.hold(full, idx, wanted, out)
 	return st.sotwSendLocked(typ, ts, idx, version, out, full, now)
@@ -475,7 +470,7 @@ func (st *stream) sotwChangedLocked(typ resourcev3.Type, ts *typeState, idx *typ
 			continue
 		}
 		ts.setHash ^= r.hash
-		if ts.sent.version(n) != r.Version {
+		if ts.sent.lacks(r) {
 			out = append(out, r)
 			ts.sent.set(n, r.Version)
 		}
@@ -513,9 +508,6 @@ func (st *stream) onDeltaRequest(r *deltaRequest) error {
 	return st.onRequest(req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail(), func(ts *typeState, first bool) {
 		if first {
 			ts.sent.setVersions(st.indexLocked(req.GetTypeUrl(), ts), r.initial)
-			for n, v := range req.GetInitialResourceVersions() { // decoded by proto (not by wireCodec)
-				ts.sent.set(st.canonicalLocked(req.GetTypeUrl(), n), v)
-			}
 			if len(req.GetResourceNamesSubscribe()) == 0 {
 				ts.wildcard = true // legacy wildcard
 			}
@@ -550,7 +542,7 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 				continue
 			}
 			if r, ok := idx.byName[n]; ok {
-				if v, told := ts.sent.get(n); !told || v != r.Version {
+				if ts.sent.lacks(r) {
 					out = append(out, r)
 				}
 				continue
@@ -583,24 +575,12 @@ func (st *stream) deltaResponseLocked(typ resourcev3.Type, ts *typeState, idx *t
 // deltaDiffLocked compares everything the client wants with what it was sent: what to send,
 // and what to tell it is gone (recorded as sent "").
 func (ts *typeState) deltaDiffLocked(idx *typeIndex) (out []*Resource, removed []string) {
-	fresh := ts.sent.empty() // a first push: everything wanted is new, nothing can be gone
-	lacking := func(rs []*Resource) []*Resource {
-		if fresh {
-			return rs
-		}
-		var out []*Resource
-		for _, r := range rs {
-			if ts.sent.lacks(r) {
-				out = append(out, r)
-			}
-		}
-		return out
-	}
+	fresh := ts.sent.empty() // a first push: nothing can be gone
 	if ts.wildcard {
-		out = lacking(idx.list[:len(idx.list):len(idx.list)])
+		out = ts.sent.lacking(idx.list[:len(idx.list):len(idx.list)])
 	} else {
 		rs, _ := ts.names.in(idx)
-		out = lacking(rs)
+		out = ts.sent.lacking(rs)
 	}
 	for _, n := range ts.names.outside(idx) {
 		if v, told := ts.sent.get(n); !told || v != "" {

@@ -46,12 +46,6 @@ func (s *sentSet) get(n string) (string, bool) {
 	return "", false
 }
 
-// version is get without the second result: "" when not held.
-func (s *sentSet) version(n string) string {
-	v, _ := s.get(n)
-	return v
-}
-
 func (s *sentSet) set(n, v string) {
 	if s.base != nil {
 		if r, ok := s.base.byName[n]; ok && r.Version == v {
@@ -81,7 +75,7 @@ func (s *sentSet) empty() bool { return s.base == nil && len(s.over) == 0 }
 // holding most of idx is built on idx directly, without a map entry per resource: this is every
 // client's first push.
 func (s *sentSet) setMany(idx *typeIndex, rs []*Resource) {
-	if s.empty() && len(rs)*2 >= len(idx.list) && len(idx.list) > 0 {
+	if s.mayBaseOn(idx, len(rs)) {
 		marks := make([]bool, len(idx.list))
 		over := map[string]string{}
 		next := 0 // rs usually follows idx.list's order
@@ -93,13 +87,7 @@ func (s *sentSet) setMany(idx *typeIndex, rs []*Resource) {
 				over[r.Name] = r.Version
 			}
 		}
-		for i, r := range idx.list {
-			if _, o := over[r.Name]; !marks[i] && !o {
-				over[r.Name] = notHeld
-			}
-		}
-		if len(over)*2 < len(rs) {
-			s.base, s.over = idx, over
+		if s.baseOn(idx, over, len(rs), func(i int, _ *Resource) bool { return marks[i] }) {
 			return
 		}
 	}
@@ -115,7 +103,7 @@ func (s *sentSet) setMany(idx *typeIndex, rs []*Resource) {
 // by one. An empty set that ends up holding most of idx at idx's versions is built on idx
 // directly: this is a reconnecting Envoy's initial_resource_versions.
 func (s *sentSet) setVersions(idx *typeIndex, vs []nameVersion) {
-	if s.empty() && idx != nil && len(vs)*2 >= len(idx.list) && len(idx.list) > 0 {
+	if s.mayBaseOn(idx, len(vs)) {
 		// Entries come in any order (a map on the client): looked up by name, and the index's
 		// resources held at its version kept by identity.
 		held := make(map[*Resource]struct{}, len(vs))
@@ -131,23 +119,41 @@ func (s *sentSet) setVersions(idx *typeIndex, vs []nameVersion) {
 				over[nv.name] = nv.version
 			}
 		}
-		if len(held) < len(idx.list) {
-			for _, r := range idx.list {
-				if _, h := held[r]; !h {
-					if _, o := over[r.Name]; !o {
-						over[r.Name] = notHeld
-					}
-				}
-			}
+		isHeld := func(_ int, r *Resource) bool { _, h := held[r]; return h }
+		if len(held) == len(idx.list) {
+			isHeld = nil // all of it: nothing to mark
 		}
-		if len(over)*2 < len(vs) {
-			s.base, s.over = idx, over
+		if s.baseOn(idx, over, len(vs), isHeld) {
 			return
 		}
 	}
 	for _, nv := range vs {
 		s.set(nv.name, nv.version)
 	}
+}
+
+// mayBaseOn says whether setting n entries on the set could leave it best kept on idx: it is
+// empty, and n is at least half of idx.
+func (s *sentSet) mayBaseOn(idx *typeIndex, n int) bool {
+	return s.empty() && idx != nil && len(idx.list) > 0 && n*2 >= len(idx.list)
+}
+
+// baseOn makes the (empty) set "idx plus over" if that is compact for the n entries set, and
+// says whether it did. Every resource of idx that held (nil: all are) says the client does not
+// hold at idx's version, and over does not mention, is marked not held.
+func (s *sentSet) baseOn(idx *typeIndex, over map[string]string, n int, held func(i int, r *Resource) bool) bool {
+	if held != nil {
+		for i, r := range idx.list {
+			if _, o := over[r.Name]; !o && !held(i, r) {
+				over[r.Name] = notHeld
+			}
+		}
+	}
+	if len(over)*2 >= n {
+		return false
+	}
+	s.base, s.over = idx, over
+	return true
 }
 
 // lacks says whether the client was not sent r's version of r: it does not hold it, or holds
@@ -161,6 +167,21 @@ func (s *sentSet) lacks(r *Resource) bool {
 	}
 	b, ok := s.base.byName[r.Name]
 	return !ok || b.Version != r.Version
+}
+
+// lacking returns the resources of rs the client lacks (see lacks): rs itself when the set is
+// empty, as on a first push.
+func (s *sentSet) lacking(rs []*Resource) []*Resource {
+	if s.empty() {
+		return rs
+	}
+	var out []*Resource
+	for _, r := range rs {
+		if s.lacks(r) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // eachOutside calls f with every entry whose name idx has no resource of.

@@ -3,7 +3,6 @@ package xds
 import (
 	"sync"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -34,13 +33,6 @@ const (
 // Resource), and wire[sotwAt:] is the same bytes' tail, the resource as one entry of a
 // DiscoveryResponse's resources (an Any): both messages number that field 2, and so does
 // Resource for its Any. value is copied in at the end, so wire[valueAt:] is the Any's value.
-// setWire keeps a resource's framed bytes (see frame) and returns valueAt.
-func (r *Resource) setWire(wire []byte, sotwAt, valueAt int) int {
-	r.wire, r.sotwAt = wire, sotwAt
-	r.deltaBuf, r.sotwBuf = mem.SliceBuffer(wire), mem.SliceBuffer(wire[sotwAt:])
-	return valueAt
-}
-
 func frame(name, version, typeURL string, value []byte) (wire []byte, sotwAt, valueAt int) {
 	anyLen := 1 + protowire.SizeBytes(len(typeURL)) + 1 + protowire.SizeBytes(len(value))
 	sotwLen := 1 + protowire.SizeBytes(anyLen)
@@ -90,6 +82,13 @@ func (w *wireResponse) head(version, typ, nonce string, removed []string) {
 		b = protowire.AppendString(b, r)
 	}
 	w.parts[0] = mem.SliceBuffer(b)
+}
+
+// setWire keeps a resource's framed bytes (see frame) and returns valueAt.
+func (r *Resource) setWire(wire []byte, sotwAt, valueAt int) int {
+	r.wire, r.sotwAt = wire, sotwAt
+	r.deltaBuf, r.sotwBuf = mem.SliceBuffer(wire), mem.SliceBuffer(wire[sotwAt:])
+	return valueAt
 }
 
 // sotwWire is a DiscoveryResponse carrying res, which are resources of idx (nil: unknown).
@@ -194,8 +193,8 @@ func (idx *typeIndex) joinedWire(shape int) *joinedWire {
 }
 
 // wireCodec is gRPC's proto codec, except that a *wireResponse is sent as the bytes it holds
-// and requests are decoded by decodeRequest. It is set on
-// Holdfast's own gRPC server only (grpc.ForceServerCodecV2), never registered process-wide.
+// and a wireRequest decodes itself. It is set on Holdfast's own gRPC server only
+// (grpc.ForceServerCodecV2), never registered process-wide.
 type wireCodec struct {
 	proto encoding.CodecV2
 	// bufs holds *[]byte for requests that arrive in more than one buffer and are copied into
@@ -221,21 +220,12 @@ func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	var decode func([]byte) error
-	switch v := v.(type) {
-	case *sotwRequest:
-		decode = func(b []byte) error { v.failed = unmarshalDiscoveryRequest(b, v); return v.failed }
-	case *discoveryv3.DiscoveryRequest:
-		decode = func(b []byte) error { return unmarshalDiscoveryRequest(b, &sotwRequest{req: v}) }
-	case *deltaRequest:
-		decode = func(b []byte) error { v.failed = unmarshalDeltaDiscoveryRequest(b, v); return v.failed }
-	case *discoveryv3.DeltaDiscoveryRequest:
-		decode = func(b []byte) error { return unmarshalDeltaDiscoveryRequest(b, &deltaRequest{req: v}) }
-	default:
+	r, ok := v.(wireRequest)
+	if !ok {
 		return c.proto.Unmarshal(data, v)
 	}
 	if len(data) == 1 {
-		return decode(data[0].ReadOnlyData())
+		return r.decode(data[0].ReadOnlyData())
 	}
 	bp, _ := c.bufs.Get().(*[]byte)
 	if bp == nil {
@@ -247,8 +237,7 @@ func (c wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	b := (*bp)[:n]
 	data.CopyTo(b)
-	// Nothing decoded refers to b (see decodeRequest), so it can be reused.
-	err := decode(b)
+	err := r.decode(b) // keeps nothing of b, which can be reused
 	if cap(b) <= maxPooledRequest {
 		c.bufs.Put(bp)
 	}
