@@ -6,24 +6,42 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 )
 
-// FreePorts returns n loopback TCP ports that were free a moment ago.
+// handedOut is every port FreePorts returned in this test process. A port is free only until
+// the process it is meant for binds it; closing the probe listener lets the kernel hand the
+// same port to the next probe at once, so two processes started back to back could be given
+// one port (seen: two agents, one exiting with "address already in use"). No port is returned
+// twice.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// FreePorts returns n loopback TCP ports that were free a moment ago and that no earlier call
+// in this process returned.
 func FreePorts(n int) ([]int, error) {
-	ls := make([]net.Listener, 0, n)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
 			_ = l.Close()
 		}
 	}()
 	ports := make([]int, 0, n)
-	for range n {
+	for len(ports) < n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ls = append(ls, l) // held until return: this call gets distinct ports
+		port := l.Addr().(*net.TCPAddr).Port
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			ports = append(ports, port)
+		}
 	}
 	return ports, nil
 }
