@@ -36,8 +36,12 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 		}
 		return ""
 	})
+	// "At once" means in one publish: the eight deletions below take a few milliseconds each on
+	// an idle machine but can straddle the default 10 ms hold-off on a loaded one, and a first
+	// deletion published on its own is (rightly) below the guard's threshold. A longer hold-off
+	// makes them one change, as a real mass deletion is.
 	h := startHoldfastOn(t, env.cluster, ns, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",
-		"--guard-hold-period", holdPeriod.String())
+		"--guard-hold-period", holdPeriod.String(), "--debounce", "1s", "--debounce-max", "3s")
 	s0 := dial(t, h, target(ns, "s0", grpcPort.port))
 	s9 := dial(t, h, target(ns, "s9", grpcPort.port))
 	if err := s0.WaitForBackends(ctx, "s0-0", "s0-1", "s0-2", "s0-3", "s0-4"); err != nil {
