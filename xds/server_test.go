@@ -337,34 +337,200 @@ func TestBadRequestsAreCountedAndLogged(t *testing.T) {
 	}
 }
 
-func TestSotWReconnectWithCurrentVersionGetsNothing(t *testing.T) {
+// TestResumeRules: what a client says it holds when it opens a new stream is trusted only where
+// the protocol makes that safe. A SotW version_info from an earlier stream skips a wildcard
+// full-state type (an Envoy's LDS or CDS), never names subscribed by name: grpc-js-xds drops
+// its routes when its stream ends and sends the old version with them on the next. Delta's
+// initial_resource_versions, which name exactly what the client holds, are always trusted. On
+// one stream, a name subscribed again after being dropped is sent again.
+func TestResumeRules(t *testing.T) {
 	_, conn, publish := testServer(t)
 	a, b := twoServices()
 	publish(testView(a, b))
-	names := []string{testTranslator.Naming.Resource(a.Key, 80)}
-	open := func(version string) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, context.CancelFunc) {
-		ctx, cancel := context.WithCancel(context.Background())
-		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-		if err != nil {
+	named := []string{testTranslator.Naming.Resource(a.Key, 80)}
+	envoy := &corev3.Node{Id: "e1", UserAgentName: "envoy"}
+
+	// sotwFirst opens a SotW stream, asks for typ/names, ACKs the answer and closes the stream:
+	// what the client held on its earlier stream.
+	sotwFirst := func(t *testing.T, node *corev3.Node, typ string, names []string) *discoveryv3.DiscoveryResponse {
+		t.Helper()
+		st := sotwStream(t, conn)
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names}); err != nil {
 			t.Fatal(err)
 		}
-		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.ClusterType, ResourceNames: names, VersionInfo: version}); err != nil {
+		r := recvWithin(t, responses(st.Recv), 5*time.Second)
+		if r == nil || len((*r).Resources) == 0 {
+			t.Fatalf("first stream: no %s response", typ)
+		}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: typ, ResourceNames: names, VersionInfo: (*r).VersionInfo, ResponseNonce: (*r).Nonce}); err != nil {
 			t.Fatal(err)
 		}
-		return st, cancel
+		_ = st.CloseSend()
+		return *r
 	}
-	st, cancel := open("")
-	r := recvWithin(t, responses(st.Recv), 5*time.Second)
-	cancel()
-	if r == nil {
-		t.Fatal("no response")
+	// fence asks for a type the stream has not asked for: always answered. Requests are handled
+	// in order and responses queued in order, so the first response after it says whether the
+	// requests before it were answered.
+	fence := func(t *testing.T, st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, typ string) {
+		t.Helper()
+		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: typ, ResourceNames: named}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	st, cancel = open((*r).VersionInfo)
-	defer cancel()
-	if again := recvWithin(t, responses(st.Recv), 500*time.Millisecond); again != nil {
-		t.Fatalf("a client reconnecting with the current version got it again: %v", *again)
+
+	sotw := []struct {
+		name     string
+		node     *corev3.Node
+		typ      string
+		names    []string // nil: wildcard
+		version  func(first string) string
+		wantSent bool
+	}{
+		{"named EDS, version of the earlier stream", grpcNode, resourcev3.EndpointType, named, same, true},
+		{"named CDS, version of the earlier stream", grpcNode, resourcev3.ClusterType, named, same, true},
+		{"named RDS, version of the earlier stream", grpcNode, resourcev3.RouteType, named, same, true},
+		{"named LDS, version of the earlier stream", grpcNode, resourcev3.ListenerType, named, same, true},
+		{"wildcard CDS, current version", envoy, resourcev3.ClusterType, nil, same, false},
+		{"wildcard LDS, current version", envoy, resourcev3.ListenerType, nil, same, false},
+		{"wildcard CDS, an older version", envoy, resourcev3.ClusterType, nil, func(string) string { return "0123456789abcdef" }, true},
 	}
+	for _, c := range sotw {
+		t.Run("sotw/"+c.name, func(t *testing.T) {
+			first := sotwFirst(t, c.node, c.typ, c.names)
+			st := sotwStream(t, conn)
+			in := responses(st.Recv)
+			if err := st.Send(&discoveryv3.DiscoveryRequest{Node: c.node, TypeUrl: c.typ, ResourceNames: c.names, VersionInfo: c.version(first.VersionInfo)}); err != nil {
+				t.Fatal(err)
+			}
+			fenceType := resourcev3.EndpointType
+			if c.typ == fenceType {
+				fenceType = resourcev3.ClusterType
+			}
+			fence(t, st, fenceType)
+			r := recvWithin(t, in, 5*time.Second)
+			if r == nil {
+				t.Fatal("no response at all")
+			}
+			if sent := (*r).TypeUrl == c.typ; sent != c.wantSent {
+				t.Fatalf("%s answered on the new stream: %v, want %v (first response: %s with %d resources)", c.typ, sent, c.wantSent, (*r).TypeUrl, len((*r).Resources))
+			}
+			if c.wantSent && len((*r).Resources) != len(first.Resources) {
+				t.Fatalf("new stream got %d resources, the earlier one %d", len((*r).Resources), len(first.Resources))
+			}
+		})
+	}
+
+	t.Run("sotw/same stream: a name dropped and asked for again is sent again", func(t *testing.T) {
+		st := sotwStream(t, conn)
+		in := responses(st.Recv)
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.EndpointType, ResourceNames: named}); err != nil {
+			t.Fatal(err)
+		}
+		r := recvWithin(t, in, 5*time.Second)
+		if r == nil || len((*r).Resources) != 1 {
+			t.Fatalf("first response: %v", r)
+		}
+		// The ACK repeats the names: nothing is sent for it.
+		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: named, VersionInfo: (*r).VersionInfo, ResponseNonce: (*r).Nonce}); err != nil {
+			t.Fatal(err)
+		}
+		fence(t, st, resourcev3.ClusterType)
+		if f := recvWithin(t, in, 5*time.Second); f == nil || (*f).TypeUrl != resourcev3.ClusterType {
+			t.Fatalf("an ACK was answered: %v", f)
+		}
+		// Dropped, then asked for again, with the version the client last acknowledged.
+		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: (*r).VersionInfo}); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: named, VersionInfo: (*r).VersionInfo}); err != nil {
+			t.Fatal(err)
+		}
+		again := recvWithin(t, in, 5*time.Second)
+		if again == nil || (*again).TypeUrl != resourcev3.EndpointType || len((*again).Resources) != 1 {
+			t.Fatalf("re-subscribed name: want it sent again, got %v", again)
+		}
+	})
+
+	// Delta: a new stream's first request says what the client holds; the first answer goes out
+	// even when empty.
+	deltaFirst := func(t *testing.T, typ string, subscribe []string) map[string]string {
+		t.Helper()
+		st := deltaStream(t, conn)
+		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: typ, ResourceNamesSubscribe: subscribe}); err != nil {
+			t.Fatal(err)
+		}
+		r := recvWithin(t, responses(st.Recv), 5*time.Second)
+		if r == nil || len((*r).Resources) == 0 {
+			t.Fatalf("first stream: no %s response", typ)
+		}
+		held := map[string]string{}
+		for _, res := range (*r).Resources {
+			held[res.Name] = res.Version
+		}
+		_ = st.CloseSend()
+		return held
+	}
+	delta := []struct {
+		name      string
+		typ       string
+		subscribe []string // nil: wildcard
+		stale     bool     // the client says it holds another version of every resource
+		wantSent  bool
+	}{
+		{"named EDS, versions held", resourcev3.EndpointType, named, false, false},
+		{"named EDS, another version held", resourcev3.EndpointType, named, true, true},
+		{"wildcard CDS, versions held", resourcev3.ClusterType, nil, false, false},
+		{"wildcard CDS, other versions held", resourcev3.ClusterType, nil, true, true},
+	}
+	for _, c := range delta {
+		t.Run("delta/"+c.name, func(t *testing.T) {
+			held := deltaFirst(t, c.typ, c.subscribe)
+			if c.stale {
+				for n := range held {
+					held[n] = "stale"
+				}
+			}
+			st := deltaStream(t, conn)
+			if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: c.typ, ResourceNamesSubscribe: c.subscribe, InitialResourceVersions: held}); err != nil {
+				t.Fatal(err)
+			}
+			r := recvWithin(t, responses(st.Recv), 5*time.Second)
+			if r == nil {
+				t.Fatal("a first Delta subscription went unanswered")
+			}
+			if sent := len((*r).Resources) > 0; sent != c.wantSent {
+				t.Fatalf("resources sent on the new stream: %v, want %v (%d sent)", sent, c.wantSent, len((*r).Resources))
+			}
+		})
+	}
+
+	t.Run("delta/same stream: a name unsubscribed and subscribed again is sent again", func(t *testing.T) {
+		st := deltaStream(t, conn)
+		in := responses(st.Recv)
+		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: named}); err != nil {
+			t.Fatal(err)
+		}
+		r := recvWithin(t, in, 5*time.Second)
+		if r == nil || len((*r).Resources) != 1 {
+			t.Fatalf("first response: %v", r)
+		}
+		for _, req := range []*discoveryv3.DeltaDiscoveryRequest{
+			{TypeUrl: resourcev3.EndpointType, ResponseNonce: (*r).Nonce},
+			{TypeUrl: resourcev3.EndpointType, ResourceNamesUnsubscribe: named},
+			{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: named},
+		} {
+			if err := st.Send(req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		again := recvWithin(t, in, 5*time.Second)
+		if again == nil || len((*again).Resources) != 1 || (*again).Resources[0].Name != named[0] {
+			t.Fatalf("re-subscribed name: want it sent again, got %v", again)
+		}
+	})
 }
+
+func same(v string) string { return v }
 
 func TestDeltaSendsOnlyWhatChanged(t *testing.T) {
 	_, conn, publish := testServer(t)

@@ -71,7 +71,8 @@ type typeState struct {
 	// version is the SotW version_info of the last response; sentOnce says one went out.
 	version  string
 	sentOnce bool
-	// clientVersion is the version a reconnecting SotW client says it has.
+	// clientVersion is the version a reconnecting SotW client says it has (trusted only for a
+	// wildcard full-state type: see sotwResponseLocked).
 	clientVersion string
 	// index and dirty let a wake-up skip a type whose resources and subscription are unchanged.
 	index *typeIndex
@@ -389,8 +390,13 @@ func (st *stream) sotwResponseLocked(typ resourcev3.Type, ts *typeState, idx *ty
 	if ts.sentOnce && version == ts.version {
 		return nil
 	}
-	if !ts.sentOnce && ts.clientVersion != "" && ts.clientVersion == version {
-		// A reconnecting client that already has exactly this state: nothing to send.
+	if !ts.sentOnce && full && ts.wildcard && ts.clientVersion != "" && ts.clientVersion == version {
+		// A reconnecting wildcard client of a full-state type (an Envoy's LDS or CDS) that
+		// already has exactly this state: nothing to send. Only there: a client subscribing by
+		// name on a new stream may have dropped what the old stream gave it (grpc-js does,
+		// when its channels go idle), and a version_info from another stream proves nothing
+		// about what it holds now. Delta's initial_resource_versions, which name exactly what
+		// a client holds, are what resumes named subscriptions (onDeltaRequest).
 		ts.sentOnce, ts.version = true, version
 		ts.hold(full, idx, wanted, wanted)
 		ts.ackedVersion = version
