@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,8 +24,31 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
+// Client implementations a bootstrap can be written for. They differ in what their bootstrap
+// parsers accept (docs/clients.md has the whole matrix).
+const (
+	// ClientGRPCGo is grpc-go: "tls" channel credentials (gRFC A65) speak TLS to Holdfast.
+	ClientGRPCGo = "grpc-go"
+	// ClientGRPCNode is gRPC for Node (@grpc/grpc-js-xds): "insecure" and "google_default"
+	// channel credentials only, and a node with a locality.
+	ClientGRPCNode = "grpc-node"
+	// ClientGRPCCore is gRPC C-core (C++, Python, Ruby, PHP) as tested (1.51): no "tls"
+	// channel credentials.
+	ClientGRPCCore = "grpc-core"
+	// ClientEnvoy is Envoy.
+	ClientEnvoy = "envoy"
+)
+
+// Clients lists the client implementations, for help texts.
+var Clients = []string{ClientGRPCGo, ClientGRPCNode, ClientGRPCCore, ClientEnvoy}
+
+// speaksTLS says whether a gRPC implementation's bootstrap can speak TLS to its xDS server.
+func speaksTLS(client string) bool { return client == "" || client == ClientGRPCGo }
+
 // BootstrapOptions describe the client a bootstrap is for.
 type BootstrapOptions struct {
+	// Client is the gRPC implementation a gRPC bootstrap is for (ClientGRPCGo when empty).
+	Client string
 	NodeID string
 	// Server is the xDS server's address: host:port (Holdfast), or unix:///path (a local
 	// holdfast-agent on a Unix socket).
@@ -50,6 +74,9 @@ func (o BootstrapOptions) validate() (host string, port uint32, err error) {
 	}
 	if o.CertFile != "" && o.CAFile == "" {
 		return "", 0, fmt.Errorf("bootstrap: a client certificate needs the CA of Holdfast's certificate")
+	}
+	if o.Client != "" && !slices.Contains(Clients, o.Client) {
+		return "", 0, fmt.Errorf("bootstrap: client %q: want one of %s", o.Client, strings.Join(Clients, ", "))
 	}
 	if path, ok := o.pipe(); ok {
 		if o.tls() {
@@ -81,19 +108,29 @@ func (o BootstrapOptions) metadata(kind ClientKind) map[string]any {
 	return map[string]any{ClientMetadataKey: string(kind)}
 }
 
-// GRPCBootstrap returns the JSON bootstrap a grpc-go client reads from GRPC_XDS_BOOTSTRAP.
+// GRPCBootstrap returns the JSON bootstrap a proxyless gRPC client reads from
+// GRPC_XDS_BOOTSTRAP. Its node always has a locality (grpc-js-xds refuses a node without one,
+// and says so misleadingly). TLS to Holdfast is written only for an implementation that has
+// "tls" channel credentials (gRFC A65); for the others the error says what to do instead. A
+// bootstrap never lists "insecure" after "tls": clients take the first type they support, so
+// that would silently drop them to plaintext.
 func GRPCBootstrap(o BootstrapOptions) ([]byte, error) {
 	if _, _, err := o.validate(); err != nil {
 		return nil, err
+	}
+	if o.Client == ClientEnvoy {
+		return nil, fmt.Errorf("bootstrap: envoy reads an Envoy bootstrap, not a gRPC one")
+	}
+	if o.tls() && !speaksTLS(o.Client) {
+		return nil, fmt.Errorf("bootstrap: %s has no TLS channel credentials for its xDS server (gRFC A65; it accepts only insecure): "+
+			"run holdfast-agent on the node, with mTLS to Holdfast (--upstream-ca, --upstream-cert, --upstream-key), and point the client at it "+
+			"over a Unix socket (--server unix:///var/run/holdfast/agent.sock): see docs/clients.md", o.Client)
 	}
 	type locality struct {
 		Zone   string `json:"zone,omitempty"`
 		Region string `json:"region,omitempty"`
 	}
-	node := map[string]any{"id": o.NodeID, "metadata": o.metadata(KindGRPC)}
-	if o.Zone != "" || o.Region != "" {
-		node["locality"] = locality{Zone: o.Zone, Region: o.Region}
-	}
+	node := map[string]any{"id": o.NodeID, "metadata": o.metadata(KindGRPC), "locality": locality{Zone: o.Zone, Region: o.Region}}
 	creds := map[string]any{"type": "insecure"}
 	if o.tls() {
 		// gRFC A65: TLS channel credentials whose files grpc-go watches and reloads.

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/holdfast/holdfast/xds"
 )
@@ -15,8 +17,10 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) int {
 	var grpcKind, envoyKind bool
 	fs := flag.NewFlagSet("holdfast bootstrap", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.BoolVar(&grpcKind, "grpc", false, "print a grpc-go xDS bootstrap (JSON, for GRPC_XDS_BOOTSTRAP)")
+	fs.BoolVar(&grpcKind, "grpc", false, "print a proxyless gRPC xDS bootstrap (JSON, for GRPC_XDS_BOOTSTRAP); with --ca-file, grpc-go's (see --client)")
 	fs.BoolVar(&envoyKind, "envoy", false, "print an Envoy bootstrap (JSON, a valid YAML file for envoy -c)")
+	fs.StringVar(&o.Client, "client", "", "the client implementation, instead of --grpc or --envoy: "+strings.Join(xds.Clients, ", ")+
+		" (grpc-node and grpc-core have no TLS to their xDS server: they reach Holdfast through holdfast-agent on a Unix socket; docs/clients.md)")
 	fs.StringVar(&o.NodeID, "node-id", "", "the client's xDS node id (required)")
 	fs.StringVar(&o.Server, "server", "", "Holdfast's xDS address, host:port (required)")
 	fs.StringVar(&o.Zone, "zone", "", "the client's zone, for locality-aware routing")
@@ -29,8 +33,21 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
+	if err == nil && o.Client != "" {
+		if !slices.Contains(xds.Clients, o.Client) {
+			err = fmt.Errorf("--client %q: want one of %s", o.Client, strings.Join(xds.Clients, ", "))
+		}
+		envoyClient := o.Client == xds.ClientEnvoy
+		if (grpcKind && envoyClient) || (envoyKind && !envoyClient) {
+			err = fmt.Errorf("--client %s contradicts --grpc/--envoy", o.Client)
+		}
+		grpcKind, envoyKind = !envoyClient, envoyClient
+		if envoyClient {
+			o.Client = ""
+		}
+	}
 	if err == nil && grpcKind == envoyKind {
-		err = errors.New("choose exactly one of --grpc and --envoy")
+		err = errors.New("choose exactly one of --grpc, --envoy and --client")
 	}
 	if err == nil && fs.NArg() > 0 {
 		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -44,8 +45,8 @@ func TestBadFlagsExit2(t *testing.T) {
 		{"stuck-after too short", []string{"--stuck-after", "10ms"}, "--stuck-after"},
 		{"no endpoints allowed", []string{"--max-endpoints-per-service", "0"}, "--max-endpoints-per-service"},
 		{"stray argument", []string{"serve"}, "unexpected argument"},
-		{"bootstrap without kind", []string{"bootstrap", "--node-id", "n", "--server", "h:1"}, "--grpc and --envoy"},
-		{"bootstrap with both kinds", []string{"bootstrap", "--grpc", "--envoy", "--node-id", "n", "--server", "h:1"}, "--grpc and --envoy"},
+		{"bootstrap without kind", []string{"bootstrap", "--node-id", "n", "--server", "h:1"}, "--grpc, --envoy and --client"},
+		{"bootstrap with both kinds", []string{"bootstrap", "--grpc", "--envoy", "--node-id", "n", "--server", "h:1"}, "--grpc, --envoy and --client"},
 		{"bootstrap without node id", []string{"bootstrap", "--grpc", "--server", "h:1"}, "node id"},
 		{"bootstrap with a bad server", []string{"bootstrap", "--envoy", "--node-id", "n", "--server", "h:99999"}, "port"},
 	}
@@ -240,6 +241,85 @@ func TestBootstrapTLS(t *testing.T) {
 		if code := realMain(append([]string{"bootstrap"}, args...), &stdout, &stderr); code != 2 {
 			t.Errorf("bootstrap %v: exit %d, want 2 (%s)", args, code, stderr.String())
 		}
+	}
+}
+
+// TestBootstrapPerClient: every gRPC bootstrap has a node with a locality (grpc-js-xds refuses
+// one without), --client names the implementation, and TLS is written only for one that has
+// "tls" channel credentials; for grpc-node and grpc-core the error says how to get a secure
+// path (holdfast-agent on a Unix socket), and no bootstrap ever lists "insecure" after "tls".
+func TestBootstrapPerClient(t *testing.T) {
+	type parsed struct {
+		Node struct {
+			Locality *struct {
+				Zone   string `json:"zone"`
+				Region string `json:"region"`
+			} `json:"locality"`
+		} `json:"node"`
+		XDSServers []struct {
+			ServerURI    string `json:"server_uri"`
+			ChannelCreds []struct {
+				Type string `json:"type"`
+			} `json:"channel_creds"`
+		} `json:"xds_servers"`
+	}
+	for _, tt := range []struct {
+		args      []string
+		wantCreds []string // empty: refused with exit 2
+		wantErr   string
+	}{
+		{[]string{"--grpc"}, []string{"insecure"}, ""},
+		{[]string{"--client", "grpc-go"}, []string{"insecure"}, ""},
+		{[]string{"--client", "grpc-node"}, []string{"insecure"}, ""},
+		{[]string{"--client", "grpc-core", "--server", "unix:///var/run/holdfast/agent.sock"}, []string{"insecure"}, ""},
+		{[]string{"--client", "grpc-go", "--ca-file", "/ca.crt"}, []string{"tls"}, ""},
+		{[]string{"--grpc", "--ca-file", "/ca.crt"}, []string{"tls"}, ""},
+		{[]string{"--client", "grpc-node", "--ca-file", "/ca.crt"}, nil, "holdfast-agent"},
+		{[]string{"--client", "grpc-core", "--ca-file", "/ca.crt"}, nil, "unix:///var/run/holdfast/agent.sock"},
+		{[]string{"--client", "grpc-java"}, nil, "grpc-go, grpc-node, grpc-core, envoy"},
+		{[]string{"--client", "grpc-node", "--envoy"}, nil, "contradicts"},
+	} {
+		args := append([]string{"--node-id", "n"}, tt.args...)
+		if !slices.Contains(args, "--server") {
+			args = append(args, "--server", "holdfast.example:18000")
+		}
+		var stdout, stderr bytes.Buffer
+		code := realMain(append([]string{"bootstrap"}, args...), &stdout, &stderr)
+		if tt.wantCreds == nil {
+			if code != 2 || !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("bootstrap %v: exit %d, stderr %q; want 2 and %q", tt.args, code, stderr.String(), tt.wantErr)
+			}
+			continue
+		}
+		if code != 0 {
+			t.Errorf("bootstrap %v: exit %d: %s", tt.args, code, stderr.String())
+			continue
+		}
+		var b parsed
+		if err := json.Unmarshal(stdout.Bytes(), &b); err != nil {
+			t.Fatal(err)
+		}
+		if b.Node.Locality == nil {
+			t.Errorf("bootstrap %v: node without a locality:\n%s", tt.args, stdout.String())
+		}
+		var creds []string
+		for _, c := range b.XDSServers[0].ChannelCreds {
+			creds = append(creds, c.Type)
+		}
+		if !slices.Equal(creds, tt.wantCreds) {
+			t.Errorf("bootstrap %v: channel creds %v, want %v", tt.args, creds, tt.wantCreds)
+		}
+		if _, err := xdsgrpc.NewXDSResolverWithConfigForTesting(stdout.Bytes()); err != nil && !slices.Contains(tt.args, "--ca-file") {
+			t.Errorf("bootstrap %v: grpc-go rejects it: %v", tt.args, err)
+		}
+	}
+	// The locality carries what it is given.
+	var b parsed
+	if err := json.Unmarshal(bootstrap(t, "--client", "grpc-node", "--node-id", "n", "--server", "h:1", "--zone", "z", "--region", "r"), &b); err != nil {
+		t.Fatal(err)
+	}
+	if l := b.Node.Locality; l == nil || l.Zone != "z" || l.Region != "r" {
+		t.Errorf("locality %+v", l)
 	}
 }
 
