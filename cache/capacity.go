@@ -16,8 +16,8 @@ type Limits struct {
 	// is already served is never evicted. [20000, 500000]
 	MaxServices  int
 	MaxEndpoints int
-	// TombstoneGrace is how long a deleted service keeps its listener, route and cluster (with
-	// no endpoints), so that a delete and re-create does not make clients drop it. [30s]
+	// TombstoneGrace is how long a deleted service keeps being served as it last was, endpoints
+	// included, so that a delete and re-create does not flap clients. [30s]
 	TombstoneGrace time.Duration
 	// MaxTombstones bounds the tombstones kept; the oldest goes first. [10000]
 	MaxTombstones int
@@ -50,10 +50,19 @@ type capacity struct {
 	tombGauge    prometheus.Gauge
 }
 
+// tombstone is a deleted service, served as it last was until it expires. When the service is
+// created again (a new UID) before that, the tombstone stays until it expires all the same: the
+// deleted incarnation is served beside the new one (View.Retired), and lends it endpoints
+// (see bridge); from and bridged cache the last service it lent to and what that gave.
 type tombstone struct {
 	svc     *resolver.Service
 	expires time.Time
+	from    *resolver.Service
+	bridged *resolver.Service
 }
+
+// lent says whether the tombstone lends its endpoints to the service created again.
+func (t tombstone) lent() bool { return t.bridged != nil && t.bridged != t.from }
 
 // warnRatio is the fill ratio that logs a warning, well before a limit is hit.
 const warnRatio = 0.8
@@ -71,7 +80,7 @@ func newCapacity(l Limits) (*capacity, error) {
 		refusedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_capacity_refused_total", Help: "New services refused because a limit was reached, by limit."}, []string{"kind"}),
 		tombGauge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "holdfast_tombstones", Help: "Deleted services still served without endpoints for their grace period."}),
+			Name: "holdfast_tombstones", Help: "Deleted services still served as they last were, for their grace period."}),
 	}, nil
 }
 
@@ -162,12 +171,15 @@ func (c *capacity) crossed(services, endpoints int) []string {
 	return out
 }
 
-// withTombstones returns admitted plus a tombstone (ports, no endpoints) for every service
-// served before and gone now, and drops tombstones of services that are back.
-func (c *capacity) withTombstones(served, admitted map[resolver.Key]*resolver.Service, now time.Time) map[resolver.Key]*resolver.Service {
-	for k := range admitted {
-		c.tombstones.Remove(k)
-	}
+// withTombstones returns what to serve: admitted, plus a tombstone for every service served
+// before and gone now — the service exactly as it was last served, endpoints included, for the
+// grace period. A service created again within its grace (another UID) is served as itself,
+// and its deleted incarnation stays served beside it, in retired, until the grace ends, so
+// that a client moving from the old incarnation's names to the new one's never finds either
+// missing; ports of the new one without usable endpoints keep the old one's (bridge) until
+// they have their own, so that a delete and re-create has no moment with no endpoints. The
+// same service back (the same UID) ends its tombstone.
+func (c *capacity) withTombstones(served, admitted map[resolver.Key]*resolver.Service, now time.Time) (out, retired map[resolver.Key]*resolver.Service) {
 	for k, s := range served {
 		if _, ok := admitted[k]; ok {
 			continue
@@ -175,26 +187,69 @@ func (c *capacity) withTombstones(served, admitted map[resolver.Key]*resolver.Se
 		if _, ok := c.tombstones.Peek(k); ok {
 			continue
 		}
-		empty := &resolver.Service{Key: s.Key, Headless: s.Headless, Ports: make([]resolver.Port, len(s.Ports))}
-		for i, p := range s.Ports {
-			empty.Ports[i] = resolver.Port{Name: p.Name, Port: p.Port, AppProtocol: p.AppProtocol}
-		}
-		c.tombstones.Add(k, tombstone{svc: empty, expires: now.Add(c.limits.TombstoneGrace)})
+		c.tombstones.Add(k, tombstone{svc: s, expires: now.Add(c.limits.TombstoneGrace)})
 	}
-	out := admitted
+	out = admitted
 	if c.tombstones.Len() > 0 {
 		out = make(map[resolver.Key]*resolver.Service, len(admitted)+c.tombstones.Len())
 		for k, s := range admitted {
 			out[k] = s
 		}
 		for _, k := range c.tombstones.Keys() {
-			if t, ok := c.tombstones.Peek(k); ok {
-				out[k] = t.svc
+			t, ok := c.tombstones.Peek(k)
+			if !ok {
+				continue
 			}
+			back, isBack := admitted[k]
+			switch {
+			case !isBack:
+				out[k] = t.svc
+				continue
+			case back.UID == t.svc.UID:
+				c.tombstones.Remove(k) // the same service back
+				continue
+			case back != t.from:
+				t.from, t.bridged = back, bridge(back, t.svc)
+				c.tombstones.Add(k, t)
+			}
+			out[k] = t.bridged
+			if retired == nil {
+				retired = map[resolver.Key]*resolver.Service{}
+			}
+			retired[k] = t.svc
 		}
 	}
 	c.tombGauge.Set(float64(c.tombstones.Len()))
-	return out
+	return out, retired
+}
+
+// bridge returns s with the endpoints of prev for every port (by number) that has no usable
+// endpoint in s and had some in prev (s itself when there is none).
+func bridge(s, prev *resolver.Service) *resolver.Service {
+	var ports []resolver.Port
+	for i, p := range s.Ports {
+		if hasUsable(p.Endpoints) {
+			continue
+		}
+		j := slices.IndexFunc(prev.Ports, func(q resolver.Port) bool { return q.Port == p.Port })
+		if j < 0 || !hasUsable(prev.Ports[j].Endpoints) {
+			continue
+		}
+		if ports == nil {
+			ports = slices.Clone(s.Ports)
+		}
+		ports[i].Endpoints = prev.Ports[j].Endpoints
+	}
+	if ports == nil {
+		return s
+	}
+	b := *s
+	b.Ports = ports
+	return &b
+}
+
+func hasUsable(eps []resolver.Endpoint) bool {
+	return slices.ContainsFunc(eps, func(e resolver.Endpoint) bool { return e.Health() != resolver.Excluded })
 }
 
 // sweep collects expired tombstones and reports whether any went.

@@ -2,7 +2,10 @@ package cache
 
 import (
 	"fmt"
+	"maps"
 	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,9 +63,8 @@ func TestTombstones(t *testing.T) {
 	s.OnResolution(resolver.Resolution{Services: base, Synced: true})
 	s.OnResolution(resolver.Resolution{Services: without(base, "s1"), Synced: true})
 	k := resolver.Key{Namespace: "ns", Name: "s1"}
-	tomb, ok := s.View().Services[k]
-	if !ok || tomb.EndpointCount() != 0 || len(tomb.Ports) != 1 {
-		t.Fatalf("a deleted service must stay, with its ports and no endpoints: %+v", tomb)
+	if tomb := s.View().Services[k]; tomb != base[k] {
+		t.Fatalf("a deleted service must stay exactly as it was served, endpoints included: %+v", tomb)
 	}
 	s.sweepTombstones(time.Now().Add(30 * time.Second))
 	if _, ok := s.View().Services[k]; !ok {
@@ -75,12 +77,129 @@ func TestTombstones(t *testing.T) {
 	// Re-created within the grace period: back with its endpoints, no tombstone left.
 	s.OnResolution(resolver.Resolution{Services: without(base, "s2"), Synced: true})
 	s.OnResolution(resolver.Resolution{Services: base, Synced: true})
-	if got := s.View().Services[resolver.Key{Namespace: "ns", Name: "s2"}]; got.EndpointCount() != 2 || s.capacity.tombstones.Len() != 0 {
+	if got := s.View().Services[resolver.Key{Namespace: "ns", Name: "s2"}]; got != base[resolver.Key{Namespace: "ns", Name: "s2"}] || s.capacity.tombstones.Len() != 0 {
 		t.Fatalf("re-created service: %+v, %d tombstones", got, s.capacity.tombstones.Len())
 	}
 }
 
-// TestChurnKeepsMemoryFlat: 10,000 create/delete cycles of distinct services leave at most
+// TestTombstoneBridgesRecreate: a service created again within its grace (a new UID) is served
+// as itself, with its deleted incarnation served beside it (View.Retired) until the grace ends.
+// First without endpoints (its Service object arrives before its EndpointSlices), it is lent
+// the deleted incarnation's endpoints for the ports that have none, so that clients never see
+// it empty; its own endpoints replace them as soon as they come, and the grace ending
+// withdraws the lent ones and the retired incarnation. The same service back (the same UID)
+// simply ends its tombstone.
+func TestTombstoneBridgesRecreate(t *testing.T) {
+	key := resolver.Key{Namespace: "ns", Name: "web"}
+	ep := func(addr string) resolver.Endpoint {
+		return resolver.Endpoint{Address: addr, Port: 8080, Ready: true, Serving: true}
+	}
+	old := &resolver.Service{Key: key, UID: "old-uid-0", Ports: []resolver.Port{
+		{Name: "http", Port: 80, Endpoints: []resolver.Endpoint{ep("10.0.0.1"), ep("10.0.0.2")}},
+		{Name: "admin", Port: 9000, Endpoints: []resolver.Endpoint{ep("10.0.0.1")}},
+	}}
+	other := svcs(1, 1)
+	with := func(s *resolver.Service) map[resolver.Key]*resolver.Service {
+		m := without(other)
+		if s != nil {
+			m[key] = s
+		}
+		return m
+	}
+	fresh := func(ports ...resolver.Port) *resolver.Service {
+		return &resolver.Service{Key: key, UID: "new-uid-1", Ports: ports}
+	}
+	endpointsOf := func(s *resolver.Service) map[int32][]string {
+		out := map[int32][]string{}
+		for _, p := range s.Ports {
+			for _, e := range p.Endpoints {
+				out[p.Port] = append(out[p.Port], e.Address)
+			}
+		}
+		return out
+	}
+	sameAgain := *old
+	sameAgain.Ports = []resolver.Port{{Name: "http", Port: 80}}
+	tests := []struct {
+		name    string
+		back    *resolver.Service
+		after   time.Duration // since the deletion, when the service comes back
+		want    map[int32][]string
+		retired bool // the deleted incarnation is served beside the new one
+	}{
+		{"no endpoints yet: the old ones are lent", fresh(resolver.Port{Name: "http", Port: 80}, resolver.Port{Name: "admin", Port: 9000}), 0,
+			map[int32][]string{80: {"10.0.0.1", "10.0.0.2"}, 9000: {"10.0.0.1"}}, true},
+		{"one port has its own: only the other is lent", fresh(resolver.Port{Name: "http", Port: 80, Endpoints: []resolver.Endpoint{ep("10.0.1.1")}}, resolver.Port{Name: "admin", Port: 9000}), 0,
+			map[int32][]string{80: {"10.0.1.1"}, 9000: {"10.0.0.1"}}, true},
+		{"every port has its own: nothing lent", fresh(resolver.Port{Name: "http", Port: 80, Endpoints: []resolver.Endpoint{ep("10.0.1.1")}}), 0,
+			map[int32][]string{80: {"10.0.1.1"}}, true},
+		{"a port the old one did not have is not lent anything", fresh(resolver.Port{Name: "grpc", Port: 7000}), 0,
+			map[int32][]string{}, true},
+		{"only not-ready endpoints: the old ones are lent", fresh(resolver.Port{Name: "http", Port: 80, Endpoints: []resolver.Endpoint{{Address: "10.0.1.1", Port: 8080}}}), 0,
+			map[int32][]string{80: {"10.0.0.1", "10.0.0.2"}}, true},
+		{"the same service back: served as it is, nothing retired", &sameAgain, 0,
+			map[int32][]string{}, false},
+		{"after the grace: nothing lent, nothing retired", fresh(resolver.Port{Name: "http", Port: 80}), 2 * time.Minute,
+			map[int32][]string{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := NewStore(StoreOptions{Limits: Limits{TombstoneGrace: time.Minute}}, make(views, 100))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.OnResolution(resolver.Resolution{Services: with(old), Synced: true})
+			s.OnResolution(resolver.Resolution{Services: with(nil), Synced: true})
+			s.sweepTombstones(time.Now().Add(tt.after))
+			s.OnResolution(resolver.Resolution{Services: with(tt.back), Synced: true})
+			v := s.View()
+			got := v.Services[key]
+			if got == nil {
+				t.Fatal("the re-created service is not served")
+			}
+			if got.UID != tt.back.UID {
+				t.Errorf("served incarnation %q, want the new one %q", got.UID, tt.back.UID)
+			}
+			if eps := endpointsOf(got); !maps.EqualFunc(eps, tt.want, slices.Equal) {
+				t.Errorf("endpoints %v, want %v", eps, tt.want)
+			}
+			if r, ok := v.Retired[key]; ok != tt.retired || (ok && r != old) {
+				t.Errorf("retired %+v, want the deleted incarnation: %v", r, tt.retired)
+			}
+			// The same input again gives the same *Service: nothing is translated again.
+			s.OnResolution(resolver.Resolution{Services: with(tt.back), Synced: true})
+			if again := s.View().Services[key]; again != got {
+				t.Error("the same input served as a new *Service")
+			}
+			// The service's own endpoints replace the lent ones at once.
+			own := fresh(resolver.Port{Name: "http", Port: 80, Endpoints: []resolver.Endpoint{ep("10.0.2.1")}})
+			s.OnResolution(resolver.Resolution{Services: with(own), Synced: true})
+			if got := s.View().Services[key]; got != own {
+				t.Errorf("own endpoints: served %v", endpointsOf(got))
+			}
+		})
+	}
+	// The grace ending withdraws the lent endpoints and the retired incarnation.
+	s, err := NewStore(StoreOptions{Limits: Limits{TombstoneGrace: time.Minute}}, make(views, 100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.OnResolution(resolver.Resolution{Services: with(old), Synced: true})
+	s.OnResolution(resolver.Resolution{Services: with(nil), Synced: true})
+	empty := fresh(resolver.Port{Name: "http", Port: 80})
+	s.OnResolution(resolver.Resolution{Services: with(empty), Synced: true, Sources: map[string]resolver.SourceState{"": resolver.Live}})
+	if n := s.View().Services[key].EndpointCount(); n != 2 {
+		t.Fatalf("lent endpoints: %d, want 2", n)
+	}
+	if st, _ := s.Service(key); !strings.Contains(st.Reason, "lending its endpoints") {
+		t.Errorf("status reason %q does not say endpoints are lent", st.Reason)
+	}
+	s.sweepTombstones(time.Now().Add(2 * time.Minute))
+	if v := s.View(); v.Services[key] != empty || len(v.Retired) != 0 {
+		t.Errorf("after the grace: served %v, retired %v; want the service as it is, nothing retired", endpointsOf(v.Services[key]), v.Retired)
+	}
+}
+
 // MaxTombstones tombstones, none after the grace period, and the heap where it started (within
 // 16 MiB; measured: 3.1 MiB in use before and 3.0 MiB after).
 func TestChurnKeepsMemoryFlat(t *testing.T) {

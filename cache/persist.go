@@ -141,6 +141,9 @@ func validService(s *resolver.Service) error {
 	if len(s.Ports) == 0 {
 		return fmt.Errorf("%s: no ports", s.Key)
 	}
+	if !resolver.ValidUID(s.UID) {
+		return fmt.Errorf("%s: uid %q is not a Kubernetes UID", s.Key, s.UID)
+	}
 	for _, p := range s.Ports {
 		if p.Port < 1 || p.Port > 65535 {
 			return fmt.Errorf("%s: port %d out of range", s.Key, p.Port)

@@ -15,7 +15,7 @@ import (
 )
 
 func sampleServices() map[resolver.Key]*resolver.Service {
-	a := &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: "a"}, Ports: []resolver.Port{{Name: "http", Port: 80, AppProtocol: "grpc",
+	a := &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: "a"}, UID: "8d1f2c3a-5b6e-4f70-9a81-b2c3d4e5f607", Ports: []resolver.Port{{Name: "http", Port: 80, AppProtocol: "grpc",
 		Endpoints: []resolver.Endpoint{{Address: "10.0.0.1", Port: 8080, Ready: true, Serving: true, Zone: "z1", NodeName: "n1"}, {Address: "fd00::1", Port: 8080, Serving: true, Terminating: true}}}},
 		Origin: resolver.Origin{ServiceVersion: "41", Slices: []resolver.ObjectVersion{{Name: "a-x1", ResourceVersion: "57"}},
 			ObservedAt: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}}
@@ -53,11 +53,14 @@ func TestStateCorruption(t *testing.T) {
 	flip[nl+10] ^= 0x01
 	invalid, _ := encodeState(map[resolver.Key]*resolver.Service{{Namespace: "ns", Name: "x"}: {Key: resolver.Key{Namespace: "ns", Name: "x"},
 		Ports: []resolver.Port{{Port: 80, Endpoints: []resolver.Endpoint{{Address: "not-an-ip", Port: 1}}}}}}, time.Now())
+	badUID, _ := encodeState(map[resolver.Key]*resolver.Service{{Namespace: "ns", Name: "x"}: {Key: resolver.Key{Namespace: "ns", Name: "x"}, UID: "a/b~c",
+		Ports: []resolver.Port{{Port: 80}}}}, time.Now())
 	tests := []struct {
 		name, reason string
 		data         []byte
 		max          int64
 	}{
+		{"a uid no API server gives", "invalid", badUID, 1 << 20},
 		{"empty", "header", nil, 1 << 20},
 		{"truncated in the header", "header", good[:nl/2], 1 << 20},
 		{"truncated payload", "truncated", good[:len(good)-7], 1 << 20},

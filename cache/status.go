@@ -14,7 +14,7 @@ import (
 type ServiceState string
 
 const (
-	// StateDeleted means the service is gone from the API server; it is served without endpoints
+	// StateDeleted means the service is gone from the API server; it is served as it last was
 	// until its tombstone expires, so that a delete-and-recreate does not flap clients.
 	StateDeleted ServiceState = "deleted"
 	// StateHeld means the mass-withdrawal guard holds a newer state; clients keep this one.
@@ -83,18 +83,24 @@ func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
 	newest, known := s.latest.Services[k]
 	_, isLive := s.live[k]
 	_, refused := s.capacity.refused[k]
+	// What the store applied for k: the service itself, also when a tombstone lends it endpoints.
+	applied := st.Service
+	tomb, hasTomb := s.capacity.tombstones.Peek(k)
+	if hasTomb && tomb.bridged != nil && tomb.bridged == applied {
+		applied = tomb.from
+	}
 	switch {
 	case st.Service == nil && refused:
 		st.State, st.Reason = StateRefused, "new service over a capacity limit (--max-services or --max-endpoints): not served"
 	case !isLive && !s.view.Restored:
 		st.State = StateDeleted
-		if t, ok := s.capacity.tombstones.Peek(k); ok {
-			st.Reason = fmt.Sprintf("deleted; served without endpoints for %v more", t.expires.Sub(now).Round(time.Second))
+		if hasTomb {
+			st.Reason = fmt.Sprintf("deleted; served as it last was, endpoints included, for %v more", tomb.expires.Sub(now).Round(time.Second))
 		}
-	case s.hold != nil && s.hold.change.Services[k] != st.Service:
+	case s.hold != nil && s.hold.change.Services[k] != applied:
 		st.State, st.HoldID = StateHeld, s.hold.ID
 		st.Reason = fmt.Sprintf("hold %d: %s", s.hold.ID, s.hold.Verdict.Reason)
-	case s.hold == nil && known && newest != st.Service && !s.view.Restored:
+	case s.hold == nil && known && newest != applied && !s.view.Restored:
 		st.State, st.Reason = StateRefused, "grew past --max-endpoints: serving its previous state"
 	case s.latest.Degraded[k] != "":
 		st.State, st.Reason = StateDegraded, s.latest.Degraded[k]
@@ -109,6 +115,12 @@ func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
 		st.State, st.Reason = StateStale, fmt.Sprintf("the source for %s is %s: this is the last state it saw", src, s.latest.SourceOf(k.Namespace))
 	default:
 		st.State = StateLive
+		if hasTomb && tomb.bridged == st.Service {
+			st.Reason = fmt.Sprintf("created again: its deleted incarnation stays served beside it for %v more", tomb.expires.Sub(now).Round(time.Second))
+			if tomb.lent() {
+				st.Reason += ", lending its endpoints to ports that have none yet"
+			}
+		}
 	}
 	return st
 }

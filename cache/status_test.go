@@ -57,7 +57,7 @@ func TestServiceStatus(t *testing.T) {
 	}
 
 	s.OnResolution(res(without(grown, "s10", "s11"), healthy, nil))
-	check("deleted", "s10", StateDeleted, "served without endpoints")
+	check("deleted", "s10", StateDeleted, "served as it last was")
 
 	mass := without(base, "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7")
 	s.OnResolution(res(mass, healthy, nil))

@@ -25,6 +25,11 @@ type View struct {
 	Services map[resolver.Key]*resolver.Service
 	// Synced is true once the view reflects a complete sync with the API server.
 	Synced bool
+	// Retired holds earlier incarnations of services deleted and created again (another UID)
+	// within their tombstone's grace, served beside the new incarnation until it ends: a
+	// client moving to the new incarnation's resources never finds the old ones gone first.
+	// Never persisted.
+	Retired map[resolver.Key]*resolver.Service
 	// Restored is true for a view loaded from the state file, before the first sync.
 	Restored bool
 	// RestoredFrom is when the restored state was written.
@@ -221,7 +226,8 @@ func (s *Store) OnResolution(r resolver.Resolution) {
 		return
 	}
 	if s.hold == nil && now.Sub(s.baseAt) > s.opts.Guard.Window {
-		s.base, s.baseAt = s.view.Services, now
+		// Against the live services: a tombstone's endpoints were withdrawn when it was deleted.
+		s.base, s.baseAt = s.live, now
 	}
 	restoredAt := time.Time{}
 	if s.view.Restored {
@@ -266,14 +272,14 @@ func latest(ts ...time.Time) time.Time {
 func (s *Store) applyLocked(r resolver.Resolution, now time.Time, how string) {
 	wasRestored := s.view.Restored
 	admitted, refused := s.capacity.admit(s.live, r.Services)
-	effective := s.capacity.withTombstones(s.live, admitted, now)
+	effective, retired := s.capacity.withTombstones(s.live, admitted, now)
 	endpoints := 0
 	for _, svc := range admitted {
 		endpoints += svc.EndpointCount()
 	}
 	crossed := s.capacity.crossed(len(admitted), endpoints)
 	s.live = admitted
-	s.view = View{Services: effective, Synced: r.Synced, Generation: s.view.Generation + 1}
+	s.view = View{Services: effective, Retired: retired, Synced: r.Synced, Generation: s.view.Generation + 1}
 	v := s.view
 	if s.opts.StateDir != "" && r.Synced && !s.unsaved {
 		s.unsaved, s.unsavedSince = true, now
@@ -343,7 +349,8 @@ func (s *Store) sweepTombstones(now time.Time) {
 		s.mu.Unlock()
 		return
 	}
-	s.view = View{Services: s.capacity.withTombstones(s.live, s.live, now), Synced: s.view.Synced,
+	effective, retired := s.capacity.withTombstones(s.live, s.live, now)
+	s.view = View{Services: effective, Retired: retired, Synced: s.view.Synced,
 		Restored: s.view.Restored, RestoredFrom: s.view.RestoredFrom, Generation: s.view.Generation + 1}
 	v := s.view
 	if s.opts.StateDir != "" && v.Synced && !s.unsaved {

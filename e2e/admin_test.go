@@ -35,7 +35,8 @@ type adminScene struct {
 	proxy   *faultproxy.Proxy
 	admin   admin.AdminClient
 	csds    statusv3.ClientStatusDiscoveryServiceClient
-	echo    string // the echo service's resource name
+	echo    string // the echo service's listener name
+	echoUp  string // what its listener points to: its route, cluster and assignment
 	picky   *adsclient.Client
 	grpcApp string // the grpc-go client's node ID
 }
@@ -61,7 +62,7 @@ func newAdminScene(t *testing.T) *adminScene {
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	sc := &adminScene{ns: ns, h: h, proxy: p, admin: admin.NewAdminClient(conn), csds: statusv3.NewClientStatusDiscoveryServiceClient(conn),
-		echo: target(ns, "echo", grpcPort.port), grpcApp: "test-" + t.Name()}
+		echo: target(ns, "echo", grpcPort.port), echoUp: upstream(t, ns, "echo", grpcPort.port), grpcApp: "test-" + t.Name()}
 
 	// A grpc-go client that takes everything, and an Envoy-like one that rejects echo's
 	// assignment once it has two endpoints.
@@ -202,7 +203,7 @@ func TestAdminAPI(t *testing.T) {
 				nacked = ty.GetNacked()
 			}
 		}
-		if !strings.Contains(nacked.GetDetail(), "refusing an assignment with two endpoints") || nacked.GetResources()[sc.echo] == "" {
+		if !strings.Contains(nacked.GetDetail(), "refusing an assignment with two endpoints") || nacked.GetResources()[sc.echoUp] == "" {
 			t.Errorf("picky's EDS NACK = %v", nacked)
 		}
 		d, err := sc.admin.GetClient(ctx, &admin.GetClientRequest{NodeId: "picky"})
@@ -212,7 +213,7 @@ func TestAdminAPI(t *testing.T) {
 		status := ""
 		for _, ty := range d.GetSummary().GetTypes() {
 			for _, res := range ty.GetResources() {
-				if ty.GetType() == resourcev3.EndpointType && res.GetName() == sc.echo {
+				if ty.GetType() == resourcev3.EndpointType && res.GetName() == sc.echoUp {
 					status = res.GetStatus()
 				}
 			}
@@ -350,13 +351,17 @@ func TestCSDSMatchesClients(t *testing.T) {
 		}
 		got[cfg.GetNode().GetId()] = m
 	}
-	eds := resourcev3.EndpointType + " " + sc.echo
+	eds := resourcev3.EndpointType + " " + sc.echoUp
 	if g := got["picky"][eds]; g.GetClientStatus() != adminv3.ClientResourceStatus_NACKED || g.GetConfigStatus() != statusv3.ConfigStatus_ERROR ||
 		!strings.Contains(g.GetErrorState().GetDetails(), "two endpoints") {
 		t.Errorf("picky's echo assignment in CSDS = %v", g)
 	}
 	for _, typ := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
-		if g := got[sc.grpcApp][typ+" "+sc.echo]; g.GetClientStatus() != adminv3.ClientResourceStatus_ACKED || g.GetXdsConfig() == nil {
+		name := sc.echoUp
+		if typ == resourcev3.ListenerType {
+			name = sc.echo
+		}
+		if g := got[sc.grpcApp][typ+" "+name]; g.GetClientStatus() != adminv3.ClientResourceStatus_ACKED || g.GetXdsConfig() == nil {
 			t.Errorf("grpc-go client's %s in CSDS = %v", typ, g)
 		}
 	}

@@ -46,12 +46,12 @@ func TestCapacityLimitAndGC(t *testing.T) {
 	hasClusters := func(in []int, out []int) func(adsclient.State) bool {
 		return func(s adsclient.State) bool {
 			for _, i := range in {
-				if _, ok := s[resourcev3.ClusterType][cluster(i)]; !ok {
+				if _, ok := s.Upstream(resourcev3.ClusterType, cluster(i)); !ok {
 					return false
 				}
 			}
 			for _, i := range out {
-				if _, ok := s[resourcev3.ClusterType][cluster(i)]; ok {
+				if _, ok := s.Upstream(resourcev3.ClusterType, cluster(i)); ok {
 					return false
 				}
 			}

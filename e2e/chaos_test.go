@@ -22,6 +22,7 @@ import (
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
 	"github.com/holdfast/holdfast/e2e/kube"
+	"github.com/holdfast/holdfast/xds"
 )
 
 // The fault matrix of docs/reliability.md. `make chaos` runs it with the durations the table
@@ -522,7 +523,7 @@ func TestChaosMatrix(t *testing.T) {
 		name := target(sc.ns, "move", grpcPort.port)
 		before, _ := sc.h.Metric(ctx, `holdfast_xds_nacks_total{type="type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"}`)
 		picky, err := adsclient.Dial(sc.xdsAddr, adsclient.Options{NodeID: "picky", Delta: true, Reject: func(typeURL string, res adsclient.Resource) error {
-			if typeURL == resourcev3.EndpointType && res.Name == name {
+			if typeURL == resourcev3.EndpointType && xds.ServiceOf(res.Name) == name {
 				return fmt.Errorf("this Envoy does not support %s", res.Name)
 			}
 			return nil

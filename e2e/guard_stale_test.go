@@ -46,7 +46,7 @@ func TestGuardHoldsWithdrawalAfterStale(t *testing.T) {
 	t.Cleanup(func() { _ = envoy.Close() })
 	endpoints := func(svc string) func(adsclient.State) int {
 		return func(s adsclient.State) int {
-			r, ok := s[resourcev3.EndpointType][target(ns, svc, grpcPort.port)]
+			r, ok := s.Upstream(resourcev3.EndpointType, target(ns, svc, grpcPort.port))
 			if !ok {
 				return -1
 			}

@@ -178,12 +178,12 @@ func TestLocalityPrefersOwnZone(t *testing.T) {
 	}
 	var got map[string]uint32
 	err = envoy.WaitFor(ctx, func(s adsclient.State) bool {
-		r, ok := s[resourcev3.EndpointType][sc.target]
+		r, ok := s.Upstream(resourcev3.EndpointType, sc.target)
 		if !ok {
 			return false
 		}
 		got = endpointPriorities(r.Message.(*endpointv3.ClusterLoadAssignment))
-		c, ok := s[resourcev3.ClusterType][sc.target]
+		c, ok := s.Upstream(resourcev3.ClusterType, sc.target)
 		if !ok {
 			return false
 		}

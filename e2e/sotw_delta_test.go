@@ -72,7 +72,7 @@ func TestSkeletonDeltaAndSotW(t *testing.T) {
 		t.Errorf("outbound_8080 binds %v, want 127.0.0.1:8080", got)
 	}
 	rc := sotw[resourcev3.RouteType]["outbound_8080"].Message.(*routev3.RouteConfiguration)
-	if len(rc.VirtualHosts) != 1 || rc.VirtualHosts[0].Routes[0].GetRoute().GetCluster() != web ||
+	if len(rc.VirtualHosts) != 1 || rc.VirtualHosts[0].Routes[0].GetRoute().GetCluster() != upstream(t, ns, "web", httpPort.port) ||
 		!slices.Contains(rc.VirtualHosts[0].Domains, "web."+ns) || !slices.Contains(rc.VirtualHosts[0].Domains, web) {
 		t.Errorf("outbound_8080 routes: %v", rc.VirtualHosts)
 	}
@@ -100,9 +100,11 @@ func TestSkeletonDeltaAndSotW(t *testing.T) {
 	}
 }
 
+// has says whether s holds every named resource of typ; clusters and assignments are named by
+// their service port's listener name (whatever incarnation they carry).
 func has(s adsclient.State, typ string, names ...string) bool {
 	for _, n := range names {
-		if _, ok := s[typ][n]; !ok {
+		if _, ok := s.Upstream(typ, n); !ok {
 			return false
 		}
 	}
@@ -111,7 +113,7 @@ func has(s adsclient.State, typ string, names ...string) bool {
 
 // addresses lists the HEALTHY endpoints of an assignment, sorted.
 func addresses(s adsclient.State, name string) []string {
-	r, ok := s[resourcev3.EndpointType][name]
+	r, ok := s.Upstream(resourcev3.EndpointType, name)
 	if !ok {
 		return nil
 	}

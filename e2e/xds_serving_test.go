@@ -13,13 +13,14 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/holdfast/holdfast/e2e/adsclient"
+	"github.com/holdfast/holdfast/xds"
 )
 
 // rejectTwoEndpoints makes a client refuse the assignment of cluster when it has exactly two
 // endpoints, the way an older Envoy refuses a field it does not know.
 func rejectTwoEndpoints(cluster string) func(string, adsclient.Resource) error {
 	return func(typ string, r adsclient.Resource) error {
-		if typ != resourcev3.EndpointType || r.Name != cluster {
+		if typ != resourcev3.EndpointType || xds.ServiceOf(r.Name) != cluster {
 			return nil
 		}
 		n := 0
@@ -68,10 +69,11 @@ func TestNackNoResendLoop(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	for name, c := range clients {
 		st := c.Stats()
-		accepted := c.State()[resourcev3.EndpointType][echo].Version
+		acc, _ := c.State().Upstream(resourcev3.EndpointType, echo)
+		accepted := acc.Version
 		rejected := 0 // deliveries of any version other than the accepted one
 		for k, n := range st.Deliveries {
-			if strings.HasPrefix(k, resourcev3.EndpointType+" "+echo+"@") && !strings.HasSuffix(k, "@"+accepted) {
+			if strings.HasPrefix(k, resourcev3.EndpointType+" "+acc.Name+"@") && !strings.HasSuffix(k, "@"+accepted) {
 				rejected = max(rejected, n)
 			}
 		}

@@ -57,6 +57,7 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, node
 	var rejections []Rejection
 	out := &Service{
 		Key:      Key{Namespace: svc.Namespace, Name: svc.Name},
+		UID:      string(svc.UID),
 		Headless: svc.Spec.ClusterIP == corev1.ClusterIPNone,
 		Origin:   Origin{ServiceVersion: svc.ResourceVersion},
 	}

@@ -164,6 +164,7 @@ func TestBuildService(t *testing.T) {
 func TestBuildServiceRecordsOrigin(t *testing.T) {
 	s := svc(corev1.ServicePort{Name: "http", Port: 80})
 	s.ResourceVersion = "41"
+	s.UID = "5c1e2f3a-0000-4000-8000-000000000001"
 	b := slice("web-b", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.0.0.2"}})
 	b.ResourceVersion = "57"
 	a := slice("web-a", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.0.0.1"}})
@@ -172,6 +173,9 @@ func TestBuildServiceRecordsOrigin(t *testing.T) {
 	want := Origin{ServiceVersion: "41", Slices: []ObjectVersion{{"web-a", "63"}, {"web-b", "57"}}}
 	if !reflect.DeepEqual(got.Origin, want) {
 		t.Errorf("origin = %+v, want %+v", got.Origin, want)
+	}
+	if got.UID != string(s.UID) {
+		t.Errorf("UID = %q, want the Service's %q: it names the incarnation clients are served", got.UID, s.UID)
 	}
 }
 

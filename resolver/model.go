@@ -31,6 +31,9 @@ func (k Key) Compare(o Key) int {
 // cache work per pointer.
 type Service struct {
 	Key
+	// UID is the Kubernetes Service's UID: which incarnation of the name this is. A service
+	// deleted and created again has a new one, and clients are shown the difference.
+	UID string `json:",omitempty"`
 	// Headless is true for services with clusterIP None. Their endpoints are served the same way.
 	Headless bool
 	// Ports holds the service's TCP ports, sorted by port number.
@@ -42,6 +45,20 @@ type Service struct {
 	Locality string `json:",omitempty"`
 	// TrafficDistribution is the service's spec.trafficDistribution, if set.
 	TrafficDistribution string `json:",omitempty"`
+}
+
+// ValidUID says whether uid looks like what the API server gives (a UUID): at most 64 letters,
+// digits and dashes. Anything else did not come from it.
+func ValidUID(uid string) bool {
+	if len(uid) > 64 {
+		return false
+	}
+	for _, c := range []byte(uid) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // LocalityAnnotation lets a service choose how its endpoints are ordered by closeness to each

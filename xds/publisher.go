@@ -51,6 +51,7 @@ type Publisher struct {
 
 	// owned by the run loop
 	built     map[resolver.Key]*serviceResources
+	retired   map[resolver.Key]*serviceResources            // earlier incarnations served beside built (cache.View.Retired)
 	ports     map[int32]*portOutbound                       // Envoy's outbound_<port> resources, by port
 	indexes   map[ClientKind]map[resourcev3.Type]*typeIndex // the last published, reused when unchanged
 	routeRefs map[*listenerv3.Listener][]string             // cache for checkReferences, pruned each publish
@@ -85,6 +86,7 @@ func NewPublisher(opts PublisherOptions, out SnapshotSetter) (*Publisher, error)
 		out:     out,
 		kick:    make(chan struct{}, 1),
 		built:   map[resolver.Key]*serviceResources{},
+		retired: map[resolver.Key]*serviceResources{},
 		ports:   map[int32]*portOutbound{},
 		invalid: map[resolver.Key]invalidState{},
 		metrics: publisherMetrics{
@@ -302,6 +304,29 @@ func (p *Publisher) update(v cache.View) {
 	p.invalid = invalid
 	p.mu.Unlock()
 	p.metrics.invalidNow.Set(float64(len(invalid)))
+	p.updateRetired(v.Retired)
+}
+
+// updateRetired brings the translations of retired incarnations in line with the view. One
+// that does not translate is left out: it was served before, so it translated then, and the
+// new incarnation is what clients move to.
+func (p *Publisher) updateRetired(retired map[resolver.Key]*resolver.Service) {
+	for k, sr := range p.retired {
+		if retired[k] != sr.src {
+			delete(p.retired, k)
+		}
+	}
+	for k, s := range retired {
+		if _, ok := p.retired[k]; ok {
+			continue
+		}
+		sr, err := p.tr.translateService(s)
+		if err != nil {
+			p.log.Warn("an earlier incarnation of a service no longer translates; not served beside the new one", "subject", k.String(), "err", err)
+			continue
+		}
+		p.retired[k] = sr
+	}
 }
 
 // invalidState is a service state that failed validation, kept so that it is judged once.
@@ -339,6 +364,20 @@ func (p *Publisher) assemble() (map[ClientKind]resourceSet, []error) {
 			grpcListeners = append(grpcListeners, pr.grpcListener)
 			grpcRoutes = append(grpcRoutes, pr.grpcRoute)
 			vhostsByPort[pr.port] = append(vhostsByPort[pr.port], pr.envoyVHost)
+		}
+	}
+	// An earlier incarnation of a service created again keeps its cluster, assignment and gRPC
+	// route configuration (not its listener, which now points to the new incarnation, nor its
+	// Envoy virtual host) while clients move to the new names.
+	for _, k := range slices.SortedFunc(maps.Keys(p.retired), resolver.Key.Compare) {
+		live := p.built[k]
+		for _, pr := range p.retired[k].ports {
+			if live != nil && slices.ContainsFunc(live.ports, func(l portResources) bool { return l.cluster.Name == pr.cluster.Name }) {
+				continue // the same names: nothing to keep apart
+			}
+			clusters = append(clusters, pr.cluster)
+			assignments = append(assignments, pr.assignment)
+			grpcRoutes = append(grpcRoutes, pr.grpcRoute)
 		}
 	}
 	ports := make([]int32, 0, len(vhostsByPort))

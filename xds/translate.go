@@ -84,12 +84,13 @@ func (t *Translator) translateService(s *resolver.Service) (*serviceResources, e
 	out := &serviceResources{src: s, ports: make([]portResources, 0, len(s.Ports))}
 	for i := range s.Ports {
 		p := &s.Ports[i]
-		name := t.Naming.Resource(s.Key, p.Port)
+		// The listener has the name clients dial; what it points to carries the incarnation.
+		name := t.Naming.Upstream(s.Key, s.UID, p.Port)
 		cluster, err := cluster(name, p)
 		if err != nil {
 			return nil, err
 		}
-		listener, err := grpcListener(name)
+		listener, err := grpcListener(t.Naming.Resource(s.Key, p.Port), name)
 		if err != nil {
 			return nil, err
 		}
@@ -231,12 +232,19 @@ func speaksHTTP2(p *resolver.Port) bool {
 
 // assignment groups endpoints into localities by region and zone, at the priority prio gives
 // each (nil: all at 0). Ready endpoints are HEALTHY; serving endpoints that are terminating are
-// DRAINING (grpc-go skips them, Envoy drains them); the rest are left out. A port with no
-// usable endpoint gets an empty assignment: clients then fail fast.
+// DRAINING (gRPC clients skip them, Envoy drains them) — unless the port has no ready endpoint
+// anywhere: then they are HEALTHY, as kube-proxy falls back to serving-terminating endpoints
+// (KEP-1669), because a port whose every endpoint is DRAINING is an outage for every gRPC
+// client. The rest are left out. A port with no usable endpoint gets an empty assignment:
+// clients then fail fast.
 func assignment(name string, eps []resolver.Endpoint, prio func(i int) uint32) *endpointv3.ClusterLoadAssignment {
 	type group struct {
 		priority     uint32
 		region, zone string
+	}
+	draining := corev3.HealthStatus_DRAINING
+	if !slices.ContainsFunc(eps, func(e resolver.Endpoint) bool { return e.Health() == resolver.Healthy }) {
+		draining = corev3.HealthStatus_HEALTHY
 	}
 	byGroup := map[group][]*endpointv3.LbEndpoint{}
 	for i, e := range eps {
@@ -245,7 +253,7 @@ func assignment(name string, eps []resolver.Endpoint, prio func(i int) uint32) *
 		case resolver.Healthy:
 			hs = corev3.HealthStatus_HEALTHY
 		case resolver.Draining:
-			hs = corev3.HealthStatus_DRAINING
+			hs = draining
 		default:
 			continue
 		}
@@ -321,10 +329,11 @@ func httpConnectionManager(statPrefix, routeName string) (*anypb.Any, error) {
 	})
 }
 
-// grpcListener is the api_listener a proxyless gRPC client resolves "xds:///<name>" with. Envoy
-// accepts api_listener only from its bootstrap, so this is never sent to Envoy clients.
-func grpcListener(name string) (*listenerv3.Listener, error) {
-	hcm, err := httpConnectionManager(name, name)
+// grpcListener is the api_listener a proxyless gRPC client resolves "xds:///<name>" with,
+// routed through the route configuration named route. Envoy accepts api_listener only from its
+// bootstrap, so this is never sent to Envoy clients.
+func grpcListener(name, route string) (*listenerv3.Listener, error) {
+	hcm, err := httpConnectionManager(name, route)
 	if err != nil {
 		return nil, err
 	}

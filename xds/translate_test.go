@@ -2,6 +2,8 @@ package xds
 
 import (
 	"bytes"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +34,20 @@ func TestNaming(t *testing.T) {
 	}
 	if got := Outbound(443); got != "outbound_443" {
 		t.Errorf("Outbound = %q", got)
+	}
+	for _, c := range []struct{ uid, want string }{
+		{"3f2a9c1e-77aa-4c1b-9f00-0123456789ab", "cart.shop.svc.example.org:8080~3f2a9c1e"},
+		{"", "cart.shop.svc.example.org:8080"},
+		{"short", "cart.shop.svc.example.org:8080"},
+		{"3f2a/9c1e-77aa", "cart.shop.svc.example.org:8080"}, // not a UID's characters: no suffix
+	} {
+		got := n.Upstream(k, c.uid, 8080)
+		if got != c.want {
+			t.Errorf("Upstream(%q) = %q, want %q", c.uid, got, c.want)
+		}
+		if ServiceOf(got) != n.Resource(k, 8080) {
+			t.Errorf("ServiceOf(%q) = %q", got, ServiceOf(got))
+		}
 	}
 }
 
@@ -76,6 +92,46 @@ func TestAssignment(t *testing.T) {
 	}
 	if empty := assignment("svc", nil, nil); len(empty.Endpoints) != 0 || empty.ClusterName != "svc" || empty.ValidateAll() != nil {
 		t.Errorf("zero endpoints must give a valid, empty assignment, got %v", empty)
+	}
+}
+
+// TestAssignmentTerminatingFallback: a port with no ready endpoint anywhere serves its
+// serving+terminating endpoints as HEALTHY (kube-proxy's rule, KEP-1669); one ready endpoint
+// anywhere, in any zone, makes them DRAINING again. Not-serving endpoints never count.
+func TestAssignmentTerminatingFallback(t *testing.T) {
+	ready := resolver.Endpoint{Address: "10.0.0.1", Port: 8080, Ready: true, Serving: true, Zone: "b"}
+	term1 := resolver.Endpoint{Address: "10.0.0.2", Port: 8080, Serving: true, Terminating: true, Zone: "a"}
+	term2 := resolver.Endpoint{Address: "10.0.0.3", Port: 8080, Serving: true, Terminating: true, Zone: "b"}
+	gone := resolver.Endpoint{Address: "10.0.0.4", Port: 8080, Terminating: true, Zone: "a"} // not serving
+	notReady := resolver.Endpoint{Address: "10.0.0.5", Port: 8080, Zone: "a"}
+	tests := []struct {
+		name string
+		eps  []resolver.Endpoint
+		want map[string]corev3.HealthStatus
+	}{
+		{"all terminating and serving", []resolver.Endpoint{term1, term2},
+			map[string]corev3.HealthStatus{"10.0.0.2": corev3.HealthStatus_HEALTHY, "10.0.0.3": corev3.HealthStatus_HEALTHY}},
+		{"one ready in another zone", []resolver.Endpoint{ready, term1, term2},
+			map[string]corev3.HealthStatus{"10.0.0.1": corev3.HealthStatus_HEALTHY, "10.0.0.2": corev3.HealthStatus_DRAINING, "10.0.0.3": corev3.HealthStatus_DRAINING}},
+		{"terminating, not serving, not ready", []resolver.Endpoint{term1, gone, notReady},
+			map[string]corev3.HealthStatus{"10.0.0.2": corev3.HealthStatus_HEALTHY}},
+		{"nothing serving", []resolver.Endpoint{gone, notReady}, map[string]corev3.HealthStatus{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, prio := range []func(int) uint32{nil, func(i int) uint32 { return uint32(i % 2) }} {
+				cla := assignment("svc", tt.eps, prio)
+				got := map[string]corev3.HealthStatus{}
+				for _, l := range cla.Endpoints {
+					for _, e := range l.LbEndpoints {
+						got[e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress()] = e.HealthStatus
+					}
+				}
+				if !maps.Equal(got, tt.want) {
+					t.Errorf("got %v, want %v", got, tt.want)
+				}
+			}
+		})
 	}
 }
 
@@ -203,6 +259,110 @@ func TestAssembleByClientKind(t *testing.T) {
 		if got := strings.Join(hosts, ","); got != "a.ns.svc.cluster.local:80,b.other.svc.cluster.local:80" {
 			t.Errorf("outbound_80 virtual hosts = %s", got)
 		}
+	}
+}
+
+// TestIncarnationsLookNew: the same service deleted and created again (a new UID) with the same
+// ports and endpoints differs in every resource a client gets, byte for byte — the listener
+// too, which keeps its name and points to the new route configuration — because gRPC C-core
+// and grpc-js-xds ignore a resource identical to one they were told no longer exists. The
+// listener keeps the name clients dial; the same UID gives the same bytes. (Envoy's
+// outbound_<port> listener is shared by every service with the port; its route changes.)
+func TestIncarnationsLookNew(t *testing.T) {
+	a, _ := twoServices()
+	first, second, again := *a, *a, *a
+	first.UID, second.UID, again.UID = "11111111-aaaa", "22222222-bbbb", "11111111-aaaa"
+	bytesOf := func(s *resolver.Service) map[ClientKind]map[resourcev3.Type]map[string][]byte {
+		out := map[ClientKind]map[resourcev3.Type]map[string][]byte{}
+		for kind, set := range assembleSets(t, testView(s)) {
+			out[kind] = map[resourcev3.Type]map[string][]byte{}
+			for typ, l := range set {
+				out[kind][typ] = map[string][]byte{}
+				for _, r := range l {
+					out[kind][typ][r.Name] = r.Any.GetValue()
+				}
+			}
+		}
+		return out
+	}
+	one, two, same := bytesOf(&first), bytesOf(&second), bytesOf(&again)
+	for kind, types := range one {
+		for typ, byName := range types {
+			if kind == KindEnvoy && typ == resourcev3.ListenerType {
+				continue // outbound_<port> belongs to the port number, not to a service
+			}
+			for name, b := range byName {
+				if !bytes.Equal(same[kind][typ][name], b) {
+					t.Errorf("%s %s %s: the same UID gave other bytes", kind, typ, name)
+				}
+				for name2, b2 := range two[kind][typ] {
+					if bytes.Equal(b, b2) {
+						t.Errorf("%s %s: %s of the first incarnation and %s of the second are identical", kind, typ, name, name2)
+					}
+				}
+			}
+		}
+	}
+	lis := two[KindGRPC][resourcev3.ListenerType]
+	if _, ok := lis["a.ns.svc.cluster.local:80"]; !ok {
+		t.Errorf("gRPC listeners %v: the name clients dial must not change", slices.Collect(maps.Keys(lis)))
+	}
+	for _, typ := range []resourcev3.Type{resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
+		if _, ok := two[KindGRPC][typ]["a.ns.svc.cluster.local:80~22222222"]; !ok {
+			t.Errorf("gRPC %s: %v, want the incarnation in the name", typ, slices.Collect(maps.Keys(two[KindGRPC][typ])))
+		}
+	}
+	if err := checkReferences(assembleSets(t, testView(&second))[KindGRPC].resources(), nil); err != nil {
+		t.Errorf("references of the second incarnation: %v", err)
+	}
+}
+
+// TestRetiredIncarnationServedBeside: while a service created again is within its tombstone's
+// grace, its earlier incarnation's cluster, assignment and gRPC route configuration are served
+// beside the new incarnation's (make before break: a client moving to the new names never
+// finds the old ones gone first); the listener points to the new one, and Envoy's virtual host
+// too. A retired incarnation with the same names as the live one adds nothing.
+func TestRetiredIncarnationServedBeside(t *testing.T) {
+	a, b := twoServices()
+	old, cur := *a, *a
+	old.UID, cur.UID = "11111111-aaaa", "22222222-bbbb"
+	v := testView(&cur, b)
+	v.Retired = map[resolver.Key]*resolver.Service{a.Key: &old}
+	sets := assembleSets(t, v)
+	oldName, newName := "a.ns.svc.cluster.local:80~11111111", "a.ns.svc.cluster.local:80~22222222"
+	for kind, set := range sets {
+		for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType} {
+			names := resourceNames(set[typ].items())
+			if !slices.Contains(names, oldName) || !slices.Contains(names, newName) {
+				t.Errorf("%s %s: %v, want both incarnations", kind, typ, names)
+			}
+		}
+		if err := checkReferences(set.resources(), nil); err != nil {
+			t.Errorf("%s references: %v", kind, err)
+		}
+	}
+	grpcSet := sets[KindGRPC]
+	if names := resourceNames(grpcSet[resourcev3.RouteType].items()); !slices.Contains(names, oldName) || !slices.Contains(names, newName) {
+		t.Errorf("gRPC routes %v, want both incarnations", names)
+	}
+	for _, r := range grpcSet[resourcev3.ListenerType] {
+		if r.Name == "a.ns.svc.cluster.local:80" && !bytes.Contains(r.Any.GetValue(), []byte(newName)) {
+			t.Errorf("the listener does not point to the new incarnation's route")
+		}
+	}
+	if n := len(grpcSet[resourcev3.ListenerType]); n != 3 {
+		t.Errorf("%d gRPC listeners, want 3: a retired incarnation adds none", n)
+	}
+	for _, r := range sets[KindEnvoy][resourcev3.RouteType] {
+		if bytes.Contains(r.Any.GetValue(), []byte(oldName)) {
+			t.Errorf("Envoy route %s still routes to the retired incarnation", r.Name)
+		}
+	}
+	// The same names (no UIDs): nothing added.
+	v = testView(a, b)
+	v.Retired = map[resolver.Key]*resolver.Service{a.Key: a}
+	if got, want := len(assembleSets(t, v)[KindGRPC][resourcev3.ClusterType]), len(assembleSets(t, testView(a, b))[KindGRPC][resourcev3.ClusterType]); got != want {
+		t.Errorf("%d clusters with a same-named retired incarnation, want %d", got, want)
 	}
 }
 

@@ -84,7 +84,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.Limits.MaxServices, "max-services", 20000, "serve at most this many services; new ones over it are refused, served ones are never evicted")
 	fs.IntVar(&c.Limits.MaxEndpoints, "max-endpoints", 500000, "serve at most this many endpoints in all; new services or growth over it are refused")
 	fs.IntVar(&c.MaxClients, "max-clients", 10000, "serve at most this many ADS streams; new ones over it are refused with RESOURCE_EXHAUSTED")
-	fs.DurationVar(&c.Limits.TombstoneGrace, "tombstone-grace", 30*time.Second, "a deleted service keeps its resources, without endpoints, this long, so that delete and re-create does not make clients drop it")
+	fs.DurationVar(&c.Limits.TombstoneGrace, "tombstone-grace", 30*time.Second, "a deleted service is served as it last was, endpoints included, this long, so that delete and re-create does not flap clients")
 	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
 	fs.BoolVar(&c.WatchNodes, "watch-nodes", true, "watch Nodes' metadata for their topology labels: an endpoint's region, and its zone when its EndpointSlice has none (needs list/watch on nodes)")
 	fs.StringVar(&c.LocalityDefault, "locality-default", resolver.LocalityRegion, "how endpoints are ordered for each client when a service does not say (annotation "+resolver.LocalityAnnotation+" or trafficDistribution): region (own zone, then own region, then the rest), zone (own zone, then the rest) or off (one priority)")

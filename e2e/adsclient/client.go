@@ -28,6 +28,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/holdfast/holdfast/xds"
 )
 
 // Options configure a Client.
@@ -55,6 +57,20 @@ type Resource struct {
 
 // State is what the client holds now, by type URL then name.
 type State map[string]map[string]Resource
+
+// Upstream returns the cluster or assignment (typ) of the service port whose listener is name:
+// the resource named name, or name with the service's incarnation (xds.Naming.Upstream).
+func (s State) Upstream(typ, name string) (Resource, bool) {
+	if r, ok := s[typ][name]; ok {
+		return r, true
+	}
+	for n, r := range s[typ] {
+		if xds.ServiceOf(n) == name {
+			return r, true
+		}
+	}
+	return Resource{}, false
+}
 
 // Stats counts what the client did.
 type Stats struct {

@@ -150,7 +150,7 @@ func (s *Server) GetService(_ context.Context, req *GetServiceRequest) (*Service
 			port.Zones = append(port.Zones, zones[name])
 		}
 		out.Ports = append(out.Ports, port)
-		out.Resources = append(out.Resources, s.served(k, p.Port)...)
+		out.Resources = append(out.Resources, s.served(svc, p.Port)...)
 	}
 	return out, nil
 }
@@ -167,13 +167,13 @@ func health(h resolver.Health) string {
 }
 
 // served lists the resources clients of each kind are served for one service port.
-func (s *Server) served(k resolver.Key, port int32) []*ServedResource {
+func (s *Server) served(svc *resolver.Service, port int32) []*ServedResource {
 	var out []*ServedResource
-	name := s.o.Naming.Resource(k, port)
+	name := s.o.Naming.Upstream(svc.Key, svc.UID, port)
 	for _, kind := range []xds.ClientKind{xds.KindGRPC, xds.KindEnvoy} {
 		snap := s.o.Clients.Snapshot(kind)
 		wanted := map[resourcev3.Type]string{resourcev3.ClusterType: name, resourcev3.EndpointType: name,
-			resourcev3.ListenerType: name, resourcev3.RouteType: name}
+			resourcev3.ListenerType: s.o.Naming.Resource(svc.Key, port), resourcev3.RouteType: name}
 		if kind == xds.KindEnvoy {
 			wanted[resourcev3.ListenerType] = xds.Outbound(port)
 			wanted[resourcev3.RouteType] = xds.Outbound(port)
