@@ -21,7 +21,7 @@ PROTOC_GEN_GO_GRPC := $(TOOLS)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)/
 GRPCURL_VERSION := v1.9.4
 export GRPCURL := $(TOOLS)/grpcurl-$(GRPCURL_VERSION)/grpcurl
 
-.PHONY: all build kube test unit e2e fuzz bench lint demo chaos soak bootstraps prometheusrule clean generate protoc tools
+.PHONY: all build kube clients clients-matrix test unit e2e fuzz bench lint demo chaos soak bootstraps prometheusrule clean generate protoc tools
 
 all: build
 
@@ -35,8 +35,20 @@ kube:
 unit:
 	go test -race -count=1 ./resolver/... ./cache/... ./xds/... ./cmd/... ./internal/... ./deploy/...
 
-e2e: kube tools
+# The xDS client implementations the e2e tests drive besides grpc-go: gRPC for Node (npm ci from
+# e2e/clients/node/package-lock.json into $(HOLDFAST_CACHE_DIR)) and gRPC C-core (Debian's
+# python3-grpcio). Idempotent.
+clients:
+	@bash e2e/clients/install.sh >/dev/null
+
+e2e: kube tools clients
 	go test -count=1 -timeout $(E2E_TIMEOUT) ./e2e/...
+
+# The client conformance matrix in docs/clients.md, from a run of the client scenarios.
+clients-matrix: kube tools clients
+	HOLDFAST_CLIENTS_MATRIX=$(CURDIR)/.clients-matrix.md go test -count=1 -timeout 10m -run '^TestClients' ./e2e/
+	awk -v table=$(CURDIR)/.clients-matrix.md '/<!-- matrix:end -->/ { while ((getline l < table) > 0) print l; skip = 0 } !skip { print } /<!-- matrix:begin -->/ { skip = 1 }' \
+	  docs/clients.md > docs/clients.md.new && mv docs/clients.md.new docs/clients.md && rm -f .clients-matrix.md
 
 # A short fuzz run of the input-eating code rides along with every test run.
 test: unit fuzz e2e

@@ -19,6 +19,8 @@ import (
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/kube"
 	"github.com/holdfast/holdfast/e2e/netns"
+	"github.com/holdfast/holdfast/resolver"
+	"github.com/holdfast/holdfast/xds"
 )
 
 // This package's slice of the test range.
@@ -66,7 +68,12 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer env.net.Close()
-	return m.Run()
+	code := m.Run()
+	if err := writeMatrix(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: client matrix:", err)
+		return 1
+	}
+	return code
 }
 
 // ownCluster starts an API server for a test that breaks it.
@@ -173,6 +180,17 @@ func dial(t testing.TB, h *harness.Holdfast, target string) *harness.GRPCClient 
 
 func target(ns, svc string, port int32) string {
 	return fmt.Sprintf("%s.%s.svc.cluster.local:%d", svc, ns, port)
+}
+
+// upstream is the name of what the listener of service ns/name's port points to (its route
+// configuration, cluster and assignment): the listener's name and the Service's incarnation.
+func upstream(t testing.TB, ns, name string, port int32) string {
+	t.Helper()
+	svc, err := env.cluster.Client.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get service %s/%s: %v", ns, name, err)
+	}
+	return xds.Naming{Domain: "cluster.local"}.Upstream(resolver.Key{Namespace: ns, Name: name}, string(svc.UID), port)
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -18,6 +18,7 @@ type Binaries struct {
 	Holdfastctl string
 	Agent       string
 	XDSClient   string
+	XDSApp      string // grpc-go as an application: see e2e/cmd/xdsapp
 	Backend     string
 }
 
@@ -36,11 +37,11 @@ func Build(dir string) (Binaries, error) {
 	if err != nil {
 		return Binaries{}, err
 	}
-	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/holdfast", "./cmd/holdfastctl", "./cmd/holdfast-agent", "./e2e/cmd/xdsclient", "./e2e/cmd/backend")
+	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "./cmd/holdfast", "./cmd/holdfastctl", "./cmd/holdfast-agent", "./e2e/cmd/xdsclient", "./e2e/cmd/xdsapp", "./e2e/cmd/backend")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Binaries{}, fmt.Errorf("harness: go build: %w\n%s", err, out)
 	}
 	return Binaries{Holdfast: filepath.Join(dir, "holdfast"), Holdfastctl: filepath.Join(dir, "holdfastctl"),
-		Agent: filepath.Join(dir, "holdfast-agent"), XDSClient: filepath.Join(dir, "xdsclient"), Backend: filepath.Join(dir, "backend")}, nil
+		Agent: filepath.Join(dir, "holdfast-agent"), XDSClient: filepath.Join(dir, "xdsclient"), XDSApp: filepath.Join(dir, "xdsapp"), Backend: filepath.Join(dir, "backend")}, nil
 }

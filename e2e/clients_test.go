@@ -1,0 +1,815 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/adsclient"
+	"github.com/holdfast/holdfast/e2e/harness"
+	"github.com/holdfast/holdfast/resolver"
+	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/admin"
+)
+
+// The client conformance scenarios: each runs one Holdfast against the shared API server and
+// drives every proxyless xDS client implementation at once (grpc-go, gRPC for Node, gRPC C-core,
+// each as an application in its own process reading its bootstrap from GRPC_XDS_BOOTSTRAP),
+// plus, where a scenario means something for Envoy, the Envoy-like ADS client. What each
+// implementation did is recorded for docs/clients.md (make clients-matrix).
+
+var clientTools struct {
+	once  sync.Once
+	tools harness.ClientTools
+	err   error
+}
+
+// tools installs (normally: finds, `make clients` ran before) gRPC for Node and gRPC C-core.
+func tools(t *testing.T) harness.ClientTools {
+	t.Helper()
+	clientTools.once.Do(func() { clientTools.tools, clientTools.err = harness.InstallClients(env.bins.XDSApp) })
+	if clientTools.err != nil {
+		t.Fatal(clientTools.err)
+	}
+	return clientTools.tools
+}
+
+// matrix records, per scenario and implementation, what happened, for docs/clients.md.
+var matrix struct {
+	mu       sync.Mutex
+	rows     map[string]map[string]string // scenario → implementation → cell
+	versions map[string]string            // implementation → version it reported
+}
+
+func record(scenario, impl, cell string) {
+	matrix.mu.Lock()
+	defer matrix.mu.Unlock()
+	if matrix.rows == nil {
+		matrix.rows, matrix.versions = map[string]map[string]string{}, map[string]string{}
+	}
+	if matrix.rows[scenario] == nil {
+		matrix.rows[scenario] = map[string]string{}
+	}
+	matrix.rows[scenario][impl] = cell
+}
+
+func recordVersion(impl, version string) {
+	matrix.mu.Lock()
+	defer matrix.mu.Unlock()
+	if matrix.versions == nil {
+		matrix.rows, matrix.versions = map[string]map[string]string{}, map[string]string{}
+	}
+	matrix.versions[impl] = version
+}
+
+// envoyColumn is the Envoy stand-in's column in the matrix.
+const envoyColumn = "Envoy-like client (Delta, ValidateAll)"
+
+// writeMatrix writes the recorded matrix to $HOLDFAST_CLIENTS_MATRIX, if set (make clients-matrix).
+func writeMatrix() error {
+	path := os.Getenv("HOLDFAST_CLIENTS_MATRIX")
+	matrix.mu.Lock()
+	defer matrix.mu.Unlock()
+	if path == "" || len(matrix.rows) == 0 {
+		return nil
+	}
+	cols := []string{string(harness.ImplGo), string(harness.ImplNode), string(harness.ImplCore), envoyColumn}
+	var b strings.Builder
+	b.WriteString("| scenario |")
+	for _, c := range cols {
+		v := matrix.versions[c]
+		if v == "" {
+			v = c
+		}
+		fmt.Fprintf(&b, " %s |", v)
+	}
+	b.WriteString("\n|---|")
+	for range cols {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
+	scenarios := make([]string, 0, len(matrix.rows))
+	for s := range matrix.rows {
+		scenarios = append(scenarios, s)
+	}
+	sort.Strings(scenarios)
+	for _, s := range scenarios {
+		fmt.Fprintf(&b, "| %s |", s)
+		for _, c := range cols {
+			cell := matrix.rows[s][c]
+			if cell == "" {
+				cell = "—"
+			}
+			fmt.Fprintf(&b, " %s |", cell)
+		}
+		b.WriteString("\n")
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644) //nolint:gosec // a documentation table
+}
+
+// startApps starts one application per implementation, all calling targets through the xDS
+// server at server, each with the bootstrap bootstrap(impl) gives (nil: the plain one).
+func startApps(t *testing.T, server string, o harness.AppOptions, bootstrap func(harness.Impl) []byte) map[harness.Impl]*harness.App {
+	t.Helper()
+	ctx := testContext(t)
+	apps := map[harness.Impl]*harness.App{}
+	for _, impl := range harness.Impls {
+		oo := o
+		oo.Dir = env.dir
+		if bootstrap != nil {
+			oo.Bootstrap = bootstrap(impl)
+		}
+		if oo.Bootstrap == nil {
+			b, err := xds.GRPCBootstrap(xds.BootstrapOptions{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: server})
+			if err != nil {
+				t.Fatal(err)
+			}
+			oo.Bootstrap = b
+		}
+		a, err := harness.StartApp(ctx, tools(t), impl, oo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recordVersion(string(impl), a.Version)
+		t.Cleanup(func() {
+			a.Stop()
+			if t.Failed() {
+				t.Logf("%s application stderr: %s", impl, a.Stderr(30))
+			}
+		})
+		apps[impl] = a
+	}
+	return apps
+}
+
+// eachApp runs check for every implementation as a subtest named step/implementation, in a
+// stable order.
+func eachApp(t *testing.T, step string, apps map[harness.Impl]*harness.App, check func(t *testing.T, a *harness.App)) {
+	t.Helper()
+	for _, impl := range harness.Impls {
+		t.Run(step+"/"+string(impl), func(t *testing.T) { check(t, apps[impl]) })
+	}
+}
+
+// sliceEndpoint is one endpoint of a hand-written EndpointSlice, with its conditions.
+type sliceEndpoint struct {
+	b                           *harness.Backend
+	ready, serving, terminating bool
+}
+
+func readyEP(b *harness.Backend) sliceEndpoint {
+	return sliceEndpoint{b: b, ready: true, serving: true}
+}
+func notReadyEP(b *harness.Backend) sliceEndpoint { return sliceEndpoint{b: b} }
+func terminatingEP(b *harness.Backend) sliceEndpoint {
+	return sliceEndpoint{b: b, serving: true, terminating: true}
+}
+
+// writeSliceConditions is writeSlice with every condition of every endpoint spelled out.
+func writeSliceConditions(t *testing.T, ns, name, svc string, port servicePort, eps ...sliceEndpoint) {
+	t.Helper()
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr(port.name), Port: ptr(port.target), Protocol: ptr(corev1.ProtocolTCP)}},
+		Endpoints:   []discoveryv1.Endpoint{},
+	}
+	for _, e := range eps {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{e.b.Addr.String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr(e.ready), Serving: ptr(e.serving), Terminating: ptr(e.terminating)},
+			Zone:       ptr("zone-a"),
+		})
+	}
+	ctx := context.Background()
+	c := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
+	existing, err := c.Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = c.Create(ctx, s, metav1.CreateOptions{})
+	case err == nil:
+		s.ResourceVersion = existing.ResourceVersion
+		_, err = c.Update(ctx, s, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		t.Fatalf("write endpointslice %s/%s: %v", ns, name, err)
+	}
+}
+
+// envoyBackends follows the Envoy-like client's config for a service port dialled as target —
+// outbound_<port> route, the virtual host for target, its cluster, that cluster's assignment —
+// and returns the addresses it would send traffic to (HEALTHY or UNKNOWN endpoints), sorted.
+func envoyBackends(s adsclient.State, target string, port int32) ([]string, bool) {
+	rc, ok := s[resourcev3.RouteType][xds.Outbound(port)]
+	if !ok {
+		return nil, false
+	}
+	cluster := ""
+	for _, vh := range rc.Message.(*routev3.RouteConfiguration).GetVirtualHosts() {
+		if slices.Contains(vh.GetDomains(), target) {
+			cluster = vh.GetRoutes()[0].GetRoute().GetCluster()
+		}
+	}
+	if _, ok := s[resourcev3.ClusterType][cluster]; !ok || cluster == "" {
+		return nil, false
+	}
+	cla, ok := s[resourcev3.EndpointType][cluster]
+	if !ok {
+		return nil, false
+	}
+	var out []string
+	for _, l := range cla.Message.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
+		for _, e := range l.GetLbEndpoints() {
+			if h := e.GetHealthStatus().String(); h == "HEALTHY" || h == "UNKNOWN" {
+				out = append(out, e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+			}
+		}
+	}
+	slices.Sort(out)
+	return out, true
+}
+
+// addrsOf returns the backends' addresses, sorted, as envoyBackends reports them.
+func addrsOf(bs ...*harness.Backend) []string {
+	out := make([]string, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, b.Addr.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// envoyRoutesTo waits until the Envoy-like client routes target to exactly bs, with every
+// resource it holds valid.
+func envoyRoutesTo(ctx context.Context, c *adsclient.Client, target string, port int32, bs ...*harness.Backend) error {
+	want := addrsOf(bs...)
+	err := c.WaitFor(ctx, func(s adsclient.State) bool {
+		got, ok := envoyBackends(s, target, port)
+		return ok && slices.Equal(got, want)
+	})
+	if err != nil {
+		got, _ := envoyBackends(c.State(), target, port)
+		return fmt.Errorf("envoy-like client routes %s to %v, want %v: %w", target, got, want, err)
+	}
+	if inv := c.Stats().Invalid; len(inv) > 0 {
+		return fmt.Errorf("envoy-like client received invalid resources: %v", inv)
+	}
+	return nil
+}
+
+var (
+	echoPort  = servicePort{"grpc", 80, 8080}
+	multiA    = servicePort{"a", 80, 8081}
+	multiB    = servicePort{"b", 90, 8082}
+	appPeriod = 25 * time.Millisecond
+)
+
+// TestClientsFollowChanges: two services, one with two named ports; endpoints removed,
+// swapped, made not ready, made terminating while serving; every implementation follows, with
+// no failed RPC, since every backend stays alive throughout.
+func TestClientsFollowChanges(t *testing.T) {
+	ctx := testContext(t)
+	ns := newNamespace(t)
+	b := startBackends(t, echoPort.target, "b1", "b2", "b3")
+	m := startBackends(t, multiA.target, "m1", "m2")
+	mb := startBackends(t, multiB.target, "n1")
+	createService(t, ns, "echo", echoPort)
+	createService(t, ns, "multi", multiA, multiB)
+	writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]), readyEP(b["b2"]))
+	writeSliceConditions(t, ns, "multi-a", "multi", multiA, readyEP(m["m1"]))
+	writeSliceConditions(t, ns, "multi-b", "multi", multiB, readyEP(mb["n1"]))
+	h := startHoldfast(t, ns)
+	echo, ma, mB := target(ns, "echo", echoPort.port), target(ns, "multi", multiA.port), target(ns, "multi", multiB.port)
+	apps := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo, ma, mB}, Interval: appPeriod}, nil)
+	envoy, err := adsclient.Dial(h.XDSAddr, adsclient.Options{NodeID: "envoy-" + t.Name(), Delta: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = envoy.Close() })
+
+	steps := []struct {
+		name  string
+		write func()
+		echo  []string
+		multi string // multi:80's backend
+		envoy []*harness.Backend
+	}{
+		{"start", func() {}, []string{"b1", "b2"}, "m1", []*harness.Backend{b["b1"], b["b2"]}},
+		{"an endpoint removed", func() { writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"])) },
+			[]string{"b1"}, "m1", []*harness.Backend{b["b1"]}},
+		{"endpoints swapped", func() { writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b2"]), readyEP(b["b3"])) },
+			[]string{"b2", "b3"}, "m1", []*harness.Backend{b["b2"], b["b3"]}},
+		{"one not ready", func() {
+			writeSliceConditions(t, ns, "echo-a", "echo", echoPort, notReadyEP(b["b2"]), readyEP(b["b3"]))
+		}, []string{"b3"}, "m1", []*harness.Backend{b["b3"]}},
+		{"one terminating while serving, another ready", func() {
+			writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]), terminatingEP(b["b3"]))
+		}, []string{"b1"}, "m1", []*harness.Backend{b["b1"]}},
+		{"the other named port's endpoint swapped", func() {
+			writeSliceConditions(t, ns, "multi-a", "multi", multiA, readyEP(m["m2"]))
+		}, []string{"b1"}, "m2", []*harness.Backend{b["b1"]}},
+	}
+	marks := map[harness.Impl]int{}
+	for i, st := range steps {
+		st.write()
+		eachApp(t, st.name, apps, func(t *testing.T, a *harness.App) {
+			for _, c := range []struct {
+				target string
+				want   []string
+			}{{echo, st.echo}, {ma, []string{st.multi}}, {mB, []string{"n1"}}} {
+				if err := a.Routing(ctx, c.target, c.want...); err != nil {
+					t.Fatalf("%s: %v", st.name, err)
+				}
+			}
+			if i == 0 {
+				marks[a.Impl] = a.Mark() // failures count from the moment all three route
+			}
+		})
+		if err := envoyRoutesTo(ctx, envoy, echo, echoPort.port, st.envoy...); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if t.Failed() {
+			return
+		}
+	}
+	eachApp(t, "no failures", apps, func(t *testing.T, a *harness.App) {
+		n, last := a.Failures(marks[a.Impl], "")
+		total := len(a.Since(marks[a.Impl], ""))
+		record("follows endpoint changes (removed, swapped, not ready, terminating, 2 named ports)", string(a.Impl),
+			fmt.Sprintf("follows; %d/%d RPCs failed", n, total))
+		if n != 0 {
+			t.Errorf("%d of %d RPCs failed while every backend was alive (last: %s)", n, total, last)
+		}
+	})
+	noNacks(ctx, t, h)
+	record("follows endpoint changes (removed, swapped, not ready, terminating, 2 named ports)", envoyColumn, "follows; every resource valid")
+}
+
+// TestClientsAllTerminating: every endpoint of a service terminating but still serving. Sent as
+// DRAINING, gRPC clients would route nowhere; like kube-proxy (KEP-1669), Holdfast then sends
+// them as HEALTHY, and RPCs keep succeeding.
+func TestClientsAllTerminating(t *testing.T) {
+	ctx := testContext(t)
+	ns := newNamespace(t)
+	b := startBackends(t, echoPort.target, "b1", "b2")
+	createService(t, ns, "echo", echoPort)
+	writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]), readyEP(b["b2"]))
+	h := startHoldfast(t, ns)
+	echo := target(ns, "echo", echoPort.port)
+	apps := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod}, nil)
+	envoy, err := adsclient.Dial(h.XDSAddr, adsclient.Options{NodeID: "envoy-" + t.Name(), Delta: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = envoy.Close() })
+	marks := map[harness.Impl]int{}
+	eachApp(t, "routing", apps, func(t *testing.T, a *harness.App) {
+		if err := a.Routing(ctx, echo, "b1", "b2"); err != nil {
+			t.Fatal(err)
+		}
+		marks[a.Impl] = a.Mark()
+	})
+	writeSliceConditions(t, ns, "echo-a", "echo", echoPort, terminatingEP(b["b1"]), terminatingEP(b["b2"]))
+	if err := envoyRoutesTo(ctx, envoy, echo, echoPort.port, b["b1"], b["b2"]); err != nil {
+		t.Fatalf("the Envoy-like client was not sent the serving-terminating endpoints as HEALTHY: %v", err)
+	}
+	// Two more seconds of RPCs after every client has the change.
+	deadline := time.Now().Add(2 * time.Second)
+	eachApp(t, "all terminating", apps, func(t *testing.T, a *harness.App) {
+		if err := a.Routing(ctx, echo, "b1", "b2"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	time.Sleep(time.Until(deadline))
+	eachApp(t, "no failures", apps, func(t *testing.T, a *harness.App) {
+		n, last := a.Failures(marks[a.Impl], echo)
+		record("every endpoint terminating but serving", string(a.Impl), fmt.Sprintf("keeps routing to them; %d failed", n))
+		if n != 0 {
+			t.Errorf("%d RPCs failed when every endpoint turned terminating-but-serving (last: %s)", n, last)
+		}
+	})
+	noNacks(ctx, t, h)
+	record("every endpoint terminating but serving", envoyColumn, "sent as HEALTHY")
+}
+
+// TestClientsReopenAfterIdle: a channel that goes idle, and one closed and opened again, in
+// processes that share nothing. grpc-js-xds ends its ADS stream when its channels go idle and
+// opens a new one whose first requests carry the old stream's version_info: it expects its
+// resources to be sent again, and Holdfast must not skip them.
+func TestClientsReopenAfterIdle(t *testing.T) {
+	ctx := testContext(t)
+	ns := newNamespace(t)
+	b := startBackends(t, echoPort.target, "b1")
+	createService(t, ns, "echo", echoPort)
+	writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]))
+	h := startHoldfast(t, ns)
+	echo := target(ns, "echo", echoPort.port)
+	const idle = 1500 * time.Millisecond // grpc-js' and grpc-go's minimum is 1 s
+	apps := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod, IdleTimeout: idle}, nil)
+	eachApp(t, "routing", apps, func(t *testing.T, a *harness.App) {
+		if err := a.Routing(ctx, echo, "b1"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	streams := func() map[string]int { // open ADS streams per implementation, as Holdfast sees them
+		out := map[string]int{}
+		for _, c := range clientsOf(ctx, t, h) {
+			for _, impl := range harness.Impls {
+				if strings.HasPrefix(c, string(impl)+"-") {
+					out[string(impl)]++
+				}
+			}
+		}
+		return out
+	}
+	before := streams()
+
+	// Idle: no RPC for well over the idle timeout.
+	for _, a := range apps {
+		if err := a.Command(ctx, "pause"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(3 * idle)
+	during := streams()
+	for _, a := range apps {
+		if err := a.Command(ctx, "resume"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eachApp(t, "after idle", apps, func(t *testing.T, a *harness.App) {
+		err := a.Routing(ctx, echo, "b1")
+		what := "routes again"
+		if err != nil {
+			what = "never routes again"
+		}
+		endedStream := "kept its ADS stream"
+		if during[string(a.Impl)] < before[string(a.Impl)] {
+			endedStream = "ended its ADS stream while idle"
+		}
+		record("channel idle, then used again", string(a.Impl), fmt.Sprintf("%s; %s", endedStream, what))
+		if err != nil {
+			t.Fatalf("after idling: %v", err)
+		}
+	})
+
+	// Closed and opened again in the same process.
+	for _, a := range apps {
+		if err := a.Command(ctx, "close"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(idle)
+	for _, a := range apps {
+		if err := a.Command(ctx, "open"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eachApp(t, "after close and open", apps, func(t *testing.T, a *harness.App) {
+		err := a.Routing(ctx, echo, "b1")
+		cell := "routes again"
+		if err != nil {
+			cell = "never routes again"
+		}
+		record("channel closed, a new one opened in the same process", string(a.Impl), cell)
+		if err != nil {
+			t.Fatalf("after close and open: %v", err)
+		}
+	})
+	noNacks(ctx, t, h)
+	record("channel idle, then used again", envoyColumn, "a new Delta stream with initial_resource_versions is sent only what changed (unit: TestResumeRules)")
+}
+
+// noNacks checks that no client rejected anything Holdfast served during the scenario.
+func noNacks(ctx context.Context, t *testing.T, h *harness.Holdfast) {
+	t.Helper()
+	for _, typ := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
+		if n, err := h.Metric(ctx, fmt.Sprintf("holdfast_xds_nacks_total{type=%q}", typ)); err == nil && n != 0 {
+			t.Errorf("clients rejected %v %s responses", n, typ)
+		}
+	}
+}
+
+// adminOf connects to Holdfast's admin API.
+func adminOf(t *testing.T, h *harness.Holdfast) admin.AdminClient {
+	t.Helper()
+	conn, err := grpc.NewClient(h.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return admin.NewAdminClient(conn)
+}
+
+// clientsOf lists the node IDs of the ADS streams Holdfast has open.
+func clientsOf(ctx context.Context, t *testing.T, h *harness.Holdfast) []string {
+	t.Helper()
+	r, err := adminOf(t, h).ListClients(ctx, &admin.ListClientsRequest{})
+	if err != nil {
+		t.Fatalf("list clients: %v", err)
+	}
+	var ids []string
+	for _, c := range r.GetClients() {
+		ids = append(ids, c.GetNodeId())
+	}
+	return ids
+}
+
+func deleteService(t *testing.T, ns, name string) {
+	t.Helper()
+	if err := env.cluster.Client.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete service %s/%s: %v", ns, name, err)
+	}
+}
+
+// TestClientsServiceRecreated: a service deleted and created again. Within the tombstone's
+// grace no RPC fails: the deleted service is served as it was, and the new incarnation, which
+// has no endpoints until its EndpointSlice arrives, is lent the old ones. Past the grace
+// (clients were told it no longer exists) every implementation routes to it again once it is
+// back: its resources carry its new UID, so that gRPC C-core and grpc-js-xds, which ignore a
+// resource identical to one they were told was deleted, take them.
+func TestClientsServiceRecreated(t *testing.T) {
+	ctx := testContext(t)
+	ns := newNamespace(t)
+	b := startBackends(t, echoPort.target, "b1")
+	createService(t, ns, "echo", echoPort)
+	writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]))
+	const grace = 3 * time.Second
+	h := startHoldfastOn(t, env.cluster, ns, "--tombstone-grace", grace.String())
+	echo := target(ns, "echo", echoPort.port)
+	apps := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod}, nil)
+	envoy, err := adsclient.Dial(h.XDSAddr, adsclient.Options{NodeID: "envoy-" + t.Name(), Delta: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = envoy.Close() })
+	marks := map[harness.Impl]int{}
+	eachApp(t, "routing", apps, func(t *testing.T, a *harness.App) {
+		if err := a.Routing(ctx, echo, "b1"); err != nil {
+			t.Fatal(err)
+		}
+		marks[a.Impl] = a.Mark()
+	})
+	if t.Failed() {
+		return
+	}
+	recreate := func() string {
+		createService(t, ns, "echo", echoPort)
+		writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]))
+		svc, err := env.cluster.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(svc.UID)
+	}
+	servedAs := func(uid string) func(adsclient.State) bool {
+		name := xds.Naming{Domain: "cluster.local"}.Upstream(resolver.Key{Namespace: ns, Name: "echo"}, uid, echoPort.port)
+		return func(s adsclient.State) bool {
+			_, ok := s[resourcev3.EndpointType][name]
+			got, routed := envoyBackends(s, echo, echoPort.port)
+			return ok && routed && slices.Equal(got, addrsOf(b["b1"]))
+		}
+	}
+
+	// Within the grace: deleted, created again 300 ms later.
+	deleteSlice(t, ns, "echo-a")
+	deleteService(t, ns, "echo")
+	time.Sleep(300 * time.Millisecond)
+	uid := recreate()
+	if err := envoy.WaitFor(ctx, servedAs(uid)); err != nil {
+		t.Fatalf("the Envoy-like client never got the new incarnation: %v\n%s", err, describe(envoy.State()))
+	}
+	settled := time.Now().Add(2 * time.Second) // RPCs on the new incarnation's resources too
+	eachApp(t, "recreated within the grace", apps, func(t *testing.T, a *harness.App) {
+		if err := a.Routing(ctx, echo, "b1"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	time.Sleep(time.Until(settled))
+	eachApp(t, "no failures within the grace", apps, func(t *testing.T, a *harness.App) {
+		n, last := a.Failures(marks[a.Impl], echo)
+		total := len(a.Since(marks[a.Impl], echo))
+		record("service deleted and created again within the tombstone grace (300 ms gap)", string(a.Impl), fmt.Sprintf("%d/%d RPCs failed", n, total))
+		if n != 0 {
+			t.Errorf("%d of %d RPCs failed across a delete and re-create within the grace (last: %s)", n, total, last)
+		}
+	})
+	record("service deleted and created again within the tombstone grace (300 ms gap)", envoyColumn, "new incarnation's cluster and assignment; never empty")
+
+	// Past the grace: every client is told the service no longer exists.
+	deleteSlice(t, ns, "echo-a")
+	deleteService(t, ns, "echo")
+	eachApp(t, "deleted", apps, func(t *testing.T, a *harness.App) {
+		if _, err := a.Failing(ctx, echo); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := envoy.WaitFor(ctx, func(s adsclient.State) bool { _, ok := envoyBackends(s, echo, echoPort.port); return !ok }); err != nil {
+		t.Fatalf("the Envoy-like client still routes the deleted service: %v", err)
+	}
+	time.Sleep(time.Second) // every client has had time to act on the deletion
+	uid = recreate()
+	eachApp(t, "recreated after the grace", apps, func(t *testing.T, a *harness.App) {
+		start := time.Now()
+		err := a.Routing(ctx, echo, "b1")
+		cell := fmt.Sprintf("routes again after %v", time.Since(start).Round(100*time.Millisecond))
+		if err != nil {
+			cell = "never routes again"
+		}
+		record("service deleted past the grace, then created again", string(a.Impl), cell)
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := envoy.WaitFor(ctx, servedAs(uid)); err != nil {
+		t.Fatalf("the Envoy-like client never got the new incarnation: %v", err)
+	}
+	noNacks(ctx, t, h)
+	record("service deleted past the grace, then created again", envoyColumn, "new incarnation's names")
+}
+
+// TestClientsUnknownName: a client dialling a name Holdfast does not serve. Holdfast answers at
+// once (an empty LDS response: the listener does not exist) and shows DOES_NOT_EXIST; what
+// each implementation does then is its own — recorded, and bounded by its does-not-exist timer.
+func TestClientsUnknownName(t *testing.T) {
+	record("a name Holdfast does not serve", envoyColumn, "n/a: Envoy subscribes to listeners by wildcard")
+	ctx := testContext(t)
+	ns := newNamespace(t)
+	b := startBackends(t, echoPort.target, "b1")
+	createService(t, ns, "echo", echoPort)
+	writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]))
+	h := startHoldfast(t, ns)
+	missing := target(ns, "nothere", echoPort.port)
+	start := time.Now()
+	apps := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{missing}, Interval: 100 * time.Millisecond}, nil)
+	adm := adminOf(t, h)
+	eachApp(t, "holdfast says it does not exist", apps, func(t *testing.T, a *harness.App) {
+		node := fmt.Sprintf("%s-%s", a.Impl, t.Name()[:strings.Index(t.Name(), "/")])
+		err := eventually(ctx, func() bool {
+			d, err := adm.GetClient(ctx, &admin.GetClientRequest{NodeId: node})
+			if err != nil {
+				return false
+			}
+			for _, ts := range d.GetSummary().GetTypes() {
+				for _, r := range ts.GetResources() {
+					if ts.GetType() == resourcev3.ListenerType && r.GetName() == missing && r.GetStatus() == "DOES_NOT_EXIST" {
+						return true
+					}
+				}
+			}
+			return false
+		})
+		if err != nil {
+			t.Fatalf("Holdfast never showed %s as DOES_NOT_EXIST for %s", missing, node)
+		}
+	})
+	// What each client concludes, and when: its RPCs stop waiting for resolution (deadline
+	// exceeded) and fail at once with the reason. The bound is the client's 15 s does-not-exist
+	// timer plus slack.
+	const timer, slack = 15 * time.Second, 10 * time.Second
+	eachApp(t, "client concludes", apps, func(t *testing.T, a *harness.App) {
+		var concluded harness.Result
+		err := eventuallyWithin(ctx, timer+slack-time.Since(start), func() bool {
+			for _, r := range a.Since(0, missing) {
+				if r.OK {
+					return false
+				}
+				if r.Code != 4 { // not DEADLINE_EXCEEDED: the client has an answer
+					concluded = r
+					return true
+				}
+			}
+			return false
+		})
+		rs := a.Since(0, missing)
+		if slices.ContainsFunc(rs, func(r harness.Result) bool { return r.OK }) {
+			t.Fatalf("an RPC to a name nobody serves succeeded")
+		}
+		if err != nil {
+			last := ""
+			if len(rs) > 0 {
+				last = rs[len(rs)-1].Error
+			}
+			record("a name Holdfast does not serve", string(a.Impl), fmt.Sprintf("no conclusion within %v: RPCs keep failing with %q", timer+slack, last))
+			if a.Impl == harness.ImplNode {
+				return // grpc-js keeps waiting for resolution: recorded, as the issue asks
+			}
+			t.Fatalf("no conclusion within its timer plus slack; last error %q", last)
+		}
+		record("a name Holdfast does not serve", string(a.Impl), fmt.Sprintf("fails at once after %v: code %d %q",
+			concluded.At.Sub(start).Round(100*time.Millisecond), concluded.Code, clip(strings.ReplaceAll(concluded.Error, ns, "NS"), 80)))
+	})
+}
+
+// eventuallyWithin is eventually with its own bound d.
+func eventuallyWithin(ctx context.Context, d time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return eventually(ctx, cond)
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// TestClientsSecureBootstrap: each implementation over its documented secure path to a
+// Holdfast that requires client certificates. grpc-go speaks mTLS itself ("tls" channel
+// credentials, gRFC A65, written by `holdfast bootstrap --client grpc-go --ca-file ...`).
+// gRPC for Node and gRPC C-core (1.51) have no TLS channel credentials for their xDS server:
+// they reach Holdfast through holdfast-agent on a Unix socket, the agent speaking mTLS
+// upstream (`holdfast bootstrap --client grpc-node|grpc-core --server unix:///...`, and
+// `--ca-file` refused for them). Plaintext straight to Holdfast is refused for every one.
+func TestClientsSecureBootstrap(t *testing.T) {
+	ctx := testContext(t)
+	ns := newNamespace(t)
+	f := newTLSFiles(t)
+	b := startBackends(t, echoPort.target, "b1")
+	createService(t, ns, "echo", echoPort)
+	writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]))
+	h := startHoldfastOn(t, env.cluster, ns, "--tls-cert", f.cert, "--tls-key", f.key, "--client-ca", f.caFile)
+	echo := target(ns, "echo", echoPort.port)
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agent := startAgent(t, h.XDSAddr, "--listen", "unix://"+sock, "--node-id", "node-agent-"+t.Name(), "--kinds", "grpc",
+		"--upstream-ca", f.caFile, "--upstream-cert", f.clientCert, "--upstream-key", f.clientK)
+	if _, err := agent.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bootstrap := func(args ...string) []byte {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, env.bins.Holdfast, append([]string{"bootstrap"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("holdfast bootstrap %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	secure := map[harness.Impl][]byte{
+		harness.ImplGo: bootstrap("--client", "grpc-go", "--node-id", "secure-grpc-go", "--server", h.XDSAddr,
+			"--ca-file", f.caFile, "--cert-file", f.clientCert, "--key-file", f.clientK),
+		harness.ImplNode: bootstrap("--client", "grpc-node", "--node-id", "secure-grpc-node", "--server", "unix://"+sock),
+		harness.ImplCore: bootstrap("--client", "grpc-core", "--node-id", "secure-grpc-core", "--server", "unix://"+sock),
+	}
+	// The bootstrap command refuses TLS for the clients that cannot speak it, and says what to do.
+	for _, client := range []string{"grpc-node", "grpc-core"} {
+		out, err := exec.CommandContext(ctx, env.bins.Holdfast, "bootstrap", "--client", client, "--node-id", "x", "--server", h.XDSAddr, "--ca-file", f.caFile).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "holdfast-agent") {
+			t.Errorf("bootstrap --client %s --ca-file: %v %s; want a refusal pointing at holdfast-agent", client, err, out)
+		}
+	}
+	apps := startApps(t, "", harness.AppOptions{Targets: []string{echo}, Interval: appPeriod}, func(impl harness.Impl) []byte { return secure[impl] })
+	plain := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod}, nil)
+	path := map[harness.Impl]string{harness.ImplGo: "mTLS to Holdfast (tls channel creds)", harness.ImplNode: "holdfast-agent on a Unix socket, mTLS upstream",
+		harness.ImplCore: "holdfast-agent on a Unix socket, mTLS upstream"}
+	eachApp(t, "secure path", apps, func(t *testing.T, a *harness.App) {
+		err := a.Routing(ctx, echo, "b1")
+		cell := path[a.Impl] + ": routes"
+		if err != nil {
+			cell = path[a.Impl] + ": does not route"
+		}
+		record("secure path to Holdfast with mTLS required", string(a.Impl), cell)
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	// Plaintext straight to Holdfast: refused. By now every plain application has tried for as
+	// long as the secure ones took to route, and more.
+	time.Sleep(2 * time.Second)
+	eachApp(t, "plaintext refused", plain, func(t *testing.T, a *harness.App) {
+		rs := a.Since(0, echo)
+		if slices.ContainsFunc(rs, func(r harness.Result) bool { return r.OK }) {
+			t.Fatalf("an RPC succeeded over a plaintext bootstrap to a Holdfast requiring mTLS")
+		}
+		if len(rs) == 0 {
+			t.Fatal("the plaintext application made no RPC")
+		}
+	})
+	// Two ADS streams of gRPC clients: grpc-go's own and the agent's; none plaintext.
+	if n, err := h.Metric(ctx, `holdfast_xds_connected_clients{flavour="sotw",kind="grpc"}`); err != nil || n != 1 {
+		t.Errorf("SotW gRPC streams: %v (%v), want 1: grpc-go's own", n, err)
+	}
+	if n, err := h.Metric(ctx, `holdfast_xds_connected_clients{flavour="delta",kind="grpc"}`); err != nil || n != 1 {
+		t.Errorf("Delta gRPC streams: %v (%v), want 1: the agent's", n, err)
+	}
+	noNacks(ctx, t, h)
+	record("secure path to Holdfast with mTLS required", envoyColumn, "TLS transport socket in the bootstrap (checked by ValidateAll; no Envoy binary here)")
+}

@@ -1,0 +1,369 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/holdfast/holdfast/e2e/internal/testproc"
+)
+
+// Impl names an xDS client implementation that tests drive as an application would.
+type Impl string
+
+// The proxyless xDS client implementations of the tests: three code bases, none written here.
+const (
+	ImplGo   Impl = "grpc-go"     // e2e/cmd/xdsapp
+	ImplNode Impl = "grpc-js-xds" // e2e/clients/node/xdsapp.js
+	ImplCore Impl = "grpc-core"   // e2e/clients/python/xdsapp.py
+)
+
+// Impls lists every implementation, in the order tests report them.
+var Impls = []Impl{ImplGo, ImplNode, ImplCore}
+
+// ClientTools are the programs that run each implementation's application.
+type ClientTools struct {
+	XDSApp   string // the grpc-go application, built from this checkout
+	Node     string
+	NodePath string // node_modules holding @grpc/grpc-js and @grpc/grpc-js-xds
+	Python   string // Debian's python3, which has python3-grpcio
+	root     string // the module root
+}
+
+// InstallClients makes sure gRPC for Node and gRPC C-core are installed (e2e/clients/install.sh,
+// which `make clients` has normally run already) and returns how to run each implementation.
+// xdsApp is the grpc-go application's binary (Binaries.XDSApp).
+func InstallClients(xdsApp string) (ClientTools, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return ClientTools{}, err
+	}
+	cmd := exec.Command("bash", filepath.Join(root, "e2e", "clients", "install.sh"))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return ClientTools{}, fmt.Errorf("harness: e2e/clients/install.sh: %w\n%s", err, stderr.String())
+	}
+	t := ClientTools{XDSApp: xdsApp, root: root}
+	for line := range strings.SplitSeq(string(out), "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
+		switch k {
+		case "NODE":
+			t.Node = v
+		case "NODE_PATH":
+			t.NodePath = v
+		case "PYTHON":
+			t.Python = v
+		}
+	}
+	if t.Node == "" || t.NodePath == "" || t.Python == "" {
+		return ClientTools{}, fmt.Errorf("harness: e2e/clients/install.sh printed no paths: %q", out)
+	}
+	return t, nil
+}
+
+// AppOptions describe one application run.
+type AppOptions struct {
+	// Bootstrap is the xDS bootstrap (JSON) the application reads through GRPC_XDS_BOOTSTRAP.
+	Bootstrap []byte
+	// Targets are the xds:/// names it calls, each in its own channel.
+	Targets []string
+	// Interval between the RPCs of one target [25ms]; RPCTimeout bounds each RPC [1s].
+	Interval, RPCTimeout time.Duration
+	// IdleTimeout is the channels' idle timeout (0: the implementation's default).
+	IdleTimeout time.Duration
+	// Dir receives the bootstrap and the application's stderr.
+	Dir string
+}
+
+// Result is one RPC an application made.
+type Result struct {
+	At      time.Time
+	Target  string
+	OK      bool
+	Backend string
+	Code    int
+	Error   string
+}
+
+// App is a running application: one implementation calling its targets steadily.
+type App struct {
+	// set by StartApp, read-only
+	Impl       Impl
+	Version    string // what the implementation says it is
+	StderrPath string
+	cmd        *exec.Cmd
+	stdin      io.WriteCloser
+	done       chan struct{}
+	acks       chan string
+
+	mu      sync.Mutex
+	results []Result // guarded by mu, in arrival order
+}
+
+// StartApp starts impl's application and waits until it has said which version it is.
+func StartApp(ctx context.Context, tools ClientTools, impl Impl, o AppOptions) (*App, error) {
+	if o.Interval <= 0 {
+		o.Interval = 25 * time.Millisecond
+	}
+	if o.RPCTimeout <= 0 {
+		o.RPCTimeout = time.Second
+	}
+	f, err := os.CreateTemp(o.Dir, "bootstrap-"+string(impl)+"-*.json")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(o.Bootstrap); err != nil {
+		f.Close()
+		return nil, err
+	}
+	f.Close()
+	args := []string{"--interval-ms", strconv.FormatInt(o.Interval.Milliseconds(), 10),
+		"--rpc-timeout-ms", strconv.FormatInt(o.RPCTimeout.Milliseconds(), 10)}
+	if o.IdleTimeout > 0 {
+		args = append(args, "--idle-timeout-ms", strconv.FormatInt(o.IdleTimeout.Milliseconds(), 10))
+	}
+	for _, t := range o.Targets {
+		args = append(args, "--target", t)
+	}
+	var cmd *exec.Cmd
+	env := append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+f.Name())
+	switch impl {
+	case ImplGo:
+		cmd = exec.Command(tools.XDSApp, args...)
+	case ImplNode:
+		cmd = exec.Command(tools.Node, append([]string{filepath.Join(tools.root, "e2e", "clients", "node", "xdsapp.js")}, args...)...)
+		env = append(env, "NODE_PATH="+tools.NodePath)
+	case ImplCore:
+		cmd = exec.Command(tools.Python, append([]string{filepath.Join(tools.root, "e2e", "clients", "python", "xdsapp.py")}, args...)...)
+	default:
+		return nil, fmt.Errorf("harness: no xDS client implementation %q", impl)
+	}
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	errf, err := os.CreateTemp(o.Dir, "app-"+string(impl)+"-*.log")
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = errf
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		errf.Close()
+		return nil, err
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		errf.Close()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		errf.Close()
+		return nil, fmt.Errorf("harness: start %s application: %w", impl, err)
+	}
+	a := &App{Impl: impl, StderrPath: errf.Name(), cmd: cmd, stdin: stdin, done: make(chan struct{}), acks: make(chan string, 16)}
+	started := make(chan string, 1)
+	go a.read(stdout, started)
+	go func() { _ = cmd.Wait(); errf.Close(); close(a.done) }()
+	select {
+	case a.Version = <-started:
+		return a, nil
+	case <-a.done:
+		return nil, fmt.Errorf("harness: %s application exited before it started:\n%s", impl, a.Stderr(20))
+	case <-ctx.Done():
+		a.Kill()
+		return nil, fmt.Errorf("harness: %s application did not start: %w\n%s", impl, ctx.Err(), a.Stderr(20))
+	}
+}
+
+// event is one line an application prints.
+type event struct {
+	Event   string `json:"event"`
+	Target  string `json:"target"`
+	OK      bool   `json:"ok"`
+	Backend string `json:"backend"`
+	Code    int    `json:"code"`
+	Error   string `json:"error"`
+	Version string `json:"version"`
+}
+
+func (a *App) read(stdout io.Reader, started chan<- string) {
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			a.record(Result{At: time.Now(), Error: fmt.Sprintf("harness: unreadable line %q: %v", sc.Text(), err), Code: -1})
+			continue
+		}
+		switch e.Event {
+		case "rpc":
+			a.record(Result{At: time.Now(), Target: e.Target, OK: e.OK, Backend: e.Backend, Code: e.Code, Error: e.Error})
+		case "started":
+			started <- e.Version
+		default:
+			select {
+			case a.acks <- e.Event + e.Error:
+			default:
+			}
+		}
+	}
+}
+
+func (a *App) record(r Result) {
+	a.mu.Lock()
+	a.results = append(a.results, r)
+	a.mu.Unlock()
+}
+
+// Command sends a command (pause, resume, close, open) and waits for its acknowledgement.
+func (a *App) Command(ctx context.Context, cmd string) error {
+	if _, err := io.WriteString(a.stdin, cmd+"\n"); err != nil {
+		return fmt.Errorf("harness: %s: %s: %w", a.Impl, cmd, err)
+	}
+	for {
+		select {
+		case ack := <-a.acks:
+			if ack == cmd {
+				return nil
+			}
+		case <-a.done:
+			return fmt.Errorf("harness: %s application exited during %s:\n%s", a.Impl, cmd, a.Stderr(20))
+		case <-ctx.Done():
+			return fmt.Errorf("harness: %s: no acknowledgement of %s: %w", a.Impl, cmd, ctx.Err())
+		}
+	}
+}
+
+// Mark returns a position in the application's results, for Since.
+func (a *App) Mark() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.results)
+}
+
+// Since returns the results of target (every target when "") from mark on.
+func (a *App) Since(mark int, target string) []Result {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []Result
+	for _, r := range a.results[min(mark, len(a.results)):] {
+		if target == "" || r.Target == target {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Failures counts the failed RPCs of target ("" for all) from mark on, and returns the last error.
+func (a *App) Failures(mark int, target string) (n int, last string) {
+	for _, r := range a.Since(mark, target) {
+		if !r.OK {
+			n++
+			last = r.Error
+		}
+	}
+	return n, last
+}
+
+// Routing waits until the newest RPCs of target all succeeded and reached exactly the backends
+// in want (each of them, no other), or ctx is done. "Newest" is the last 10 per backend wanted
+// (at least 10) after the call: round robin over a few backends reaches all of them.
+func (a *App) Routing(ctx context.Context, target string, want ...string) error {
+	n := max(10*len(want), 10)
+	from := a.Mark()
+	var last string
+	for {
+		rs := a.Since(from, target)
+		if len(rs) >= n {
+			rs = rs[len(rs)-n:]
+			hits, failed, lastErr := map[string]int{}, 0, ""
+			for _, r := range rs {
+				if r.OK {
+					hits[r.Backend]++
+				} else {
+					failed++
+					lastErr = r.Error
+				}
+			}
+			got := slices.Sorted(maps.Keys(hits))
+			if failed == 0 && slices.Equal(got, sortedCopy(want)) {
+				return nil
+			}
+			last = fmt.Sprintf("last %d RPCs reached %s, %d failed (last error: %s)", n, HitsString(hits), failed, lastErr)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %s: want every RPC to reach exactly %v: %s: %w", a.Impl, target, want, last, ctx.Err())
+		case <-a.done:
+			return fmt.Errorf("%s: application exited:\n%s", a.Impl, a.Stderr(20))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Failing waits until the newest RPCs of target (the last 5) all fail, and returns the last
+// error, or fails when ctx is done first.
+func (a *App) Failing(ctx context.Context, target string) (string, error) {
+	from := a.Mark()
+	for {
+		rs := a.Since(from, target)
+		if len(rs) >= 5 {
+			rs = rs[len(rs)-5:]
+			if !slices.ContainsFunc(rs, func(r Result) bool { return r.OK }) {
+				return rs[len(rs)-1].Error, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%s: %s: RPCs kept succeeding: %w", a.Impl, target, ctx.Err())
+		case <-a.done:
+			return "", fmt.Errorf("%s: application exited:\n%s", a.Impl, a.Stderr(20))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func sortedCopy(s []string) []string { return slices.Sorted(slices.Values(s)) }
+
+// Stderr returns the last n lines the application wrote to stderr.
+func (a *App) Stderr(n int) string {
+	return filepath.Base(a.StderrPath) + ":\n" + testproc.Tail(a.StderrPath, n)
+}
+
+// Stop asks the application to quit, and kills it if it does not.
+func (a *App) Stop() {
+	_, _ = io.WriteString(a.stdin, "quit\n")
+	select {
+	case <-a.done:
+	case <-time.After(5 * time.Second):
+		a.Kill()
+	}
+}
+
+// Kill ends the application at once.
+func (a *App) Kill() {
+	_ = a.cmd.Process.Kill()
+	<-a.done
+}
+
+// Signal sends sig to the application (SIGSTOP, SIGCONT).
+func (a *App) Signal(sig syscall.Signal) error {
+	if err := a.cmd.Process.Signal(sig); err != nil {
+		return errors.Join(fmt.Errorf("harness: signal %s application", a.Impl), err)
+	}
+	return nil
+}
