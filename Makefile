@@ -11,8 +11,9 @@ E2E_TIMEOUT ?= 25m
 # exceeded" in Go 1.26 (golang/go#75804, fixed in 1.27). A count has no deadline to race.
 FUZZTIME ?= 4000x
 
+# protoc is pinned by its own version, not by a Debian revision: Debian replaces revisions
+# (3.21.12-3 became 3.21.12-3+deb12u1) and serves only the newest, so a revision pin breaks.
 PROTOC_VERSION := 3.21.12
-PROTOC_DEB_VERSION := $(PROTOC_VERSION)-3
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 TOOLS := $(HOLDFAST_CACHE_DIR)/tools
@@ -69,8 +70,9 @@ bench: build kube
 	cd e2e && go test -run '^$$' -bench EndToEndPropagation -benchtime 100x -count 1 .
 
 # The admin API's generated code is checked in; `make generate` rebuilds it with pinned tools:
-# protoc from Debian (protobuf-compiler and libprotobuf-dev $(PROTOC_DEB_VERSION)), the Go
-# plugins from the Go module proxy.
+# protoc $(PROTOC_VERSION) from Debian (protobuf-compiler and libprotobuf-dev, whatever revision
+# of it Debian serves; any other protoc version is refused), the Go plugins from the Go module
+# proxy.
 generate: protoc $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
 	protoc -I xds/admin -I /usr/include \
 		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) \
@@ -81,7 +83,9 @@ generate: protoc $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
 protoc:
 	@if [[ "$$(protoc --version 2>/dev/null)" != "libprotoc $(PROTOC_VERSION)" ]] || [[ ! -f /usr/include/google/protobuf/timestamp.proto ]]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			protobuf-compiler=$(PROTOC_DEB_VERSION) libprotobuf-dev=$(PROTOC_DEB_VERSION); fi
+			protobuf-compiler libprotobuf-dev; fi
+	@if [[ "$$(protoc --version)" != "libprotoc $(PROTOC_VERSION)" ]]; then \
+		echo "make generate: Debian serves $$(protoc --version), not protoc $(PROTOC_VERSION): update PROTOC_VERSION deliberately" >&2; exit 1; fi
 
 $(PROTOC_GEN_GO):
 	GOBIN=$(dir $@) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

@@ -171,7 +171,7 @@ func (s *Snapshot) index(typ resourcev3.Type) *typeIndex {
 	if idx, ok := s.types[typ]; ok {
 		return idx
 	}
-	return &typeIndex{byName: map[string]*Resource{}, version: versionOf(nil)}
+	return noResources
 }
 
 // Get returns the resource of type typ named name.

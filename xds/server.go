@@ -37,6 +37,9 @@ type ServerOptions struct {
 	NackHistory int
 	// Credentials secure the server (TLS); nil serves plaintext.
 	Credentials credentials.TransportCredentials
+	// MaxUnknownNames bounds, per stream, the names subscribed to that Holdfast has no resource
+	// of (kept as copies); more are refused. [10000]
+	MaxUnknownNames int
 }
 
 func (o *ServerOptions) defaults() {
@@ -54,6 +57,9 @@ func (o *ServerOptions) defaults() {
 	}
 	if o.NackHistory <= 0 {
 		o.NackHistory = 16
+	}
+	if o.MaxUnknownNames <= 0 {
+		o.MaxUnknownNames = 10000
 	}
 }
 
@@ -93,6 +99,8 @@ type Server struct {
 type serverMetrics struct {
 	refused, unknown, slow    prometheus.Counter
 	badRequests               *prometheus.CounterVec
+	refusedNames              prometheus.Counter
+	unserved                  *prometheus.CounterVec
 	clients                   *prometheus.GaugeVec
 	nacks, responses, resSent *prometheus.CounterVec
 	bytes                     *prometheus.CounterVec
@@ -118,7 +126,13 @@ func NewServer(opts ServerOptions) (*Server, error) {
 				Name: "holdfast_xds_slow_clients_disconnected_total", Help: "Streams closed because the client left a response unacknowledged for --xds-ack-timeout."}),
 			badRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Name: "holdfast_xds_bad_requests_total",
-				Help: "Requests Holdfast could not use, by reason (malformed: not a valid discovery request; too_large: over gRPC's receive limit; no_type_url). The client's stream is closed with the error; other streams are unaffected."}, []string{"reason"}),
+				Help: "Requests Holdfast could not use, by reason (malformed: not a valid discovery request; too_large: over gRPC's receive limit; no_type_url; unknown_type: not an xDS type). The client's stream is closed with the error; other streams are unaffected."}, []string{"reason"}),
+			refusedNames: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "holdfast_xds_refused_names_total",
+				Help: "Names a client subscribed to and Holdfast refused: it has no resource of them and the stream already held --xds-max-unknown-names such names, or the name is over 1 KiB."}),
+			unserved: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_xds_unserved_type_subscriptions_total",
+				Help: "Subscriptions to xDS types Holdfast has no resources of (SDS, RTDS, ECDS, VHDS, ...), by type: answered as for resources it does not have."}, []string{"type"}),
 			clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 				Name: "holdfast_xds_connected_clients", Help: "Open ADS streams with an identified node, by client kind and flavour (sotw, delta)."}, []string{"kind", "flavour"}),
 			nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -141,7 +155,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		},
 	}
 	m := s.metrics
-	if err := promreg.Register(opts.Registry, "xds", m.refused, m.unknown, m.slow, m.badRequests, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency); err != nil {
+	if err := promreg.Register(opts.Registry, "xds", m.refused, m.unknown, m.slow, m.badRequests, m.refusedNames, m.unserved, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency); err != nil {
 		return nil, err
 	}
 	gopts := []grpc.ServerOption{
@@ -377,10 +391,6 @@ func serve[Req, Resp any](ctx context.Context, s *Server, st *stream,
 	}
 }
 
-// typeOrder is the order in which one wake-up pushes types: clusters before their
-// assignments, listeners before their routes (make before break).
-var typeOrder = []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
-
 // ClientStatus is what the server knows of one connected client.
 type ClientStatus struct {
 	NodeID  string
@@ -405,6 +415,9 @@ type TypeStatus struct {
 	Nacked       *NackRecord
 	Rejected     map[string]string
 	InFlight     bool // a response awaits the client's ACK or NACK
+	// Refused counts the names the client subscribed to that were refused: Holdfast has no
+	// resource of them and the stream held its budget of such names (--xds-max-unknown-names).
+	Refused int
 	// InFlightResources are that response's resources, name → version ("" = removal).
 	InFlightResources map[string]string
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -697,5 +698,157 @@ func TestDelivery(t *testing.T) {
 	st.settleLocked(resourcev3.EndpointType, ts, &statuspb.Status{Message: "no"}, time.Now())
 	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("2")); d.Rejection != "local client e1 rejected a version 2: no" {
 		t.Errorf("rejected: %+v", d)
+	}
+}
+
+// TestTypeURLsBounded: a stream can hold state only for xDS types. A type URL that is no xDS type
+// ends the stream as a bad request (error, metric, log); one Holdfast does not serve (an Envoy's
+// SDS, RTDS, ECDS, VHDS on ADS) is answered as for resources it does not have, and the stream
+// goes on being served.
+func TestTypeURLsBounded(t *testing.T) {
+	var logs lockedBuffer
+	srv, conn, publish := testServerWith(t, ServerOptions{AckTimeout: time.Minute, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	a, b := twoServices()
+	publish(testView(a, b))
+	named := []string{testTranslator.Naming.Resource(a.Key, 80)}
+
+	before := testutil.ToFloat64(srv.metrics.badRequests.WithLabelValues("unknown_type"))
+	st := sotwStream(t, conn)
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: "type.googleapis.com/garbage.DoesNotExist"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "garbage.DoesNotExist") {
+		t.Fatalf("a garbage type URL: stream ended with %v, want InvalidArgument naming it", err)
+	}
+	waitFor(t, func() bool {
+		return testutil.ToFloat64(srv.metrics.badRequests.WithLabelValues("unknown_type"))-before == 1
+	})
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "reason=unknown_type") })
+
+	// Delta: an unserved type's named resources are reported as not existing; the stream goes
+	// on and is served its clusters.
+	envoy := &corev3.Node{Id: "e1", UserAgentName: "envoy"}
+	ds := deltaStream(t, conn)
+	in := responses(ds.Recv)
+	if err := ds.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.SecretType, ResourceNamesSubscribe: []string{"server-cert"}}); err != nil {
+		t.Fatal(err)
+	}
+	r := recvWithin(t, in, 5*time.Second)
+	if r == nil || (*r).TypeUrl != resourcev3.SecretType || len((*r).Resources) != 0 || !slices.Equal((*r).RemovedResources, []string{"server-cert"}) {
+		t.Fatalf("SDS over Delta: want server-cert removed (it does not exist), got %v", r)
+	}
+	if err := ds.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if r := recvWithin(t, in, 5*time.Second); r == nil || (*r).TypeUrl != resourcev3.ClusterType || len((*r).Resources) != 3 {
+		t.Fatalf("clusters after an SDS subscription: %v", r)
+	}
+	// SotW: nothing is sent for a name Holdfast does not have; the stream is served on.
+	ss := sotwStream(t, conn)
+	sin := responses(ss.Recv)
+	for _, typ := range unservedTypes {
+		if err := ss.Send(&discoveryv3.DiscoveryRequest{Node: envoy, TypeUrl: typ, ResourceNames: []string{"x"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ss.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: named}); err != nil {
+		t.Fatal(err)
+	}
+	if r := recvWithin(t, sin, 5*time.Second); r == nil || (*r).TypeUrl != resourcev3.EndpointType {
+		t.Fatalf("EDS after every unserved type: %v", r)
+	}
+	if n := testutil.ToFloat64(srv.metrics.unserved.WithLabelValues(resourcev3.RuntimeType)); n != 1 {
+		t.Errorf("RTDS subscriptions counted %v, want 1", n)
+	}
+	for _, c := range srv.Clients() {
+		if len(c.Types) > len(pushOrder) {
+			t.Errorf("a stream holds %d types, more than the %d xDS types", len(c.Types), len(pushOrder))
+		}
+	}
+}
+
+// TestUnknownNamesBounded: the names a stream subscribes to that Holdfast has no resource of are
+// copied and kept, so they are bounded per stream (over every type): more are refused, counted,
+// logged once and shown in the client's status; names Holdfast has are always taken; an
+// unsubscribe frees room; a SotW request replaces what its type held.
+func TestUnknownNamesBounded(t *testing.T) {
+	var logs lockedBuffer
+	srv, conn, publish := testServerWith(t, ServerOptions{AckTimeout: time.Minute, MaxUnknownNames: 100, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	a, b := twoServices()
+	publish(testView(a, b))
+	known := testTranslator.Naming.Resource(a.Key, 80)
+	batch := func(prefix string, n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprintf("%s-%d", prefix, i)
+		}
+		return out
+	}
+	status := func(node, typ string) TypeStatus {
+		for _, c := range srv.Clients() {
+			if c.NodeID == node {
+				return c.Types[typ]
+			}
+		}
+		return TypeStatus{}
+	}
+	envoy := &corev3.Node{Id: "hoarder", UserAgentName: "envoy"}
+	ds := deltaStream(t, conn)
+	_ = responses(ds.Recv) // read, so that the stream flows; no response is needed here
+	send := func(r *discoveryv3.DeltaDiscoveryRequest) {
+		t.Helper()
+		if err := ds.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: batch("a", 60)})
+	send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.SecretType, ResourceNamesSubscribe: batch("s", 30)})
+	// 60 + 30 held: 10 left. Of these 50, 10 are taken; the known name always is.
+	send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: append(batch("b", 50), known, strings.Repeat("x", 2000))})
+	var eds TypeStatus
+	waitFor(t, func() bool { eds = status("hoarder", resourcev3.EndpointType); return eds.Refused == 41 })
+	if len(eds.Names) != 60+10+1 || !slices.Contains(eds.Names, known) {
+		t.Fatalf("EDS subscription holds %d names (known name held: %v), want 71", len(eds.Names), slices.Contains(eds.Names, known))
+	}
+	if got := testutil.ToFloat64(srv.metrics.refusedNames); got != 41 {
+		t.Errorf("holdfast_xds_refused_names_total = %v, want 41", got)
+	}
+	// Unsubscribing 20 frees room for 20.
+	send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesUnsubscribe: batch("a", 20)})
+	send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: batch("c", 25)})
+	waitFor(t, func() bool { eds = status("hoarder", resourcev3.EndpointType); return eds.Refused == 46 })
+	if len(eds.Names) != 71-20+20 {
+		t.Fatalf("after unsubscribing 20 and asking for 25: %d names, want 71", len(eds.Names))
+	}
+	if n := strings.Count(logs.String(), "decision=client_names_refused"); n != 1 {
+		t.Errorf("%d log lines for the refusals, want 1 per stream", n)
+	}
+
+	// SotW replaces: a list over the budget is cut to it, a smaller one is taken whole again.
+	ss := sotwStream(t, conn)
+	sendS := func(names []string) {
+		t.Helper()
+		if err := ss.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "lister", UserAgentName: "gRPC Go"}, TypeUrl: resourcev3.ClusterType, ResourceNames: names}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sendS(batch("x", 150))
+	waitFor(t, func() bool { return status("lister", resourcev3.ClusterType).Refused == 50 })
+	sendS(batch("y", 80))
+	waitFor(t, func() bool {
+		s := status("lister", resourcev3.ClusterType)
+		return len(s.Names) == 80 && s.Refused == 50
+	})
+}
+
+// waitFor waits, within the test's correctness deadline, for cond to hold.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition never held")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -50,9 +50,13 @@ type stream struct {
 	node   *corev3.Node
 	loc    Locality
 	kind   ClientKind
-	types  map[resourcev3.Type]*typeState
-	nacks  []NackRecord // newest last, at most NackHistory
+	types  map[resourcev3.Type]*typeState // only types typeKnown says are xDS types
+	nacks  []NackRecord                   // newest last, at most NackHistory
 	nonces int64
+	// unknown is how many subscribed names Holdfast had no resource of, over every type (at
+	// most MaxUnknownNames); refusedLogged says a refusal of names was logged.
+	unknown       int
+	refusedLogged bool
 }
 
 // typeState is what one stream knows of one resource type.
@@ -96,6 +100,10 @@ type typeState struct {
 	// accepts another version of it; nacked is the latest rejection while any is left.
 	rejected map[string]string
 	nacked   *NackRecord
+
+	// unknown is how many of names the index had no resource of when they were subscribed
+	// (see admitLocked); refused counts the names refused over the stream's budget.
+	unknown, refused int
 }
 
 func newStream(s *Server, id int64, flavour string) *stream {
@@ -208,8 +216,18 @@ func (st *stream) onRequest(node *corev3.Node, typ resourcev3.Type, nonce string
 		st.srv.badRequest(st, "no_type_url", err)
 		return err
 	}
+	if !typeKnown(typ) {
+		err := grpcstatus.Errorf(codes.InvalidArgument, "type_url %q is not an xDS resource type", clip(typ, 200))
+		st.srv.badRequest(st, "unknown_type", err)
+		return err
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if _, ok := st.types[typ]; !ok && !typeServed(typ) {
+		st.srv.metrics.unserved.WithLabelValues(typ).Inc()
+		st.srv.log.Info("client subscribes to a type Holdfast has no resources of: answered as for resources it does not have",
+			"node", st.nodeID, "type", typ, "flavour", st.flavour, "stream", st.id)
+	}
 	ts := st.typeStateLocked(typ)
 	if nonce != "" && nonce == ts.inflight {
 		st.settleLocked(typ, ts, detail, time.Now())
@@ -239,9 +257,11 @@ func (st *stream) onSotwRequest(r *sotwRequest) error {
 		if wildcard == ts.wildcard && sameNames(&ts.names, names) {
 			return
 		}
+		idx := st.indexLocked(typ, ts)
+		names = st.admitLocked(typ, ts, idx, names, true)
 		ts.wildcard = wildcard
 		ts.names = nameSet{}
-		ts.names.addMany(st.indexLocked(typ, ts), withoutWildcard(names), func(n string) string { return st.canonicalLocked(typ, n) })
+		ts.names.addMany(idx, withoutWildcard(names), func(n string) string { return st.canonicalLocked(typ, n) })
 		ts.dirty = true
 		if !ts.wildcard {
 			for n := range ts.sent.all() {
@@ -270,7 +290,7 @@ func (st *stream) indexLocked(typ resourcev3.Type, ts *typeState) *typeIndex {
 	if snap := st.srv.snapshot(st.kind); snap != nil {
 		return snap.index(typ).at(st.loc)
 	}
-	return nil
+	return noResources
 }
 
 // knownIndex is the index a request's names of type typ are looked up in while it is decoded
@@ -346,7 +366,7 @@ func pushTypes[Resp comparable](st *stream, now time.Time, enqueue func(Resp) bo
 		return nil // nothing published yet: the first snapshot wakes every stream
 	}
 	var none Resp
-	for _, typ := range typeOrder {
+	for _, typ := range pushOrder {
 		ts := st.types[typ]
 		if ts == nil || !ts.subscribed || ts.inflight != "" {
 			continue
@@ -518,16 +538,21 @@ func (st *stream) onDeltaRequest(r *deltaRequest) error {
 				ts.wildcard = true // legacy wildcard
 			}
 		}
+		typ := req.GetTypeUrl()
+		idx := st.indexLocked(typ, ts)
 		if subscribe := req.GetResourceNamesSubscribe(); len(subscribe) > 0 {
+			subscribe = st.admitLocked(typ, ts, idx, subscribe, false)
 			ts.wildcard = ts.wildcard || slices.Contains(subscribe, "*")
-			ts.names.addMany(st.indexLocked(req.GetTypeUrl(), ts), withoutWildcard(subscribe), func(n string) string { return st.canonicalLocked(req.GetTypeUrl(), n) })
+			ts.names.addMany(idx, withoutWildcard(subscribe), func(n string) string { return st.canonicalLocked(typ, n) })
 			ts.dirty = true
 		}
 		for _, n := range req.GetResourceNamesUnsubscribe() {
 			if n == "*" {
 				ts.wildcard = false
 			} else {
-				ts.names.remove(n)
+				if ts.names.remove(n) {
+					st.forgetLocked(ts, idx, n)
+				}
 				if !ts.wildcard {
 					ts.sent.remove(n)
 				}
@@ -636,7 +661,7 @@ func (st *stream) status() ClientStatus {
 		Types: make(map[resourcev3.Type]TypeStatus, len(st.types)), Nacks: slices.Clone(st.nacks)}
 	for typ, ts := range st.types {
 		t := TypeStatus{Wildcard: ts.wildcard, Names: slices.Clone(ts.names.sortedNames()), Sent: ts.sentVersions(),
-			AckedVersion: ts.ackedVersion, Nacked: ts.nacked, Rejected: maps.Clone(ts.rejected), InFlight: ts.inflight != ""}
+			AckedVersion: ts.ackedVersion, Nacked: ts.nacked, Rejected: maps.Clone(ts.rejected), InFlight: ts.inflight != "", Refused: ts.refused}
 		if t.InFlight {
 			t.InFlightResources = make(map[string]string, len(ts.inflightOut)+len(ts.inflightRemoved))
 			for _, r := range ts.inflightOut {

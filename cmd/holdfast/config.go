@@ -39,6 +39,7 @@ type Config struct {
 	StuckAfter         time.Duration
 	Limits             cache.Limits
 	MaxClients         int
+	MaxUnknownNames    int
 	AckTimeout         time.Duration
 	Debounce           time.Duration
 	DebounceMax        time.Duration
@@ -84,6 +85,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.Limits.MaxServices, "max-services", 20000, "serve at most this many services; new ones over it are refused, served ones are never evicted")
 	fs.IntVar(&c.Limits.MaxEndpoints, "max-endpoints", 500000, "serve at most this many endpoints in all; new services or growth over it are refused")
 	fs.IntVar(&c.MaxClients, "max-clients", 10000, "serve at most this many ADS streams; new ones over it are refused with RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.MaxUnknownNames, "xds-max-unknown-names", 10000, "per ADS stream, the most names subscribed to that Holdfast has no resource of; more are refused, counted and shown in holdfastctl client (no real client comes near)")
 	fs.DurationVar(&c.Limits.TombstoneGrace, "tombstone-grace", 30*time.Second, "a deleted service is served as it last was, endpoints included, this long, so that delete and re-create does not flap clients")
 	fs.IntVar(&c.MaxEndpoints, "max-endpoints-per-service", 20000, "a service with more endpoints than this (all ports) is rejected whole and keeps its last good state")
 	fs.BoolVar(&c.WatchNodes, "watch-nodes", true, "watch Nodes' metadata for their topology labels: an endpoint's region, and its zone when its EndpointSlice has none (needs list/watch on nodes)")
@@ -166,8 +168,8 @@ func (c Config) validate() error {
 	if c.StuckAfter < time.Second {
 		errs = append(errs, fmt.Errorf("--stuck-after %v: want at least 1s", c.StuckAfter))
 	}
-	if c.Limits.MaxServices < 1 || c.Limits.MaxEndpoints < 1 || c.MaxClients < 1 {
-		errs = append(errs, errors.New("--max-services, --max-endpoints and --max-clients must be at least 1"))
+	if c.Limits.MaxServices < 1 || c.Limits.MaxEndpoints < 1 || c.MaxClients < 1 || c.MaxUnknownNames < 1 {
+		errs = append(errs, errors.New("--max-services, --max-endpoints, --max-clients and --xds-max-unknown-names must be at least 1"))
 	}
 	if c.Limits.TombstoneGrace < 0 {
 		errs = append(errs, fmt.Errorf("--tombstone-grace %v: must not be negative", c.Limits.TombstoneGrace))

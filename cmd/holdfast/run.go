@@ -80,7 +80,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		creds = tlsReload.ServerCredentials()
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients, AckTimeout: cfg.AckTimeout, Credentials: creds})
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients, AckTimeout: cfg.AckTimeout, Credentials: creds, MaxUnknownNames: cfg.MaxUnknownNames})
 	if err != nil {
 		return err
 	}

@@ -195,6 +195,9 @@ var commands = map[string]command{
 					if t.GetWildcard() {
 						s = fmt.Sprintf("%s */%d %s", short(t.GetType()), t.GetSent(), t.GetAckedVersion())
 					}
+					if n := t.GetRefusedNames(); n > 0 {
+						s += fmt.Sprintf(" REFUSED %d names", n)
+					}
 					if n := t.GetNacked(); n != nil {
 						s += " NACKED: " + n.GetDetail()
 					}
@@ -214,6 +217,9 @@ var commands = map[string]command{
 			for _, t := range s.GetTypes() {
 				for _, res := range t.GetResources() {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", short(t.GetType()), res.GetName(), res.GetVersion(), res.GetStatus())
+				}
+				if n := t.GetRefusedNames(); n > 0 {
+					fmt.Fprintf(w, "%s\t(%d more names refused: over --xds-max-unknown-names)\t\t\n", short(t.GetType()), n)
 				}
 			}
 			fmt.Fprintln(w, "\nNACKED AT\tTYPE\tVERSION\tDETAIL")

@@ -874,7 +874,10 @@ type TypeStatus struct {
 	// The latest NACK of this type since the last ACK.
 	Nacked *Nack `protobuf:"bytes,7,opt,name=nacked,proto3" json:"nacked,omitempty"`
 	// GetClient only.
-	Resources     []*ResourceStatus `protobuf:"bytes,8,rep,name=resources,proto3" json:"resources,omitempty"`
+	Resources []*ResourceStatus `protobuf:"bytes,8,rep,name=resources,proto3" json:"resources,omitempty"`
+	// Names the client subscribed to that were refused: Holdfast has no resource of them and the
+	// stream already held --xds-max-unknown-names such names (or the name is over 1 KiB).
+	RefusedNames  int32 `protobuf:"varint,9,opt,name=refused_names,json=refusedNames,proto3" json:"refused_names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -963,6 +966,13 @@ func (x *TypeStatus) GetResources() []*ResourceStatus {
 		return x.Resources
 	}
 	return nil
+}
+
+func (x *TypeStatus) GetRefusedNames() int32 {
+	if x != nil {
+		return x.RefusedNames
+	}
+	return 0
 }
 
 type ClientSummary struct {
@@ -1953,7 +1963,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x0eResourceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
-	"\x06status\x18\x03 \x01(\tR\x06status\"\xa4\x02\n" +
+	"\x06status\x18\x03 \x01(\tR\x06status\"\xc9\x02\n" +
 	"\n" +
 	"TypeStatus\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1a\n" +
@@ -1965,7 +1975,8 @@ const file_admin_proto_rawDesc = "" +
 	"\racked_version\x18\x05 \x01(\tR\fackedVersion\x12\x1b\n" +
 	"\tin_flight\x18\x06 \x01(\bR\binFlight\x12/\n" +
 	"\x06nacked\x18\a \x01(\v2\x17.holdfast.admin.v1.NackR\x06nacked\x12?\n" +
-	"\tresources\x18\b \x03(\v2!.holdfast.admin.v1.ResourceStatusR\tresources\"\xab\x02\n" +
+	"\tresources\x18\b \x03(\v2!.holdfast.admin.v1.ResourceStatusR\tresources\x12#\n" +
+	"\rrefused_names\x18\t \x01(\x05R\frefusedNames\"\xab\x02\n" +
 	"\rClientSummary\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +

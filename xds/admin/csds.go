@@ -57,7 +57,7 @@ func (c *CSDS) status(req *statusv3.ClientStatusRequest) *statusv3.ClientStatusR
 		}
 		snap := c.clients.Snapshot(cl.Kind).For(cl.Node) // its endpoints as its locality sees them
 		cfg := &statusv3.ClientConfig{Node: cl.Node}
-		for _, typ := range typeOrder {
+		for _, typ := range xds.ServedTypes {
 			t, ok := cl.Types[typ]
 			if !ok {
 				continue

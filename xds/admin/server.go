@@ -6,6 +6,7 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -194,19 +195,17 @@ func nack(n *xds.NackRecord) *Nack {
 	return &Nack{At: ts(n.At), Type: n.Type, Version: n.Version, Nonce: n.Nonce, Detail: n.Detail, Resources: maps.Clone(n.Resources)}
 }
 
-var typeOrder = []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
-
 func (s *Server) client(c xds.ClientStatus, detail bool) *ClientSummary {
 	out := &ClientSummary{NodeId: c.NodeID, Kind: string(c.Kind), Flavour: c.Flavour, Zone: c.Node.GetLocality().GetZone(),
 		Region: c.Node.GetLocality().GetRegion(), UserAgent: c.Node.GetUserAgentName(), ConnectedAt: ts(c.Since), Nacks: int32(len(c.Nacks))} //nolint:gosec // at most NackHistory
 	snap := s.o.Clients.Snapshot(c.Kind).For(c.Node)
-	for _, typ := range typeOrder {
+	for _, typ := range xds.ServedTypes {
 		t, ok := c.Types[typ]
 		if !ok {
 			continue
 		}
 		tsOut := &TypeStatus{Type: typ, Wildcard: t.Wildcard, Subscribed: int32(len(t.Names)), Sent: int32(len(t.Sent)), //nolint:gosec // counts of resources
-			AckedVersion: t.AckedVersion, InFlight: t.InFlight, Nacked: nack(t.Nacked)}
+			AckedVersion: t.AckedVersion, InFlight: t.InFlight, Nacked: nack(t.Nacked), RefusedNames: int32(min(t.Refused, math.MaxInt32))} //nolint:gosec // bounded on the line
 		if detail {
 			for _, r := range t.Resources(snap, typ) {
 				tsOut.Resources = append(tsOut.Resources, &ResourceStatus{Name: r.Name, Version: r.Version, Status: string(r.State)})

@@ -95,9 +95,6 @@ func (o *Options) defaults() {
 	}
 }
 
-// typeOrder is the order of subscriptions upstream: clusters, assignments, listeners, routes.
-var typeOrder = []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
-
 type resources = map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource
 
 // Agent mirrors Holdfast for local clients.
@@ -219,12 +216,12 @@ func (a *Agent) LoadCache() error {
 	a.restored = &restoredState{writtenAt: writtenAt, tooOld: age > a.o.MaxCacheAge}
 	a.bytes = 0
 	for _, k := range a.o.Kinds {
-		for _, typ := range typeOrder {
+		for _, typ := range xds.ServedTypes {
 			a.typeBytes[k][typ] = bytesOf(a.res[k][typ])
 			a.bytes += a.typeBytes[k][typ]
 		}
 	}
-	a.publishLocked(typeOrder, a.o.Kinds...)
+	a.publishLocked(xds.ServedTypes, a.o.Kinds...)
 	n := a.countLocked()
 	a.mu.Unlock()
 	a.metrics.fromCache.Set(1)
@@ -361,7 +358,7 @@ func (a *Agent) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 	if err != nil {
 		return err
 	}
-	for i, typ := range typeOrder {
+	for i, typ := range xds.ServedTypes {
 		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: a.versions(kind, typ)}
 		if i == 0 {
 			req.Node = a.node(kind)
@@ -409,7 +406,7 @@ func (a *Agent) versions(kind xds.ClientKind, typ resourcev3.Type) map[string]st
 // clients' verdict. It returns the NACK detail, "" to ACK.
 func (a *Agent) apply(ctx context.Context, kind xds.ClientKind, resp *discoveryv3.DeltaDiscoveryResponse) string {
 	typ := resp.GetTypeUrl()
-	if !slices.Contains(typeOrder, typ) {
+	if !slices.Contains(xds.ServedTypes, typ) {
 		return "holdfast-agent: type " + typ + " is not served"
 	}
 	in := make([]*xds.Resource, 0, len(resp.GetResources()))
@@ -447,7 +444,7 @@ func (a *Agent) apply(ctx context.Context, kind xds.ClientKind, resp *discoveryv
 	a.res[kind][typ] = next
 	a.bytes, a.typeBytes[kind][typ] = size, typeSize
 	a.up[kind].synced[typ] = true
-	a.everLive = a.everLive || len(a.up[kind].synced) == len(typeOrder)
+	a.everLive = a.everLive || len(a.up[kind].synced) == len(xds.ServedTypes)
 	a.confirmLocked()
 	a.publishLocked([]resourcev3.Type{typ}, kind)
 	a.dirty = true
@@ -466,7 +463,7 @@ func (a *Agent) confirmLocked() {
 		return
 	}
 	for _, u := range a.up {
-		for _, typ := range typeOrder {
+		for _, typ := range xds.ServedTypes {
 			if !u.synced[typ] {
 				return
 			}
@@ -602,7 +599,7 @@ func (a *Agent) Status() Status {
 	s := Status{Upstream: map[string]UpstreamStatus{}, Counts: map[xds.ClientKind]int{}}
 	for k, u := range a.up {
 		synced := true
-		for _, typ := range typeOrder {
+		for _, typ := range xds.ServedTypes {
 			synced = synced && u.synced[typ]
 		}
 		s.Upstream[string(k)] = UpstreamStatus{Connected: u.connected, Since: u.since, Synced: synced, LastError: u.lastErr}

@@ -59,7 +59,7 @@ func fleetResources(t testing.TB, services, per int) resources {
 	res := resources{}
 	for kind, snap := range out.last() {
 		res[kind] = map[resourcev3.Type]map[string]*xds.Resource{}
-		for _, typ := range typeOrder {
+		for _, typ := range xds.ServedTypes {
 			res[kind][typ] = map[string]*xds.Resource{}
 			for _, r := range snap.List(typ) {
 				res[kind][typ][r.Name] = r
