@@ -61,9 +61,9 @@ func TestGarbageTypeURLsBounded(t *testing.T) {
 	const garbage = 300000
 	node := &corev3.Node{Id: "hostile", UserAgentName: "envoy"}
 
-	// sendUntilEnd sends requests until the stream ends, and returns how it ended and how many
-	// requests went out first.
-	sendUntilEnd := func(send func(i int) error, recv func() error) (error, int) {
+	// sendUntilEnd sends requests until the stream ends, and returns how many requests went out
+	// first and how it ended.
+	sendUntilEnd := func(send func(i int) error, recv func() error) (int, error) {
 		ended := make(chan error, 1)
 		go func() {
 			for {
@@ -75,19 +75,19 @@ func TestGarbageTypeURLsBounded(t *testing.T) {
 		}()
 		for i := range garbage {
 			if err := send(i); err != nil {
-				return <-ended, i
+				return i, <-ended
 			}
 			select {
 			case err := <-ended:
-				return err, i + 1
+				return i + 1, err
 			default:
 			}
 		}
 		select {
 		case err := <-ended:
-			return err, garbage
+			return garbage, err
 		case <-time.After(timeout):
-			return errors.New("the stream never ended"), garbage
+			return garbage, errors.New("the stream never ended")
 		}
 	}
 	for _, flavour := range []string{"sotw", "delta"} {
@@ -99,7 +99,7 @@ func TestGarbageTypeURLsBounded(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			end, sent = sendUntilEnd(func(i int) error {
+			sent, end = sendUntilEnd(func(i int) error {
 				return st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: fmt.Sprintf("type.googleapis.com/garbage.DoesNotExist%d", i)})
 			}, func() error { _, err := st.Recv(); return err })
 		} else {
@@ -107,7 +107,7 @@ func TestGarbageTypeURLsBounded(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			end, sent = sendUntilEnd(func(i int) error {
+			sent, end = sendUntilEnd(func(i int) error {
 				return st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: fmt.Sprintf("not-a-type-url-%d", i)})
 			}, func() error { _, err := st.Recv(); return err })
 		}
