@@ -389,6 +389,13 @@ func (s *Store) expireHold(now time.Time) {
 	s.applyLocked(h.change, now, "hold_period")
 }
 
+// Tick does the store's periodic work as of now: a held change whose hold period is over is
+// applied, expired tombstones are collected. Run calls it every second.
+func (s *Store) Tick(now time.Time) {
+	s.expireHold(now)
+	s.sweepTombstones(now)
+}
+
 // View returns the current view.
 func (s *Store) View() View {
 	s.mu.Lock()
@@ -413,8 +420,7 @@ func (s *Store) Run(ctx context.Context) error {
 			s.flush()
 			return nil
 		case now := <-tick.C:
-			s.expireHold(now)
-			s.sweepTombstones(now)
+			s.Tick(now)
 		case <-s.kick:
 			if write == nil {
 				write = time.After(s.opts.WriteDelay)

@@ -45,6 +45,7 @@ type Publisher struct {
 	// guarded by mu
 	mu       sync.Mutex
 	latest   *cache.View
+	newest   uint64    // the highest generation handed in: an older view never replaces it
 	queuedAt time.Time // when the oldest view not yet taken by the run loop arrived
 
 	invalid map[resolver.Key]invalidState // services whose newest state failed validation
@@ -114,9 +115,18 @@ func NewPublisher(opts PublisherOptions, out SnapshotSetter) (*Publisher, error)
 	return p, nil
 }
 
-// OnView implements cache.Observer. It never blocks: a newer view replaces one not yet published.
+// OnView implements cache.Observer. It never blocks: a newer view replaces one not yet
+// published. The store hands views in from several goroutines (the resolver's, its own loop's
+// tombstone sweeps and hold expiries, an operator's release, the restore at start), each
+// after unlocking, so they may arrive out of order: a view older than one already handed in
+// is dropped, whatever goroutine it comes from.
 func (p *Publisher) OnView(v cache.View) {
 	p.mu.Lock()
+	if v.Generation <= p.newest && p.newest != 0 {
+		p.mu.Unlock()
+		return
+	}
+	p.newest = v.Generation
 	p.latest = &v
 	if p.queuedAt.IsZero() {
 		p.queuedAt = time.Now()
