@@ -115,6 +115,11 @@ func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
 		st.State, st.Reason = StateStale, fmt.Sprintf("the source for %s is %s: this is the last state it saw", src, s.latest.SourceOf(k.Namespace))
 	default:
 		st.State = StateLive
+		for _, p := range st.Service.Ports {
+			if p.Unmatched != "" {
+				st.Reason = fmt.Sprintf("port %d served empty: %s", p.Port, p.Unmatched)
+			}
+		}
 		if hasTomb && tomb.bridged == st.Service {
 			st.Reason = fmt.Sprintf("created again: its deleted incarnation stays served beside it for %v more", tomb.expires.Sub(now).Round(time.Second))
 			if tomb.lent() {

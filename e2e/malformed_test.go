@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +12,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/internal/testproc"
 )
 
 // TestResilienceMalformedObjects writes, beside good services, every kind of bad object the API
@@ -133,4 +137,48 @@ func eventually(ctx context.Context, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+// TestPortNameMismatchReported: a Service port named grpc whose EndpointSlice names its port
+// http, against the real API server. Nothing is silent: the slice's port is a rejected element
+// (holdfast_objects_rejected_total{reason="port_name_mismatch"}, one log line for the slice's
+// version), the service is served empty with the reason in holdfastctl services and service,
+// and holdfast_service_ports_unmatched counts the port. Fixing the slice clears all of it.
+func TestPortNameMismatchReported(t *testing.T) {
+	ns := newNamespace(t)
+	b := startBackends(t, grpcPort.target, "b1")
+	createService(t, ns, "echo", grpcPort) // its port is named grpc
+	httpNamed := servicePort{name: "http", port: grpcPort.port, target: grpcPort.target}
+	writeSlice(t, ns, "echo-a", "echo", httpNamed, endpoint{b["b1"], true})
+	h := startHoldfast(t, ns)
+	ctx := testContext(t)
+	waitMetric(ctx, t, h, `holdfast_objects_rejected_total{reason="port_name_mismatch"}`, func(v float64) bool { return v == 1 })
+	waitMetric(ctx, t, h, "holdfast_service_ports_unmatched", func(v float64) bool { return v == 1 })
+	ctl := func(args ...string) string {
+		out, err := exec.CommandContext(ctx, env.bins.Holdfastctl, append([]string{"--addr", h.AdminAddr}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("holdfastctl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	const why = `no EndpointSlice has a port named "grpc" (they have: "http")`
+	if out := ctl("services", ns); !strings.Contains(out, why) {
+		t.Errorf("holdfastctl services does not say why echo is empty:\n%s", out)
+	}
+	if out := ctl("service", ns+"/echo"); !strings.Contains(out, why) {
+		t.Errorf("holdfastctl service does not say why port grpc is empty:\n%s", out)
+	}
+	log := testproc.Tail(h.LogPath, 200)
+	if n := strings.Count(log, "reason=port_name_mismatch"); n != 1 {
+		t.Errorf("%d log lines for the mismatch, want 1 (once per object version):\n%s", n, log)
+	}
+	// Fixed: routed, and nothing reported any more.
+	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true})
+	if err := dial(t, h, target(ns, "echo", grpcPort.port)).WaitForBackends(ctx, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(ctx, t, h, "holdfast_service_ports_unmatched", func(v float64) bool { return v == 0 })
+	if out := ctl("services", ns); strings.Contains(out, "served empty") {
+		t.Errorf("holdfastctl services still reports the fixed port:\n%s", out)
+	}
 }

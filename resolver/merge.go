@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -32,6 +34,7 @@ const (
 	ReasonTooManyEndpoints   = "too_many_endpoints"
 	ReasonNothingUsableInput = "no_usable_endpoints_left"
 	ReasonAnnotationInvalid  = "annotation_invalid"
+	ReasonPortNameMismatch   = "port_name_mismatch"
 )
 
 // topology returns the zone and region labels of a Node; ok is false when the Node is not
@@ -94,6 +97,7 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, node
 			rejections = append(rejections, sliceRejection(s, ReasonAddressType, fmt.Sprintf("address type %q is not routable by IP", s.AddressType)))
 		}
 	}
+	rejections = append(rejections, matchPortNames(out.Ports, slices)...)
 	if len(out.Ports) == 0 {
 		return nil, rejections
 	}
@@ -102,6 +106,59 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, node
 }
 
 func isTCP(p corev1.Protocol) bool { return p == "" || p == corev1.ProtocolTCP }
+
+// matchPortNames checks the slices' port names against the service's ports, which are matched
+// by name. A slice port that names no service port carries endpoints nobody can reach: a
+// rejected element. A service port that no slice names (while the service has slices) is
+// served empty, as Kubernetes allows, and says why in its Unmatched.
+func matchPortNames(ports []Port, sl []*discoveryv1.EndpointSlice) []Rejection {
+	var rejections []Rejection
+	names := make([]string, len(ports))
+	for i, p := range ports {
+		names[i] = p.Name
+	}
+	carried := map[string]bool{}
+	quoted := func(ns []string) string {
+		q := make([]string, len(ns))
+		for i, n := range ns {
+			q[i] = strconv.Quote(n)
+		}
+		return strings.Join(q, ", ")
+	}
+	for _, s := range sl {
+		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		for _, p := range s.Ports {
+			if p.Protocol != nil && !isTCP(*p.Protocol) {
+				continue
+			}
+			pn := ""
+			if p.Name != nil {
+				pn = *p.Name
+			}
+			carried[pn] = true
+			if len(ports) > 0 && !slices.Contains(names, pn) {
+				rejections = append(rejections, sliceRejection(s, ReasonPortNameMismatch,
+					fmt.Sprintf("port %q matches no port of service %s (its ports: %s)", pn, s.Labels[discoveryv1.LabelServiceName], quoted(names))))
+			}
+		}
+	}
+	if len(carried) == 0 {
+		return rejections // no slice yet: nothing to say about the ports
+	}
+	have := make([]string, 0, len(carried))
+	for n := range carried {
+		have = append(have, n)
+	}
+	sort.Strings(have)
+	for i := range ports {
+		if !carried[ports[i].Name] {
+			ports[i].Unmatched = fmt.Sprintf("no EndpointSlice has a port named %q (they have: %s)", ports[i].Name, quoted(have))
+		}
+	}
+	return rejections
+}
 
 // endpointsForPort collects, across all slices, the endpoints serving the service port named
 // portName. An address:port listed by several slices appears once, with the most usable

@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -211,6 +212,36 @@ func TestHostPort(t *testing.T) {
 	}
 }
 
+// TestPortNameMismatchReported: a Service port named grpc whose EndpointSlice names its port
+// http. Kubernetes allows it, and nothing can be routed: the slice's port is a rejected element
+// (with a reason naming both sides), and the service's port is served empty, saying why. A
+// service with no slice at all says nothing about its ports (no endpoints yet is normal).
+func TestPortNameMismatchReported(t *testing.T) {
+	grpcPort := corev1.ServicePort{Name: "grpc", Port: 80}
+	mismatched := slice("web-a", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.0.0.1"}})
+	mismatched.ResourceVersion = "7"
+	got, rejections := buildService(svc(grpcPort), []*discoveryv1.EndpointSlice{mismatched}, nil)
+	if len(rejections) != 1 || rejections[0].Reason != ReasonPortNameMismatch || rejections[0].Name != "web-a" ||
+		!strings.Contains(rejections[0].Detail, `port "http" matches no port of service web (its ports: "grpc")`) {
+		t.Fatalf("rejections %+v", rejections)
+	}
+	if len(got.Ports) != 1 || len(got.Ports[0].Endpoints) != 0 ||
+		got.Ports[0].Unmatched != `no EndpointSlice has a port named "grpc" (they have: "http")` {
+		t.Fatalf("port %+v: want it served empty, saying why", got.Ports)
+	}
+	// The same service with no slice yet: nothing to report.
+	got, rejections = buildService(svc(grpcPort), nil, nil)
+	if len(rejections) != 0 || got.Ports[0].Unmatched != "" {
+		t.Errorf("no slices: rejections %v, port %+v", rejections, got.Ports[0])
+	}
+	// Matched by name again: nothing to report.
+	fixed := slice("web-a", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{port("grpc", 8080)}, ep{addrs: []string{"10.0.0.1"}})
+	got, rejections = buildService(svc(grpcPort), []*discoveryv1.EndpointSlice{fixed}, nil)
+	if len(rejections) != 0 || got.Ports[0].Unmatched != "" || len(got.Ports[0].Endpoints) != 1 {
+		t.Errorf("matching names: rejections %v, port %+v", rejections, got.Ports[0])
+	}
+}
+
 func TestBuildServiceRejections(t *testing.T) {
 	httpPort := corev1.ServicePort{Name: "http", Port: 80}
 	v4, v6 := discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6
@@ -239,6 +270,9 @@ func TestBuildServiceRejections(t *testing.T) {
 			slice("a", v4, []discoveryv1.EndpointPort{good}, ep{addrs: []string{"10.0.0.1"}}),
 			slice("b", v4, []discoveryv1.EndpointPort{good}, ep{addrs: []string{"10.0.0.1"}}),
 		}, []string{ReasonDuplicateEndpoint}, 1},
+		{"a slice port the service does not name", []*discoveryv1.EndpointSlice{
+			slice("a", v4, []discoveryv1.EndpointPort{good, port("metrics", 9090)}, ep{addrs: []string{"10.0.0.1"}}),
+		}, []string{ReasonPortNameMismatch}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

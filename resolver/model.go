@@ -121,6 +121,9 @@ type Port struct {
 	AppProtocol string
 	// Endpoints is sorted by address, then port; each address:port appears once.
 	Endpoints []Endpoint
+	// Unmatched says why the port has no endpoint although the service has EndpointSlices: none
+	// of them has a port of this name. Kubernetes allows it; the port is served empty.
+	Unmatched string `json:",omitempty"`
 }
 
 // Endpoint is one backend address of a port, with the conditions Kubernetes reported for it.

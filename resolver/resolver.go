@@ -130,6 +130,7 @@ type resolverMetrics struct {
 	restarts      *prometheus.CounterVec
 	probeFailures *prometheus.CounterVec
 	degraded      prometheus.Gauge
+	unmatched     prometheus.Gauge
 }
 
 // New creates a Resolver. Call Run to start it.
@@ -171,6 +172,8 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 				Name: "holdfast_source_probe_failures_total", Help: "Quorum-read probes of the API server that failed or timed out."}, []string{"source"}),
 			degraded: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "holdfast_services_degraded", Help: "Services kept at their last good state because their new input had nothing usable."}),
+			unmatched: prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "holdfast_service_ports_unmatched", Help: "Service ports served empty because none of the service's EndpointSlices has a port of their name (holdfastctl services shows which)."}),
 		},
 	}
 	namespaces := opts.Namespaces
@@ -183,7 +186,7 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 		r.metrics.stale.WithLabelValues(s.name).Set(0)
 	}
 	m := r.metrics
-	if err := promreg.Register(opts.Registry, "resolver", m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, m.degraded, rejections.counter, syncAgeCollector{r}); err != nil {
+	if err := promreg.Register(opts.Registry, "resolver", m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, m.degraded, m.unmatched, rejections.counter, syncAgeCollector{r}); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -547,10 +550,16 @@ func (r *Resolver) sourceFor(ns string) *source {
 
 func (r *Resolver) publish() {
 	r.published = true
-	endpoints := 0
+	endpoints, unmatched := 0, 0
 	for _, s := range r.services {
 		endpoints += s.EndpointCount()
+		for _, p := range s.Ports {
+			if p.Unmatched != "" {
+				unmatched++
+			}
+		}
 	}
+	r.metrics.unmatched.Set(float64(unmatched))
 	r.metrics.services.Set(float64(len(r.services)))
 	r.metrics.endpoints.Set(float64(endpoints))
 	r.metrics.publishes.Inc()

@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -171,10 +172,13 @@ var commands = map[string]command{
 			}
 			fmt.Fprintln(w, "\nPORT\tZONE\tADDRESS\tHEALTH\tREADY\tSERVING\tTERMINATING\tNODE")
 			for _, p := range r.GetPorts() {
+				if u := p.GetUnmatched(); u != "" {
+					fmt.Fprintf(w, "%s/%d\t\t(served empty: %s)\t\t\t\t\t\n", p.GetName(), p.GetPort(), u)
+				}
 				for _, z := range p.GetZones() {
 					for _, e := range z.GetEndpoints() {
-						fmt.Fprintf(w, "%s/%d\t%s\t%s:%d\t%s\t%t\t%t\t%t\t%s\n", p.GetName(), p.GetPort(), z.GetZone(), e.GetAddress(), e.GetPort(),
-							e.GetHealth(), e.GetReady(), e.GetServing(), e.GetTerminating(), e.GetNode())
+						fmt.Fprintf(w, "%s/%d\t%s\t%s\t%s\t%t\t%t\t%t\t%s\n", p.GetName(), p.GetPort(), z.GetZone(),
+							net.JoinHostPort(e.GetAddress(), strconv.Itoa(int(e.GetPort()))), e.GetHealth(), e.GetReady(), e.GetServing(), e.GetTerminating(), e.GetNode())
 					}
 				}
 			}

@@ -434,11 +434,13 @@ func (x *Zone) GetEndpoints() []*Endpoint {
 }
 
 type Port struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Port          int32                  `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
-	AppProtocol   string                 `protobuf:"bytes,3,opt,name=app_protocol,json=appProtocol,proto3" json:"app_protocol,omitempty"`
-	Zones         []*Zone                `protobuf:"bytes,4,rep,name=zones,proto3" json:"zones,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Port        int32                  `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	AppProtocol string                 `protobuf:"bytes,3,opt,name=app_protocol,json=appProtocol,proto3" json:"app_protocol,omitempty"`
+	Zones       []*Zone                `protobuf:"bytes,4,rep,name=zones,proto3" json:"zones,omitempty"`
+	// Why the port has no endpoint although the service has EndpointSlices (none names it).
+	Unmatched     string `protobuf:"bytes,5,opt,name=unmatched,proto3" json:"unmatched,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -499,6 +501,13 @@ func (x *Port) GetZones() []*Zone {
 		return x.Zones
 	}
 	return nil
+}
+
+func (x *Port) GetUnmatched() string {
+	if x != nil {
+		return x.Unmatched
+	}
+	return ""
 }
 
 type ServedResource struct {
@@ -1926,12 +1935,13 @@ const file_admin_proto_rawDesc = "" +
 	"\x06health\x18\b \x01(\tR\x06health\"U\n" +
 	"\x04Zone\x12\x12\n" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x129\n" +
-	"\tendpoints\x18\x02 \x03(\v2\x1b.holdfast.admin.v1.EndpointR\tendpoints\"\x80\x01\n" +
+	"\tendpoints\x18\x02 \x03(\v2\x1b.holdfast.admin.v1.EndpointR\tendpoints\"\x9e\x01\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12!\n" +
 	"\fapp_protocol\x18\x03 \x01(\tR\vappProtocol\x12-\n" +
-	"\x05zones\x18\x04 \x03(\v2\x17.holdfast.admin.v1.ZoneR\x05zones\"s\n" +
+	"\x05zones\x18\x04 \x03(\v2\x17.holdfast.admin.v1.ZoneR\x05zones\x12\x1c\n" +
+	"\tunmatched\x18\x05 \x01(\tR\tunmatched\"s\n" +
 	"\x0eServedResource\x12\x1f\n" +
 	"\vclient_kind\x18\x01 \x01(\tR\n" +
 	"clientKind\x12\x12\n" +

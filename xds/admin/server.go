@@ -136,7 +136,7 @@ func (s *Server) GetService(_ context.Context, req *GetServiceRequest) (*Service
 		out.Slices = append(out.Slices, &ObjectVersion{Name: o.Name, ResourceVersion: o.ResourceVersion})
 	}
 	for _, p := range svc.Ports {
-		port := &Port{Name: p.Name, Port: p.Port, AppProtocol: p.AppProtocol}
+		port := &Port{Name: p.Name, Port: p.Port, AppProtocol: p.AppProtocol, Unmatched: p.Unmatched}
 		zones := map[string]*Zone{}
 		for _, e := range p.Endpoints {
 			z := zones[e.Zone]
