@@ -27,10 +27,12 @@ import (
 // The header lets a reader refuse a file from a newer Holdfast, a truncated file, or a corrupted
 // one before decoding anything.
 const (
-	stateMagic    = "holdfast-state"
-	stateVersion  = 1
-	stateFileName = "state"
+	stateMagic   = "holdfast-state"
+	stateVersion = 1
 )
+
+// StateFileName is the state file's name in the state directory.
+const StateFileName = "state"
 
 // LoadError says why a state file was not used. Reason is a bounded set, fit for a metric label.
 type LoadError struct {
@@ -70,7 +72,8 @@ func Frame(magic string, version int, payload []byte) []byte {
 }
 
 // Unframe reads a file written by Frame and returns its payload, or a *LoadError whose reason is
-// header, future_version, too_large, truncated or checksum.
+// header (not such a file, or a version no build wrote), future_version, too_large, truncated or
+// checksum.
 func Unframe(r io.Reader, magic string, version int, maxBytes int64) ([]byte, error) {
 	br := bufio.NewReader(io.LimitReader(r, maxBytes+1))
 	header, err := br.ReadString('\n')
@@ -85,8 +88,11 @@ func Unframe(r io.Reader, magic string, version int, maxBytes int64) ([]byte, er
 	if err != nil {
 		return nil, &LoadError{"header", fmt.Errorf("version %q", f[1])}
 	}
-	if v != version {
+	switch {
+	case v > version:
 		return nil, &LoadError{"future_version", fmt.Errorf("format version %d, this build reads %d", v, version)}
+	case v != version:
+		return nil, &LoadError{"header", fmt.Errorf("format version %d: no build of this program wrote it (it reads %d)", v, version)}
 	}
 	size, err := strconv.ParseInt(f[2], 10, 64)
 	if err != nil || size < 0 {

@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/holdfast/holdfast/resolver"
 )
@@ -66,6 +71,8 @@ func TestStateCorruption(t *testing.T) {
 		{"truncated payload", "truncated", good[:len(good)-7], 1 << 20},
 		{"one bit flipped", "checksum", flip, 1 << 20},
 		{"future version", "future_version", bytes.Replace(good, []byte("holdfast-state 1 "), []byte("holdfast-state 2 "), 1), 1 << 20},
+		{"version 0, which no build wrote", "header", bytes.Replace(good, []byte("holdfast-state 1 "), []byte("holdfast-state 0 "), 1), 1 << 20},
+		{"a negative version", "header", bytes.Replace(good, []byte("holdfast-state 1 "), []byte("holdfast-state -1 "), 1), 1 << 20},
 		{"not a state file", "header", []byte("{\"services\":[]}\n"), 1 << 20},
 		{"trailing bytes", "header", append(bytes.Clone(good), 'x'), 1 << 20},
 		{"oversized", "too_large", good, int64(len(good) - 1)},
@@ -143,7 +150,7 @@ func TestStorePersistsAndRestores(t *testing.T) {
 	}
 
 	// A corrupt file is reported and ignored: nothing is served from it.
-	path := filepath.Join(dir, stateFileName)
+	path := filepath.Join(dir, StateFileName)
 	data, _ := os.ReadFile(path)
 	if err := os.WriteFile(path, data[:len(data)-3], 0o600); err != nil {
 		t.Fatal(err)
@@ -155,5 +162,53 @@ func TestStorePersistsAndRestores(t *testing.T) {
 	}
 	if len(out3) != 0 || s3.View().Servable() {
 		t.Fatal("a truncated state file was served")
+	}
+}
+
+// TestRepeatedFailuresRateLimited: a state file that cannot be written (here its path is a
+// directory, which defeats root too) fails every attempt; the failures are counted one by one
+// but reported at a falling pace, each report saying how many it stands for, and retries back
+// off; the first write that works says so once.
+func TestRepeatedFailuresRateLimited(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, StateFileName)
+	if err := os.MkdirAll(filepath.Join(blocker, "in-the-way"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	reg := prometheus.NewRegistry()
+	s, err := NewStore(StoreOptions{StateDir: dir, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Registry: reg}, make(views, 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.OnResolution(resolver.Resolution{Services: sampleServices(), Synced: true})
+	const attempts = 100
+	for range attempts {
+		if s.flush() {
+			t.Fatal("a write into a directory's path succeeded")
+		}
+	}
+	if n := testutil.ToFloat64(s.metrics.writeErrors); n != attempts {
+		t.Errorf("holdfast_state_write_errors_total = %v, want every failure counted (%d)", n, attempts)
+	}
+	// The first is reported at once, the next not before a second has passed: 100 failures
+	// in well under a second are one report (two, were the machine to stall).
+	if n := strings.Count(logs.String(), "decision=state_write_failed"); n < 1 || n > 2 {
+		t.Errorf("%d reports for %d failures, want 1 (at most 2):\n%s", n, attempts, logs.String())
+	}
+	if d := s.failing.Retry(); d != 30*time.Second {
+		t.Errorf("retry after %v following %d failures, want the 30s ceiling", d, attempts)
+	}
+	if err := os.RemoveAll(blocker); err != nil {
+		t.Fatal(err)
+	}
+	if !s.flush() {
+		t.Fatal("the write failed once the path was free")
+	}
+	if !strings.Contains(logs.String(), "decision=state_write_recovered") || !strings.Contains(logs.String(), fmt.Sprintf("after_failures=%d", attempts)) {
+		t.Errorf("no line saying the state file is written again after %d failures:\n%s", attempts, logs.String())
+	}
+	if d := s.failing.Retry(); d != time.Second {
+		t.Errorf("retry after a success: %v, want 1s", d)
 	}
 }

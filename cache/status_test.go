@@ -86,7 +86,7 @@ func TestServiceStatusRestored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteFileAtomic(dir+"/"+stateFileName, data); err != nil {
+	if err := WriteFileAtomic(dir+"/"+StateFileName, data); err != nil {
 		t.Fatal(err)
 	}
 	s, err := NewStore(StoreOptions{StateDir: dir}, make(views, 10))

@@ -12,10 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/holdfast/holdfast/internal/failures"
 	"github.com/holdfast/holdfast/internal/promreg"
 	"github.com/holdfast/holdfast/resolver"
 )
@@ -74,8 +76,9 @@ type Store struct {
 	obs      Observer
 	log      *slog.Logger
 	metrics  storeMetrics
-	capacity *capacity     // guarded by mu
-	kick     chan struct{} // capacity 1: "there is an unsaved view"
+	capacity *capacity          // guarded by mu
+	kick     chan struct{}      // capacity 1: "there is an unsaved view"
+	failing  *failures.Repeated // paces the reports and retries of state file writes
 
 	// guarded by mu
 	mu           sync.Mutex
@@ -133,8 +136,9 @@ func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
 	s := &Store{
 		capacity: capacity,
 		opts:     opts, obs: obs, log: opts.Logger.With("component", "store"),
-		kick: make(chan struct{}, 1),
-		view: View{Services: map[resolver.Key]*resolver.Service{}},
+		kick:    make(chan struct{}, 1),
+		failing: failures.New(time.Second, 30*time.Second),
+		view:    View{Services: map[resolver.Key]*resolver.Service{}},
 		metrics: storeMetrics{
 			writes: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "holdfast_state_writes_total", Help: "State files written."}),
@@ -165,7 +169,7 @@ func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
 	return s, nil
 }
 
-func (s *Store) path() string { return filepath.Join(s.opts.StateDir, stateFileName) }
+func (s *Store) path() string { return filepath.Join(s.opts.StateDir, StateFileName) }
 
 // Restore loads the state file, if there is one, and serves it until the first sync. A file
 // that cannot be used is reported and ignored whole: it never yields part of its content.
@@ -174,7 +178,8 @@ func (s *Store) Restore() error {
 		return nil
 	}
 	start := time.Now()
-	f, err := os.Open(s.path())
+	// O_NONBLOCK: were the path a FIFO, opening it would wait for a writer forever.
+	f, err := os.OpenFile(s.path(), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		s.log.Info("no state file: starting empty", "path", s.path())
 		return nil
@@ -183,6 +188,9 @@ func (s *Store) Restore() error {
 		return s.loadFailed(&LoadError{"open", err})
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return s.loadFailed(&LoadError{"open", fmt.Errorf("not a regular file (%v, %w)", fi.Mode().Type(), err)})
+	}
 	services, writtenAt, err := decodeState(f, s.opts.MaxStateBytes)
 	if err != nil {
 		var le *LoadError
@@ -428,7 +436,7 @@ func (s *Store) Run(ctx context.Context) error {
 		case <-write:
 			write = nil
 			if !s.flush() {
-				write = time.After(s.opts.WriteDelay) // try again; the previous file stays
+				write = time.After(s.failing.Retry()) // try again, backing off; the previous file stays
 			}
 		}
 	}
@@ -449,8 +457,14 @@ func (s *Store) flush() bool {
 	}
 	if err != nil {
 		s.metrics.writeErrors.Inc()
-		s.log.Error("state file not written; the previous one stays", "decision", "state_write_failed", "subject", s.path(), "err", err)
+		if rep := s.failing.Fail(time.Now()); rep.Log {
+			s.log.Error("state file not written; the previous one stays", "decision", "state_write_failed", "subject", s.path(), "err", err,
+				"failures", rep.Count, "over", rep.Over.Round(time.Second), "failing_since", rep.Since)
+		}
 		return false
+	}
+	if n, since := s.failing.Succeed(); n > 0 {
+		s.log.Info("state file written again", "decision", "state_write_recovered", "subject", s.path(), "after_failures", n, "failed_for", time.Since(since).Round(time.Second))
 	}
 	s.mu.Lock()
 	if s.view.Generation == v.Generation { // nothing newer arrived while writing

@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -116,8 +119,8 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 func (c Config) validate() error {
 	var errs []error
 	for _, a := range []struct{ flag, v string }{{"--xds-listen", c.XDSListen}, {"--http-listen", c.HTTPListen}, {"--admin-listen", c.AdminListen}} {
-		if _, _, err := net.SplitHostPort(a.v); err != nil {
-			errs = append(errs, fmt.Errorf("%s %q: want host:port: %w", a.flag, a.v, err))
+		if err := checkListen(a.v); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", a.flag, a.v, err))
 		}
 	}
 	for _, ns := range c.Namespaces {
@@ -171,8 +174,8 @@ func (c Config) validate() error {
 	if c.Limits.MaxServices < 1 || c.Limits.MaxEndpoints < 1 || c.MaxClients < 1 || c.MaxUnknownNames < 1 {
 		errs = append(errs, errors.New("--max-services, --max-endpoints, --max-clients and --xds-max-unknown-names must be at least 1"))
 	}
-	if c.Limits.TombstoneGrace < 0 {
-		errs = append(errs, fmt.Errorf("--tombstone-grace %v: must not be negative", c.Limits.TombstoneGrace))
+	if c.Limits.TombstoneGrace < time.Second {
+		errs = append(errs, fmt.Errorf("--tombstone-grace %v: want at least 1s (a deleted service is withdrawn when it ends; without one, a delete and re-create flaps every client)", c.Limits.TombstoneGrace))
 	}
 	if c.MaxEndpoints < 1 {
 		errs = append(errs, fmt.Errorf("--max-endpoints-per-service %d: must be at least 1", c.MaxEndpoints))
@@ -187,4 +190,82 @@ func (c Config) validate() error {
 		errs = append(errs, fmt.Errorf("--shutdown-grace %v: must not be negative", c.ShutdownGrace))
 	}
 	return errors.Join(errs...)
+}
+
+// checkListen accepts "host:port" where host is empty (every address), an IP address or
+// localhost, and port a number from 0 to 65535. Names are refused rather than looked up: a
+// listen address is configuration, and a DNS answer at start is not.
+func checkListen(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want host:port: %w", err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q: want a number from 0 to 65535", port)
+	}
+	if host == "" || host == "localhost" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return fmt.Errorf("host %q: want an IP address, localhost or nothing (every address); names are not looked up", host)
+	}
+	return nil
+}
+
+// checkEnvironment checks what the configuration names on this machine before anything
+// starts: a state directory that exists as a directory (or can be created) and can be written
+// to, and a state file, if there is one, that is a regular file (never opened to find out: a
+// FIFO would block the read); a kubeconfig that exists.
+func (c Config) checkEnvironment() error {
+	var errs []error
+	if c.StateDir != "" {
+		if err := checkStateDir(c.StateDir); err != nil {
+			errs = append(errs, fmt.Errorf("--state-dir %s: %w", c.StateDir, err))
+		}
+	}
+	if c.Kubeconfig != "" {
+		if _, err := os.Stat(c.Kubeconfig); err != nil {
+			errs = append(errs, fmt.Errorf("--kubeconfig: %w", err))
+		}
+	} else if env := os.Getenv("KUBECONFIG"); env != "" && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		found := false
+		for _, p := range filepath.SplitList(env) {
+			if _, err := os.Stat(p); err == nil { //nolint:gosec // the operator's own $KUBECONFIG, checked for existence
+
+				found = true
+			}
+		}
+		if !found {
+			errs = append(errs, fmt.Errorf("$KUBECONFIG=%s: no such file (and not running in a cluster)", env))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkStateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("cannot be created: %w", err)
+		}
+	case err != nil:
+		return err
+	case !fi.IsDir():
+		return errors.New("not a directory")
+	}
+	probe, err := os.CreateTemp(dir, ".holdfast-write-check-*")
+	if err != nil {
+		return fmt.Errorf("not writable: %w", err)
+	}
+	closeErr := probe.Close()
+	_ = os.Remove(probe.Name())
+	if closeErr != nil {
+		return fmt.Errorf("not writable: %w", closeErr)
+	}
+	state := filepath.Join(dir, cache.StateFileName)
+	if fi, err := os.Stat(state); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file (%v): refused without reading it; remove it", state, fi.Mode().Type())
+	}
+	return nil
 }

@@ -30,6 +30,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
+	if err == nil {
+		err = cfg.checkEnvironment()
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "holdfast: %v\n", err)
 		return 2

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -353,4 +356,111 @@ func TestDeployArgsAreAccepted(t *testing.T) {
 	if !found {
 		t.Error("no holdfast container in deploy/base/deployment.yaml")
 	}
+}
+
+// TestStartupErrorsExitTwo: a configuration Holdfast cannot use exits 2 with a message naming
+// what is wrong, before anything starts (nothing is bound, nothing is read, no DNS lookup);
+// what the machine refuses at run time (a port in use, an address not on it) exits 1 with one
+// clear line.
+func TestStartupErrorsExitTwo(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a-file")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifoDir := filepath.Join(dir, "fifo")
+	if err := os.Mkdir(fifoDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(fifoDir, "state"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dirAsState := filepath.Join(dir, "dir-as-state")
+	if err := os.MkdirAll(filepath.Join(dirAsState, "state"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	readOnly := readOnlyDir(t)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+users: [{name: u, user: {token: t}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	free := func() []string { // listen flags on free ports, for the cases about something else
+		return []string{"--kubeconfig", kubeconfig, "--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		env     string // KUBECONFIG
+		code    int
+		wantErr string
+	}{
+		{"listen address not an IP", []string{"--xds-listen", "256.1.1.1:28000"}, "", 2, `host "256.1.1.1": want an IP address`},
+		{"listen address a name", []string{"--http-listen", "holdfast.example:18080"}, "", 2, "names are not looked up"},
+		{"listen port out of range", []string{"--admin-listen", "127.0.0.1:99999"}, "", 2, `port "99999": want a number from 0 to 65535`},
+		{"state dir is a file", append(free(), "--state-dir", file), "", 2, "--state-dir " + file + ": not a directory"},
+		{"state dir not writable", append(free(), "--state-dir", readOnly), "", 2, "not writable"},
+		{"state file is a FIFO", append(free(), "--state-dir", fifoDir), "", 2, "is not a regular file"},
+		{"state file is a directory", append(free(), "--state-dir", dirAsState), "", 2, "is not a regular file"},
+		{"no grace for tombstones", append(free(), "--tombstone-grace", "0s"), "", 2, "--tombstone-grace 0s: want at least 1s"},
+		{"kubeconfig missing", []string{"--kubeconfig", filepath.Join(dir, "nope")}, "", 2, "--kubeconfig: stat"},
+		{"$KUBECONFIG missing", []string{"--xds-listen", "127.0.0.1:0"}, filepath.Join(dir, "nope"), 2, "$KUBECONFIG=" + filepath.Join(dir, "nope") + ": no such file"},
+		{"port in use", append(free(), "--xds-listen", busy.Addr().String()), "", 1, "address already in use"},
+		{"address not on this machine", append(free(), "--http-listen", "192.0.2.77:0"), "", 1, "cannot assign requested address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("KUBECONFIG", tt.env)
+			var stdout, stderr bytes.Buffer
+			done := make(chan int, 1)
+			go func() { done <- realMain(tt.args, &stdout, &stderr) }()
+			var code int
+			select {
+			case code = <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("holdfast did not exit: it must refuse this before starting\n%s", stderr.String())
+			}
+			if code != tt.code || !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr.String(), tt.code, tt.wantErr)
+			}
+			if tt.code == 2 && strings.Contains(stderr.String(), "holdfast starting") {
+				t.Errorf("a configuration error after starting:\n%s", stderr.String())
+			}
+			if tt.code == 1 {
+				if lines := strings.Count(strings.TrimSpace(stderr.String()), "\n") + 1; lines != 1 {
+					t.Errorf("%d lines on stderr, want one clear line:\n%s", lines, stderr.String())
+				}
+			}
+		})
+	}
+}
+
+// readOnlyDir returns a directory nobody can write to, not even root: a read-only tmpfs when the
+// test runs as root (which ignores permission bits), a directory without write permission
+// otherwise.
+func readOnlyDir(t *testing.T) string {
+	t.Helper()
+	d := t.TempDir()
+	if os.Geteuid() != 0 {
+		if err := os.Chmod(d, 0o555); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.Chmod(d, 0o755) })
+		return d
+	}
+	if err := syscall.Mount("tmpfs", d, "tmpfs", syscall.MS_RDONLY, "size=1m"); err != nil {
+		t.Fatalf("mount a read-only tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(d, 0) })
+	return d
 }

@@ -147,7 +147,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		g.Go(func() error { tlsReload.Run(gctx, time.Second); return nil })
 	}
 	// A bad state file is reported by Restore and ignored: Holdfast then serves once synced.
-	_ = store.Restore()
+	// Restore runs beside everything else, outside the group: a read that hangs (a stalled
+	// disk) never keeps Holdfast from serving once synced, nor from shutting down.
+	go func() { _ = store.Restore() }()
 	g.Go(func() error { return store.Run(gctx) })
 	g.Go(func() error { return res.Run(gctx) })
 	g.Go(func() error { return srv.GRPC.Serve(xdsLis) })

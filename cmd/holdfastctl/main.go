@@ -281,6 +281,9 @@ var commands = map[string]command{
 						msg += ": " + v
 					}
 				}
+				if n := d.GetCount(); n > 1 {
+					msg += fmt.Sprintf(" (%d times since %s)", n, when(d.GetFirst()))
+				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", when(d.GetAt()), d.GetKind(), d.GetSubject(), msg)
 			}
 		}, err

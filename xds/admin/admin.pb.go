@@ -1733,8 +1733,12 @@ type Decision struct {
 	// What it was about: a service, a client's node ID, a source.
 	Subject string `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
 	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
-	// The log line's other attributes.
-	Attrs         map[string]string `protobuf:"bytes,5,rep,name=attrs,proto3" json:"attrs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The log line's other attributes (the latest's).
+	Attrs map[string]string `protobuf:"bytes,5,rep,name=attrs,proto3" json:"attrs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The same decision (kind, subject, message) repeated is kept once: how many times, and
+	// when the first was (at is the latest).
+	Count         int32                  `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`
+	First         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=first,proto3" json:"first,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1800,6 +1804,20 @@ func (x *Decision) GetMessage() string {
 func (x *Decision) GetAttrs() map[string]string {
 	if x != nil {
 		return x.Attrs
+	}
+	return nil
+}
+
+func (x *Decision) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Decision) GetFirst() *timestamppb.Timestamp {
+	if x != nil {
+		return x.First
 	}
 	return nil
 }
@@ -2036,13 +2054,15 @@ const file_admin_proto_rawDesc = "" +
 	"\x12ReleaseHoldRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
 	"\x13ReleaseHoldResponse\x123\n" +
-	"\breleased\x18\x01 \x01(\v2\x17.holdfast.admin.v1.HoldR\breleased\"\xf6\x01\n" +
+	"\breleased\x18\x01 \x01(\v2\x17.holdfast.admin.v1.HoldR\breleased\"\xbe\x02\n" +
 	"\bDecision\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
 	"\asubject\x18\x03 \x01(\tR\asubject\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12<\n" +
-	"\x05attrs\x18\x05 \x03(\v2&.holdfast.admin.v1.Decision.AttrsEntryR\x05attrs\x1a8\n" +
+	"\x05attrs\x18\x05 \x03(\v2&.holdfast.admin.v1.Decision.AttrsEntryR\x05attrs\x12\x14\n" +
+	"\x05count\x18\x06 \x01(\x05R\x05count\x120\n" +
+	"\x05first\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05first\x1a8\n" +
 	"\n" +
 	"AttrsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -2141,28 +2161,29 @@ var file_admin_proto_depIdxs = []int32{
 	21, // 26: holdfast.admin.v1.ReleaseHoldResponse.released:type_name -> holdfast.admin.v1.Hold
 	32, // 27: holdfast.admin.v1.Decision.at:type_name -> google.protobuf.Timestamp
 	30, // 28: holdfast.admin.v1.Decision.attrs:type_name -> holdfast.admin.v1.Decision.AttrsEntry
-	26, // 29: holdfast.admin.v1.DecisionLogResponse.decisions:type_name -> holdfast.admin.v1.Decision
-	0,  // 30: holdfast.admin.v1.Admin.ListServices:input_type -> holdfast.admin.v1.ListServicesRequest
-	3,  // 31: holdfast.admin.v1.Admin.GetService:input_type -> holdfast.admin.v1.GetServiceRequest
-	14, // 32: holdfast.admin.v1.Admin.ListClients:input_type -> holdfast.admin.v1.ListClientsRequest
-	16, // 33: holdfast.admin.v1.Admin.GetClient:input_type -> holdfast.admin.v1.GetClientRequest
-	18, // 34: holdfast.admin.v1.Admin.ListSources:input_type -> holdfast.admin.v1.ListSourcesRequest
-	22, // 35: holdfast.admin.v1.Admin.ListHolds:input_type -> holdfast.admin.v1.ListHoldsRequest
-	24, // 36: holdfast.admin.v1.Admin.ReleaseHold:input_type -> holdfast.admin.v1.ReleaseHoldRequest
-	27, // 37: holdfast.admin.v1.Admin.DecisionLog:input_type -> holdfast.admin.v1.DecisionLogRequest
-	2,  // 38: holdfast.admin.v1.Admin.ListServices:output_type -> holdfast.admin.v1.ListServicesResponse
-	9,  // 39: holdfast.admin.v1.Admin.GetService:output_type -> holdfast.admin.v1.ServiceDetail
-	15, // 40: holdfast.admin.v1.Admin.ListClients:output_type -> holdfast.admin.v1.ListClientsResponse
-	17, // 41: holdfast.admin.v1.Admin.GetClient:output_type -> holdfast.admin.v1.ClientDetail
-	20, // 42: holdfast.admin.v1.Admin.ListSources:output_type -> holdfast.admin.v1.ListSourcesResponse
-	23, // 43: holdfast.admin.v1.Admin.ListHolds:output_type -> holdfast.admin.v1.ListHoldsResponse
-	25, // 44: holdfast.admin.v1.Admin.ReleaseHold:output_type -> holdfast.admin.v1.ReleaseHoldResponse
-	28, // 45: holdfast.admin.v1.Admin.DecisionLog:output_type -> holdfast.admin.v1.DecisionLogResponse
-	38, // [38:46] is the sub-list for method output_type
-	30, // [30:38] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	32, // 29: holdfast.admin.v1.Decision.first:type_name -> google.protobuf.Timestamp
+	26, // 30: holdfast.admin.v1.DecisionLogResponse.decisions:type_name -> holdfast.admin.v1.Decision
+	0,  // 31: holdfast.admin.v1.Admin.ListServices:input_type -> holdfast.admin.v1.ListServicesRequest
+	3,  // 32: holdfast.admin.v1.Admin.GetService:input_type -> holdfast.admin.v1.GetServiceRequest
+	14, // 33: holdfast.admin.v1.Admin.ListClients:input_type -> holdfast.admin.v1.ListClientsRequest
+	16, // 34: holdfast.admin.v1.Admin.GetClient:input_type -> holdfast.admin.v1.GetClientRequest
+	18, // 35: holdfast.admin.v1.Admin.ListSources:input_type -> holdfast.admin.v1.ListSourcesRequest
+	22, // 36: holdfast.admin.v1.Admin.ListHolds:input_type -> holdfast.admin.v1.ListHoldsRequest
+	24, // 37: holdfast.admin.v1.Admin.ReleaseHold:input_type -> holdfast.admin.v1.ReleaseHoldRequest
+	27, // 38: holdfast.admin.v1.Admin.DecisionLog:input_type -> holdfast.admin.v1.DecisionLogRequest
+	2,  // 39: holdfast.admin.v1.Admin.ListServices:output_type -> holdfast.admin.v1.ListServicesResponse
+	9,  // 40: holdfast.admin.v1.Admin.GetService:output_type -> holdfast.admin.v1.ServiceDetail
+	15, // 41: holdfast.admin.v1.Admin.ListClients:output_type -> holdfast.admin.v1.ListClientsResponse
+	17, // 42: holdfast.admin.v1.Admin.GetClient:output_type -> holdfast.admin.v1.ClientDetail
+	20, // 43: holdfast.admin.v1.Admin.ListSources:output_type -> holdfast.admin.v1.ListSourcesResponse
+	23, // 44: holdfast.admin.v1.Admin.ListHolds:output_type -> holdfast.admin.v1.ListHoldsResponse
+	25, // 45: holdfast.admin.v1.Admin.ReleaseHold:output_type -> holdfast.admin.v1.ReleaseHoldResponse
+	28, // 46: holdfast.admin.v1.Admin.DecisionLog:output_type -> holdfast.admin.v1.DecisionLogResponse
+	39, // [39:47] is the sub-list for method output_type
+	31, // [31:39] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"container/list"
 	"context"
 	"log/slog"
 	"slices"
@@ -8,50 +9,69 @@ import (
 	"time"
 )
 
-// Decisions keeps Holdfast's latest decisions in a bounded ring. Components need no reference
+// Decisions keeps Holdfast's latest decisions in a bounded list. Components need no reference
 // to it: a decision is a log line with a "decision" attribute (its kind) and usually a
 // "subject", and Decisions is a slog.Handler wrapper that keeps a copy of every such line. So
 // what the admin API shows and what the logs say are the same record.
+//
+// A decision that repeats one already kept — the same kind, subject and message, a failing
+// disk retried every second, say — is not kept again: the kept one counts it, takes its time
+// and attributes, and becomes the newest. So noise takes one entry, and what an operator needs
+// (a hold, a NACK) is never pushed out by it.
 type Decisions struct {
-	mu   sync.Mutex
-	ring []Record
-	next int
-	full bool
+	// set at construction, read-only
+	size int
+
+	// guarded by mu
+	mu    sync.Mutex
+	order *list.List               // of *Record, newest first
+	byKey map[string]*list.Element // kind, subject and message → its entry
 }
 
-// Record is one decision, as logged.
+// Record is one decision, as logged: the latest of Count alike, the first of them at First.
 type Record struct {
 	At      time.Time
 	Kind    string
 	Subject string
 	Message string
 	Attrs   map[string]string
+	First   time.Time
+	Count   int
 }
 
 // NewDecisions keeps the latest n decisions.
 func NewDecisions(n int) *Decisions {
-	return &Decisions{ring: make([]Record, max(n, 1))}
+	return &Decisions{size: max(n, 1), order: list.New(), byKey: map[string]*list.Element{}}
 }
 
 func (d *Decisions) add(dec Record) {
+	key := dec.Kind + "\x00" + dec.Subject + "\x00" + dec.Message
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.ring[d.next] = dec
-	d.next = (d.next + 1) % len(d.ring)
-	d.full = d.full || d.next == 0
+	if e, ok := d.byKey[key]; ok {
+		kept := e.Value.(*Record)
+		kept.At, kept.Attrs = dec.At, dec.Attrs
+		kept.Count++
+		d.order.MoveToFront(e)
+		return
+	}
+	dec.First, dec.Count = dec.At, 1
+	d.byKey[key] = d.order.PushFront(&dec)
+	if d.order.Len() > d.size {
+		oldest := d.order.Back()
+		d.order.Remove(oldest)
+		r := oldest.Value.(*Record)
+		delete(d.byKey, r.Kind+"\x00"+r.Subject+"\x00"+r.Message)
+	}
 }
 
 // Latest returns up to limit decisions (0: all kept) of the given kind ("" = any), newest first.
 func (d *Decisions) Latest(limit int, kind string) []Record {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n := d.next
-	if d.full {
-		n = len(d.ring)
-	}
 	var out []Record
-	for i := 1; i <= n; i++ {
-		dec := d.ring[(d.next-i+len(d.ring))%len(d.ring)]
+	for e := d.order.Front(); e != nil; e = e.Next() {
+		dec := *e.Value.(*Record)
 		if kind != "" && dec.Kind != kind {
 			continue
 		}

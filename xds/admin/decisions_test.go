@@ -51,6 +51,36 @@ func TestDecisionsKeepsDecisionLines(t *testing.T) {
 	}
 }
 
+// TestDecisionsCoalesceRepeats: a decision repeated (the same kind, subject and message: a
+// failing disk every second) is kept once, counted, with its latest attributes, and moves to
+// the front; so a thousand repeats never push a hold or a NACK out of a log of three.
+func TestDecisionsCoalesceRepeats(t *testing.T) {
+	d := NewDecisions(3)
+	log := slog.New(d.Handler(slog.DiscardHandler))
+	log.Warn("held", "decision", "guard_hold", "subject", "hold 1")
+	log.Warn("rejected", "decision", "client_nack", "subject", "sidecar-1")
+	for i := range 1000 {
+		log.Error("state file not written", "decision", "state_write_failed", "subject", "/state", "failures", i)
+	}
+	got := d.Latest(0, "")
+	if len(got) != 3 || got[0].Kind != "state_write_failed" || got[1].Kind != "client_nack" || got[2].Kind != "guard_hold" {
+		t.Fatalf("kept %+v, want the repeated failure once, then the NACK and the hold", got)
+	}
+	if got[0].Count != 1000 || got[0].Attrs["failures"] != "999" || got[0].First.After(got[0].At) {
+		t.Errorf("coalesced record %+v: want count 1000, the latest attributes, first before at", got[0])
+	}
+	// A hold logged again after other decisions moves to the front, counted.
+	log.Warn("held", "decision", "guard_hold", "subject", "hold 1")
+	if got := d.Latest(1, ""); got[0].Kind != "guard_hold" || got[0].Count != 2 {
+		t.Errorf("newest = %+v", got[0])
+	}
+	// Another subject is another decision.
+	log.Warn("held", "decision", "guard_hold", "subject", "hold 2")
+	if n := len(d.Latest(0, "guard_hold")); n != 2 {
+		t.Errorf("%d guard_hold records, want 2", n)
+	}
+}
+
 func TestNodeMatchers(t *testing.T) {
 	exact := func(s string) *matcherv3.NodeMatcher {
 		return &matcherv3.NodeMatcher{NodeId: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}}

@@ -296,7 +296,8 @@ func (s *Server) ReleaseHold(_ context.Context, req *ReleaseHoldRequest) (*Relea
 func (s *Server) DecisionLog(_ context.Context, req *DecisionLogRequest) (*DecisionLogResponse, error) {
 	out := &DecisionLogResponse{}
 	for _, d := range s.o.Decisions.Latest(int(req.GetLimit()), req.GetKind()) {
-		out.Decisions = append(out.Decisions, &Decision{At: ts(d.At), Kind: d.Kind, Subject: d.Subject, Message: d.Message, Attrs: d.Attrs})
+		out.Decisions = append(out.Decisions, &Decision{At: ts(d.At), Kind: d.Kind, Subject: d.Subject, Message: d.Message, Attrs: d.Attrs,
+			Count: int32(min(d.Count, math.MaxInt32)), First: ts(d.First)}) //nolint:gosec // bounded on the line
 	}
 	return out, nil
 }

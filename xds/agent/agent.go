@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/failures"
 	"github.com/holdfast/holdfast/internal/promreg"
 	"github.com/holdfast/holdfast/xds"
 )
@@ -102,7 +103,8 @@ type Agent struct {
 	o       Options
 	log     *slog.Logger
 	metrics metrics
-	kick    chan struct{} // capacity 1: the cache changed and must be written
+	kick    chan struct{}      // capacity 1: the cache changed and must be written
+	failing *failures.Repeated // paces the reports of cache writes that fail
 
 	mu        sync.Mutex
 	res       resources
@@ -146,7 +148,7 @@ func New(o Options) (*Agent, error) {
 	if o.NodeID == "" {
 		return nil, errors.New("agent: a node ID is required")
 	}
-	a := &Agent{o: o, log: o.Logger.With("component", "agent"), kick: make(chan struct{}, 1), res: resources{},
+	a := &Agent{o: o, log: o.Logger.With("component", "agent"), kick: make(chan struct{}, 1), failing: failures.New(time.Second, time.Minute), res: resources{},
 		up: map[xds.ClientKind]*upstreamState{}}
 	a.typeBytes = map[xds.ClientKind]map[resourcev3.Type]int64{}
 	for _, k := range o.Kinds {
@@ -551,13 +553,19 @@ func (a *Agent) write() {
 	}
 	if err != nil {
 		a.metrics.writeErrors.Inc()
-		a.log.Error("cache not written; the previous file stays", "decision", "agent_cache_write_failed", "subject", a.cachePath(), "err", err)
+		if rep := a.failing.Fail(time.Now()); rep.Log {
+			a.log.Error("cache not written; the previous file stays", "decision", "agent_cache_write_failed", "subject", a.cachePath(), "err", err,
+				"failures", rep.Count, "over", rep.Over.Round(time.Second), "failing_since", rep.Since)
+		}
 		a.mu.Lock()
 		a.dirty = true
 		a.mu.Unlock()
 		return
 	}
 	a.metrics.writes.Inc()
+	if n, since := a.failing.Succeed(); n > 0 {
+		a.log.Info("cache written again", "decision", "agent_cache_write_recovered", "subject", a.cachePath(), "after_failures", n, "failed_for", time.Since(since).Round(time.Second))
+	}
 	a.mu.Lock()
 	a.written, a.wroteAt = n, time.Now()
 	a.mu.Unlock()
