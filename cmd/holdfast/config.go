@@ -231,7 +231,6 @@ func (c Config) checkEnvironment() error {
 		found := false
 		for _, p := range filepath.SplitList(env) {
 			if _, err := os.Stat(p); err == nil { //nolint:gosec // the operator's own $KUBECONFIG, checked for existence
-
 				found = true
 			}
 		}
