@@ -2,6 +2,7 @@ package cache
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -147,4 +148,102 @@ func (o GuardOptions) judge(base, next map[resolver.Key]*resolver.Service, now t
 		v.Reason = "would drop to zero, right after its source was stale or restarted: " + strings.Join(emptied, ", ")
 	}
 	return v
+}
+
+func latest(ts ...time.Time) time.Time {
+	var out time.Time
+	for _, t := range ts {
+		if t.After(out) {
+			out = t
+		}
+	}
+	return out
+}
+
+// withhold returns next with every withdrawal from served undone: the part of a held change
+// that may be applied at once. An endpoint usable in served that next drops, or makes unusable
+// (not ready, not serving), stays as served; so does a port next drops, and a service next
+// deletes while it has usable endpoints. Everything else of next is taken as it is: new
+// services and ports, new endpoints, endpoints that become usable, changes to what is not an
+// endpoint (the locality policy, the incarnation). A service next withdraws nothing from keeps
+// next's pointer.
+func withhold(served, next map[resolver.Key]*resolver.Service) map[resolver.Key]*resolver.Service {
+	out := make(map[resolver.Key]*resolver.Service, len(next))
+	for k, s := range next {
+		prev, ok := served[k]
+		if !ok {
+			out[k] = s
+			continue
+		}
+		out[k] = withholdService(prev, s)
+	}
+	for k, prev := range served {
+		if _, ok := next[k]; !ok && slices.ContainsFunc(prev.Ports, func(p resolver.Port) bool { return hasUsable(p.Endpoints) }) {
+			out[k] = prev
+		}
+	}
+	return out
+}
+
+// withholdService is withhold for one service.
+func withholdService(prev, next *resolver.Service) *resolver.Service {
+	var ports []resolver.Port // next's ports with withdrawals undone; nil while there is none
+	for _, pp := range prev.Ports {
+		i := slices.IndexFunc(next.Ports, func(p resolver.Port) bool { return p.Port == pp.Port })
+		if i < 0 {
+			if !hasUsable(pp.Endpoints) {
+				continue
+			}
+			if ports == nil {
+				ports = slices.Clone(next.Ports)
+			}
+			ports = append(ports, pp) // a port next drops, whole
+			continue
+		}
+		var keep []resolver.Endpoint // prev's usable endpoints next drops or makes unusable
+		for _, e := range pp.Endpoints {
+			if e.Health() == resolver.Excluded {
+				continue
+			}
+			j := slices.IndexFunc(next.Ports[i].Endpoints, func(n resolver.Endpoint) bool { return n.Address == e.Address && n.Port == e.Port })
+			if j < 0 || next.Ports[i].Endpoints[j].Health() == resolver.Excluded {
+				keep = append(keep, e)
+			}
+		}
+		if len(keep) == 0 {
+			continue
+		}
+		if ports == nil {
+			ports = slices.Clone(next.Ports)
+		}
+		ports[i].Endpoints = mergeEndpoints(next.Ports[i].Endpoints, keep)
+	}
+	if ports == nil {
+		return next
+	}
+	slices.SortFunc(ports, func(a, b resolver.Port) int { return int(a.Port) - int(b.Port) })
+	out := *next
+	out.Ports = ports
+	return &out
+}
+
+// mergeEndpoints returns eps with keep in place of its endpoints of the same address and port,
+// and the rest of keep added, sorted by address, then port (the model's order).
+func mergeEndpoints(eps, keep []resolver.Endpoint) []resolver.Endpoint {
+	out := make([]resolver.Endpoint, 0, len(eps)+len(keep))
+	for _, e := range eps {
+		if !slices.ContainsFunc(keep, func(k resolver.Endpoint) bool { return k.Address == e.Address && k.Port == e.Port }) {
+			out = append(out, e)
+		}
+	}
+	out = append(out, keep...)
+	slices.SortFunc(out, func(a, b resolver.Endpoint) int {
+		aa, _ := netip.ParseAddr(a.Address)
+		ba, _ := netip.ParseAddr(b.Address)
+		if c := aa.Compare(ba); c != 0 {
+			return c
+		}
+		return int(a.Port) - int(b.Port)
+	})
+	return out
 }

@@ -2,6 +2,8 @@ package cache
 
 import (
 	"fmt"
+	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -42,9 +44,9 @@ func scaled(m map[resolver.Key]*resolver.Service, name string, keep int) map[res
 	return out
 }
 
-// applied is the state the store has applied: what clients are served once the tombstones of
+// liveOf is the state the store has applied: what clients are served once the tombstones of
 // deleted services (served as they were for their grace period) are gone.
-func applied(s *Store) map[resolver.Key]*resolver.Service {
+func liveOf(s *Store) map[resolver.Key]*resolver.Service {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.live
@@ -114,8 +116,9 @@ func TestStoreHoldLifecycle(t *testing.T) {
 	}
 	s.OnResolution(sync(mass))
 	h := s.Held()
-	if h == nil || len(usable(s.View().Services)) != 49 {
-		t.Fatal("a mass withdrawal was applied")
+	// Held: nothing is withdrawn; what the change adds (s9 back to 5 endpoints) goes through.
+	if h == nil || len(usable(s.View().Services)) != 50 {
+		t.Fatalf("a mass withdrawal was applied, or its addition held: %d usable endpoints", len(usable(s.View().Services)))
 	}
 	s.OnResolution(sync(mass)) // still true: the same hold goes on
 	if h2 := s.Held(); h2 == nil || h2.ID != h.ID || !h2.Since.Equal(h.Since) {
@@ -126,7 +129,7 @@ func TestStoreHoldLifecycle(t *testing.T) {
 		t.Fatal("released before the hold period")
 	}
 	s.expireHold(h.Since.Add(time.Minute))
-	if s.Held() != nil || len(usable(applied(s))) != 10 {
+	if s.Held() != nil || len(usable(liveOf(s))) != 10 {
 		t.Fatal("not applied after the hold period")
 	}
 
@@ -137,7 +140,7 @@ func TestStoreHoldLifecycle(t *testing.T) {
 	if err := s.Release(s.Held().ID + 1); err == nil {
 		t.Error("released a hold that does not exist")
 	}
-	if err := s.Release(s.Held().ID); err != nil || len(usable(applied(s))) != 10 {
+	if err := s.Release(s.Held().ID); err != nil || len(usable(liveOf(s))) != 10 {
 		t.Fatalf("operator release: %v", err)
 	}
 
@@ -223,5 +226,111 @@ func TestRestartMidHoldHoldsAgain(t *testing.T) {
 	s2.OnResolution(resolver.Resolution{Services: mass, Synced: true})
 	if s2.Held() == nil || len(usable(s2.View().Services)) != 50 {
 		t.Fatal("after the restart the held change was applied")
+	}
+}
+
+// TestWithhold: what a held change may apply at once is everything but its withdrawals.
+func TestWithhold(t *testing.T) {
+	ep := func(addr string, ready bool) resolver.Endpoint {
+		return resolver.Endpoint{Address: addr, Port: 8080, Ready: ready, Serving: ready}
+	}
+	svc := func(name string, ports ...resolver.Port) *resolver.Service {
+		return &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: name}, Ports: ports}
+	}
+	port := func(n int32, eps ...resolver.Endpoint) resolver.Port {
+		return resolver.Port{Name: fmt.Sprint(n), Port: n, Endpoints: eps}
+	}
+	a, b, c := ep("10.0.0.1", true), ep("10.0.0.2", true), ep("10.0.0.3", true)
+	aDown := ep("10.0.0.1", false)
+	tests := []struct {
+		name         string
+		served, next *resolver.Service // nil: absent
+		want         *resolver.Service // nil: absent
+		samePointer  bool              // want is next itself
+	}{
+		{"a new service", nil, svc("s", port(80, a)), svc("s", port(80, a)), true},
+		{"a new endpoint", svc("s", port(80, a)), svc("s", port(80, a, b)), svc("s", port(80, a, b)), true},
+		{"an endpoint dropped: kept", svc("s", port(80, a, b)), svc("s", port(80, a)), svc("s", port(80, a, b)), false},
+		{"an endpoint not ready: kept ready", svc("s", port(80, a, b)), svc("s", port(80, aDown, b)), svc("s", port(80, a, b)), false},
+		{"dropped and added at once: both", svc("s", port(80, a, b)), svc("s", port(80, b, c)), svc("s", port(80, a, b, c)), false},
+		{"an endpoint becomes ready: taken", svc("s", port(80, aDown)), svc("s", port(80, a)), svc("s", port(80, a)), true},
+		{"a port dropped: kept", svc("s", port(80, a), port(90, b)), svc("s", port(80, a)), svc("s", port(80, a), port(90, b)), false},
+		{"a port added beside a withdrawal", svc("s", port(80, a, b)), svc("s", port(80, a), port(90, c)), svc("s", port(80, a, b), port(90, c)), false},
+		{"deleted with endpoints: kept", svc("s", port(80, a)), nil, svc("s", port(80, a)), false},
+		{"deleted without usable endpoints: gone", svc("s", port(80, aDown)), nil, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			served, next := map[resolver.Key]*resolver.Service{}, map[resolver.Key]*resolver.Service{}
+			k := resolver.Key{Namespace: "ns", Name: "s"}
+			if tt.served != nil {
+				served[k] = tt.served
+			}
+			if tt.next != nil {
+				next[k] = tt.next
+			}
+			got := withhold(served, next)[k]
+			if (got == nil) != (tt.want == nil) || (got != nil && !reflect.DeepEqual(got.Ports, tt.want.Ports)) {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+			if tt.samePointer && got != tt.next {
+				t.Error("a service the change withdraws nothing from must keep the change's pointer")
+			}
+			if !tt.samePointer && got != nil && got == tt.next {
+				t.Error("the change's own service served although it withdraws")
+			}
+		})
+	}
+}
+
+// TestHoldAppliesAllButTheWithdrawal: while a mass withdrawal is held, a new service and an
+// endpoint added to a held service are served at once; the withdrawn endpoints stay until
+// the hold ends, and then go.
+func TestHoldAppliesAllButTheWithdrawal(t *testing.T) {
+	s, err := NewStore(StoreOptions{Guard: GuardOptions{MinFleetEndpoints: 20, MinWithdrawnEndpoints: 10, HoldPeriod: time.Minute}}, make(views, 100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := svcs(10, 5)
+	s.OnResolution(resolver.Resolution{Services: base, Synced: true})
+	// 60 % of the fleet withdrawn (s0-s5 emptied), s6 grows by one, a new service appears.
+	next := without(base)
+	for i := range 6 {
+		k := resolver.Key{Namespace: "ns", Name: fmt.Sprintf("s%d", i)}
+		next[k] = &resolver.Service{Key: k, Ports: []resolver.Port{{Port: 80}}}
+	}
+	k6 := resolver.Key{Namespace: "ns", Name: "s6"}
+	grown := *base[k6]
+	grown.Ports = []resolver.Port{{Port: 80, Endpoints: append(slices.Clone(base[k6].Ports[0].Endpoints),
+		resolver.Endpoint{Address: "10.0.6.99", Port: 80, Ready: true, Serving: true})}}
+	next[k6] = &grown
+	fresh := resolver.Key{Namespace: "ns", Name: "new"}
+	next[fresh] = &resolver.Service{Key: fresh, Ports: []resolver.Port{{Port: 80, Endpoints: []resolver.Endpoint{{Address: "10.9.9.9", Port: 80, Ready: true, Serving: true}}}}}
+	s.OnResolution(resolver.Resolution{Services: next, Synced: true})
+	if s.Held() == nil {
+		t.Fatal("a 60% withdrawal was not held")
+	}
+	v := s.View()
+	if v.Services[fresh] != next[fresh] {
+		t.Error("a new service waits for the hold")
+	}
+	if v.Services[k6] != next[k6] {
+		t.Error("an endpoint added to a service waits for the hold")
+	}
+	if n := len(usable(v.Services)); n != 50+1+1 {
+		t.Errorf("%d usable endpoints served, want the 50 held ones plus the two added", n)
+	}
+	st, _ := s.Service(resolver.Key{Namespace: "ns", Name: "s0"})
+	if st.State != StateHeld {
+		t.Errorf("s0 is %s, want held", st.State)
+	}
+	if st, _ := s.Service(fresh); st.State == StateHeld {
+		t.Error("the new service is reported held")
+	}
+	if err := s.Release(s.Held().ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(usable(liveOf(s))); n != 20+1+1 {
+		t.Errorf("after the release %d usable endpoints applied, want 22", n)
 	}
 }

@@ -188,8 +188,10 @@ func (s *Store) Restore() error {
 		return s.loadFailed(&LoadError{"open", err})
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return s.loadFailed(&LoadError{"open", fmt.Errorf("not a regular file (%v, %w)", fi.Mode().Type(), err)})
+	if fi, err := f.Stat(); err != nil {
+		return s.loadFailed(&LoadError{"open", err})
+	} else if !fi.Mode().IsRegular() {
+		return s.loadFailed(&LoadError{"open", fmt.Errorf("not a regular file (%v)", fi.Mode().Type())})
 	}
 	services, writtenAt, err := decodeState(f, s.opts.MaxStateBytes)
 	if err != nil {
@@ -223,16 +225,28 @@ func (s *Store) loadFailed(le *LoadError) error {
 	return le
 }
 
-// OnResolution accepts a resolver's Resolution as the new view, unless the mass-withdrawal
-// guard holds it. It implements resolver.Observer.
+// OnResolution accepts a resolver's Resolution as the new view. When the mass-withdrawal
+// guard holds it, only its withdrawals are held: everything else of it — new services, new
+// endpoints, changes that withdraw nothing — is applied at once (see withhold), and the whole
+// of it when the hold ends. It implements resolver.Observer.
 func (s *Store) OnResolution(r resolver.Resolution) {
 	now := time.Now()
 	s.mu.Lock()
 	s.latest = r
-	if !s.view.Servable() { // nothing served yet: nothing to protect
-		s.applyLocked(r, now, "")
-		return
+	var a applied
+	switch {
+	case !s.view.Servable(): // nothing served yet: nothing to protect
+		a = s.applyLocked(r.Services, r.Synced, now)
+	default:
+		a = s.judgeLocked(r, now)
 	}
+	s.mu.Unlock()
+	s.report(a)
+}
+
+// judgeLocked has the guard judge r against what was served at the start of its window, and
+// applies it — whole, or without its withdrawals while it is held.
+func (s *Store) judgeLocked(r resolver.Resolution, now time.Time) applied {
 	if s.hold == nil && now.Sub(s.baseAt) > s.opts.Guard.Window {
 		// Against the live services: a tombstone's endpoints were withdrawn when it was deleted.
 		s.base, s.baseAt = s.live, now
@@ -245,80 +259,102 @@ func (s *Store) OnResolution(r resolver.Resolution) {
 		return latest(restoredAt, r.UnhealthyAt[k.Namespace], r.UnhealthyAt[""])
 	})
 	if !v.Hold {
-		how := ""
+		a := s.applyLocked(r.Services, r.Synced, now)
 		if s.hold != nil {
-			how = "cleared"
+			a.released, a.how = s.endHoldLocked(r, now), "cleared"
 		}
-		s.applyLocked(r, now, how)
-		return
+		return a
 	}
+	var a applied
 	if s.hold == nil {
 		s.holds++
 		s.hold = &Hold{ID: s.holds, Since: now}
-		s.metrics.holds.Inc()
-		s.metrics.held.Set(1)
-		s.log.Warn("mass withdrawal held: clients keep the last good state", "decision", "guard_hold", "subject", fmt.Sprint("hold ", s.hold.ID), "hold", s.hold.ID, "reason", v.Reason,
-			"withdrawn", v.Withdrawn, "fleet", v.Fleet, "services", v.Services, "hold_period", s.opts.Guard.HoldPeriod)
+		a.held = s.hold.ID
 	}
 	s.hold.Verdict, s.hold.change = v, r
-	s.metrics.heldWithdrawn.Set(float64(v.Withdrawn))
-	s.mu.Unlock()
+	a.verdict = v
+	// What withdraws nothing goes through; what would be withdrawn stays as it is served.
+	partial := s.applyLocked(withhold(s.live, r.Services), r.Synced, now)
+	a.view, a.refused, a.crossed, a.endpoints, a.restoredReplaced = partial.view, partial.refused, partial.crossed, partial.endpoints, partial.restoredReplaced
+	return a
 }
 
-func latest(ts ...time.Time) time.Time {
-	var out time.Time
-	for _, t := range ts {
-		if t.After(out) {
-			out = t
-		}
-	}
-	return out
+// applied is what one change to the served view did, for report to say and hand on once the
+// store's lock is released.
+type applied struct {
+	view             View
+	refused, crossed []string
+	endpoints        int
+	restoredReplaced bool // the first sync replaced state restored from disk
+
+	held     int     // a hold began, with this ID
+	verdict  Verdict // the guard's verdict, while a change is held
+	released *Hold   // a hold ended...
+	how      string  // ...how: hold_period, operator, or cleared
 }
 
-// applyLocked makes r the served view, within the capacity limits and with tombstones for what
-// it deletes, ends any hold (how says why), and unlocks s.mu.
-func (s *Store) applyLocked(r resolver.Resolution, now time.Time, how string) {
+// applyLocked makes services the served view, within the capacity limits and with tombstones
+// for what it deletes. The caller holds s.mu and hands the result to report once it is released.
+func (s *Store) applyLocked(services map[resolver.Key]*resolver.Service, synced bool, now time.Time) applied {
 	wasRestored := s.view.Restored
-	admitted, refused := s.capacity.admit(s.live, r.Services)
+	admitted, refused := s.capacity.admit(s.live, services)
 	effective, retired := s.capacity.withTombstones(s.live, admitted, now)
 	endpoints := 0
 	for _, svc := range admitted {
 		endpoints += svc.EndpointCount()
 	}
-	crossed := s.capacity.crossed(len(admitted), endpoints)
 	s.live = admitted
-	s.view = View{Services: effective, Retired: retired, Synced: r.Synced, Generation: s.view.Generation + 1}
-	v := s.view
-	if s.opts.StateDir != "" && r.Synced && !s.unsaved {
+	s.view = View{Services: effective, Retired: retired, Synced: synced, Generation: s.view.Generation + 1}
+	if s.opts.StateDir != "" && synced && !s.unsaved {
 		s.unsaved, s.unsavedSince = true, now
 	}
-	hold := s.hold
-	if hold != nil {
-		s.hold = nil
-		s.base, s.baseAt = r.Services, now
-	}
-	s.mu.Unlock()
-	if len(refused) > 0 {
+	return applied{view: s.view, refused: refused, crossed: s.capacity.crossed(len(admitted), endpoints), endpoints: endpoints,
+		restoredReplaced: wasRestored && synced}
+}
+
+// endHoldLocked ends the hold: r, applied by the caller, becomes what withdrawals are measured
+// against.
+func (s *Store) endHoldLocked(r resolver.Resolution, now time.Time) *Hold {
+	h := s.hold
+	s.hold = nil
+	s.base, s.baseAt = r.Services, now
+	return h
+}
+
+// report logs and hands on what an apply did. It runs without the store's lock: the observer
+// may take its own, and a slow log never holds up the store.
+func (s *Store) report(a applied) {
+	if len(a.refused) > 0 {
 		s.log.Error("services refused: a capacity limit is reached; what is served stays untouched", "decision", "capacity_refused",
-			"refused", refused, "services", len(admitted), "max_services", s.capacity.limits.MaxServices,
-			"endpoints", endpoints, "max_endpoints", s.capacity.limits.MaxEndpoints)
+			"refused", a.refused, "services", len(a.view.Services), "max_services", s.capacity.limits.MaxServices,
+			"endpoints", a.endpoints, "max_endpoints", s.capacity.limits.MaxEndpoints)
 	}
-	for _, kind := range crossed {
-		s.log.Warn("capacity above 80%", "decision", "capacity_warning", "subject", kind, "kind", kind, "services", len(admitted), "endpoints", endpoints,
+	for _, kind := range a.crossed {
+		s.log.Warn("capacity above 80%", "decision", "capacity_warning", "subject", kind, "kind", kind, "services", len(a.view.Services), "endpoints", a.endpoints,
 			"max_services", s.capacity.limits.MaxServices, "max_endpoints", s.capacity.limits.MaxEndpoints)
 	}
-	if hold != nil {
+	if a.held != 0 {
+		s.metrics.holds.Inc()
+		s.metrics.held.Set(1)
+		s.log.Warn("mass withdrawal held: clients keep the endpoints it would withdraw; the rest of the change is applied", "decision", "guard_hold",
+			"subject", fmt.Sprint("hold ", a.held), "hold", a.held, "reason", a.verdict.Reason, "withdrawn", a.verdict.Withdrawn, "fleet", a.verdict.Fleet,
+			"services", a.verdict.Services, "hold_period", s.opts.Guard.HoldPeriod)
+	}
+	if a.verdict.Hold {
+		s.metrics.heldWithdrawn.Set(float64(a.verdict.Withdrawn))
+	}
+	if h := a.released; h != nil {
 		s.metrics.held.Set(0)
 		s.metrics.heldWithdrawn.Set(0)
-		s.metrics.releases.WithLabelValues(how).Inc()
-		s.log.Warn("held change applied", "decision", "guard_release", "subject", fmt.Sprint("hold ", hold.ID), "hold", hold.ID, "how", how, "held_for", now.Sub(hold.Since).Round(time.Second),
-			"withdrawn", hold.Verdict.Withdrawn, "services", hold.Verdict.Services)
+		s.metrics.releases.WithLabelValues(a.how).Inc()
+		s.log.Warn("held change applied", "decision", "guard_release", "subject", fmt.Sprint("hold ", h.ID), "hold", h.ID, "how", a.how,
+			"held_for", time.Since(h.Since).Round(time.Second), "withdrawn", h.Verdict.Withdrawn, "services", h.Verdict.Services)
 	}
-	if wasRestored && r.Synced {
+	if a.restoredReplaced {
 		s.metrics.restored.Set(0)
-		s.log.Info("synced with the API server: restored state replaced", "decision", "restored_state_replaced", "services", len(r.Services))
+		s.log.Info("synced with the API server: restored state replaced", "decision", "restored_state_replaced", "services", len(a.view.Services))
 	}
-	s.obs.OnView(v)
+	s.obs.OnView(a.view)
 	select {
 	case s.kick <- struct{}{}:
 	default:
@@ -346,8 +382,18 @@ func (s *Store) Release(id int) error {
 		s.mu.Unlock()
 		return fmt.Errorf("no hold %d", id)
 	}
-	s.applyLocked(s.hold.change, time.Now(), "operator")
+	a := s.releaseLocked("operator", time.Now())
+	s.mu.Unlock()
+	s.report(a)
 	return nil
+}
+
+// releaseLocked applies the held change whole and ends the hold.
+func (s *Store) releaseLocked(how string, now time.Time) applied {
+	r := s.hold.change
+	a := s.applyLocked(r.Services, r.Synced, now)
+	a.released, a.how = s.endHoldLocked(r, now), how
+	return a
 }
 
 // sweepTombstones collects expired tombstones and serves the view without them.
@@ -360,16 +406,12 @@ func (s *Store) sweepTombstones(now time.Time) {
 	effective, retired := s.capacity.withTombstones(s.live, s.live, now)
 	s.view = View{Services: effective, Retired: retired, Synced: s.view.Synced,
 		Restored: s.view.Restored, RestoredFrom: s.view.RestoredFrom, Generation: s.view.Generation + 1}
-	v := s.view
-	if s.opts.StateDir != "" && v.Synced && !s.unsaved {
+	if s.opts.StateDir != "" && s.view.Synced && !s.unsaved {
 		s.unsaved, s.unsavedSince = true, now
 	}
+	a := applied{view: s.view}
 	s.mu.Unlock()
-	s.obs.OnView(v)
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
+	s.report(a)
 }
 
 // expireHold applies a held change that has stayed true for the hold period with healthy
@@ -394,7 +436,9 @@ func (s *Store) expireHold(now time.Time) {
 		s.mu.Unlock()
 		return
 	}
-	s.applyLocked(h.change, now, "hold_period")
+	a := s.releaseLocked("hold_period", now)
+	s.mu.Unlock()
+	s.report(a)
 }
 
 // Tick does the store's periodic work as of now: a held change whose hold period is over is

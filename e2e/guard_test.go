@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -121,4 +122,98 @@ func guardedFleet(ctx context.Context, t *testing.T, ns string, addr func(i, j i
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestGuardHoldsOnlyTheWithdrawal: during a held withdrawal of 60 % of the fleet, a new service
+// and an endpoint added to a held service reach grpc-go clients at once (before, they waited
+// for the hold: with the default 2 m hold, every deploy in the cluster did); the withdrawn
+// endpoints stay served until an operator releases the hold, and then go.
+func TestGuardHoldsOnlyTheWithdrawal(t *testing.T) {
+	ns := newNamespace(t)
+	ids := []string{"new-1"}
+	for j := range 6 {
+		ids = append(ids, fmt.Sprintf("s0-%d", j))
+	}
+	b := startBackends(t, grpcPort.target, ids...)
+	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
+	ctx := testContext(t)
+	guardedFleet(ctx, t, ns, func(i, j int) string {
+		if be, ok := b[fmt.Sprintf("s%d-%d", i, j)]; ok {
+			return be.Addr.String()
+		}
+		return ""
+	})
+	// The guard's thresholds at this scale (50 endpoints); a hold period no test waits out.
+	h := startHoldfastOn(t, env.cluster, ns, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",
+		"--guard-hold-period", "10m", "--debounce", "1s", "--debounce-max", "3s")
+	s0 := dial(t, h, target(ns, "s0", grpcPort.port))
+	if err := s0.WaitForBackends(ctx, "s0-0", "s0-1", "s0-2", "s0-3", "s0-4"); err != nil {
+		t.Fatal(err)
+	}
+	// 6 of 10 services lose every endpoint at once (30 of 50): held.
+	for i := 1; i <= 6; i++ {
+		if err := api.Delete(ctx, fmt.Sprintf("s%d-a", i), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitMetric(ctx, t, h, "holdfast_guard_held", func(v float64) bool { return v == 1 })
+	s1 := dial(t, h, target(ns, "s1", grpcPort.port))
+
+	// While it is held: a new service, and a sixth endpoint for s0 (a held-alike service: it
+	// takes part in the same change).
+	createService(t, ns, "newcomer", grpcPort)
+	writeSlice(t, ns, "newcomer-a", "newcomer", grpcPort, endpoint{b["new-1"], true})
+	var eps []endpoint
+	for j := range 6 {
+		eps = append(eps, endpoint{b[fmt.Sprintf("s0-%d", j)], true})
+	}
+	writeSlice(t, ns, "s0-a", "s0", grpcPort, eps...)
+	start := time.Now()
+	newcomer := dial(t, h, target(ns, "newcomer", grpcPort.port))
+	if err := newcomer.WaitForBackends(ctx, "new-1"); err != nil {
+		t.Fatalf("a new service waited for the hold: %v", err)
+	}
+	if err := s0.WaitForBackends(ctx, "s0-0", "s0-1", "s0-2", "s0-3", "s0-4", "s0-5"); err != nil {
+		t.Fatalf("an endpoint added during the hold waited for it: %v", err)
+	}
+	t.Logf("the new service and the new endpoint reached clients %v after they were written, during the hold", time.Since(start).Round(10*time.Millisecond))
+	if v, _ := h.Metric(ctx, "holdfast_guard_held"); v != 1 {
+		t.Fatal("the hold ended by itself")
+	}
+	out, err := exec.CommandContext(ctx, env.bins.Holdfastctl, "--addr", h.AdminAddr, "services", ns).CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		switch name, state := f[1], f[2]; {
+		case name == "newcomer" && state != "live", name == "s0" && state != "live":
+			t.Errorf("%s is %s during the hold, want live:\n%s", name, state, out)
+		case name == "s1" && state != "held":
+			t.Errorf("s1 (emptied by the held change) is %s, want held:\n%s", state, out)
+		}
+	}
+	// Released: the withdrawal goes through; the newcomer and s0's six stay.
+	hold := heldID(ctx, t, h)
+	if out, err := exec.CommandContext(ctx, env.bins.Holdfastctl, "--addr", h.AdminAddr, "release", fmt.Sprint(hold)).CombinedOutput(); err != nil {
+		t.Fatalf("release: %v\n%s", err, out)
+	}
+	failsFast(ctx, t, s1, "s1 after the release")
+	if hits, failures, err := newcomer.Spread(ctx, 5); failures != 0 || hits["new-1"] != 5 {
+		t.Errorf("the newcomer after the release: %s, %d failures (%v)", harness.HitsString(hits), failures, err)
+	}
+}
+
+// heldID returns the ID of the hold Holdfast reports in /readyz.
+func heldID(ctx context.Context, t *testing.T, h *harness.Holdfast) int {
+	t.Helper()
+	_, body, err := h.Get(ctx, "/readyz")
+	var rz struct{ Held *struct{ ID int } }
+	if err != nil || json.Unmarshal([]byte(body), &rz) != nil || rz.Held == nil {
+		t.Fatalf("no hold in /readyz: %s %v", body, err)
+	}
+	return rz.Held.ID
 }
