@@ -61,6 +61,7 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, node
 	out := &Service{
 		Key:      Key{Namespace: svc.Namespace, Name: svc.Name},
 		UID:      string(svc.UID),
+		Created:  svc.CreationTimestamp.Time,
 		Headless: svc.Spec.ClusterIP == corev1.ClusterIPNone,
 		Origin:   Origin{ServiceVersion: svc.ResourceVersion},
 	}

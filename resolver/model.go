@@ -34,6 +34,9 @@ type Service struct {
 	// UID is the Kubernetes Service's UID: which incarnation of the name this is. A service
 	// deleted and created again has a new one, and clients are shown the difference.
 	UID string `json:",omitempty"`
+	// Created is when the Kubernetes Service was created: its age, which a restart of Holdfast
+	// does not reset.
+	Created time.Time `json:",omitzero"`
 	// Headless is true for services with clusterIP None. Their endpoints are served the same way.
 	Headless bool
 	// Ports holds the service's TCP ports, sorted by port number.

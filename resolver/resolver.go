@@ -67,6 +67,10 @@ type Options struct {
 	// MaxEndpointsPerService bounds one service (all ports); a bigger one is rejected whole and
 	// keeps its last good state. [20000]
 	MaxEndpointsPerService int
+	// OrphanGrace is how long EndpointSlices of a service the resolver has not seen wait before
+	// they are reported as belonging to no service: Services and EndpointSlices come on
+	// separate watches, and a slice's event often arrives before its new Service's. [5s]
+	OrphanGrace time.Duration
 }
 
 func (o *Options) defaults() {
@@ -85,6 +89,7 @@ func (o *Options) defaults() {
 	def(&o.WatchTimeout, 2*time.Minute)
 	def(&o.RestartBackoff, time.Second)
 	def(&o.MaxRestartBackoff, 30*time.Second)
+	def(&o.OrphanGrace, 5*time.Second)
 	if o.MaxEndpointsPerService <= 0 {
 		o.MaxEndpointsPerService = 20000
 	}
@@ -116,7 +121,8 @@ type Resolver struct {
 
 	// owned by the run loop
 	services  map[Key]*Service
-	degraded  map[Key]string // services kept at their last good state, and why
+	degraded  map[Key]string    // services kept at their last good state, and why
+	orphans   map[Key]time.Time // keys with slices and no Service yet, since when (see OrphanGrace)
 	published bool
 }
 
@@ -150,6 +156,7 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 	r := &Resolver{
 		rejections: rejections,
 		degraded:   map[Key]string{},
+		orphans:    map[Key]time.Time{},
 		opts:       opts,
 		log:        log,
 		obs:        obs,
@@ -455,12 +462,17 @@ func (r *Resolver) rebuild(k Key, gen *generation, at time.Time) bool {
 	case err == nil:
 		next, rejections = buildService(svc, slices, gen.topology())
 	case apierrors.IsNotFound(err):
-		for _, s := range slices {
-			rejections = append(rejections, sliceRejection(s, ReasonServiceNotFound, "service "+k.String()+" does not exist"))
+		if r.orphaned(k, len(slices) > 0, at) {
+			for _, s := range slices {
+				rejections = append(rejections, sliceRejection(s, ReasonServiceNotFound, "service "+k.String()+" does not exist"))
+			}
 		}
 	default:
 		r.log.Error("reading service from cache", "service", k, "err", err)
 		return false
+	}
+	if err == nil {
+		delete(r.orphans, k)
 	}
 	r.rejections.report(rejections)
 	prev, had := r.services[k]
@@ -484,6 +496,27 @@ func (r *Resolver) rebuild(k Key, gen *generation, at time.Time) bool {
 	}
 	next.Origin.ObservedAt = at
 	r.services[k] = next
+	return true
+}
+
+// orphaned says whether slices of k, which has no Service, have waited OrphanGrace for one:
+// only then are they reported. A Service created with its slices is usually seen after them
+// (separate watches), and reporting its slices then would be noise. Until the grace is over,
+// k is looked at again when it ends.
+func (r *Resolver) orphaned(k Key, hasSlices bool, now time.Time) bool {
+	if !hasSlices {
+		delete(r.orphans, k)
+		return false
+	}
+	since, ok := r.orphans[k]
+	if !ok {
+		since = now
+		r.orphans[k] = now
+	}
+	if wait := r.opts.OrphanGrace - now.Sub(since); wait > 0 {
+		time.AfterFunc(wait, func() { r.mark(k) })
+		return false
+	}
 	return true
 }
 

@@ -3,10 +3,14 @@ package resolver
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -229,4 +233,68 @@ func TestSourceRelistsPromptlyAfterRepeatedFaults(t *testing.T) {
 	if st := r.Sources()[0]; st.Restarts != 5 {
 		t.Errorf("%d restarts, want one per recovery (5)", st.Restarts)
 	}
+}
+
+// TestOrphanSlicesWaitForTheirService: Services and EndpointSlices come on separate watches, and
+// the slices of a Service just created are often seen first (one "object rejected" warning for
+// a valid slice in a burst of 10,000 services came from this). A slice whose Service is not
+// seen yet is reported only if none arrives within OrphanGrace; one that never gets a Service is
+// reported once, after it.
+func TestOrphanSlicesWaitForTheirService(t *testing.T) {
+	client := fake.NewClientset()
+	out := make(resolutions, 100)
+	var logs lockedLog
+	r, err := New(Options{Client: client, OrphanGrace: 500 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	out.next(t, func(res Resolution) bool { return res.Synced })
+
+	// The slice first, its Service 100 ms later: served, never reported.
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Create(ctx, sliceFor("late", "10.0.0.1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the gap between two watches' events
+	if _, err := client.CoreV1().Services("ns").Create(ctx, svcNamed("late"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out.next(t, func(res Resolution) bool { return endpointsOf(res, Key{"ns", "late"}) == 1 })
+	// A slice that never gets a Service: reported once the grace is over.
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Create(ctx, sliceFor("ghost", "10.0.0.2"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "ghost-1") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "reason=service_not_found") || !strings.Contains(logs.String(), "ghost-1") {
+		t.Fatalf("the ghost's slice was never reported:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "late-1") {
+		t.Errorf("late's slice was reported although its Service came 100 ms after it:\n%s", logs.String())
+	}
+	if n := testutil.ToFloat64(r.rejections.counter.WithLabelValues(ReasonServiceNotFound)); n != 1 {
+		t.Errorf("service_not_found counted %v times, want once", n)
+	}
+}
+
+// lockedLog is a log destination safe for the resolver's goroutines.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

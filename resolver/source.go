@@ -162,6 +162,7 @@ func (s *source) setState(st SourceState, reason string) {
 		s.status.LastUnhealthy = now
 	}
 	s.status.State, s.status.Since, s.status.Reason = st, now, reason
+	synced := s.status.SyncedOnce
 	if st == Live {
 		s.status.SyncedOnce = true
 	}
@@ -174,6 +175,8 @@ func (s *source) setState(st SourceState, reason string) {
 	s.r.healthChanged()
 	log := s.r.log.With("subject", s.name, "from", prev, "to", st, "reason", reason)
 	switch {
+	case st == Stale && !synced:
+		log.Warn("source cannot be trusted before it ever synced: nothing from it is served yet (state restored from disk is, if any)", "decision", "source_stale")
 	case st == Stale:
 		log.Warn("source is stale; serving the last known routes", "decision", "source_stale")
 	case prev == Stale:

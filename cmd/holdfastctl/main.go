@@ -238,7 +238,7 @@ var commands = map[string]command{
 			fmt.Fprintln(w, "SOURCE\tSTATE\tSINCE\tLAST EVENT\tLAST BOOKMARK\tLAST PROBE OK\tRESTARTS\tREASON")
 			for _, s := range r.GetSources() {
 				reason := s.GetReason()
-				if e := s.GetLastProbeError(); e != "" {
+				if e := s.GetLastProbeError(); e != "" && !strings.Contains(reason, e) {
 					reason += " (probe: " + e + ")"
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.GetName(), s.GetState(), when(s.GetSince()), when(s.GetLastEvent()),

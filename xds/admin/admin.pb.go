@@ -83,7 +83,7 @@ type ServiceSummary struct {
 	Endpoints      int32   `protobuf:"varint,5,opt,name=endpoints,proto3" json:"endpoints,omitempty"`
 	ReadyEndpoints int32   `protobuf:"varint,6,opt,name=ready_endpoints,json=readyEndpoints,proto3" json:"ready_endpoints,omitempty"`
 	Ports          []int32 `protobuf:"varint,7,rep,packed,name=ports,proto3" json:"ports,omitempty"`
-	// Since Holdfast first saw the service's current state.
+	// Since the Kubernetes Service was created (kubectl's AGE; a restart of Holdfast does not reset it).
 	Age *durationpb.Duration `protobuf:"bytes,8,opt,name=age,proto3" json:"age,omitempty"`
 	// The guard's hold holding this service's change, if any.
 	HoldId        string `protobuf:"bytes,9,opt,name=hold_id,json=holdId,proto3" json:"hold_id,omitempty"`

@@ -92,8 +92,8 @@ func summary(st cache.ServiceStatus, now time.Time) *ServiceSummary {
 				}
 			}
 		}
-		if !s.Origin.ObservedAt.IsZero() {
-			out.Age = durationpb.New(now.Sub(s.Origin.ObservedAt).Round(time.Second))
+		if !s.Created.IsZero() {
+			out.Age = durationpb.New(now.Sub(s.Created).Round(time.Second))
 		}
 	}
 	return out
