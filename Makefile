@@ -59,6 +59,7 @@ fuzz:
 	go test ./xds/ -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME)
 	go test ./xds/ -run '^$$' -fuzz FuzzLocality -fuzztime $(FUZZTIME)
 	go test ./xds/ -run '^$$' -fuzz FuzzUnmarshalDiscoveryRequest -fuzztime $(FUZZTIME)
+	go test ./xds/ -run '^$$' -fuzz FuzzServerRequests -fuzztime $(FUZZTIME)
 	go test ./resolver/ -run '^$$' -fuzz FuzzBuildService -fuzztime $(FUZZTIME)
 	go test ./cache/ -run '^$$' -fuzz FuzzDecodeState -fuzztime $(FUZZTIME)
 	go test ./xds/agent/ -run '^$$' -fuzz FuzzDecodeCache -fuzztime $(FUZZTIME)
