@@ -116,3 +116,19 @@ func listenerRoutes(l *listenerv3.Listener) ([]string, error) {
 	}
 	return out, nil
 }
+
+// Closed reports whether one client kind's resources, by type and name, are closed under
+// references (see checkReferences): whether a client given exactly these could use all of
+// them. It is what Holdfast checks before it publishes, for holdfast-agent to check what it
+// received before it serves it.
+func Closed(res map[resourcev3.Type]map[string]*Resource) error {
+	plain := make(map[resourcev3.Type][]types.Resource, len(res))
+	for typ, rs := range res {
+		l := make([]types.Resource, 0, len(rs))
+		for _, r := range rs {
+			l = append(l, r.Msg)
+		}
+		plain[typ] = l
+	}
+	return checkReferences(plain, nil)
+}

@@ -40,6 +40,10 @@ type ServerOptions struct {
 	// MaxUnknownNames bounds, per stream, the names subscribed to that Holdfast has no resource
 	// of (kept as copies); more are refused. [10000]
 	MaxUnknownNames int
+	// Kinds are the client kinds served (nil: every kind). A client of another kind has its
+	// stream ended with the reason, is counted and logged: holdfast-agent --kinds grpc serves no
+	// Envoy, and an Envoy pointed at it must hear so rather than wait for nothing.
+	Kinds []ClientKind
 }
 
 func (o *ServerOptions) defaults() {
@@ -86,7 +90,9 @@ type Server struct {
 	metrics serverMetrics
 	done    chan struct{} // closed by Stop: every stream ends
 
-	snaps atomic.Pointer[Snapshots]
+	// atomic: swapped whole, read without a lock
+	snaps   atomic.Pointer[Snapshots]
+	settled atomic.Pointer[chan struct{}] // see Settled
 
 	// guarded by mu
 	mu       sync.Mutex
@@ -100,6 +106,7 @@ type serverMetrics struct {
 	refused, unknown, slow    prometheus.Counter
 	badRequests               *prometheus.CounterVec
 	refusedNames              prometheus.Counter
+	unservedKinds             *prometheus.CounterVec
 	unserved                  *prometheus.CounterVec
 	clients                   *prometheus.GaugeVec
 	nacks, responses, resSent *prometheus.CounterVec
@@ -130,6 +137,9 @@ func NewServer(opts ServerOptions) (*Server, error) {
 			refusedNames: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "holdfast_xds_refused_names_total",
 				Help: "Names a client subscribed to and Holdfast refused: it has no resource of them and the stream already held --xds-max-unknown-names such names, or the name is over 1 KiB."}),
+			unservedKinds: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "holdfast_xds_unserved_client_kind_refused_total",
+				Help: "Streams ended because their client is of a kind this server does not serve (holdfast-agent --kinds), by kind."}, []string{"kind"}),
 			unserved: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Name: "holdfast_xds_unserved_type_subscriptions_total",
 				Help: "Subscriptions to xDS types Holdfast has no resources of (SDS, RTDS, ECDS, VHDS, ...), by type: answered as for resources it does not have."}, []string{"type"}),
@@ -155,7 +165,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		},
 	}
 	m := s.metrics
-	if err := promreg.Register(opts.Registry, "xds", m.refused, m.unknown, m.slow, m.badRequests, m.refusedNames, m.unserved, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency); err != nil {
+	if err := promreg.Register(opts.Registry, "xds", m.refused, m.unknown, m.slow, m.badRequests, m.refusedNames, m.unservedKinds, m.unserved, m.clients, m.nacks, m.responses, m.resSent, m.bytes, m.ackSeconds, m.lastAck, m.pushLatency); err != nil {
 		return nil, err
 	}
 	gopts := []grpc.ServerOption{

@@ -678,25 +678,39 @@ func TestDelivery(t *testing.T) {
 	ts.subscribed, ts.wildcard = true, true
 	a1, a2 := &Resource{Name: "a", Version: "1"}, &Resource{Name: "a", Version: "2"}
 	want := func(v string) map[string]string { return map[string]string{"a": v} }
-	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1")); d.Pending != 1 || d.Rejection != "" {
+	now := time.Now()
+	delivery := func(kind ClientKind, v string) Delivery {
+		return srv.Delivery(kind, resourcev3.EndpointType, want(v), now, time.Second)
+	}
+	if d := delivery(KindEnvoy, "1"); d.Pending != 1 || d.Rejection != "" || !d.FreshUntil.IsZero() {
 		t.Errorf("not sent yet: %+v", d)
 	}
-	ts.inflight, ts.inflightOut = "n1", []*Resource{a1}
+	ts.inflight, ts.inflightOut, ts.inflightAt = "n1", []*Resource{a1}, now
 	ts.sent.set("a", "1")
-	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1")); d.Pending != 1 {
+	if d := delivery(KindEnvoy, "1"); d.Pending != 1 || !d.FreshUntil.Equal(now.Add(time.Second)) {
 		t.Errorf("in flight: %+v", d)
 	}
+	// Left unanswered past stuckAfter: stuck, holding nobody up.
+	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1"), now.Add(2*time.Second), time.Second); d.Pending != 0 || d.Stuck != 1 {
+		t.Errorf("in flight for 2s: %+v", d)
+	}
+	settled := srv.Settled()
 	st.settleLocked(resourcev3.EndpointType, ts, nil, time.Now())
-	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("1")); d.Pending != 0 || d.Rejection != "" {
+	select {
+	case <-settled:
+	default:
+		t.Error("an ACK did not close the Settled channel")
+	}
+	if d := delivery(KindEnvoy, "1"); d.Pending != 0 || d.Rejection != "" {
 		t.Errorf("acknowledged: %+v", d)
 	}
-	if d := srv.Delivery(KindGRPC, resourcev3.EndpointType, want("9")); d.Pending != 0 {
+	if d := delivery(KindGRPC, "9"); d.Pending != 0 {
 		t.Errorf("another kind's clients counted: %+v", d)
 	}
 	ts.inflight, ts.inflightOut = "n2", []*Resource{a2}
 	ts.sent.set("a", "2")
 	st.settleLocked(resourcev3.EndpointType, ts, &statuspb.Status{Message: "no"}, time.Now())
-	if d := srv.Delivery(KindEnvoy, resourcev3.EndpointType, want("2")); d.Rejection != "local client e1 rejected a version 2: no" {
+	if d := delivery(KindEnvoy, "2"); d.Rejection != "local client e1 rejected a version 2: no" {
 		t.Errorf("rejected: %+v", d)
 	}
 }
@@ -850,5 +864,31 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition never held")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestUnservedKindRefused: a server that serves gRPC clients only (holdfast-agent --kinds grpc)
+// ends an Envoy's stream with the reason, counted, rather than leave it waiting for nothing; a
+// gRPC client is served.
+func TestUnservedKindRefused(t *testing.T) {
+	srv, conn, publish := testServerWith(t, ServerOptions{AckTimeout: time.Minute, Kinds: []ClientKind{KindGRPC}})
+	a, b := twoServices()
+	publish(testView(a, b))
+	st := deltaStream(t, conn)
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "e1", UserAgentName: "envoy"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--kinds") {
+		t.Fatalf("an Envoy at a gRPC-only server: %v, want FailedPrecondition naming --kinds", err)
+	}
+	if n := testutil.ToFloat64(srv.metrics.unservedKinds.WithLabelValues(string(KindEnvoy))); n != 1 {
+		t.Errorf("refusals counted %v, want 1", n)
+	}
+	g := sotwStream(t, conn)
+	if err := g.Send(&discoveryv3.DiscoveryRequest{Node: grpcNode, TypeUrl: resourcev3.ClusterType, ResourceNames: []string{testTranslator.Naming.Resource(a.Key, 80)}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := g.Recv(); err != nil || len(r.GetResources()) != 1 {
+		t.Fatalf("a gRPC client: %v %v", r, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
@@ -66,16 +67,24 @@ func (t TypeStatus) Resources(snap *Snapshot, typ resourcev3.Type) []ResourceSta
 // Delivery is how far some resources have got with the clients that want them.
 type Delivery struct {
 	// Pending counts (client, resource) pairs where the client wants the resource and does not
-	// hold that version yet, or holds it in a response it has not answered.
+	// hold that version yet, or holds it in a response it has not answered — leaving out clients
+	// that are stuck (see Stuck).
 	Pending int
+	// Stuck counts the pairs of clients that have left a response of the type unanswered for
+	// longer than the caller's stuckAfter: they hold nobody up.
+	Stuck int
+	// FreshUntil is when the first pending client with a response in flight turns stuck (zero:
+	// none has one): a caller waiting for Pending to reach zero asks again then.
+	FreshUntil time.Time
 	// Rejection describes the first client found to have rejected one of them ("" if none).
 	Rejection string
 }
 
 // Delivery reports, for the clients of kind subscribed to type typ, how far the resources
-// named in versions (name → version) have got. It reads each stream's state in place, without
-// copying it: callers may poll it.
-func (s *Server) Delivery(kind ClientKind, typ resourcev3.Type, versions map[string]string) Delivery {
+// named in versions (name → version) have got, as of now; a client that has left a response of
+// the type unanswered for stuckAfter or longer counts as stuck, not pending. It reads each
+// stream's state in place, without copying it. Settled says when to ask again.
+func (s *Server) Delivery(kind ClientKind, typ resourcev3.Type, versions map[string]string, now time.Time, stuckAfter time.Duration) Delivery {
 	s.mu.Lock()
 	streams := make([]*stream, 0, len(s.streams))
 	for _, st := range s.streams {
@@ -86,14 +95,37 @@ func (s *Server) Delivery(kind ClientKind, typ resourcev3.Type, versions map[str
 	for _, st := range streams {
 		st.mu.Lock()
 		if ts := st.types[typ]; st.known && st.kind == kind && ts != nil {
-			st.deliveryLocked(ts, versions, &d)
+			st.deliveryLocked(ts, versions, now, stuckAfter, &d)
 		}
 		st.mu.Unlock()
 	}
 	return d
 }
 
-func (st *stream) deliveryLocked(ts *typeState, versions map[string]string, d *Delivery) {
+// Settled returns a channel closed the next time any client answers a response (ACK or NACK):
+// what Delivery reports may have changed. Callers take the channel before they call Delivery.
+func (s *Server) Settled() <-chan struct{} {
+	for {
+		if p := s.settled.Load(); p != nil {
+			return *p
+		}
+		ch := make(chan struct{})
+		if s.settled.CompareAndSwap(nil, &ch) {
+			return ch
+		}
+	}
+}
+
+// notifySettled closes the channel Settled handed out, if anyone asked for one: nothing is
+// allocated when nobody waits (Holdfast itself).
+func (s *Server) notifySettled() {
+	if p := s.settled.Swap(nil); p != nil {
+		close(*p)
+	}
+}
+
+func (st *stream) deliveryLocked(ts *typeState, versions map[string]string, now time.Time, stuckAfter time.Duration, d *Delivery) {
+	stuck := ts.inflight != "" && now.Sub(ts.inflightAt) >= stuckAfter
 	var inflight map[string]string
 	if ts.inflight != "" {
 		inflight = make(map[string]string, len(ts.inflightOut))
@@ -113,8 +145,15 @@ func (st *stream) deliveryLocked(ts *typeState, versions map[string]string, d *D
 				detail = ts.nacked.Detail
 			}
 			d.Rejection = fmt.Sprintf("local client %s rejected %s version %s: %s", st.nodeID, name, v, detail)
+		case (held != v || inflight[name] == v) && stuck:
+			d.Stuck++
 		case held != v || inflight[name] == v:
 			d.Pending++
+			if ts.inflight != "" {
+				if until := ts.inflightAt.Add(stuckAfter); d.FreshUntil.IsZero() || until.Before(d.FreshUntil) {
+					d.FreshUntil = until
+				}
+			}
 		}
 	}
 }

@@ -118,14 +118,22 @@ func (st *stream) kick() {
 	}
 }
 
-// identify takes the client's identity from the first request that carries a node.
-func (st *stream) identify(node *corev3.Node) {
+// identify takes the client's identity from the first request that carries a node, and refuses
+// a client of a kind the server does not serve.
+func (st *stream) identify(node *corev3.Node) error {
 	st.mu.Lock()
 	if st.known {
 		st.mu.Unlock()
-		return
+		return nil
 	}
 	kind, knownKind := KindOf(node)
+	if kinds := st.srv.opts.Kinds; kinds != nil && !slices.Contains(kinds, kind) {
+		st.mu.Unlock()
+		st.srv.metrics.unservedKinds.WithLabelValues(string(kind)).Inc()
+		st.srv.log.Warn("client refused: this server does not serve its kind", "decision", "client_kind_refused", "subject", node.GetId(),
+			"kind", kind, "served", kinds, "user_agent", node.GetUserAgentName(), "stream", st.id)
+		return grpcstatus.Errorf(codes.FailedPrecondition, "this server serves %v clients only, not %s (holdfast-agent --kinds)", kinds, kind)
+	}
 	st.known, st.node, st.nodeID, st.kind, st.loc = true, node, node.GetId(), kind, localityOf(node)
 	st.mu.Unlock()
 	if !knownKind {
@@ -134,6 +142,7 @@ func (st *stream) identify(node *corev3.Node) {
 	st.srv.metrics.clients.WithLabelValues(string(kind), st.flavour).Inc()
 	st.srv.log.Info("client connected", "node", node.GetId(), "kind", kind, "known_kind", knownKind,
 		"user_agent", node.GetUserAgentName(), "flavour", st.flavour, "stream", st.id)
+	return nil
 }
 
 func (st *stream) typeStateLocked(typ resourcev3.Type) *typeState {
@@ -191,6 +200,7 @@ func (st *stream) settleLocked(typ resourcev3.Type, ts *typeState, detail *statu
 		}
 	}
 	ts.inflight, ts.inflightOut, ts.inflightRemoved = "", nil, nil
+	st.srv.notifySettled()
 }
 
 // incremental says whether only the resources idx lists as changed can differ from what this
@@ -210,7 +220,9 @@ func (st *stream) nextNonceLocked() string {
 // nothing), then let subscribe apply the request's subscription (first: the type's first
 // request on this stream), all under st.mu.
 func (st *stream) onRequest(node *corev3.Node, typ resourcev3.Type, nonce string, detail *status.Status, subscribe func(ts *typeState, first bool)) error {
-	st.identify(node)
+	if err := st.identify(node); err != nil {
+		return err
+	}
 	if typ == "" {
 		err := grpcstatus.Error(codes.InvalidArgument, "request without type_url")
 		st.srv.badRequest(st, "no_type_url", err)

@@ -182,7 +182,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := reg.Register(collectors.NewGoCollector()); err != nil {
 		return err
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg})
+	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, Kinds: ks})
 	if err != nil {
 		return err
 	}

@@ -10,9 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -46,6 +48,10 @@ type Options struct {
 	Reject func(typeURL string, r Resource) error
 	// NeverRead makes a client that subscribes and then never reads a response: a stuck peer.
 	NeverRead bool
+	// Reconnect makes a Delta client do what Envoy does when its stream to the control plane
+	// fails: keep everything it holds, open a new stream, and say what it holds
+	// (initial_resource_versions) for every subscription.
+	Reconnect bool
 }
 
 // Resource is one received resource, decoded and validated.
@@ -84,6 +90,10 @@ type Stats struct {
 	// Deliveries counts how often each resource version was received, by "type name@version"
 	// (Delta versions; SotW uses the response's version).
 	Deliveries map[string]int
+	// Removed lists, by type, the resources the client held that a Delta response removed.
+	Removed map[string][]string
+	// Streams counts the ADS streams the client opened.
+	Streams int
 }
 
 // Client is a connected Envoy-like ADS client.
@@ -127,7 +137,7 @@ func Dial(addr string, opts Options) (*Client, error) {
 		conn:    conn,
 		node:    &corev3.Node{Id: opts.NodeID, Cluster: "test", UserAgentName: "envoy", Metadata: md, Locality: locality(opts.Zone, opts.Region)},
 		state:   State{},
-		stats:   Stats{Responses: map[string]int{}, ACKs: map[string]int{}, NACKs: map[string]int{}, Deliveries: map[string]int{}},
+		stats:   Stats{Responses: map[string]int{}, ACKs: map[string]int{}, NACKs: map[string]int{}, Deliveries: map[string]int{}, Removed: map[string][]string{}},
 		changed: make(chan struct{}),
 		cancel:  cancel,
 		done:    make(chan struct{}),
@@ -138,9 +148,19 @@ func Dial(addr string, opts Options) (*Client, error) {
 	go func() {
 		defer close(c.done)
 		var err error
-		if opts.Delta {
+		switch {
+		case opts.Delta && opts.Reconnect:
+			for ctx.Err() == nil {
+				if err = c.runDelta(ctx); ctx.Err() == nil {
+					select {
+					case <-ctx.Done():
+					case <-time.After(100 * time.Millisecond):
+					}
+				}
+			}
+		case opts.Delta:
 			err = c.runDelta(ctx)
-		} else {
+		default:
 			err = c.runSotW(ctx)
 		}
 		c.mu.Lock()
@@ -176,7 +196,7 @@ func (c *Client) Stats() Stats {
 	return Stats{
 		Responses: maps.Clone(c.stats.Responses), ACKs: maps.Clone(c.stats.ACKs), NACKs: maps.Clone(c.stats.NACKs),
 		Invalid: slices.Clone(c.stats.Invalid), APIListeners: slices.Clone(c.stats.APIListeners),
-		Deliveries: maps.Clone(c.stats.Deliveries),
+		Deliveries: maps.Clone(c.stats.Deliveries), Removed: maps.Clone(c.stats.Removed), Streams: c.stats.Streams,
 	}
 }
 
@@ -293,7 +313,14 @@ func (c *Client) runSotW(ctx context.Context) error {
 		if nack != nil {
 			req.ErrorDetail = nackStatus(nack)
 		}
-		return stream.Send(req)
+		if err := stream.Send(req); errors.Is(err, io.EOF) {
+			// The server ended the stream: the reason is in its status, which Recv returns.
+			_, err = stream.Recv()
+			return err
+		} else if err != nil {
+			return err
+		}
+		return nil
 	}
 	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
 		if err := send(t, "", "", nil, nil); err != nil {
@@ -404,22 +431,43 @@ func (c *Client) stateLocked() State {
 	return out
 }
 
-// runDelta runs an incremental ADS stream until ctx is done or the stream fails.
+// runDelta runs an incremental ADS stream until ctx is done or the stream fails. What the
+// client holds already (a reconnect) is announced as initial_resource_versions.
 func (c *Client) runDelta(ctx context.Context) error {
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(c.conn).DeltaAggregatedResources(ctx)
 	if err != nil {
 		return err
+	}
+	held := c.State()
+	c.mu.Lock()
+	c.stats.Streams++
+	c.mu.Unlock()
+	versions := func(t string, names ...string) map[string]string {
+		out := map[string]string{}
+		for n, r := range held[t] {
+			if len(names) == 0 || slices.Contains(names, n) {
+				out[n] = r.Version
+			}
+		}
+		return out
 	}
 	first := true
 	send := func(req *discoveryv3.DeltaDiscoveryRequest) error {
 		if first {
 			req.Node, first = c.node, false
 		}
-		return stream.Send(req)
+		if err := stream.Send(req); errors.Is(err, io.EOF) {
+			// The server ended the stream: the reason is in its status, which Recv returns.
+			_, err = stream.Recv()
+			return err
+		} else if err != nil {
+			return err
+		}
+		return nil
 	}
 	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
 		// An empty subscription on the first request of a type is a wildcard subscription.
-		if err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t}); err != nil {
+		if err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, InitialResourceVersions: versions(t)}); err != nil {
 			return err
 		}
 	}
@@ -427,6 +475,18 @@ func (c *Client) runDelta(ctx context.Context) error {
 		return c.stall(ctx, stream)
 	}
 	subscribed := map[string]map[string]bool{resourcev3.EndpointType: {}, resourcev3.RouteType: {}}
+	eds, rds := dependents(held)
+	for dt, names := range map[string][]string{resourcev3.EndpointType: eds, resourcev3.RouteType: rds} {
+		if len(names) == 0 {
+			continue
+		}
+		for _, n := range names {
+			subscribed[dt][n] = true
+		}
+		if err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: dt, ResourceNamesSubscribe: names, InitialResourceVersions: versions(dt, names...)}); err != nil {
+			return err
+		}
+	}
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -453,6 +513,9 @@ func (c *Client) runDelta(ctx context.Context) error {
 				s[d.Name] = d
 			}
 			for _, n := range resp.GetRemovedResources() {
+				if _, ok := s[n]; ok {
+					c.stats.Removed[t] = append(c.stats.Removed[t], n)
+				}
 				delete(s, n)
 			}
 		})

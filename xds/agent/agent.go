@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -36,7 +37,8 @@ import (
 // Downstream is the local xDS server the agent feeds: Holdfast's own.
 type Downstream interface {
 	SetSnapshots(xds.Snapshots)
-	Delivery(xds.ClientKind, resourcev3.Type, map[string]string) xds.Delivery
+	Delivery(kind xds.ClientKind, typ resourcev3.Type, versions map[string]string, now time.Time, stuckAfter time.Duration) xds.Delivery
+	Settled() <-chan struct{}
 }
 
 // Options configure an Agent.
@@ -54,14 +56,22 @@ type Options struct {
 	// rejected (NACKed) and the previous state kept. [100000, 256 MiB]
 	MaxResources  int
 	MaxCacheBytes int64
-	// MaxCacheAge: a cache older than this is still served, and reported loudly. [24h]
+	// MaxCacheAge: a cache whose content upstream last confirmed longer ago than this is still
+	// served, and reported loudly. [24h]
 	MaxCacheAge time.Duration
 	// SettleTimeout bounds how long an upstream response waits for the local clients' verdict
 	// (ACK or NACK, forwarded upstream) before it is ACKed. [5s]
 	SettleTimeout time.Duration
+	// StuckAfter: a local client that has left a response unanswered this long holds nobody
+	// up: the upstream response is answered without its verdict. [1s]
+	StuckAfter time.Duration
 	// WriteEvery is the least time between two cache writes. [500ms]
 	WriteEvery time.Duration
-	// Backoff bounds the wait between upstream reconnects (with jitter). [250ms, 15s]
+	// ConfirmEvery: while upstream keeps confirming an unchanged state, the cache file is
+	// rewritten this often, so that its confirmation time stays current. [10m]
+	ConfirmEvery time.Duration
+	// Backoff bounds the wait between upstream reconnects, of the connection and of the
+	// stream (with jitter). [250ms, 15s]
 	MinBackoff, MaxBackoff time.Duration
 	Downstream             Downstream
 	Logger                 *slog.Logger
@@ -79,7 +89,9 @@ func (o *Options) defaults() {
 	}
 	def(&o.MaxCacheAge, 24*time.Hour)
 	def(&o.SettleTimeout, 5*time.Second)
+	def(&o.StuckAfter, time.Second)
 	def(&o.WriteEvery, 500*time.Millisecond)
+	def(&o.ConfirmEvery, 10*time.Minute)
 	def(&o.MinBackoff, 250*time.Millisecond)
 	def(&o.MaxBackoff, 15*time.Second)
 	if o.MaxResources <= 0 {
@@ -96,45 +108,61 @@ func (o *Options) defaults() {
 	}
 }
 
-type resources = map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource
+// typeSet is one client kind's resources, by type, then name. The maps of a type are never
+// changed once made: a change makes a new one, so a typeSet is copied by copying its outer map.
+type typeSet = map[resourcev3.Type]map[string]*xds.Resource
 
-// Agent mirrors Holdfast for local clients.
+type resources = map[xds.ClientKind]typeSet
+
+// Agent mirrors Holdfast for local clients. It serves a client kind only what it holds complete
+// and closed under references — the last such view upstream sent, or a cache file that holds
+// one — and nothing at all for a kind it has no such view of: a partial view would tell local
+// clients that listeners are gone.
 type Agent struct {
+	// set at construction, read-only
 	o       Options
 	log     *slog.Logger
 	metrics metrics
-	kick    chan struct{}      // capacity 1: the cache changed and must be written
+	kick    chan struct{}      // capacity 1: the served state changed and must be written
 	failing *failures.Repeated // paces the reports of cache writes that fail
 
-	mu        sync.Mutex
-	res       resources
-	snaps     xds.Snapshots
-	bytes     int64                                        // resource bytes cached
-	typeBytes map[xds.ClientKind]map[resourcev3.Type]int64 // of which, by kind and type
-	restored  *restoredState                               // nil once upstream confirmed every type, or if nothing was restored
-	up        map[xds.ClientKind]*upstreamState
-	dirty     bool
-	everLive  bool      // upstream has answered every type of some kind at least once
-	written   int       // resources in the last cache file written
-	wroteAt   time.Time // when
+	// guarded by mu
+	mu       sync.Mutex
+	kinds    map[xds.ClientKind]*kindState
+	snaps    xds.Snapshots  // what local clients are served: complete kinds only
+	restored *restoredState // served state came from disk and upstream has not confirmed it
+	dirty    bool           // the served state changed since the cache was written
+	written  int            // resources in the last cache file written
+	wroteAt  time.Time      // when
+}
+
+// kindState is one client kind: what is served, and what the current upstream stream has sent.
+type kindState struct {
+	served      typeSet   // complete and closed under references; nil: nothing served yet
+	confirmedAt time.Time // when upstream (or the cache file) last confirmed served
+	staged      typeSet   // served, plus what the current upstream stream sent since it opened
+	answered    map[resourcev3.Type]bool
+	waiting     time.Time // since when staged differs from served without being complete and closed
+	waitReason  string
+	up          upstreamState
 }
 
 type restoredState struct {
-	writtenAt time.Time
-	tooOld    bool
+	confirmedAt time.Time // when upstream last confirmed the cache's content
+	tooOld      bool
 }
 
 type upstreamState struct {
 	connected bool
-	since     time.Time
+	since     time.Time // when connected turned what it is
 	lastErr   string
-	synced    map[resourcev3.Type]bool // a response of the type arrived on the current stream
 }
 
 type metrics struct {
-	connected, resources            *prometheus.GaugeVec
-	reconnects, forwarded, rejected *prometheus.CounterVec
-	fromCache, cacheAge             prometheus.Gauge
+	connected, resources, complete  *prometheus.GaugeVec
+	reconnects, attempts, forwarded *prometheus.CounterVec
+	rejected, notForwarded          *prometheus.CounterVec
+	fromCache, ready                prometheus.Gauge
 	loadErrors                      *prometheus.CounterVec
 	writes, writeErrors             prometheus.Counter
 }
@@ -148,29 +176,33 @@ func New(o Options) (*Agent, error) {
 	if o.NodeID == "" {
 		return nil, errors.New("agent: a node ID is required")
 	}
-	a := &Agent{o: o, log: o.Logger.With("component", "agent"), kick: make(chan struct{}, 1), failing: failures.New(time.Second, time.Minute), res: resources{},
-		up: map[xds.ClientKind]*upstreamState{}}
-	a.typeBytes = map[xds.ClientKind]map[resourcev3.Type]int64{}
+	a := &Agent{o: o, log: o.Logger.With("component", "agent"), kick: make(chan struct{}, 1), failing: failures.New(time.Second, time.Minute),
+		kinds: map[xds.ClientKind]*kindState{}, snaps: xds.Snapshots{}}
+	now := time.Now()
 	for _, k := range o.Kinds {
-		a.res[k] = map[resourcev3.Type]map[string]*xds.Resource{}
-		a.typeBytes[k] = map[resourcev3.Type]int64{}
-		a.up[k] = &upstreamState{synced: map[resourcev3.Type]bool{}}
+		a.kinds[k] = &kindState{up: upstreamState{since: now}}
 	}
 	m := metrics{
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "holdfast_agent_upstream_connected",
 			Help: "1 while the upstream stream to Holdfast for this client kind is open."}, []string{"kind"}),
 		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "holdfast_agent_resources",
-			Help: "Resources in the agent's cache, by client kind."}, []string{"kind"}),
+			Help: "Resources served to local clients, by client kind."}, []string{"kind"}),
+		complete: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "holdfast_agent_kind_complete",
+			Help: "1 while the agent holds a complete view of this client kind to serve (from upstream or its cache); 0 while it serves nothing of it."}, []string{"kind"}),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "holdfast_agent_upstream_reconnects_total",
-			Help: "Upstream streams that ended and were opened again, by client kind."}, []string{"kind"}),
+			Help: "Upstream streams that had answered and ended, by client kind (each is followed by reconnect attempts)."}, []string{"kind"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "holdfast_agent_upstream_failed_attempts_total",
+			Help: "Attempts to open an upstream stream that got no answer, by client kind."}, []string{"kind"}),
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "holdfast_agent_nacks_forwarded_total",
 			Help: "Local clients' rejections forwarded upstream as NACKs, by type."}, []string{"type"}),
+		notForwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "holdfast_agent_local_rejections_not_forwarded_total",
+			Help: "Local clients' rejections of resources whose upstream response was answered before they were served (they waited for a complete view), by type."}, []string{"type"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "holdfast_agent_upstream_rejected_total",
 			Help: "Upstream responses the agent itself rejected (invalid, or over its limits), by type."}, []string{"type"}),
 		fromCache: prometheus.NewGauge(prometheus.GaugeOpts{Name: "holdfast_agent_serving_from_cache",
 			Help: "1 while the agent serves resources restored from disk that upstream has not confirmed yet."}),
-		cacheAge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "holdfast_agent_restored_cache_age_seconds",
-			Help: "Age of the restored cache being served (0 when serving live data)."}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "holdfast_agent_ready",
+			Help: "1 while every configured client kind can be served completely (what /readyz says)."}),
 		loadErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "holdfast_agent_cache_load_errors_total",
 			Help: "Cache files not used at start, by reason."}, []string{"reason"}),
 		writes: prometheus.NewCounter(prometheus.CounterOpts{Name: "holdfast_agent_cache_writes_total",
@@ -178,8 +210,22 @@ func New(o Options) (*Agent, error) {
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "holdfast_agent_cache_write_errors_total",
 			Help: "Cache writes that failed; the previous file stays."}),
 	}
-	if err := promreg.Register(o.Registry, "agent", m.connected, m.resources, m.reconnects, m.forwarded, m.rejected, m.fromCache, m.cacheAge, m.loadErrors, m.writes, m.writeErrors); err != nil {
+	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "holdfast_agent_restored_cache_age_seconds",
+		Help: "While the agent serves its restored cache: how long ago upstream last confirmed its content (0 when serving live data)."},
+		func() float64 {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.restored == nil {
+				return 0
+			}
+			return time.Since(a.restored.confirmedAt).Seconds()
+		})
+	if err := promreg.Register(o.Registry, "agent", m.connected, m.resources, m.complete, m.reconnects, m.attempts, m.forwarded, m.notForwarded,
+		m.rejected, m.fromCache, m.ready, m.loadErrors, m.writes, m.writeErrors, age); err != nil {
 		return nil, err
+	}
+	for _, k := range o.Kinds {
+		m.complete.WithLabelValues(string(k)).Set(0)
 	}
 	a.metrics = m
 	return a, nil
@@ -187,13 +233,17 @@ func New(o Options) (*Agent, error) {
 
 func (a *Agent) cachePath() string { return filepath.Join(a.o.CacheDir, cacheFileName) }
 
-// LoadCache serves the disk cache at once, if there is a usable one. A missing file is normal;
-// a bad one is reported, counted and ignored whole, and the agent waits for upstream.
+// LoadCache serves the disk cache at once, if there is a usable one: a file that holds, for
+// every configured client kind, every type, closed under references. A missing file is normal;
+// any other is reported, counted and ignored whole, and the agent waits for upstream.
 func (a *Agent) LoadCache() error {
 	if a.o.CacheDir == "" {
 		return nil
 	}
-	res, writtenAt, err := readCacheFile(a.cachePath(), a.o.MaxCacheBytes)
+	res, confirmedAt, err := readCacheFile(a.cachePath(), a.o.MaxCacheBytes)
+	if err == nil {
+		err = complete(res, a.o.Kinds)
+	}
 	var le *cache.LoadError
 	switch {
 	case errors.As(err, &le) && le.Reason == "missing":
@@ -208,28 +258,20 @@ func (a *Agent) LoadCache() error {
 		a.log.Error("cache file ignored: waiting for upstream", "decision", "agent_cache_ignored", "subject", a.cachePath(), "reason", reason, "err", err)
 		return err
 	}
-	age := time.Since(writtenAt)
+	age := time.Since(confirmedAt)
 	a.mu.Lock()
 	for _, k := range a.o.Kinds {
-		if types, ok := res[k]; ok {
-			a.res[k] = types
-		}
+		ks := a.kinds[k]
+		ks.served, ks.confirmedAt = res[k], confirmedAt
+		a.publishLocked(k, xds.ServedTypes)
 	}
-	a.restored = &restoredState{writtenAt: writtenAt, tooOld: age > a.o.MaxCacheAge}
-	a.bytes = 0
-	for _, k := range a.o.Kinds {
-		for _, typ := range xds.ServedTypes {
-			a.typeBytes[k][typ] = bytesOf(a.res[k][typ])
-			a.bytes += a.typeBytes[k][typ]
-		}
-	}
-	a.publishLocked(xds.ServedTypes, a.o.Kinds...)
+	a.restored = &restoredState{confirmedAt: confirmedAt, tooOld: age > a.o.MaxCacheAge}
+	a.readyLocked()
 	n := a.countLocked()
 	a.mu.Unlock()
 	a.metrics.fromCache.Set(1)
-	a.metrics.cacheAge.Set(age.Seconds())
 	if age > a.o.MaxCacheAge {
-		a.log.Error("serving a cache older than --max-cache-age: its routes may be long gone; serving it anyway until upstream answers",
+		a.log.Error("serving a cache upstream last confirmed longer ago than --max-cache-age: its routes may be long gone; serving it anyway until upstream answers",
 			"decision", "agent_cache_old", "subject", a.cachePath(), "age", age.Round(time.Second), "max_age", a.o.MaxCacheAge, "resources", n)
 	} else {
 		a.log.Warn("serving the cache from disk until upstream answers", "decision", "agent_cache_restored", "subject", a.cachePath(),
@@ -238,32 +280,56 @@ func (a *Agent) LoadCache() error {
 	return nil
 }
 
+// complete checks that res holds, for every kind, every type, closed under references.
+func complete(res resources, kinds []xds.ClientKind) error {
+	for _, k := range kinds {
+		types, ok := res[k]
+		if !ok {
+			return &cache.LoadError{Reason: "incomplete", Err: fmt.Errorf("no %s resources", k)}
+		}
+		for _, typ := range xds.ServedTypes {
+			if _, ok := types[typ]; !ok {
+				return &cache.LoadError{Reason: "incomplete", Err: fmt.Errorf("%s: no %s", k, typ)}
+			}
+		}
+		if err := xds.Closed(types); err != nil {
+			return &cache.LoadError{Reason: "incomplete", Err: fmt.Errorf("%s: %w", k, err)}
+		}
+	}
+	return nil
+}
+
 func (a *Agent) countLocked() int {
 	n := 0
-	for _, types := range a.res {
-		for _, rs := range types {
-			n += len(rs)
-		}
+	for _, ks := range a.kinds {
+		n += count(ks.served)
 	}
 	return n
 }
 
-// publishLocked hands the downstream server new snapshots in which the given types of the
-// given kinds are rebuilt from the cache; the other types keep their indexes.
-func (a *Agent) publishLocked(types []resourcev3.Type, kinds ...xds.ClientKind) {
-	snaps := make(xds.Snapshots, len(a.res))
-	maps.Copy(snaps, a.snaps)
-	for _, kind := range kinds {
-		for _, typ := range types {
-			rs := a.res[kind][typ]
-			l := make([]*xds.Resource, 0, len(rs))
-			for _, r := range rs {
-				l = append(l, r)
-			}
-			snaps[kind] = snaps[kind].WithType(typ, l)
-		}
-		a.metrics.resources.WithLabelValues(string(kind)).Set(float64(a.countKindLocked(kind)))
+func count(ts typeSet) int {
+	n := 0
+	for _, rs := range ts {
+		n += len(rs)
 	}
+	return n
+}
+
+// publishLocked hands the downstream server a new set of snapshots in which the given types
+// of kind are its served ones; the other types keep their indexes.
+func (a *Agent) publishLocked(kind xds.ClientKind, types []resourcev3.Type) {
+	snaps := maps.Clone(a.snaps)
+	ks := a.kinds[kind]
+	for _, typ := range types {
+		rs := ks.served[typ]
+		l := make([]*xds.Resource, 0, len(rs))
+		for _, r := range rs {
+			l = append(l, r)
+		}
+		snaps[kind] = snaps[kind].WithType(typ, l)
+	}
+	a.metrics.resources.WithLabelValues(string(kind)).Set(float64(count(ks.served)))
+	a.metrics.complete.WithLabelValues(string(kind)).Set(1)
 	a.snaps = snaps
 	a.o.Downstream.SetSnapshots(snaps)
 }
@@ -276,18 +342,16 @@ func bytesOf(rs map[string]*xds.Resource) int64 {
 	return n
 }
 
-func (a *Agent) countKindLocked(kind xds.ClientKind) int {
-	n := 0
-	for _, rs := range a.res[kind] {
-		n += len(rs)
-	}
-	return n
-}
-
 // Run keeps one upstream stream per kind and writes the cache until ctx is done; the last
-// state is written before it returns.
+// state is written before it returns. The upstream connection reconnects with the agent's own
+// backoff (MinBackoff to MaxBackoff, ×1.6, ±20 %), not gRPC's default, which grows to 2
+// minutes: after an outage, the agent is back within MaxBackoff of Holdfast's return.
 func (a *Agent) Run(ctx context.Context) error {
-	conn, err := grpc.NewClient(a.o.Upstream, a.o.DialOptions...)
+	opts := append(slices.Clone(a.o.DialOptions), grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: a.o.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: a.o.MaxBackoff},
+		MinConnectTimeout: 5 * time.Second,
+	}))
+	conn, err := grpc.NewClient(a.o.Upstream, opts...)
 	if err != nil {
 		return fmt.Errorf("agent: upstream %q: %w", a.o.Upstream, err)
 	}
@@ -302,36 +366,46 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) upstreamLoop(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient, kind xds.ClientKind) {
-	backoff := a.o.MinBackoff
+	wait := a.o.MinBackoff
 	for ctx.Err() == nil {
 		started := time.Now()
 		err := a.stream(ctx, ads, kind)
 		a.mu.Lock()
-		st := a.up[kind]
-		wasConnected := st.connected
-		st.connected, st.synced = false, map[resourcev3.Type]bool{}
-		if err != nil {
-			st.lastErr = err.Error()
+		u := &a.kinds[kind].up
+		wasConnected := u.connected
+		if wasConnected {
+			u.connected, u.since = false, time.Now()
 		}
+		if err != nil {
+			u.lastErr = err.Error()
+		}
+		a.kinds[kind].staged, a.kinds[kind].answered = nil, nil
+		a.readyLocked()
 		a.mu.Unlock()
 		a.metrics.connected.WithLabelValues(string(kind)).Set(0)
 		if ctx.Err() != nil {
 			return
 		}
-		a.metrics.reconnects.WithLabelValues(string(kind)).Inc()
 		if wasConnected {
-			a.log.Warn("upstream stream ended: serving the cache, reconnecting", "decision", "agent_upstream_lost", "subject", string(kind), "err", err)
+			a.metrics.reconnects.WithLabelValues(string(kind)).Inc()
+			a.log.Warn("upstream stream ended: serving what the agent holds, reconnecting", "decision", "agent_upstream_lost", "subject", string(kind), "err", err)
+		} else {
+			a.metrics.attempts.WithLabelValues(string(kind)).Inc()
 		}
 		if time.Since(started) > a.o.MaxBackoff {
-			backoff = a.o.MinBackoff // it ran well for a while: start over
+			wait = a.o.MinBackoff // it ran well for a while: start over
 		}
-		wait := backoff/2 + rand.N(backoff/2+1) //nolint:gosec // jitter, not a secret
+		jittered := wait/2 + rand.N(wait/2+1) //nolint:gosec // jitter, not a secret
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-time.After(jittered):
 		}
-		backoff = min(2*backoff, a.o.MaxBackoff)
+		// The connection paces reconnects to Holdfast (MinBackoff to MaxBackoff); a stream
+		// opened while it is down fails at once, without a packet sent. So this loop waits at
+		// most a second between attempts: it notices a reconnect at once, rather than adding its
+		// own backoff to the connection's.
+		wait = min(2*wait, a.o.MaxBackoff, time.Second)
 	}
 }
 
@@ -351,8 +425,9 @@ func (a *Agent) node(kind xds.ClientKind) *corev3.Node {
 }
 
 // stream runs one upstream Delta stream: subscribe to every type by wildcard, saying what the
-// cache holds so that nothing it has is sent again and what is gone is removed explicitly;
-// then apply each response and answer it with the local clients' verdict.
+// agent serves so that nothing it has is sent again and what is gone is removed explicitly;
+// then take each response into the kind's staged view, serve the staged view once it is
+// complete and closed, and answer each response.
 func (a *Agent) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient, kind xds.ClientKind) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -360,8 +435,22 @@ func (a *Agent) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 	if err != nil {
 		return err
 	}
+	a.mu.Lock()
+	ks := a.kinds[kind]
+	ks.staged, ks.answered = maps.Clone(ks.served), map[resourcev3.Type]bool{}
+	if ks.staged == nil {
+		ks.staged = typeSet{}
+	}
+	initial := make(map[resourcev3.Type]map[string]string, len(xds.ServedTypes))
+	for _, typ := range xds.ServedTypes {
+		initial[typ] = make(map[string]string, len(ks.staged[typ]))
+		for n, r := range ks.staged[typ] {
+			initial[typ][n] = r.Version
+		}
+	}
+	a.mu.Unlock()
 	for i, typ := range xds.ServedTypes {
-		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: a.versions(kind, typ)}
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ, ResourceNamesSubscribe: []string{"*"}, InitialResourceVersions: initial[typ]}
 		if i == 0 {
 			req.Node = a.node(kind)
 		}
@@ -378,7 +467,7 @@ func (a *Agent) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 			return err
 		}
 		a.mu.Lock()
-		if u := a.up[kind]; !u.connected {
+		if u := &a.kinds[kind].up; !u.connected {
 			u.connected, u.since, u.lastErr = true, time.Now(), ""
 			a.log.Info("upstream connected", "kind", kind, "upstream", a.o.Upstream)
 		}
@@ -394,18 +483,11 @@ func (a *Agent) stream(ctx context.Context, ads discoveryv3.AggregatedDiscoveryS
 	}
 }
 
-func (a *Agent) versions(kind xds.ClientKind, typ resourcev3.Type) map[string]string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	out := make(map[string]string, len(a.res[kind][typ]))
-	for n, r := range a.res[kind][typ] {
-		out[n] = r.Version
-	}
-	return out
-}
-
-// apply takes one upstream response into the cache and serves it, then waits for the local
-// clients' verdict. It returns the NACK detail, "" to ACK.
+// apply takes one upstream response into the kind's staged view. Once every type has answered
+// on this stream and the staged view is closed under references, it becomes what local
+// clients are served, whole; until then they keep what they have, so a removal reaches them
+// only from a complete view. It returns the NACK detail, "" to ACK: a response that served
+// something waits for the local clients' verdict on its resources.
 func (a *Agent) apply(ctx context.Context, kind xds.ClientKind, resp *discoveryv3.DeltaDiscoveryResponse) string {
 	typ := resp.GetTypeUrl()
 	if !slices.Contains(xds.ServedTypes, typ) {
@@ -421,95 +503,222 @@ func (a *Agent) apply(ctx context.Context, kind xds.ClientKind, resp *discoveryv
 		}
 		in = append(in, res)
 	}
+	now := time.Now()
 	a.mu.Lock()
-	cur := a.res[kind][typ]
+	ks := a.kinds[kind]
+	cur := ks.staged[typ]
 	next := make(map[string]*xds.Resource, len(cur)+len(in))
-	for n, r := range cur {
-		next[n] = r
-	}
+	maps.Copy(next, cur)
 	for _, n := range resp.GetRemovedResources() {
 		delete(next, n)
 	}
 	for _, r := range in {
 		next[r.Name] = r
 	}
-	total := a.countLocked() - len(cur) + len(next)
-	typeSize := bytesOf(next)
-	size := a.bytes - a.typeBytes[kind][typ] + typeSize
-	if total > a.o.MaxResources || size > a.o.MaxCacheBytes {
+	if total, size := a.sizeLocked(kind, typ, next); total > a.o.MaxResources || size > a.o.MaxCacheBytes {
 		a.mu.Unlock()
 		a.metrics.rejected.WithLabelValues(typ).Inc()
 		a.log.Error("upstream response over the cache limits: keeping the previous state", "decision", "agent_over_limit", "subject", string(kind),
 			"type", typ, "resources", total, "max_resources", a.o.MaxResources, "bytes", size, "max_bytes", a.o.MaxCacheBytes)
 		return fmt.Sprintf("holdfast-agent: cache limits exceeded (%d resources of %d, %d bytes of %d)", total, a.o.MaxResources, size, a.o.MaxCacheBytes)
 	}
-	a.res[kind][typ] = next
-	a.bytes, a.typeBytes[kind][typ] = size, typeSize
-	a.up[kind].synced[typ] = true
-	a.everLive = a.everLive || len(a.up[kind].synced) == len(xds.ServedTypes)
-	a.confirmLocked()
-	a.publishLocked([]resourcev3.Type{typ}, kind)
-	a.dirty = true
+	ks.staged[typ] = next
+	ks.answered[typ] = true
+	served := a.promoteLocked(kind, now)
 	a.mu.Unlock()
+	if len(served) == 0 {
+		return "" // nothing reached local clients: nothing to wait for
+	}
 	select {
 	case a.kick <- struct{}{}:
 	default:
 	}
-	return a.verdict(ctx, kind, typ, in)
+	var own []*xds.Resource // this response's resources among what was served
+	for _, r := range in {
+		if served[typ][r.Name] == r {
+			own = append(own, r)
+		}
+	}
+	return a.verdict(ctx, kind, typ, own, served)
 }
 
-// confirmLocked ends serving from the restored cache once upstream answered every type of
-// every kind on its current stream.
-func (a *Agent) confirmLocked() {
+// sizeLocked is what the agent would hold, in resources and bytes, with next as kind's staged
+// resources of typ: the bound applies to every kind's larger of served and staged.
+func (a *Agent) sizeLocked(kind xds.ClientKind, typ resourcev3.Type, next map[string]*xds.Resource) (total int, size int64) {
+	for k, ks := range a.kinds {
+		for _, t := range xds.ServedTypes {
+			staged := ks.staged[t]
+			if k == kind && t == typ {
+				staged = next
+			}
+			rs := ks.served[t]
+			if len(staged) > len(rs) {
+				rs = staged
+			}
+			total += len(rs)
+			size += bytesOf(rs)
+		}
+	}
+	return total, size
+}
+
+// promoteLocked serves kind's staged view if it is complete (every type answered on this
+// stream) and closed under references, and returns, by type, the resources that reached local
+// clients with it (nil: nothing changed for them).
+func (a *Agent) promoteLocked(kind xds.ClientKind, now time.Time) map[resourcev3.Type]map[string]*xds.Resource {
+	ks := a.kinds[kind]
+	for _, typ := range xds.ServedTypes {
+		if !ks.answered[typ] {
+			ks.wait(now, "upstream has not answered "+typ+" yet on this stream")
+			return nil
+		}
+	}
+	var changed []resourcev3.Type
+	for _, typ := range xds.ServedTypes {
+		if ks.served == nil || !sameMap(ks.staged[typ], ks.served[typ]) {
+			changed = append(changed, typ)
+		}
+	}
+	ks.confirmedAt = now
+	if len(changed) == 0 {
+		ks.waiting, ks.waitReason = time.Time{}, ""
+		a.confirmLocked(now)
+		return nil
+	}
+	if err := xds.Closed(ks.staged); err != nil {
+		ks.wait(now, "what upstream sent is not closed under references yet: "+err.Error())
+		return nil
+	}
+	first := ks.served == nil
+	ks.served = maps.Clone(ks.staged)
+	ks.waiting, ks.waitReason = time.Time{}, ""
+	a.publishLocked(kind, changed)
+	a.dirty = true
+	a.confirmLocked(now)
+	a.readyLocked()
+	if first {
+		a.log.Info("serving a complete view from upstream", "decision", "agent_kind_complete", "subject", string(kind), "resources", count(ks.served))
+	}
+	out := make(map[resourcev3.Type]map[string]*xds.Resource, len(changed))
+	for _, typ := range changed {
+		out[typ] = ks.served[typ]
+	}
+	return out
+}
+
+// wait records that kind's staged view cannot be served yet, and why.
+func (ks *kindState) wait(now time.Time, why string) {
+	if ks.waiting.IsZero() {
+		ks.waiting = now
+	}
+	ks.waitReason = why
+}
+
+func sameMap(x, y map[string]*xds.Resource) bool {
+	if len(x) != len(y) {
+		return false
+	}
+	for n, r := range x {
+		if y[n] != r {
+			return false
+		}
+	}
+	return true
+}
+
+// confirmLocked ends serving from the restored cache once upstream has confirmed, or replaced,
+// what every kind serves.
+func (a *Agent) confirmLocked(now time.Time) {
 	if a.restored == nil {
 		return
 	}
-	for _, u := range a.up {
-		for _, typ := range xds.ServedTypes {
-			if !u.synced[typ] {
-				return
-			}
+	for _, ks := range a.kinds {
+		if ks.staged == nil || len(ks.answered) < len(xds.ServedTypes) || !ks.waiting.IsZero() {
+			return
 		}
 	}
 	a.log.Info("upstream confirmed the full state: serving live data", "decision", "agent_live", "subject", a.o.Upstream,
-		"restored_age", time.Since(a.restored.writtenAt).Round(time.Second))
+		"restored_age", now.Sub(a.restored.confirmedAt).Round(time.Second))
 	a.restored = nil
 	a.metrics.fromCache.Set(0)
-	a.metrics.cacheAge.Set(0)
+	a.dirty = true // the file's confirmation time moves on
 }
 
-// verdict waits, at most SettleTimeout, until every local client of kind that wants one of
-// the resources just received has it or has rejected it, and returns the first rejection's
-// detail ("" if none).
-func (a *Agent) verdict(ctx context.Context, kind xds.ClientKind, typ resourcev3.Type, in []*xds.Resource) string {
-	if len(in) == 0 {
-		return ""
-	}
-	versions := make(map[string]string, len(in))
-	for _, r := range in {
-		versions[r.Name] = r.Version
+// verdict waits, at most SettleTimeout, until every local client of kind that wants one of own
+// (this response's resources that were just served) has it or has rejected it, and returns
+// the first rejection's detail ("" if none). A client that has left a response unanswered for
+// StuckAfter holds nobody up. Local rejections of the other types served with them cannot be
+// forwarded (their upstream responses were answered while the view was incomplete): they are
+// counted and logged.
+func (a *Agent) verdict(ctx context.Context, kind xds.ClientKind, typ resourcev3.Type, own []*xds.Resource, served map[resourcev3.Type]map[string]*xds.Resource) string {
+	versions := func(rs []*xds.Resource) map[string]string {
+		out := make(map[string]string, len(rs))
+		for _, r := range rs {
+			out[r.Name] = r.Version
+		}
+		return out
 	}
 	deadline := time.Now().Add(a.o.SettleTimeout)
-	for {
-		d := a.o.Downstream.Delivery(kind, typ, versions)
-		pending, detail := d.Pending > 0, d.Rejection
-		if detail != "" {
-			a.metrics.forwarded.WithLabelValues(typ).Inc()
-			a.log.Warn("forwarding a local client's rejection upstream", "decision", "agent_nack_forwarded", "subject", string(kind), "type", typ, "detail", detail)
-			return detail
+	detail := ""
+	if len(own) > 0 {
+		detail = a.await(ctx, kind, typ, versions(own), deadline)
+	}
+	if detail != "" {
+		a.metrics.forwarded.WithLabelValues(typ).Inc()
+		a.log.Warn("forwarding a local client's rejection upstream", "decision", "agent_nack_forwarded", "subject", string(kind), "type", typ, "detail", detail)
+	}
+	for other, rs := range served {
+		if other == typ {
+			continue
 		}
-		if !pending || time.Now().After(deadline) || ctx.Err() != nil {
+		l := make([]*xds.Resource, 0, len(rs))
+		for _, r := range rs {
+			l = append(l, r)
+		}
+		if d := a.o.Downstream.Delivery(kind, other, versions(l), time.Now(), a.o.StuckAfter); d.Rejection != "" {
+			a.metrics.notForwarded.WithLabelValues(other).Inc()
+			a.log.Warn("a local client rejected a resource whose upstream response was already answered: not forwarded", "decision", "agent_nack_not_forwarded",
+				"subject", string(kind), "type", other, "detail", d.Rejection)
+		}
+	}
+	return detail
+}
+
+// await waits for the local clients' verdict on versions of typ: told by the local server each
+// time a client answers, never polling.
+func (a *Agent) await(ctx context.Context, kind xds.ClientKind, typ resourcev3.Type, versions map[string]string, deadline time.Time) string {
+	for {
+		settled := a.o.Downstream.Settled()
+		now := time.Now()
+		d := a.o.Downstream.Delivery(kind, typ, versions, now, a.o.StuckAfter)
+		if d.Rejection != "" || d.Pending == 0 || !now.Before(deadline) {
+			return d.Rejection
+		}
+		wake := deadline
+		if !d.FreshUntil.IsZero() && d.FreshUntil.Before(wake) {
+			wake = d.FreshUntil
+		}
+		t := time.NewTimer(wake.Sub(now))
+		select {
+		case <-settled:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
 			return ""
 		}
-		time.Sleep(5 * time.Millisecond)
+		t.Stop()
 	}
 }
 
-// writer writes the cache at most every WriteEvery while it changes, and once more at the end.
+// writer writes the cache at most every WriteEvery while it changes, once every ConfirmEvery
+// while upstream confirms an unchanged state (so that the file's confirmation time says how
+// fresh it is), and once more at the end.
 func (a *Agent) writer(ctx context.Context) {
 	if a.o.CacheDir == "" {
 		return
 	}
+	confirm := time.NewTicker(a.o.ConfirmEvery)
+	defer confirm.Stop()
 	var last time.Time
 	for {
 		select {
@@ -517,6 +726,10 @@ func (a *Agent) writer(ctx context.Context) {
 			a.write()
 			return
 		case <-a.kick:
+		case <-confirm.C:
+			a.mu.Lock()
+			a.dirty = true
+			a.mu.Unlock()
 		}
 		if wait := a.o.WriteEvery - time.Since(last); wait > 0 {
 			select {
@@ -531,23 +744,30 @@ func (a *Agent) writer(ctx context.Context) {
 	}
 }
 
+// write writes what the agent serves, if every configured kind has a complete view: a cache
+// file is complete or not written.
 func (a *Agent) write() {
 	a.mu.Lock()
 	if !a.dirty {
 		a.mu.Unlock()
 		return
 	}
-	snap := make(resources, len(a.res))
-	for k, types := range a.res {
-		snap[k] = make(map[resourcev3.Type]map[string]*xds.Resource, len(types))
-		for t, rs := range types {
-			snap[k][t] = rs // replaced whole on change, never mutated: safe to read unlocked
+	snap := make(resources, len(a.kinds))
+	var confirmedAt time.Time
+	for k, ks := range a.kinds {
+		if ks.served == nil {
+			a.mu.Unlock()
+			return // not every kind complete yet: nothing is written
+		}
+		snap[k] = ks.served // never changed once served: safe to read unlocked
+		if confirmedAt.IsZero() || ks.confirmedAt.Before(confirmedAt) {
+			confirmedAt = ks.confirmedAt
 		}
 	}
 	a.dirty = false
 	n := a.countLocked()
 	a.mu.Unlock()
-	data, err := encodeCache(snap, time.Now())
+	data, err := encodeCache(snap, time.Now(), confirmedAt)
 	if err == nil {
 		err = cache.WriteFileAtomic(a.cachePath(), data)
 	}
@@ -563,8 +783,8 @@ func (a *Agent) write() {
 		return
 	}
 	a.metrics.writes.Inc()
-	if n, since := a.failing.Succeed(); n > 0 {
-		a.log.Info("cache written again", "decision", "agent_cache_write_recovered", "subject", a.cachePath(), "after_failures", n, "failed_for", time.Since(since).Round(time.Second))
+	if failed, since := a.failing.Succeed(); failed > 0 {
+		a.log.Info("cache written again", "decision", "agent_cache_write_recovered", "subject", a.cachePath(), "after_failures", failed, "failed_for", time.Since(since).Round(time.Second))
 	}
 	a.mu.Lock()
 	a.written, a.wroteAt = n, time.Now()
@@ -573,9 +793,10 @@ func (a *Agent) write() {
 
 // Status is what /readyz reports.
 type Status struct {
-	// Ready: the agent has something to serve: a restored cache, or a state upstream sent in
-	// full at least once (kept, and served, while upstream is away).
+	// Ready: every configured client kind can be served completely, from upstream or from the
+	// cache; NotReady says why not, per kind.
 	Ready    bool                      `json:"ready"`
+	NotReady []string                  `json:"not_ready,omitempty"`
 	Upstream map[string]UpstreamStatus `json:"upstream"`
 	Cache    CacheStatus               `json:"cache"`
 	Counts   map[xds.ClientKind]int    `json:"resources"`
@@ -584,20 +805,56 @@ type Status struct {
 // UpstreamStatus is one kind's upstream stream.
 type UpstreamStatus struct {
 	Connected bool      `json:"connected"`
-	Since     time.Time `json:"since,omitzero"`
-	Synced    bool      `json:"synced"` // every type answered on this stream
-	LastError string    `json:"last_error,omitempty"`
+	Since     time.Time `json:"since,omitzero"` // when it connected, or disconnected
+	Synced    bool      `json:"synced"`         // every type answered on this stream
+	// Complete: the agent serves a complete view of this kind.
+	Complete bool `json:"complete"`
+	// Waiting says why what upstream sent is not served yet, and since when.
+	Waiting      string    `json:"waiting,omitempty"`
+	WaitingSince time.Time `json:"waiting_since,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
 }
 
-// CacheStatus says whether restored data is served, and how old it is, and what was last
-// written to disk.
+// CacheStatus says whether restored data is served, how long ago upstream confirmed it, and
+// what was last written to disk.
 type CacheStatus struct {
 	ServingRestored  bool      `json:"serving_restored"`
 	LastWrite        time.Time `json:"last_write,omitzero"`
 	WrittenResources int       `json:"written_resources"`
-	WrittenAt        time.Time `json:"written_at,omitzero"`
+	ConfirmedAt      time.Time `json:"confirmed_at,omitzero"`
 	AgeSeconds       float64   `json:"age_seconds,omitempty"`
 	TooOld           bool      `json:"too_old,omitempty"`
+}
+
+// notReadyLocked says, per configured kind, why it cannot be served completely ("" for none).
+func (a *Agent) notReadyLocked() []string {
+	var out []string
+	for _, k := range a.o.Kinds {
+		ks := a.kinds[k]
+		if ks.served != nil {
+			continue
+		}
+		why := fmt.Sprintf("%s: no complete view yet (no usable cache, and upstream ", k)
+		switch {
+		case !ks.up.connected && ks.up.lastErr != "":
+			why += "unreachable: " + ks.up.lastErr + ")"
+		case !ks.up.connected:
+			why += "not connected yet)"
+		default:
+			why += "connected: " + ks.waitReason + ")"
+		}
+		out = append(out, why)
+	}
+	return out
+}
+
+// readyLocked sets the ready gauge to what Status says.
+func (a *Agent) readyLocked() {
+	if len(a.notReadyLocked()) == 0 {
+		a.metrics.ready.Set(1)
+	} else {
+		a.metrics.ready.Set(0)
+	}
 }
 
 // Status reports the agent's state.
@@ -605,18 +862,16 @@ func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := Status{Upstream: map[string]UpstreamStatus{}, Counts: map[xds.ClientKind]int{}}
-	for k, u := range a.up {
-		synced := true
-		for _, typ := range xds.ServedTypes {
-			synced = synced && u.synced[typ]
-		}
-		s.Upstream[string(k)] = UpstreamStatus{Connected: u.connected, Since: u.since, Synced: synced, LastError: u.lastErr}
-		s.Counts[k] = a.countKindLocked(k)
+	for k, ks := range a.kinds {
+		s.Upstream[string(k)] = UpstreamStatus{Connected: ks.up.connected, Since: ks.up.since, Synced: len(ks.answered) == len(xds.ServedTypes),
+			Complete: ks.served != nil, Waiting: ks.waitReason, WaitingSince: ks.waiting, LastError: ks.up.lastErr}
+		s.Counts[k] = count(ks.served)
 	}
-	s.Ready = a.everLive || a.restored != nil
+	s.NotReady = a.notReadyLocked()
+	s.Ready = len(s.NotReady) == 0
 	s.Cache = CacheStatus{LastWrite: a.wroteAt, WrittenResources: a.written}
 	if r := a.restored; r != nil {
-		s.Cache.ServingRestored, s.Cache.WrittenAt, s.Cache.AgeSeconds, s.Cache.TooOld = true, r.writtenAt, time.Since(r.writtenAt).Seconds(), r.tooOld
+		s.Cache.ServingRestored, s.Cache.ConfirmedAt, s.Cache.AgeSeconds, s.Cache.TooOld = true, r.confirmedAt, time.Since(r.confirmedAt).Seconds(), r.tooOld
 	}
 	return s
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -32,10 +36,11 @@ type captured struct {
 }
 
 func (c *captured) SetSnapshots(s xds.Snapshots) { c.mu.Lock(); c.snaps, c.n = s, c.n+1; c.mu.Unlock() }
-func (c *captured) Delivery(xds.ClientKind, resourcev3.Type, map[string]string) xds.Delivery {
+func (c *captured) Delivery(xds.ClientKind, resourcev3.Type, map[string]string, time.Time, time.Duration) xds.Delivery {
 	return xds.Delivery{}
 }
-func (c *captured) last() xds.Snapshots { c.mu.Lock(); defer c.mu.Unlock(); return c.snaps }
+func (c *captured) Settled() <-chan struct{} { return nil }
+func (c *captured) last() xds.Snapshots      { c.mu.Lock(); defer c.mu.Unlock(); return c.snaps }
 
 // fleetResources translates a synthetic fleet with Holdfast's own publisher.
 func fleetResources(t testing.TB, services, per int) resources {
@@ -72,7 +77,7 @@ func fleetResources(t testing.TB, services, per int) resources {
 func TestCacheRoundTripAndDefects(t *testing.T) {
 	res := fleetResources(t, 20, 3)
 	now := time.Now().Truncate(time.Second)
-	good, err := encodeCache(res, now)
+	good, err := encodeCache(res, now, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +123,7 @@ func TestCacheRoundTripAndDefects(t *testing.T) {
 
 func FuzzDecodeCache(f *testing.F) {
 	res := fleetResources(f, 3, 2)
-	good, err := encodeCache(res, time.Now())
+	good, err := encodeCache(res, time.Now(), time.Now())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -136,7 +141,7 @@ func FuzzDecodeCache(f *testing.F) {
 func TestLoadCacheTooOld(t *testing.T) {
 	dir := t.TempDir()
 	res := fleetResources(t, 5, 2)
-	data, err := encodeCache(res, time.Now().Add(-48*time.Hour))
+	data, err := encodeCache(res, time.Now(), time.Now().Add(-48*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,15 +149,29 @@ func TestLoadCacheTooOld(t *testing.T) {
 		t.Fatal(err)
 	}
 	down := &captured{}
-	a, err := New(Options{Upstream: "127.0.0.1:1", NodeID: "n", CacheDir: dir, MaxCacheAge: 24 * time.Hour, Downstream: down})
+	reg := prometheus.NewRegistry()
+	a, err := New(Options{Upstream: "127.0.0.1:1", NodeID: "n", CacheDir: dir, MaxCacheAge: 24 * time.Hour, Downstream: down, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := a.LoadCache(); err != nil {
 		t.Fatal(err)
 	}
+	// The age is how long ago upstream confirmed the content, read when scraped: it grows.
+	if n, err := testutil.GatherAndCount(reg, "holdfast_agent_restored_cache_age_seconds"); err != nil || n != 1 {
+		t.Fatalf("age metric: %d %v", n, err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "holdfast_agent_restored_cache_age_seconds" && mf.GetMetric()[0].GetGauge().GetValue() < 47*3600 {
+			t.Errorf("restored cache age %v s, want the 48 h since upstream confirmed it", mf.GetMetric()[0].GetGauge().GetValue())
+		}
+	}
 	st := a.Status()
-	if !st.Ready || !st.Cache.ServingRestored || !st.Cache.TooOld || st.Cache.AgeSeconds < 47*3600 {
+	if !st.Ready || !st.Cache.ServingRestored || !st.Cache.TooOld || st.Cache.AgeSeconds < 47*3600 || !st.Cache.ConfirmedAt.Before(time.Now().Add(-47*time.Hour)) {
 		t.Errorf("status = %+v", st)
 	}
 	snap := down.last()[xds.KindGRPC]
@@ -165,7 +184,7 @@ func TestLoadCacheTooOld(t *testing.T) {
 // reading the cache file to serving it, and the heap it takes.
 func BenchmarkAgentStartFromDisk(b *testing.B) {
 	dir := b.TempDir()
-	data, err := encodeCache(fleetResources(b, 1000, 10), time.Now())
+	data, err := encodeCache(fleetResources(b, 1000, 10), time.Now(), time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -312,5 +331,233 @@ func TestAgentRefusesWhatExceedsItsBounds(t *testing.T) {
 	}
 	if n := a.Status().Counts[xds.KindGRPC]; n > 5 {
 		t.Errorf("the agent holds %d resources, over its bound of 5", n)
+	}
+}
+
+// scriptedUpstream is an ADS server that sends the agent what a test hands it, on the agent's
+// open Delta stream, and passes on the agent's answers.
+type scriptedUpstream struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+	send    chan *discoveryv3.DeltaDiscoveryResponse
+	answers chan *discoveryv3.DeltaDiscoveryRequest
+	end     chan struct{} // a receive ends the current stream
+}
+
+func (u *scriptedUpstream) DeltaAggregatedResources(st discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	go func() {
+		for {
+			req, err := st.Recv()
+			if err != nil {
+				return
+			}
+			if req.GetResponseNonce() != "" {
+				u.answers <- req
+			}
+		}
+	}()
+	for {
+		select {
+		case r := <-u.send:
+			if err := st.Send(r); err != nil {
+				return err
+			}
+		case <-u.end:
+			return errors.New("stream ended by the test")
+		case <-st.Context().Done():
+			return nil
+		}
+	}
+}
+
+func startScripted(t *testing.T) (*scriptedUpstream, string) {
+	t.Helper()
+	u := &scriptedUpstream{send: make(chan *discoveryv3.DeltaDiscoveryResponse), answers: make(chan *discoveryv3.DeltaDiscoveryRequest, 100), end: make(chan struct{})}
+	srv := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(srv, u)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return u, lis.Addr().String()
+}
+
+// respond sends one Delta response of typ with rs and the removed names, and waits for the
+// agent's answer to it.
+func (u *scriptedUpstream) respond(t *testing.T, typ resourcev3.Type, nonce string, rs map[string]*xds.Resource, removed ...string) *discoveryv3.DeltaDiscoveryRequest {
+	t.Helper()
+	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: typ, Nonce: nonce, RemovedResources: removed}
+	for _, r := range rs {
+		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: r.Name, Version: r.Version, Resource: r.Any})
+	}
+	select {
+	case u.send <- resp:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent never opened its stream")
+	}
+	for {
+		select {
+		case ack := <-u.answers:
+			if ack.GetResponseNonce() == nonce {
+				return ack
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no answer to %s %s", typ, nonce)
+		}
+	}
+}
+
+// TestAgentServesOnlyCompleteViews: the agent serves local clients a kind's view only once
+// upstream has answered every type on the stream and the view is closed under references; what
+// arrives one type at a time (clusters first) is not served half-way, so no local client is
+// ever told its listeners are gone. A removal reaches local clients only from a complete view,
+// and a stream that ends before it answered every type leaves them what they have.
+func TestAgentServesOnlyCompleteViews(t *testing.T) {
+	res := fleetResources(t, 2, 2)[xds.KindGRPC]
+	u, addr := startScripted(t)
+	down := &captured{}
+	a, err := New(Options{Upstream: addr, NodeID: "n", Kinds: []xds.ClientKind{xds.KindGRPC}, Downstream: down,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = a.Run(ctx) }()
+	published := func() int { down.mu.Lock(); defer down.mu.Unlock(); return down.n }
+
+	for i, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType} {
+		if ack := u.respond(t, typ, fmt.Sprint("a", i), res[typ]); ack.GetErrorDetail() != nil {
+			t.Fatalf("%s NACKed: %v", typ, ack.GetErrorDetail())
+		}
+		if n := published(); n != 0 {
+			t.Fatalf("after %s alone the agent served something (%d snapshots)", typ, n)
+		}
+		if st := a.Status(); st.Ready || len(st.NotReady) != 1 || !strings.Contains(st.NotReady[0], "has not answered") {
+			t.Fatalf("status after %s: %+v", typ, st)
+		}
+	}
+	u.respond(t, resourcev3.RouteType, "a3", res[resourcev3.RouteType])
+	if n := published(); n != 1 {
+		t.Fatalf("the complete view was published in %d steps, want 1", n)
+	}
+	for _, typ := range xds.ServedTypes {
+		if got := len(down.last()[xds.KindGRPC].List(typ)); got != 2 {
+			t.Fatalf("%s: %d served, want 2", typ, got)
+		}
+	}
+	if !a.Status().Ready {
+		t.Fatal("not ready with a complete view")
+	}
+
+	// Service 1 goes, one type at a time as Holdfast pushes it: clusters first. Until the view is
+	// closed again (no route pointing at the removed cluster), local clients keep it all.
+	naming := xds.Naming{Domain: "cluster.local"}
+	gone := naming.Resource(fleet.Key(1), 80)
+	u.respond(t, resourcev3.ClusterType, "b0", nil, gone)
+	u.respond(t, resourcev3.EndpointType, "b1", nil, gone)
+	if n := published(); n != 1 {
+		t.Fatalf("a removal reached local clients from an incomplete view (%d snapshots)", n)
+	}
+	if st := a.Status(); !st.Ready || !strings.Contains(st.Upstream["grpc"].Waiting, "not closed under references") {
+		t.Fatalf("status while the removal is incomplete: %+v", st.Upstream["grpc"])
+	}
+	u.respond(t, resourcev3.ListenerType, "b2", nil, gone)
+	u.respond(t, resourcev3.RouteType, "b3", nil, gone)
+	if n := published(); n != 2 {
+		t.Fatalf("the complete removal was published in %d steps, want one more", n-1)
+	}
+	for _, typ := range xds.ServedTypes {
+		if _, ok := down.last()[xds.KindGRPC].Get(typ, gone); ok {
+			t.Errorf("%s %s still served", typ, gone)
+		}
+	}
+
+	// A new stream that answers three types and ends: nothing changes for local clients.
+	u.end <- struct{}{}
+	for i, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType} {
+		u.respond(t, typ, fmt.Sprint("c", i), nil)
+	}
+	if n := published(); n != 2 {
+		t.Fatalf("a partial stream published %d more snapshots", n-2)
+	}
+}
+
+// TestAgentPartialCacheRefused: a cache file that does not hold a complete view of every
+// configured kind — a type missing (an agent killed before its first complete sync used to write
+// only clusters), a kind missing, references not closed — is refused on load with its reason,
+// and nothing is served from it.
+func TestAgentPartialCacheRefused(t *testing.T) {
+	full := fleetResources(t, 3, 2)
+	onlyClusters := resources{}
+	for k, types := range full {
+		onlyClusters[k] = typeSet{resourcev3.ClusterType: types[resourcev3.ClusterType]}
+	}
+	oneKind := resources{xds.KindGRPC: full[xds.KindGRPC]}
+	dangling := resources{}
+	for k, types := range full {
+		dangling[k] = maps.Clone(types)
+		dangling[k][resourcev3.EndpointType] = map[string]*xds.Resource{} // clusters without assignments
+	}
+	for _, tt := range []struct {
+		name string
+		res  resources
+		want string
+	}{
+		{"only clusters", onlyClusters, "no type.googleapis.com/envoy.config.endpoint"},
+		{"a kind missing", oneKind, "no envoy resources"},
+		{"not closed", dangling, "is not in the snapshot"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			data, err := encodeCache(tt.res, time.Now(), time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, cacheFileName), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			down := &captured{}
+			a, err := New(Options{Upstream: "127.0.0.1:1", NodeID: "n", CacheDir: dir, Downstream: down})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = a.LoadCache()
+			var le *cache.LoadError
+			if !errors.As(err, &le) || le.Reason != "incomplete" || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("load: %v, want reason incomplete saying %q", err, tt.want)
+			}
+			if down.last() != nil {
+				t.Error("something was served from a refused cache")
+			}
+			if st := a.Status(); st.Ready || st.Cache.ServingRestored || len(st.NotReady) != 2 {
+				t.Errorf("status = %+v", st)
+			}
+		})
+	}
+	// A complete cache with an empty type (no services at all) is a complete view.
+	empty := resources{}
+	for _, k := range []xds.ClientKind{xds.KindGRPC, xds.KindEnvoy} {
+		empty[k] = typeSet{}
+		for _, typ := range xds.ServedTypes {
+			empty[k][typ] = map[string]*xds.Resource{}
+		}
+	}
+	dir := t.TempDir()
+	data, err := encodeCache(empty, time.Now(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, cacheFileName), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Options{Upstream: "127.0.0.1:1", NodeID: "n", CacheDir: dir, Downstream: &captured{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.LoadCache(); err != nil || !a.Status().Ready {
+		t.Errorf("an empty but complete cache: %v, ready %v", err, a.Status().Ready)
 	}
 }

@@ -19,8 +19,10 @@ import (
 //
 //	holdfast-agent-cache 1 <payload bytes> <sha256 of payload, hex>
 //
-// then the payload, JSON: when it was written and every resource of every client kind, as
-// the bytes upstream sent and the version it gave them.
+// then the payload, JSON: when it was written, when upstream last confirmed its content, and
+// every resource of every client kind, as the bytes upstream sent and the version it gave
+// them. Every type of a kind is listed, empty or not: a file holds complete views only, and a
+// reader tells a missing type from an empty one.
 const (
 	cacheFileName = "holdfast-agent-cache"
 	cacheMagic    = "holdfast-agent-cache"
@@ -28,8 +30,11 @@ const (
 )
 
 type cacheFile struct {
-	WrittenAt time.Time                                            `json:"written_at"`
-	Kinds     map[xds.ClientKind]map[resourcev3.Type][]cachedEntry `json:"kinds"`
+	WrittenAt time.Time `json:"written_at"`
+	// ConfirmedAt is when upstream last confirmed the content (absent in files of agents
+	// before it was added: WrittenAt then).
+	ConfirmedAt time.Time                                            `json:"confirmed_at,omitzero"`
+	Kinds       map[xds.ClientKind]map[resourcev3.Type][]cachedEntry `json:"kinds"`
 }
 
 type cachedEntry struct {
@@ -38,11 +43,12 @@ type cachedEntry struct {
 	Value   []byte `json:"value"`
 }
 
-func encodeCache(kinds map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource, now time.Time) ([]byte, error) {
-	f := cacheFile{WrittenAt: now, Kinds: map[xds.ClientKind]map[resourcev3.Type][]cachedEntry{}}
+func encodeCache(kinds resources, now, confirmedAt time.Time) ([]byte, error) {
+	f := cacheFile{WrittenAt: now, ConfirmedAt: confirmedAt, Kinds: map[xds.ClientKind]map[resourcev3.Type][]cachedEntry{}}
 	for kind, types := range kinds {
 		f.Kinds[kind] = map[resourcev3.Type][]cachedEntry{}
 		for typ, rs := range types {
+			f.Kinds[kind][typ] = make([]cachedEntry, 0, len(rs))
 			for _, r := range rs {
 				f.Kinds[kind][typ] = append(f.Kinds[kind][typ], cachedEntry{Name: r.Name, Version: r.Version, Value: r.Any.GetValue()})
 			}
@@ -55,9 +61,10 @@ func encodeCache(kinds map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Re
 	return cache.Frame(cacheMagic, cacheVersion, payload), nil
 }
 
-// decodeCache reads and checks a cache file. Any defect rejects the whole file: serving part of
-// a cache could withdraw what the rest would have kept.
-func decodeCache(r io.Reader, maxBytes int64) (map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource, time.Time, error) {
+// decodeCache reads and checks a cache file, and returns its resources and when upstream last
+// confirmed them. Any defect rejects the whole file: serving part of a cache could withdraw
+// what the rest would have kept.
+func decodeCache(r io.Reader, maxBytes int64) (resources, time.Time, error) {
 	payload, err := cache.Unframe(r, cacheMagic, cacheVersion, maxBytes)
 	if err != nil {
 		return nil, time.Time{}, err
@@ -66,12 +73,12 @@ func decodeCache(r io.Reader, maxBytes int64) (map[xds.ClientKind]map[resourcev3
 	if err := json.Unmarshal(payload, &f); err != nil {
 		return nil, time.Time{}, &cache.LoadError{Reason: "decode", Err: err}
 	}
-	out := map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource{}
+	out := resources{}
 	for kind, types := range f.Kinds {
 		if kind != xds.KindGRPC && kind != xds.KindEnvoy {
 			return nil, time.Time{}, &cache.LoadError{Reason: "invalid", Err: fmt.Errorf("client kind %q", kind)}
 		}
-		out[kind] = map[resourcev3.Type]map[string]*xds.Resource{}
+		out[kind] = typeSet{}
 		for typ, entries := range types {
 			out[kind][typ] = make(map[string]*xds.Resource, len(entries))
 			for _, e := range entries {
@@ -83,10 +90,14 @@ func decodeCache(r io.Reader, maxBytes int64) (map[xds.ClientKind]map[resourcev3
 			}
 		}
 	}
-	return out, f.WrittenAt, nil
+	confirmed := f.ConfirmedAt
+	if confirmed.IsZero() {
+		confirmed = f.WrittenAt
+	}
+	return out, confirmed, nil
 }
 
-func readCacheFile(path string, maxBytes int64) (map[xds.ClientKind]map[resourcev3.Type]map[string]*xds.Resource, time.Time, error) {
+func readCacheFile(path string, maxBytes int64) (resources, time.Time, error) {
 	f, err := os.Open(path) //nolint:gosec // the operator's --cache-dir
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, time.Time{}, &cache.LoadError{Reason: "missing", Err: err}
