@@ -28,6 +28,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/health"
 	"github.com/holdfast/holdfast/internal/tlsfiles"
+	"github.com/holdfast/holdfast/internal/version"
 	"github.com/holdfast/holdfast/xds"
 	"github.com/holdfast/holdfast/xds/agent"
 )
@@ -45,9 +46,15 @@ type config struct {
 	upstreamPlaintext             bool
 }
 
-func main() { os.Exit(realMain(os.Args[1:], os.Stderr)) }
+func main() { os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr)) }
 
-func realMain(args []string, stderr io.Writer) int {
+func realMain(args []string, stdout, stderr io.Writer) int {
+	for _, a := range args {
+		if a == "--version" || a == "-version" {
+			fmt.Fprintln(stdout, "holdfast-agent", version.String())
+			return 0
+		}
+	}
 	cfg, err := parse(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -77,6 +84,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("holdfast-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Bool("version", false, "print the version and exit")
 	fs.StringVar(&c.upstream, "upstream", "", "Holdfast's xDS address, host:port (required)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:18010", "where local clients connect: host:port or unix:///path")
 	fs.StringVar(&c.httpListen, "http-listen", "127.0.0.1:18090", "host:port for /healthz, /readyz and /metrics")
@@ -217,7 +225,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	handler := health.Handler(reg, func() (bool, any) { st := a.Status(); return st.Ready, st })
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
-	log.Info("holdfast-agent starting", "upstream", cfg.upstream, "listen", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
+	log.Info("holdfast-agent starting", "version", version.String(), "upstream", cfg.upstream, "listen", xdsLis.Addr().String(), "http", httpLis.Addr().String(),
 		"node", cfg.nodeID, "kinds", cfg.kinds, "cache_dir", cfg.cacheDir, "upstream_tls", !cfg.upstreamPlaintext, "upstream_mtls", cfg.upstreamTLS.Cert != "")
 
 	g, gctx := errgroup.WithContext(ctx)

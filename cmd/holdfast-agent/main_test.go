@@ -38,7 +38,7 @@ func TestFlags(t *testing.T) {
 			t.Errorf("%v: %v, want an error about %s", tt.args, err, tt.wantErr)
 		}
 	}
-	if code := realMain([]string{"--node-id", "n"}, io.Discard); code != 2 {
+	if code := realMain([]string{"--node-id", "n"}, io.Discard, io.Discard); code != 2 {
 		t.Errorf("bad flags exit %d, want 2", code)
 	}
 }

@@ -97,6 +97,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.TLS.Key, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&c.TLS.CA, "client-ca", "", "PEM CA bundle: with it, xDS and admin clients must present a certificate it signed (mTLS); reloaded when the file changes")
 	fs.BoolVar(&c.DebugPprof, "debug-pprof", false, "serve Go's profiles at /debug/pprof/ on --http-listen (for chasing memory or CPU; off: they show internals)")
+	fs.Bool("version", false, "print the version and exit")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: holdfast [flags]\n       holdfast bootstrap --grpc|--envoy --node-id ID --server HOST:PORT [--zone Z --region R]\n\nFlags:\n")

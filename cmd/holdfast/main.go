@@ -14,6 +14,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/holdfast/holdfast/internal/version"
 )
 
 func main() {
@@ -25,6 +27,10 @@ func main() {
 func realMain(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "bootstrap" {
 		return bootstrapMain(args[1:], stdout, stderr)
+	}
+	if wantsVersion(args) {
+		fmt.Fprintln(stdout, "holdfast", version.String())
+		return 0
 	}
 	cfg, err := parseConfig(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -46,6 +52,19 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("holdfast stopped cleanly")
 	return 0
+}
+
+// wantsVersion says whether args ask for the version (--version, anywhere before "--").
+func wantsVersion(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--version", "-version":
+			return true
+		}
+	}
+	return false
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {

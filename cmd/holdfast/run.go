@@ -27,6 +27,7 @@ import (
 	"github.com/holdfast/holdfast/internal/health"
 	"github.com/holdfast/holdfast/internal/promreg"
 	"github.com/holdfast/holdfast/internal/tlsfiles"
+	"github.com/holdfast/holdfast/internal/version"
 	"github.com/holdfast/holdfast/resolver"
 	"github.com/holdfast/holdfast/xds"
 	"github.com/holdfast/holdfast/xds/admin"
@@ -138,7 +139,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		handler = health.WithPprof(handler)
 	}
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
-	log.Info("holdfast starting", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(),
+	log.Info("holdfast starting", "version", version.String(), "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(),
 		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain, "tls", cfg.TLS.Enabled(), "mtls", cfg.TLS.CA != "")
 
 	g, gctx := errgroup.WithContext(ctx)

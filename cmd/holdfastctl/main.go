@@ -32,6 +32,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/holdfast/holdfast/internal/tlsfiles"
+	"github.com/holdfast/holdfast/internal/version"
 	"github.com/holdfast/holdfast/xds/admin"
 )
 
@@ -64,11 +65,16 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&files.Cert, "cert", "", "PEM client certificate, for a Holdfast with --client-ca (with --key)")
 	fs.StringVar(&files.Key, "key", "", "PEM private key of --cert")
 	serverName := fs.String("server-name", "", "name Holdfast's certificate must carry (default: the --addr host)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "holdfastctl", version.String())
+		return 0
 	}
 	if *format != "table" && *format != "json" && *format != "yaml" {
 		fmt.Fprintf(stderr, "holdfastctl: -o %q: want table, json or yaml\n", *format)
