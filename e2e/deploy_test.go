@@ -24,7 +24,8 @@ import (
 )
 
 // overlays are every kustomization an operator may apply.
-var overlays = []string{"base", "overlays/control-plane", "overlays/with-agent", "overlays/sidecar-example", "overlays/with-prometheus-operator"}
+// The base is applied only through an overlay (which names the image).
+var overlays = []string{"overlays/control-plane", "overlays/with-agent", "overlays/sidecar-example", "overlays/with-prometheus-operator"}
 
 // kubectl runs the kubectl built with the API server against the package's cluster.
 func kubectl(ctx context.Context, t *testing.T, stdin []byte, args ...string) (stdout, stderr string) {
@@ -266,4 +267,52 @@ func TestDeployRBACIsEnough(t *testing.T) {
 		}
 	}
 	_ = os.Remove(kubeconfig)
+}
+
+// Every overlay runs Holdfast's programs from the image its kustomize images: entry names, by a
+// version tag that is not latest and without pulling a tag a node already has (IfNotPresent):
+// pointing an overlay at a registry is one entry, and nothing runs an image nobody built.
+func TestDeployImagesPinned(t *testing.T) {
+	ctx := testContext(t)
+	const want = "registry.example.com/holdfast:v0.1.0"
+	for _, dir := range overlays {
+		t.Run(dir, func(t *testing.T) {
+			var found int
+			for _, o := range objects(t, render(ctx, t, dir)) {
+				var w struct {
+					Spec struct {
+						Template struct {
+							Spec struct {
+								Containers []struct {
+									Name            string   `json:"name"`
+									Image           string   `json:"image"`
+									ImagePullPolicy string   `json:"imagePullPolicy"`
+									Command         []string `json:"command"`
+								} `json:"containers"`
+							} `json:"spec"`
+						} `json:"template"`
+					} `json:"spec"`
+				}
+				if err := yaml.Unmarshal(o.raw, &w); err != nil {
+					t.Fatal(err)
+				}
+				for _, c := range w.Spec.Template.Spec.Containers {
+					if strings.HasSuffix(c.Image, ":latest") || !strings.Contains(c.Image[strings.LastIndex(c.Image, "/")+1:], ":") {
+						t.Errorf("%s %s container %s: image %q has no version tag", o.Kind, o.Metadata.Name, c.Name, c.Image)
+					}
+					if len(c.Command) == 0 || !strings.HasPrefix(c.Command[0], "/holdfast") {
+						continue
+					}
+					found++
+					if c.Image != want || c.ImagePullPolicy != "IfNotPresent" {
+						t.Errorf("%s %s container %s: image %q pull %q, want %q IfNotPresent (the overlay's images: entry)",
+							o.Kind, o.Metadata.Name, c.Name, c.Image, c.ImagePullPolicy, want)
+					}
+				}
+			}
+			if found == 0 {
+				t.Errorf("no Holdfast container in %s", dir)
+			}
+		})
+	}
 }

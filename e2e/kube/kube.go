@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -91,13 +92,28 @@ type Cluster struct {
 	Token      string
 	Config     *rest.Config
 	Client     kubernetes.Interface
+	SAKey      string // the service account signing key
 	Etcd       *Process
 	APIServer  *Process
 }
 
 // Start runs etcd and kube-apiserver in a new directory under dir (os.TempDir() if empty) and
-// waits until the API server reports ready.
-func Start(ctx context.Context, dir string) (c *Cluster, err error) {
+// waits until the API server reports ready. The API server listens on 127.0.0.1 and maintains
+// no endpoints for the kubernetes Service: nothing but the tests on this machine reach it.
+func Start(ctx context.Context, dir string) (*Cluster, error) {
+	return start(ctx, dir, apiOptions{})
+}
+
+// apiOptions are what a node's API server needs beyond the bare one: to be reachable from pods.
+type apiOptions struct {
+	// advertise is the node's address: the API server listens on every address and the
+	// kubernetes Service's endpoints point at this one.
+	advertise   string
+	serviceCIDR string   // default 10.96.0.0/16
+	extra       []string // further flags
+}
+
+func start(ctx context.Context, dir string, o apiOptions) (c *Cluster, err error) {
 	bins, err := Build()
 	if err != nil {
 		return nil, err
@@ -118,7 +134,12 @@ func Start(ctx context.Context, dir string) (c *Cluster, err error) {
 	}
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
-	c.Server = "https://127.0.0.1:" + strconv.Itoa(ports[2])
+	// The API server's self-signed certificate names the advertised address, not loopback.
+	host := "127.0.0.1"
+	if o.advertise != "" {
+		host = o.advertise
+	}
+	c.Server = "https://" + net.JoinHostPort(host, strconv.Itoa(ports[2]))
 	certs := filepath.Join(root, "certs")
 	c.CAFile = filepath.Join(certs, "apiserver.crt")
 	saKey := filepath.Join(root, "sa.key")
@@ -143,17 +164,27 @@ func Start(ctx context.Context, dir string) (c *Cluster, err error) {
 	if err := c.Etcd.Start(); err != nil {
 		return nil, err
 	}
-	c.APIServer = newProcess("kube-apiserver", root, bins.APIServer,
-		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(ports[2]),
-		"--cert-dir="+certs,
-		"--token-auth-file="+tokens,
+	args := []string{
+		"--etcd-servers=" + etcdURL,
+		"--secure-port=" + strconv.Itoa(ports[2]),
+		"--cert-dir=" + certs,
+		"--token-auth-file=" + tokens,
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+saKey, "--service-account-signing-key-file="+saKey,
-		"--service-cluster-ip-range=10.96.0.0/16",
-		"--endpoint-reconciler-type=none",
-		"--v=0")
+		"--service-account-key-file=" + saKey, "--service-account-signing-key-file=" + saKey,
+		"--v=0",
+	}
+	if o.serviceCIDR == "" {
+		o.serviceCIDR = "10.96.0.0/16"
+	}
+	args = append(args, "--service-cluster-ip-range="+o.serviceCIDR)
+	if o.advertise == "" {
+		args = append(args, "--bind-address=127.0.0.1", "--endpoint-reconciler-type=none")
+	} else {
+		args = append(args, "--bind-address=0.0.0.0", "--advertise-address="+o.advertise)
+	}
+	c.SAKey = saKey
+	c.APIServer = newProcess("kube-apiserver", root, bins.APIServer, append(args, o.extra...)...)
 	if err := c.APIServer.Start(); err != nil {
 		return nil, err
 	}
