@@ -204,6 +204,7 @@ func (s *Store) Restore() error {
 	s.mu.Lock()
 	if s.view.Synced { // the API server won the race: its view is fresher
 		s.mu.Unlock()
+		s.log.Info("state file not used: already synced with the API server", "path", s.path(), "services", len(services))
 		return nil
 	}
 	s.view = View{Services: services, Restored: true, RestoredFrom: writtenAt, Generation: s.view.Generation + 1}

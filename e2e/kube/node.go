@@ -332,6 +332,13 @@ func (n *Node) Tag(ctx context.Context, src, dst string) error {
 	return n.ctr(ctx, "images", "tag", "--force", src, dst)
 }
 
+// KillContainer sends sig to a container's process, as the kernel's OOM killer or a crash
+// would end it: the kubelet then restarts it in the same pod. id is a pod status's
+// containerID (containerd://…).
+func (n *Node) KillContainer(ctx context.Context, id string, sig string) error {
+	return n.ctr(ctx, "tasks", "kill", "--signal", sig, strings.TrimPrefix(id, "containerd://"))
+}
+
 // waitReady waits for the node to be Ready and the default ServiceAccount to exist.
 func (n *Node) waitReady(ctx context.Context) error {
 	for {

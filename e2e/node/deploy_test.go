@@ -199,17 +199,20 @@ func podNames(ctx context.Context, t *testing.T, ns string) []string {
 }
 
 // clientApps starts, on this machine, one application per xDS client implementation calling
-// target: grpc-go straight to Holdfast over TLS (its tls channel credentials), gRPC for Node
-// and gRPC C-core through the node's holdfast-agent on its Unix socket — each implementation's
-// documented secure path (docs/clients.md).
-func clientApps(ctx context.Context, t *testing.T, d deployment, target string) map[harness.Impl]*harness.App {
+// target: grpc-go straight to Holdfast over TLS (its tls channel credentials) unless allAgent,
+// gRPC for Node and gRPC C-core through the node's holdfast-agent on its Unix socket — each
+// implementation's documented secure path (docs/clients.md).
+func clientApps(ctx context.Context, t *testing.T, d deployment, target string, allAgent bool) map[harness.Impl]*harness.App {
 	t.Helper()
 	apps := map[harness.Impl]*harness.App{}
 	for _, impl := range harness.Impls {
 		o := xds.BootstrapOptions{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: "unix://" + d.agentSock}
 		switch impl {
 		case harness.ImplGo:
-			o.Client, o.Server, o.CAFile = xds.ClientGRPCGo, d.clusterIP+":18000", d.caFile
+			o.Client = xds.ClientGRPCGo
+			if !allAgent {
+				o.Server, o.CAFile = d.clusterIP+":18000", d.caFile
+			}
 		case harness.ImplNode:
 			o.Client = xds.ClientGRPCNode
 		case harness.ImplCore:
@@ -246,7 +249,7 @@ func TestDeployOnNode(t *testing.T) {
 	if len(pods) != 2 {
 		t.Fatalf("application pods ready: %v, want 2", pods)
 	}
-	apps := clientApps(ctx, t, d, appTarget(ns))
+	apps := clientApps(ctx, t, d, appTarget(ns), false)
 	for impl, a := range apps {
 		if err := a.Routing(ctx, appTarget(ns), pods...); err != nil {
 			t.Errorf("%s: %v", impl, err)
