@@ -41,8 +41,9 @@ func holdfast(t *testing.T) deployment {
 }
 
 // testOverlay is the kustomization the tests apply: the repository's with-agent overlay as it
-// is, with only what one node forces changed, and the image built for the tests.
-func testOverlay(version string) (string, error) {
+// is, with only what one node forces changed, and the image built for the tests under the tag
+// version. args are appended to Holdfast's (a test that needs other thresholds says why).
+func testOverlay(version string, args ...string) (string, error) {
 	root, err := harness.ModuleRoot()
 	if err != nil {
 		return "", err
@@ -75,6 +76,9 @@ patches:
         path: /spec/replicas
         value: 2
 `, base, holdfastImage, version)
+	for _, a := range args {
+		k += fmt.Sprintf("      - op: add\n        path: /spec/template/spec/containers/0/args/-\n        value: %q\n", a)
+	}
 	return dir, os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o600)
 }
 
