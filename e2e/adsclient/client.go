@@ -26,6 +26,7 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -52,6 +53,8 @@ type Options struct {
 	// fails: keep everything it holds, open a new stream, and say what it holds
 	// (initial_resource_versions) for every subscription.
 	Reconnect bool
+	// Creds secure the connection (the default is plaintext).
+	Creds credentials.TransportCredentials
 }
 
 // Resource is one received resource, decoded and validated.
@@ -126,7 +129,11 @@ func Dial(addr string, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("adsclient: metadata: %w", err)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds := opts.Creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("adsclient: dial %s: %w", addr, err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/internal/testpki"
@@ -31,7 +32,7 @@ var deployed struct {
 }
 
 // holdfast deploys Holdfast once for the package (the tests that change it restore it).
-func holdfast(t *testing.T) deployment {
+func holdfast(t testing.TB) deployment {
 	t.Helper()
 	deployed.once.Do(func() { deployed.d, deployed.err = deploy(context.Background()) })
 	if deployed.err != nil {
@@ -137,7 +138,7 @@ func deploy(ctx context.Context) (deployment, error) {
 // appNamespace creates a namespace with the test application: replicas pods of its image
 // behind Service app (port 80, named grpc), each ready through its own readiness endpoint,
 // draining 3 s after SIGTERM as a well-behaved server does.
-func appNamespace(ctx context.Context, t *testing.T, name string, replicas int) string {
+func appNamespace(ctx context.Context, t testing.TB, name string, replicas int) string {
 	t.Helper()
 	kubectl(ctx, t, "", "create", "namespace", name)
 	kubectl(ctx, t, "", "label", "namespace", name, "holdfast.io/mesh=true")
@@ -184,7 +185,7 @@ spec:
 func appTarget(ns string) string { return "app." + ns + ".svc.cluster.local:80" }
 
 // podNames lists the Ready pods of the application in ns, sorted.
-func podNames(ctx context.Context, t *testing.T, ns string) []string {
+func podNames(ctx context.Context, t testing.TB, ns string) []string {
 	t.Helper()
 	pods, err := env.node.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=app"})
 	if err != nil {
@@ -206,39 +207,45 @@ func podNames(ctx context.Context, t *testing.T, ns string) []string {
 // target: grpc-go straight to Holdfast over TLS (its tls channel credentials) unless allAgent,
 // gRPC for Node and gRPC C-core through the node's holdfast-agent on its Unix socket — each
 // implementation's documented secure path (docs/clients.md).
-func clientApps(ctx context.Context, t *testing.T, d deployment, target string, allAgent bool) map[harness.Impl]*harness.App {
+func clientApps(ctx context.Context, t testing.TB, d deployment, target string, allAgent bool) map[harness.Impl]*harness.App {
 	t.Helper()
 	apps := map[harness.Impl]*harness.App{}
 	for _, impl := range harness.Impls {
-		o := xds.BootstrapOptions{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: "unix://" + d.agentSock}
-		switch impl {
-		case harness.ImplGo:
-			o.Client = xds.ClientGRPCGo
-			if !allAgent {
-				o.Server, o.CAFile = d.clusterIP+":18000", d.caFile
-			}
-		case harness.ImplNode:
-			o.Client = xds.ClientGRPCNode
-		case harness.ImplCore:
-			o.Client = xds.ClientGRPCCore
-		}
-		b, err := xds.GRPCBootstrap(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := harness.StartApp(ctx, env.tools, impl, harness.AppOptions{Bootstrap: b, Targets: []string{target}, Dir: env.dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			a.Stop()
-			if t.Failed() {
-				t.Logf("%s application: %s", impl, a.Stderr(20))
-			}
-		})
-		apps[impl] = a
+		apps[impl] = startApp(ctx, t, d, target, impl, allAgent, 0)
 	}
 	return apps
+}
+
+// startApp starts one application of impl calling target every interval (0: the default).
+func startApp(ctx context.Context, t testing.TB, d deployment, target string, impl harness.Impl, viaAgent bool, interval time.Duration) *harness.App {
+	t.Helper()
+	o := xds.BootstrapOptions{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: "unix://" + d.agentSock}
+	switch impl {
+	case harness.ImplGo:
+		o.Client = xds.ClientGRPCGo
+		if !viaAgent {
+			o.Server, o.CAFile = d.clusterIP+":18000", d.caFile
+		}
+	case harness.ImplNode:
+		o.Client = xds.ClientGRPCNode
+	case harness.ImplCore:
+		o.Client = xds.ClientGRPCCore
+	}
+	b, err := xds.GRPCBootstrap(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := harness.StartApp(ctx, env.tools, impl, harness.AppOptions{Bootstrap: b, Targets: []string{target}, Dir: env.dir, Interval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.Stop()
+		if t.Failed() {
+			t.Logf("%s application: %s", impl, a.Stderr(20))
+		}
+	})
+	return a
 }
 
 // TestDeployOnNode: the with-agent overlay applied for real (through the test overlay above):

@@ -17,7 +17,7 @@ import (
 const holdfastNS = "holdfast-system"
 
 // holdfastPods returns Holdfast's pods that are not being deleted.
-func holdfastPods(ctx context.Context, t *testing.T) []corev1.Pod {
+func holdfastPods(ctx context.Context, t testing.TB) []corev1.Pod {
 	t.Helper()
 	pods, err := env.node.Client.CoreV1().Pods(holdfastNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=holdfast"})
 	if err != nil {
@@ -44,7 +44,7 @@ func podReady(p corev1.Pod) bool {
 // applyHoldfast applies the test overlay for Holdfast's image tag version, with extra
 // arguments for its container, and waits until exactly two pods of it run, all Ready, none of
 // an older template left (terminating ones included).
-func applyHoldfast(ctx context.Context, t *testing.T, version string, args ...string) []corev1.Pod {
+func applyHoldfast(ctx context.Context, t testing.TB, version string, args ...string) []corev1.Pod {
 	t.Helper()
 	overlay, err := testOverlay(version, args...)
 	if err != nil {
@@ -73,7 +73,7 @@ func applyHoldfast(ctx context.Context, t *testing.T, version string, args ...st
 }
 
 // podLogs returns the logs of a pod's (only) container, the running one or the previous.
-func podLogs(ctx context.Context, t *testing.T, ns, pod string, previous bool) string {
+func podLogs(ctx context.Context, t testing.TB, ns, pod string, previous bool) string {
 	t.Helper()
 	r, err := env.node.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Previous: previous}).Stream(ctx)
 	if err != nil {
@@ -192,7 +192,7 @@ func head(s string, n int) string {
 const agentNS = "holdfast-node"
 
 // agentPod returns the node's agent pod (the DaemonSet's, not being deleted).
-func agentPod(ctx context.Context, t *testing.T) (corev1.Pod, bool) {
+func agentPod(ctx context.Context, t testing.TB) (corev1.Pod, bool) {
 	t.Helper()
 	pods, err := env.node.Client.CoreV1().Pods(agentNS).List(ctx, metav1.ListOptions{LabelSelector: "app=holdfast-agent"})
 	if err != nil {

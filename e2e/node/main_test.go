@@ -119,14 +119,14 @@ func cleanHostPaths() {
 	}
 }
 
-func testContext(t *testing.T) context.Context {
+func testContext(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*timeout)
 	t.Cleanup(cancel)
 	return ctx
 }
 
 // kubectl runs kubectl against the node, failing the test on an error.
-func kubectl(ctx context.Context, t *testing.T, stdin string, args ...string) string {
+func kubectl(ctx context.Context, t testing.TB, stdin string, args ...string) string {
 	t.Helper()
 	out, err := env.node.Kubectl(ctx, stdin, args...)
 	if err != nil {

@@ -43,7 +43,7 @@ func nodeCondition(ctx context.Context) corev1.ConditionStatus {
 }
 
 // guardHeld sums holdfast_guard_held over Holdfast's pods (the metric is 1 while a pod holds).
-func guardHeld(ctx context.Context, t *testing.T, pods []corev1.Pod) float64 {
+func guardHeld(ctx context.Context, t testing.TB, pods []corev1.Pod) float64 {
 	t.Helper()
 	var held float64
 	for _, p := range pods {
@@ -136,7 +136,7 @@ func TestNodeUnderPressure(t *testing.T) {
 }
 
 // grepLogs returns the lines of Holdfast's pods' logs that contain s.
-func grepLogs(ctx context.Context, t *testing.T, pods []corev1.Pod, s string) string {
+func grepLogs(ctx context.Context, t testing.TB, pods []corev1.Pod, s string) string {
 	t.Helper()
 	var out []string
 	for _, p := range pods {

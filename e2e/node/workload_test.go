@@ -15,7 +15,7 @@ import (
 
 // waitPods waits until exactly n of the application's pods in ns are Ready and none other
 // exists (terminating ones included), and returns their names.
-func waitPods(ctx context.Context, t *testing.T, ns string, n int) []string {
+func waitPods(ctx context.Context, t testing.TB, ns string, n int) []string {
 	t.Helper()
 	var names []string
 	err := eventually(ctx, func() bool {
@@ -34,7 +34,7 @@ func waitPods(ctx context.Context, t *testing.T, ns string, n int) []string {
 
 // setReady flips a pod's readiness endpoint: the kubelet's probe then turns the pod Ready or
 // not, and the EndpointSlice controller its endpoint.
-func setReady(ctx context.Context, t *testing.T, ns, pod string, ready bool) {
+func setReady(ctx context.Context, t testing.TB, ns, pod string, ready bool) {
 	t.Helper()
 	p, err := env.node.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
 	if err != nil {
@@ -56,7 +56,7 @@ func setReady(ctx context.Context, t *testing.T, ns, pod string, ready bool) {
 }
 
 // routing asserts every application routes to exactly want.
-func routing(ctx context.Context, t *testing.T, apps map[harness.Impl]*harness.App, target string, want []string) {
+func routing(ctx context.Context, t testing.TB, apps map[harness.Impl]*harness.App, target string, want []string) {
 	t.Helper()
 	for _, impl := range harness.Impls {
 		if err := apps[impl].Routing(ctx, target, want...); err != nil {
@@ -66,7 +66,7 @@ func routing(ctx context.Context, t *testing.T, apps map[harness.Impl]*harness.A
 }
 
 // noFailures asserts no application had a failed RPC since its mark, and that each made RPCs.
-func noFailures(t *testing.T, apps map[harness.Impl]*harness.App, marks map[harness.Impl]int, during string) {
+func noFailures(t testing.TB, apps map[harness.Impl]*harness.App, marks map[harness.Impl]int, during string) {
 	t.Helper()
 	for _, impl := range harness.Impls {
 		rs := apps[impl].Since(marks[impl], "")
@@ -89,7 +89,7 @@ func markAll(apps map[harness.Impl]*harness.App) map[harness.Impl]int {
 	return m
 }
 
-func scale(ctx context.Context, t *testing.T, ns string, n int) {
+func scale(ctx context.Context, t testing.TB, ns string, n int) {
 	t.Helper()
 	kubectl(ctx, t, "", "-n", ns, "scale", "deployment/app", "--replicas="+strconv.Itoa(n))
 }
