@@ -3,7 +3,7 @@
 # (build.sh): kubelet, kube-controller-manager, kube-scheduler and kube-proxy from the Go module
 # proxy, a CoreDNS with only the plugins cluster DNS needs, and crictl (to remove pod sandboxes
 # on teardown), into Holdfast's binary cache; and installs containerd, runc, the CNI plugins,
-# iptables and conntrack from Debian when they are missing. Prints where everything is.
+# iptables, conntrack and skopeo from Debian when they are missing. Prints where everything is.
 # Idempotent: what is built already is reused.
 #
 #   HOLDFAST_CACHE_DIR  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/holdfast)
@@ -32,6 +32,7 @@ packages() {
   [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
   command -v iptables >/dev/null || missing+=(iptables)
   command -v conntrack >/dev/null || missing+=(conntrack)
+  command -v skopeo >/dev/null || missing+=(skopeo) # what the image tests push with
   ((${#missing[@]})) || return 0
   log "installing ${missing[*]} from Debian"
   if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then

@@ -23,11 +23,13 @@ import (
 
 // env is shared by every test of the package: one node, the images, the host-side programs.
 var env struct {
-	dir     string
-	node    *kube.Node
-	bins    harness.Binaries
-	tools   harness.ClientTools
-	version string // the Holdfast image's tag; versionB is the same image under another tag
+	dir      string
+	node     *kube.Node
+	bins     harness.Binaries
+	tools    harness.ClientTools
+	version  string // the Holdfast image's tag; versionB is the same image under another tag
+	root     string // the module's
+	imageTar string // what make image built
 }
 
 // Images, as the node knows them.
@@ -99,7 +101,9 @@ func buildImages(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("git rev-parse: %w", err)
 	}
 	env.version = "e2e-" + strings.TrimSpace(string(rev))
+	env.root = root
 	tar := filepath.Join(env.dir, "holdfast-image.tar")
+	env.imageTar = tar
 	cmd := exec.CommandContext(ctx, "make", "-s", "image", "IMAGE="+holdfastImage, "VERSION="+env.version, "IMAGE_TAR="+tar)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
