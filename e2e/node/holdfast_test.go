@@ -150,15 +150,19 @@ func TestHoldfastRollingUpdateUnderLoad(t *testing.T) {
 	// The clients' streams are on the new pods: the old ones are gone, and the new ones count
 	// them (grpc-go's own stream, and the agent's that serves the other two).
 	var streams float64
-	for _, p := range pods {
-		n, err := metric(ctx, "http://"+p.Status.PodIP+":18080/metrics", "holdfast_xds_connected_clients")
-		if err != nil {
-			t.Fatal(err)
+	err := eventually(ctx, func() bool { // the clients reconnect with their own backoff
+		streams = 0
+		for _, p := range pods {
+			n, err := metric(ctx, "http://"+p.Status.PodIP+":18080/metrics", "holdfast_xds_connected_clients")
+			if err != nil {
+				return false
+			}
+			streams += n
 		}
-		streams += n
-	}
-	if streams < 2 {
-		t.Errorf("new Holdfast pods have %v identified streams, want at least grpc-go's and the agent's", streams)
+		return streams >= 2
+	})
+	if err != nil {
+		t.Errorf("new Holdfast pods have %v identified streams, want at least grpc-go's and the agent's: %v", streams, err)
 	}
 	scale(ctx, t, ns, 3)
 	routing(ctx, t, apps, target, waitPods(ctx, t, ns, 3))
@@ -170,7 +174,7 @@ func TestHoldfastRollingUpdateUnderLoad(t *testing.T) {
 	if err := env.node.KillContainer(ctx, victim.Status.ContainerStatuses[0].ContainerID, "SIGKILL"); err != nil {
 		t.Fatal(err)
 	}
-	err := eventually(ctx, func() bool {
+	err = eventually(ctx, func() bool {
 		p, err := env.node.Client.CoreV1().Pods(holdfastNS).Get(ctx, victim.Name, metav1.GetOptions{})
 		return err == nil && podReady(*p) && len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount > victim.Status.ContainerStatuses[0].RestartCount
 	})
