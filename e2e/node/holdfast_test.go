@@ -72,10 +72,10 @@ func applyHoldfast(ctx context.Context, t testing.TB, version string, args ...st
 	return pods
 }
 
-// podLogs returns the logs of a pod's (only) container, the running one or the previous.
-func podLogs(ctx context.Context, t testing.TB, ns, pod string, previous bool) string {
+// podLogs returns the logs of a pod's (only) running container.
+func podLogs(ctx context.Context, t testing.TB, ns, pod string) string {
 	t.Helper()
-	r, err := env.node.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Previous: previous}).Stream(ctx)
+	r, err := env.node.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).Stream(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestHoldfastRollingUpdateUnderLoad(t *testing.T) {
 		if slices.Contains(old, p.Name) {
 			t.Fatalf("Holdfast pod %s of the old version still there", p.Name)
 		}
-		logs := podLogs(ctx, t, holdfastNS, p.Name, false)
+		logs := podLogs(ctx, t, holdfastNS, p.Name)
 		if !strings.Contains(logs, "no state file: starting empty") || strings.Contains(logs, `"decision":"state_restored"`) {
 			t.Errorf("new pod %s did not start empty (a new pod's emptyDir is new):\n%s", p.Name, head(logs, 15))
 		}
@@ -181,7 +181,7 @@ func TestHoldfastRollingUpdateUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Holdfast pod %s not restarted and Ready after its container was killed: %v", victim.Name, err)
 	}
-	if logs := podLogs(ctx, t, holdfastNS, victim.Name, false); !strings.Contains(logs, `"decision":"state_restored"`) {
+	if logs := podLogs(ctx, t, holdfastNS, victim.Name); !strings.Contains(logs, `"decision":"state_restored"`) {
 		t.Errorf("restarted container of %s did not restore its state:\n%s", victim.Name, head(logs, 15))
 	}
 	routing(ctx, t, apps, target, waitPods(ctx, t, ns, 3))
@@ -253,7 +253,7 @@ func TestAgentDaemonSet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the DaemonSet's new agent pod not Ready without Holdfast: %v", err)
 	}
-	if logs := podLogs(ctx, t, agentNS, after.Name, false); !strings.Contains(logs, `"decision":"agent_cache_restored"`) {
+	if logs := podLogs(ctx, t, agentNS, after.Name); !strings.Contains(logs, `"decision":"agent_cache_restored"`) {
 		t.Errorf("new agent pod %s did not serve from its hostPath cache:\n%s", after.Name, head(logs, 15))
 	}
 	routing(ctx, t, apps, target, pods)

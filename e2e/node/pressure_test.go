@@ -140,7 +140,7 @@ func grepLogs(ctx context.Context, t testing.TB, pods []corev1.Pod, s string) st
 	t.Helper()
 	var out []string
 	for _, p := range pods {
-		for _, l := range strings.Split(podLogs(ctx, t, holdfastNS, p.Name, false), "\n") {
+		for _, l := range strings.Split(podLogs(ctx, t, holdfastNS, p.Name), "\n") {
 			if strings.Contains(l, s) {
 				out = append(out, p.Name+": "+l)
 			}

@@ -99,12 +99,12 @@ func run(args []string) error {
 			ociimage.File{Path: "/etc/group", Mode: 0o644, Data: fmt.Appendf(nil, "root:x:0:\nnonroot:x:%s:\n", gid)})
 	}
 	tmp := *out + ".tmp"
-	f, err := os.Create(tmp)
+	f, err := os.Create(tmp) //nolint:gosec // the output path is the operator's own flag
 	if err != nil {
 		return err
 	}
 	if err := img.Write(f); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {
