@@ -88,17 +88,17 @@ test: unit fuzz e2e
 
 # `make fuzz FUZZTIME=1000000x` fuzzes for longer.
 fuzz:
-	go test ./xds/ -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME)
-	go test ./xds/ -run '^$$' -fuzz FuzzLocality -fuzztime $(FUZZTIME)
-	go test ./xds/ -run '^$$' -fuzz FuzzUnmarshalDiscoveryRequest -fuzztime $(FUZZTIME)
-	go test ./xds/ -run '^$$' -fuzz FuzzServerRequests -fuzztime $(FUZZTIME)
+	go test ./xds/translate/ -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME)
+	go test ./xds/translate/ -run '^$$' -fuzz FuzzLocality -fuzztime $(FUZZTIME)
+	go test ./xds/serve/internal/wire/ -run '^$$' -fuzz FuzzUnmarshalDiscoveryRequest -fuzztime $(FUZZTIME)
+	go test ./xds/serve/ -run '^$$' -fuzz FuzzServerRequests -fuzztime $(FUZZTIME)
 	go test ./resolver/ -run '^$$' -fuzz FuzzBuildService -fuzztime $(FUZZTIME)
 	go test ./cache/ -run '^$$' -fuzz FuzzDecodeState -fuzztime $(FUZZTIME)
-	go test ./xds/agent/ -run '^$$' -fuzz FuzzDecodeCache -fuzztime $(FUZZTIME)
+	go test ./internal/agent/ -run '^$$' -fuzz FuzzDecodeCache -fuzztime $(FUZZTIME)
 
 # Benchmarks: timing goals live here, never in tests.
 bench: build kube node clients
-	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./xds/ ./xds/agent/
+	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./xds/... ./internal/agent/
 	go run ./e2e/cmd/xdsbench
 	cd e2e && go test -run '^$$' -bench EndToEndPropagation -benchtime 100x -count 1 .
 	go test -run '^$$' -bench ReadyToRoutes -benchtime 20x -count 1 ./e2e/node/

@@ -72,16 +72,16 @@ type StoreOptions struct {
 // Store keeps the current View, hands every new one to its observer, and persists synced views.
 type Store struct {
 	// set at construction, read-only
-	opts     StoreOptions
-	obs      Observer
-	log      *slog.Logger
-	metrics  storeMetrics
-	capacity *capacity          // guarded by mu
-	kick     chan struct{}      // capacity 1: "there is an unsaved view"
-	failing  *failures.Repeated // paces the reports and retries of state file writes
+	opts    StoreOptions
+	obs     Observer
+	log     *slog.Logger
+	metrics storeMetrics
+	kick    chan struct{}      // capacity 1: "there is an unsaved view"
+	failing *failures.Repeated // paces the reports and retries of state file writes
 
 	// guarded by mu
 	mu           sync.Mutex
+	capacity     *capacity // limits and tombstones (the pointer is set at construction)
 	view         View
 	live         map[resolver.Key]*resolver.Service // the admitted services, without tombstones
 	latest       resolver.Resolution                // the newest resolution, applied or not

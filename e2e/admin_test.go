@@ -82,7 +82,7 @@ func newAdminScene(t *testing.T) *adminScene {
 	if err := app.WaitForBackends(ctx, "b1", "b2"); err != nil {
 		t.Fatal(err)
 	}
-	if err := eventually(ctx, func() bool { return sc.picky.Stats().NACKs[resourcev3.EndpointType] >= 1 }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { return sc.picky.Stats().NACKs[resourcev3.EndpointType] >= 1 }); err != nil {
 		t.Fatal("the picky client never rejected echo's assignment")
 	}
 	// flaky's only slice loses its port: nothing usable, so it keeps its last good state.
@@ -108,7 +108,7 @@ func newAdminScene(t *testing.T) *adminScene {
 	p.SetMode(faultproxy.Stall)
 	t.Cleanup(func() { p.SetMode(faultproxy.Pass) })
 	waitStale(ctx, t, h, ns, 1)
-	if err := eventually(ctx, func() bool {
+	if err := harness.Eventually(ctx, func() bool {
 		r, err := sc.admin.GetService(ctx, &admin.GetServiceRequest{Namespace: ns, Name: "echo"})
 		return err == nil && r.GetSummary().GetState() == "stale"
 	}); err != nil {

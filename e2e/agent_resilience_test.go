@@ -18,7 +18,7 @@ import (
 	"github.com/holdfast/holdfast/e2e/adsclient"
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/bootstrap"
 )
 
 // freeAddr is a loopback address nothing listens on yet, for a process started later (or
@@ -118,7 +118,7 @@ func TestAgentColdStartKeepsClients(t *testing.T) {
 				args = append(args, "--cache-dir", cacheDir)
 			}
 			second := startAgent(t, h.XDSAddr, args...)
-			if err := eventually(ctx, func() bool { return envoy.Stats().Streams > streams }); err != nil {
+			if err := harness.Eventually(ctx, func() bool { return envoy.Stats().Streams > streams }); err != nil {
 				t.Fatal("the Envoy-like client never reconnected to the new agent")
 			}
 			if code, st := readyz(ctx, t, second); code != 503 || st.Ready || len(st.NotReady) != 2 {
@@ -173,7 +173,7 @@ func TestAgentReadiness(t *testing.T) {
 	writeSliceConditions(t, ns, "echo-a", "echo", echoPort, readyEP(b["b1"]))
 	upstream := freeAddr(t) // nothing there yet
 	a := startAgent(t, upstream, "--node-id", "ready-check")
-	if err := eventually(ctx, func() bool {
+	if err := harness.Eventually(ctx, func() bool {
 		code, st, err := tryReadyz(ctx, a)
 		return err == nil && code == 503 && len(st.NotReady) == 2 && strings.Contains(st.NotReady[0], "upstream unreachable")
 	}); err != nil {
@@ -216,7 +216,7 @@ func TestAgentReconnectBackoff(t *testing.T) {
 	const maxBackoff, slack = 15 * time.Second, 5 * time.Second
 	wctx, cancel := context.WithTimeout(context.Background(), maxBackoff+slack)
 	defer cancel()
-	if err := eventually(wctx, func() bool {
+	if err := harness.Eventually(wctx, func() bool {
 		_, st := readyz(ctx, t, a)
 		return st.Upstream["grpc"].Connected && st.Upstream["envoy"].Connected
 	}); err != nil {
@@ -242,7 +242,7 @@ func TestAgentStuckClientIsolated(t *testing.T) {
 	}
 	echo := target(ns, "echo", echoPort.port)
 	start := func(node string) *harness.App {
-		bs, err := xds.GRPCBootstrap(xds.BootstrapOptions{NodeID: node, Server: a.ListenAddr})
+		bs, err := bootstrap.GRPC(bootstrap.Options{NodeID: node, Server: a.ListenAddr})
 		if err != nil {
 			t.Fatal(err)
 		}

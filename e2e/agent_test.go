@@ -136,7 +136,7 @@ func TestAgentRestartFromDisk(t *testing.T) {
 	}
 	// Wait until the cache on disk holds the four resources: a write lags changes by at most
 	// 500 ms, and a SIGKILL loses what was not written.
-	if err := eventually(ctx, func() bool {
+	if err := harness.Eventually(ctx, func() bool {
 		_, body, err := a.Get(ctx, "/readyz")
 		return err == nil && strings.Contains(body, `"written_resources":4`)
 	}); err != nil {
@@ -178,7 +178,7 @@ func TestAgentRestartFromDisk(t *testing.T) {
 	if err := app.WaitForBackends(ctx, "b2"); err != nil {
 		t.Errorf("the change after Holdfast came back: %v", err)
 	}
-	if err := eventually(ctx, func() bool {
+	if err := harness.Eventually(ctx, func() bool {
 		_, body, err := a2.Get(ctx, "/readyz")
 		return err == nil && strings.Contains(body, `"serving_restored":false`)
 	}); err != nil {
@@ -206,7 +206,7 @@ func TestAgentCorruptCache(t *testing.T) {
 	upstream := "127.0.0.1:" + strconv.Itoa(ports[0]) // nothing there yet
 	a := startAgent(t, upstream, "--node-id", "app-1", "--kinds", "grpc", "--cache-dir", cacheDir)
 	ctx := testContext(t)
-	if err := eventually(ctx, func() bool {
+	if err := harness.Eventually(ctx, func() bool {
 		v, err := metricOf(ctx, a.Get, `holdfast_agent_cache_load_errors_total{reason="checksum"}`)
 		return err == nil && v == 1
 	}); err != nil {
@@ -250,7 +250,7 @@ func TestAgentForwardsNacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true}, endpoint{b["b2"], true})
-	if err := eventually(ctx, func() bool { return envoy.Stats().NACKs[resourcev3.EndpointType] >= 1 }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { return envoy.Stats().NACKs[resourcev3.EndpointType] >= 1 }); err != nil {
 		t.Fatal("the local Envoy never rejected the assignment")
 	}
 	conn, err := grpc.NewClient(h.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -259,7 +259,7 @@ func TestAgentForwardsNacks(t *testing.T) {
 	}
 	defer conn.Close()
 	var detail string
-	if err := eventually(ctx, func() bool {
+	if err := harness.Eventually(ctx, func() bool {
 		c, err := admin.NewAdminClient(conn).GetClient(ctx, &admin.GetClientRequest{NodeId: "sidecar-1"})
 		if err != nil || len(c.GetNacks()) == 0 {
 			return false

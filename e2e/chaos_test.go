@@ -22,7 +22,7 @@ import (
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
 	"github.com/holdfast/holdfast/e2e/kube"
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/translate"
 )
 
 // The fault matrix of docs/reliability.md. `make chaos` runs it with the durations the table
@@ -234,14 +234,13 @@ func (sc *chaos) stateIntact(ctx context.Context) bool {
 	return err == nil && code == 200 && sc.h.Running()
 }
 
-// waitFor returns how long until cond held, polling every 50 ms, or -1 after bound×5.
+// waitFor returns how long until cond held, or an hour if it did not within bound×5.
 func waitFor(ctx context.Context, bound time.Duration, cond func() bool) time.Duration {
 	start := time.Now()
-	for !cond() {
-		if time.Since(start) > 5*bound || ctx.Err() != nil {
-			return time.Hour
-		}
-		time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, 5*bound)
+	defer cancel()
+	if harness.Eventually(ctx, cond) != nil {
+		return time.Hour
 	}
 	return time.Since(start)
 }
@@ -523,7 +522,7 @@ func TestChaosMatrix(t *testing.T) {
 		name := target(sc.ns, "move", grpcPort.port)
 		before, _ := sc.h.Metric(ctx, `holdfast_xds_nacks_total{type="type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"}`)
 		picky, err := adsclient.Dial(sc.xdsAddr, adsclient.Options{NodeID: "picky", Delta: true, Reject: func(typeURL string, res adsclient.Resource) error {
-			if typeURL == resourcev3.EndpointType && xds.ServiceOf(res.Name) == name {
+			if typeURL == resourcev3.EndpointType && translate.ServiceOf(res.Name) == name {
 				return fmt.Errorf("this Envoy does not support %s", res.Name)
 			}
 			return nil

@@ -26,8 +26,9 @@ import (
 	"github.com/holdfast/holdfast/e2e/adsclient"
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/resolver"
-	"github.com/holdfast/holdfast/xds"
 	"github.com/holdfast/holdfast/xds/admin"
+	"github.com/holdfast/holdfast/xds/bootstrap"
+	"github.com/holdfast/holdfast/xds/translate"
 )
 
 // The client conformance scenarios: each runs one Holdfast against the shared API server and
@@ -126,19 +127,19 @@ func writeMatrix() error {
 }
 
 // startApps starts one application per implementation, all calling targets through the xDS
-// server at server, each with the bootstrap bootstrap(impl) gives (nil: the plain one).
-func startApps(t *testing.T, server string, o harness.AppOptions, bootstrap func(harness.Impl) []byte) map[harness.Impl]*harness.App {
+// server at server, each with the bootstrap bootstrapOf(impl) gives (nil: the plain one).
+func startApps(t *testing.T, server string, o harness.AppOptions, bootstrapOf func(harness.Impl) []byte) map[harness.Impl]*harness.App {
 	t.Helper()
 	ctx := testContext(t)
 	apps := map[harness.Impl]*harness.App{}
 	for _, impl := range harness.Impls {
 		oo := o
 		oo.Dir = env.dir
-		if bootstrap != nil {
-			oo.Bootstrap = bootstrap(impl)
+		if bootstrapOf != nil {
+			oo.Bootstrap = bootstrapOf(impl)
 		}
 		if oo.Bootstrap == nil {
-			b, err := xds.GRPCBootstrap(xds.BootstrapOptions{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: server})
+			b, err := bootstrap.GRPC(bootstrap.Options{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: server})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -218,7 +219,7 @@ func writeSliceConditions(t *testing.T, ns, name, svc string, port servicePort, 
 // outbound_<port> route, the virtual host for target, its cluster, that cluster's assignment —
 // and returns the addresses it would send traffic to (HEALTHY or UNKNOWN endpoints), sorted.
 func envoyBackends(s adsclient.State, target string, port int32) ([]string, bool) {
-	rc, ok := s[resourcev3.RouteType][xds.Outbound(port)]
+	rc, ok := s[resourcev3.RouteType][translate.Outbound(port)]
 	if !ok {
 		return nil, false
 	}
@@ -581,7 +582,7 @@ func TestClientsServiceRecreated(t *testing.T) {
 		return string(svc.UID)
 	}
 	servedAs := func(uid string) func(adsclient.State) bool {
-		name := xds.Naming{Domain: "cluster.local"}.Upstream(resolver.Key{Namespace: ns, Name: "echo"}, uid, echoPort.port)
+		name := translate.Naming{Domain: "cluster.local"}.Upstream(resolver.Key{Namespace: ns, Name: "echo"}, uid, echoPort.port)
 		return func(s adsclient.State) bool {
 			_, ok := s[resourcev3.EndpointType][name]
 			got, routed := envoyBackends(s, echo, echoPort.port)
@@ -663,7 +664,7 @@ func TestClientsUnknownName(t *testing.T) {
 	adm := adminOf(t, h)
 	eachApp(t, "holdfast says it does not exist", apps, func(t *testing.T, a *harness.App) {
 		node := fmt.Sprintf("%s-%s", a.Impl, t.Name()[:strings.Index(t.Name(), "/")])
-		err := eventually(ctx, func() bool {
+		err := harness.Eventually(ctx, func() bool {
 			d, err := adm.GetClient(ctx, &admin.GetClientRequest{NodeId: node})
 			if err != nil {
 				return false
@@ -687,7 +688,9 @@ func TestClientsUnknownName(t *testing.T) {
 	const timer, slack = 15 * time.Second, 10 * time.Second
 	eachApp(t, "client concludes", apps, func(t *testing.T, a *harness.App) {
 		var concluded harness.Result
-		err := eventuallyWithin(ctx, timer+slack-time.Since(start), func() bool {
+		cctx, cancel := context.WithTimeout(ctx, timer+slack-time.Since(start))
+		defer cancel()
+		err := harness.Eventually(cctx, func() bool {
 			for _, r := range a.Since(0, missing) {
 				if r.OK {
 					return false
@@ -717,13 +720,6 @@ func TestClientsUnknownName(t *testing.T) {
 		record("a name Holdfast does not serve", string(a.Impl), fmt.Sprintf("fails at once after %v: code %d %q",
 			concluded.At.Sub(start).Round(100*time.Millisecond), concluded.Code, clip(strings.ReplaceAll(concluded.Error, ns, "NS"), 80)))
 	})
-}
-
-// eventuallyWithin is eventually with its own bound d.
-func eventuallyWithin(ctx context.Context, d time.Duration, cond func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	return eventually(ctx, cond)
 }
 
 func clip(s string, n int) string {

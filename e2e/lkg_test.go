@@ -37,7 +37,7 @@ func runHoldfast(t *testing.T, k *kube.Cluster, ns, stateDir string) *harness.Ho
 
 func waitMetric(ctx context.Context, t *testing.T, h *harness.Holdfast, series string, ok func(float64) bool) {
 	t.Helper()
-	if err := eventually(ctx, func() bool { v, err := h.Metric(ctx, series); return err == nil && ok(v) }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { v, err := h.Metric(ctx, series); return err == nil && ok(v) }); err != nil {
 		v, merr := h.Metric(ctx, series)
 		t.Fatalf("%s never as wanted (last %v, %v)", series, v, merr)
 	}
@@ -207,7 +207,7 @@ func TestReadinessReflectsStuckStateStore(t *testing.T) {
 	if err := c.WaitForBackends(ctx, "b1", "b2"); err != nil {
 		t.Fatalf("serving must go on while the disk fails: %v", err)
 	}
-	if err := eventually(ctx, func() bool {
+	if err := harness.Eventually(ctx, func() bool {
 		code, body, err := h.Get(ctx, "/readyz")
 		return err == nil && code == 503 && strings.Contains(body, "state file not written")
 	}); err != nil {

@@ -26,7 +26,7 @@ import (
 	"github.com/holdfast/holdfast/e2e/adsclient"
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/netns"
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/bootstrap"
 )
 
 // The two "nodes" of the locality tests: a network namespace each, on their own /24s (the
@@ -130,7 +130,7 @@ func createNode(t *testing.T, name, zone string) {
 // client dials the service as a grpc-go client whose bootstrap puts it in zone ("" for none).
 func (sc *zoneScene) client(t *testing.T, zone string, opts ...grpc.DialOption) *harness.GRPCClient {
 	t.Helper()
-	o := xds.BootstrapOptions{NodeID: "app-" + zone, Server: sc.h.XDSAddr}
+	o := bootstrap.Options{NodeID: "app-" + zone, Server: sc.h.XDSAddr}
 	if zone != "" {
 		o.Zone, o.Region = zone, testRegion
 	}

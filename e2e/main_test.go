@@ -20,7 +20,7 @@ import (
 	"github.com/holdfast/holdfast/e2e/kube"
 	"github.com/holdfast/holdfast/e2e/netns"
 	"github.com/holdfast/holdfast/resolver"
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/translate"
 )
 
 // This package's slice of the test range.
@@ -190,7 +190,7 @@ func upstream(t testing.TB, ns, name string, port int32) string {
 	if err != nil {
 		t.Fatalf("get service %s/%s: %v", ns, name, err)
 	}
-	return xds.Naming{Domain: "cluster.local"}.Upstream(resolver.Key{Namespace: ns, Name: name}, string(svc.UID), port)
+	return translate.Naming{Domain: "cluster.local"}.Upstream(resolver.Key{Namespace: ns, Name: name}, string(svc.UID), port)
 }
 
 func ptr[T any](v T) *T { return &v }

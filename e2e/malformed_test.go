@@ -6,13 +6,13 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
 )
 
@@ -103,14 +103,14 @@ func TestResilienceMalformedObjects(t *testing.T) {
 			continue
 		}
 		series := `holdfast_objects_rejected_total{reason="` + s.reason + `"}`
-		if err := eventually(ctx, func() bool { v, err := h.Metric(ctx, series); return err == nil && v >= 1 }); err != nil {
+		if err := harness.Eventually(ctx, func() bool { v, err := h.Metric(ctx, series); return err == nil && v >= 1 }); err != nil {
 			t.Errorf("%s (for %s) never counted", series, s.slice.Name)
 		}
 	}
-	if err := eventually(ctx, func() bool { v, err := h.Metric(ctx, "holdfast_services_degraded"); return err == nil && v == 1 }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { v, err := h.Metric(ctx, "holdfast_services_degraded"); return err == nil && v == 1 }); err != nil {
 		t.Error("holdfast_services_degraded never read 1 for flaky")
 	}
-	if err := eventually(ctx, func() bool { v, err := h.Metric(ctx, "holdfast_resolver_endpoints"); return err == nil && v >= 1000 }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { v, err := h.Metric(ctx, "holdfast_resolver_endpoints"); return err == nil && v >= 1000 }); err != nil {
 		t.Error("the 1000-endpoint slice never reached the resolver's view")
 	}
 	for name, c := range map[string]interface {
@@ -125,18 +125,6 @@ func TestResilienceMalformedObjects(t *testing.T) {
 	if code, body, err := h.Get(ctx, "/readyz"); err != nil || code != 200 {
 		t.Errorf("/readyz = %d %s %v", code, body, err)
 	}
-}
-
-// eventually polls cond until it holds or ctx is done.
-func eventually(ctx context.Context, cond func() bool) error {
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 // TestPortNameMismatchReported: a Service port named grpc whose EndpointSlice names its port

@@ -194,7 +194,7 @@ func TestSoak(t *testing.T) {
 	stopChurn()
 	wg.Wait()
 	// Let the last fault's aftermath settle before the final sample.
-	if err := eventually(ctx, func() bool {
+	if err := harness.Eventually(ctx, func() bool {
 		v, err := h.Metric(ctx, `holdfast_source_stale{source="`+ns+`"}`)
 		return err == nil && v == 0
 	}); err != nil {

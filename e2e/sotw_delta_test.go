@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/holdfast/holdfast/e2e/adsclient"
+	"github.com/holdfast/holdfast/xds/resource"
 )
 
 // TestSkeletonDeltaAndSotW subscribes like Envoy over both xDS flavours and checks that both get
@@ -55,7 +56,7 @@ func TestSkeletonDeltaAndSotW(t *testing.T) {
 		}
 	}
 	sotw, delta := clients["sotw"].State(), clients["delta"].State()
-	for _, typ := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+	for _, typ := range resource.Served {
 		if len(sotw[typ]) != len(delta[typ]) {
 			t.Errorf("%s: sotw has %d resources, delta %d", typ, len(sotw[typ]), len(delta[typ]))
 		}
@@ -92,7 +93,7 @@ func TestSkeletonDeltaAndSotW(t *testing.T) {
 		if len(st.Invalid) > 0 || len(st.APIListeners) > 0 {
 			t.Errorf("%s client got resources Envoy would reject: invalid %v, api_listeners %v", name, st.Invalid, st.APIListeners)
 		}
-		for _, typ := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+		for _, typ := range resource.Served {
 			if st.NACKs[typ] != 0 || st.ACKs[typ] == 0 {
 				t.Errorf("%s client %s: %d ACKs, %d NACKs; want ACKs and no NACK", name, typ, st.ACKs[typ], st.NACKs[typ])
 			}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/internal/testpki"
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/bootstrap"
 )
 
 // tlsFiles is a CA, Holdfast's certificate for 127.0.0.1 and a client certificate, on disk.
@@ -109,7 +109,7 @@ func TestTLSReload(t *testing.T) {
 	h := startHoldfastOn(t, env.cluster, ns, "--tls-cert", f.cert, "--tls-key", f.key, "--client-ca", f.caFile)
 
 	// A grpc-go xDS client with mTLS in its bootstrap (channel_creds "tls", gRFC A65).
-	app, err := harness.DialXDSWith(xds.BootstrapOptions{NodeID: "app-tls", Server: h.XDSAddr,
+	app, err := harness.DialXDSWith(bootstrap.Options{NodeID: "app-tls", Server: h.XDSAddr,
 		CAFile: f.caFile, CertFile: f.clientCert, KeyFile: f.clientK}, target(ns, "echo", grpcPort.port))
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +164,7 @@ func TestTLSReload(t *testing.T) {
 	if err := app.WaitForBackends(ctx, "b1"); err != nil {
 		t.Fatal(err)
 	}
-	app2, err := harness.DialXDSWith(xds.BootstrapOptions{NodeID: "app-tls-2", Server: h.XDSAddr,
+	app2, err := harness.DialXDSWith(bootstrap.Options{NodeID: "app-tls-2", Server: h.XDSAddr,
 		CAFile: f.caFile, CertFile: f.clientCert, KeyFile: f.clientK}, target(ns, "echo", grpcPort.port))
 	if err != nil {
 		t.Fatal(err)

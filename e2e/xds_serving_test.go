@@ -13,14 +13,15 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/holdfast/holdfast/e2e/adsclient"
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/e2e/harness"
+	"github.com/holdfast/holdfast/xds/translate"
 )
 
 // rejectTwoEndpoints makes a client refuse the assignment of cluster when it has exactly two
 // endpoints, the way an older Envoy refuses a field it does not know.
 func rejectTwoEndpoints(cluster string) func(string, adsclient.Resource) error {
 	return func(typ string, r adsclient.Resource) error {
-		if typ != resourcev3.EndpointType || xds.ServiceOf(r.Name) != cluster {
+		if typ != resourcev3.EndpointType || translate.ServiceOf(r.Name) != cluster {
 			return nil
 		}
 		n := 0
@@ -61,7 +62,7 @@ func TestNackNoResendLoop(t *testing.T) {
 
 	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true}, endpoint{b["b2"], true})
 	for name, c := range clients {
-		if err := eventually(ctx, func() bool { return c.Stats().NACKs[resourcev3.EndpointType] >= 1 }); err != nil {
+		if err := harness.Eventually(ctx, func() bool { return c.Stats().NACKs[resourcev3.EndpointType] >= 1 }); err != nil {
 			t.Fatalf("%s never rejected the two-endpoint assignment", name)
 		}
 	}

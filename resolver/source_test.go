@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/holdfast/holdfast/internal/testkit"
 )
 
 // Every watch event is a sign of life; a bookmark is also recorded as such, for the admin API.
@@ -44,14 +46,8 @@ func TestObservedWatchStopEndsForwarding(t *testing.T) {
 		fw := watch.NewFakeWithChanSize(1, false)
 		w := s.observe(fw)
 		fw.Add(&corev1.Service{}) // nobody reads it
-		time.Sleep(time.Millisecond)
+		testkit.Eventually(t, "the event taken by the forwarding goroutine", func() bool { return len(fw.ResultChan()) == 0 })
 		w.Stop()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before+5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines left behind by 50 stopped watches", runtime.NumGoroutine()-before)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, "the goroutines of 50 stopped watches gone", func() bool { return runtime.NumGoroutine() <= before+5 })
 }

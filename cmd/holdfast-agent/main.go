@@ -26,11 +26,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/holdfast/holdfast/internal/agent"
 	"github.com/holdfast/holdfast/internal/health"
 	"github.com/holdfast/holdfast/internal/tlsfiles"
 	"github.com/holdfast/holdfast/internal/version"
-	"github.com/holdfast/holdfast/xds"
-	"github.com/holdfast/holdfast/xds/agent"
+	"github.com/holdfast/holdfast/xds/resource"
+	"github.com/holdfast/holdfast/xds/serve"
 )
 
 type config struct {
@@ -148,14 +149,14 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	return c, errors.Join(errs...)
 }
 
-func kinds(s string) ([]xds.ClientKind, error) {
-	var out []xds.ClientKind
+func kinds(s string) ([]resource.Kind, error) {
+	var out []resource.Kind
 	for _, k := range strings.Split(s, ",") {
-		switch xds.ClientKind(strings.TrimSpace(k)) {
-		case xds.KindGRPC:
-			out = append(out, xds.KindGRPC)
-		case xds.KindEnvoy:
-			out = append(out, xds.KindEnvoy)
+		switch resource.Kind(strings.TrimSpace(k)) {
+		case resource.KindGRPC:
+			out = append(out, resource.KindGRPC)
+		case resource.KindEnvoy:
+			out = append(out, resource.KindEnvoy)
 		default:
 			return nil, fmt.Errorf("--kinds %q: want grpc, envoy or grpc,envoy", s)
 		}
@@ -190,7 +191,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := reg.Register(collectors.NewGoCollector()); err != nil {
 		return err
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, Kinds: ks})
+	srv, err := serve.NewServer(serve.ServerOptions{Logger: log, Registry: reg, Kinds: ks})
 	if err != nil {
 		return err
 	}

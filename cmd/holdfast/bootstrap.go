@@ -8,18 +8,18 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/bootstrap"
 )
 
 // bootstrapMain prints a gRPC or Envoy bootstrap that points a client at Holdfast.
 func bootstrapMain(args []string, stdout, stderr io.Writer) int {
-	var o xds.BootstrapOptions
+	var o bootstrap.Options
 	var grpcKind, envoyKind bool
 	fs := flag.NewFlagSet("holdfast bootstrap", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.BoolVar(&grpcKind, "grpc", false, "print a proxyless gRPC xDS bootstrap (JSON, for GRPC_XDS_BOOTSTRAP); with --ca-file, grpc-go's (see --client)")
 	fs.BoolVar(&envoyKind, "envoy", false, "print an Envoy bootstrap (JSON, a valid YAML file for envoy -c)")
-	fs.StringVar(&o.Client, "client", "", "the client implementation, instead of --grpc or --envoy: "+strings.Join(xds.Clients, ", ")+
+	fs.StringVar(&o.Client, "client", "", "the client implementation, instead of --grpc or --envoy: "+strings.Join(bootstrap.Clients, ", ")+
 		" (grpc-node and grpc-core have no TLS to their xDS server: they reach Holdfast through holdfast-agent on a Unix socket; docs/clients.md)")
 	fs.StringVar(&o.NodeID, "node-id", "", "the client's xDS node id (required)")
 	fs.StringVar(&o.Server, "server", "", "Holdfast's xDS address, host:port (required)")
@@ -34,10 +34,10 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if err == nil && o.Client != "" {
-		if !slices.Contains(xds.Clients, o.Client) {
-			err = fmt.Errorf("--client %q: want one of %s", o.Client, strings.Join(xds.Clients, ", "))
+		if !slices.Contains(bootstrap.Clients, o.Client) {
+			err = fmt.Errorf("--client %q: want one of %s", o.Client, strings.Join(bootstrap.Clients, ", "))
 		}
-		envoyClient := o.Client == xds.ClientEnvoy
+		envoyClient := o.Client == bootstrap.ClientEnvoy
 		if (grpcKind && envoyClient) || (envoyKind && !envoyClient) {
 			err = fmt.Errorf("--client %s contradicts --grpc/--envoy", o.Client)
 		}
@@ -58,9 +58,9 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) int {
 	}
 	var out []byte
 	if grpcKind {
-		out, err = xds.GRPCBootstrap(o)
+		out, err = bootstrap.GRPC(o)
 	} else {
-		out, err = xds.EnvoyBootstrap(o)
+		out, err = bootstrap.Envoy(o)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "holdfast %v\n", err)

@@ -77,7 +77,7 @@ func TestNoAPIServerIsARuntimeError(t *testing.T) {
 	}
 }
 
-func bootstrap(t *testing.T, args ...string) []byte {
+func runBootstrap(t *testing.T, args ...string) []byte {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	if code := realMain(append([]string{"bootstrap"}, args...), &stdout, &stderr); code != 0 {
@@ -87,7 +87,7 @@ func bootstrap(t *testing.T, args ...string) []byte {
 }
 
 func TestGRPCBootstrapIsAcceptedByGRPC(t *testing.T) {
-	out := bootstrap(t, "--grpc", "--node-id", "client-1", "--server", "127.0.0.1:18000", "--zone", "z1")
+	out := runBootstrap(t, "--grpc", "--node-id", "client-1", "--server", "127.0.0.1:18000", "--zone", "z1")
 	// grpc-go's own bootstrap parser.
 	if _, err := xdsgrpc.NewXDSResolverWithConfigForTesting(out); err != nil {
 		t.Fatalf("grpc-go rejects the bootstrap: %v\n%s", err, out)
@@ -136,7 +136,7 @@ func TestEnvoyBootstrap(t *testing.T) {
 		if tt.delta {
 			args = append(args, "--delta")
 		}
-		b := parseEnvoyBootstrap(t, bootstrap(t, args...))
+		b := parseEnvoyBootstrap(t, runBootstrap(t, args...))
 		ads := b.GetDynamicResources().GetAdsConfig()
 		if want := map[bool]string{false: "GRPC", true: "DELTA_GRPC"}[tt.delta]; ads.GetApiType().String() != want {
 			t.Errorf("%s: ADS api type %v, want %s", tt.server, ads.GetApiType(), want)
@@ -169,7 +169,7 @@ func TestDeployBootstrapsAreCurrent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(got, bootstrap(t, args...)) {
+		if !bytes.Equal(got, runBootstrap(t, args...)) {
 			t.Errorf("%s is stale: run make bootstraps", file)
 		}
 	}
@@ -204,7 +204,7 @@ func TestBootstrapTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out := bootstrap(t, "--grpc", "--node-id", "c", "--server", "holdfast.example:18000", "--ca-file", ca, "--cert-file", cert, "--key-file", key)
+	out := runBootstrap(t, "--grpc", "--node-id", "c", "--server", "holdfast.example:18000", "--ca-file", ca, "--cert-file", cert, "--key-file", key)
 	if _, err := xdsgrpc.NewXDSResolverWithConfigForTesting(out); err != nil {
 		t.Fatalf("grpc-go rejects the TLS bootstrap: %v\n%s", err, out)
 	}
@@ -223,7 +223,7 @@ func TestBootstrapTLS(t *testing.T) {
 		t.Errorf("gRPC channel creds %+v", cc)
 	}
 
-	b := parseEnvoyBootstrap(t, bootstrap(t, "--envoy", "--node-id", "e", "--server", "holdfast.example:18000", "--ca-file", ca))
+	b := parseEnvoyBootstrap(t, runBootstrap(t, "--envoy", "--node-id", "e", "--server", "holdfast.example:18000", "--ca-file", ca))
 	ts := b.GetStaticResources().GetClusters()[0].GetTransportSocket()
 	var utc tlsv3.UpstreamTlsContext
 	if err := ts.GetTypedConfig().UnmarshalTo(&utc); err != nil {
@@ -318,7 +318,7 @@ func TestBootstrapPerClient(t *testing.T) {
 	}
 	// The locality carries what it is given.
 	var b parsed
-	if err := json.Unmarshal(bootstrap(t, "--client", "grpc-node", "--node-id", "n", "--server", "h:1", "--zone", "z", "--region", "r"), &b); err != nil {
+	if err := json.Unmarshal(runBootstrap(t, "--client", "grpc-node", "--node-id", "n", "--server", "h:1", "--zone", "z", "--region", "r"), &b); err != nil {
 		t.Fatal(err)
 	}
 	if l := b.Node.Locality; l == nil || l.Zone != "z" || l.Region != "r" {

@@ -24,13 +24,16 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/holdfast/holdfast/cache"
+	"github.com/holdfast/holdfast/internal/adminserver"
 	"github.com/holdfast/holdfast/internal/health"
 	"github.com/holdfast/holdfast/internal/promreg"
 	"github.com/holdfast/holdfast/internal/tlsfiles"
 	"github.com/holdfast/holdfast/internal/version"
 	"github.com/holdfast/holdfast/resolver"
-	"github.com/holdfast/holdfast/xds"
 	"github.com/holdfast/holdfast/xds/admin"
+	"github.com/holdfast/holdfast/xds/publish"
+	"github.com/holdfast/holdfast/xds/serve"
+	"github.com/holdfast/holdfast/xds/translate"
 )
 
 // decisionLogSize is how many decisions the admin API's decision log keeps.
@@ -39,7 +42,7 @@ const decisionLogSize = 1000
 // run wires resolver → cache → xds and serves until ctx is done.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Every decision logged by any part is also kept for the admin API's decision log.
-	decisions := admin.NewDecisions(decisionLogSize)
+	decisions := adminserver.NewDecisions(decisionLogSize)
 	log = slog.New(decisions.Handler(log.Handler()))
 	klog.SetSlogLogger(log.With("component", "client-go"))
 	restCfg, err := restConfig(cfg.Kubeconfig)
@@ -81,12 +84,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		creds = tlsReload.ServerCredentials()
 	}
-	srv, err := xds.NewServer(xds.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients, AckTimeout: cfg.AckTimeout, Credentials: creds, MaxUnknownNames: cfg.MaxUnknownNames})
+	srv, err := serve.NewServer(serve.ServerOptions{Logger: log, Registry: reg, MaxClients: cfg.MaxClients, AckTimeout: cfg.AckTimeout, Credentials: creds, MaxUnknownNames: cfg.MaxUnknownNames})
 	if err != nil {
 		return err
 	}
-	pub, err := xds.NewPublisher(xds.PublisherOptions{
-		Translator: xds.Translator{Naming: xds.Naming{Domain: cfg.ClusterDomain}, EnvoyListenAddress: cfg.EnvoyListenAddress, LocalityDefault: cfg.LocalityDefault},
+	pub, err := publish.New(publish.Options{
+		Translator: translate.Translator{Naming: translate.Naming{Domain: cfg.ClusterDomain}, EnvoyListenAddress: cfg.EnvoyListenAddress, LocalityDefault: cfg.LocalityDefault},
 		Logger:     log,
 		Registry:   reg,
 	}, srv)
@@ -129,9 +132,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		adminOpts = append(adminOpts, grpc.Creds(creds))
 	}
 	adminSrv := grpc.NewServer(adminOpts...)
-	admin.RegisterAdminServer(adminSrv, admin.NewServer(admin.Options{Services: store, Sources: res, Clients: srv,
-		Naming: xds.Naming{Domain: cfg.ClusterDomain}, Decisions: decisions, Logger: log}))
-	statusv3.RegisterClientStatusDiscoveryServiceServer(adminSrv, admin.NewCSDS(srv))
+	admin.RegisterAdminServer(adminSrv, adminserver.NewServer(adminserver.Options{Services: store, Sources: res, Clients: srv,
+		Naming: translate.Naming{Domain: cfg.ClusterDomain}, Decisions: decisions, Logger: log}))
+	statusv3.RegisterClientStatusDiscoveryServiceServer(adminSrv, adminserver.NewCSDS(srv))
 	reflection.Register(adminSrv)
 	ready := readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)
 	handler := health.Handler(reg, func() (bool, any) { r := ready(); return r.Ready, r })
@@ -226,7 +229,7 @@ type heldChange struct {
 
 // readinessFunc decides readiness: ready once a synced snapshot is published; while a source is
 // stale, only if readyWhenStale.
-func readinessFunc(pub *xds.Publisher, res *resolver.Resolver, store *cache.Store, readyWhenStale bool, stuckAfter time.Duration) func() readiness {
+func readinessFunc(pub *publish.Publisher, res *resolver.Resolver, store *cache.Store, readyWhenStale bool, stuckAfter time.Duration) func() readiness {
 	return func() readiness {
 		now := time.Now()
 		r := readiness{Published: pub.Published(), Sources: res.Sources()}

@@ -32,7 +32,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/resource"
+	"github.com/holdfast/holdfast/xds/translate"
 )
 
 // Options configure a Client.
@@ -68,13 +69,13 @@ type Resource struct {
 type State map[string]map[string]Resource
 
 // Upstream returns the cluster or assignment (typ) of the service port whose listener is name:
-// the resource named name, or name with the service's incarnation (xds.Naming.Upstream).
+// the resource named name, or name with the service's incarnation (translate.Naming.Upstream).
 func (s State) Upstream(typ, name string) (Resource, bool) {
 	if r, ok := s[typ][name]; ok {
 		return r, true
 	}
 	for n, r := range s[typ] {
-		if xds.ServiceOf(n) == name {
+		if translate.ServiceOf(n) == name {
 			return r, true
 		}
 	}
@@ -117,9 +118,6 @@ type Client struct {
 	done   chan struct{}
 }
 
-// types in the order Envoy subscribes to them.
-var typeOrder = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
-
 // Dial connects to addr and starts the subscription in the background.
 func Dial(addr string, opts Options) (*Client, error) {
 	if opts.NodeID == "" {
@@ -149,7 +147,7 @@ func Dial(addr string, opts Options) (*Client, error) {
 		cancel:  cancel,
 		done:    make(chan struct{}),
 	}
-	for _, t := range typeOrder {
+	for _, t := range resource.Served { // the order Envoy subscribes in
 		c.state[t] = map[string]Resource{}
 	}
 	go func() {

@@ -4,12 +4,14 @@
 package harness
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"time"
 )
 
 // Binaries are the programs built from this checkout.
@@ -44,4 +46,19 @@ func Build(dir string) (Binaries, error) {
 	}
 	return Binaries{Holdfast: filepath.Join(dir, "holdfast"), Holdfastctl: filepath.Join(dir, "holdfastctl"),
 		Agent: filepath.Join(dir, "holdfast-agent"), XDSClient: filepath.Join(dir, "xdsclient"), XDSApp: filepath.Join(dir, "xdsapp"), Backend: filepath.Join(dir, "backend")}, nil
+}
+
+// Eventually polls cond every 50 ms until it holds, or returns ctx's error once ctx is done.
+// The one waiting helper of the end-to-end tests: a bound is a context deadline.
+func Eventually(ctx context.Context, cond func() bool) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }

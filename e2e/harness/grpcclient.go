@@ -13,7 +13,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	xdsgrpc "google.golang.org/grpc/xds" // registers the xds:/// resolver and the xDS balancers
 
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/bootstrap"
 )
 
 // GRPCClient is a grpc-go channel that resolves "xds:///<name>" through Holdfast with grpc-go's
@@ -25,13 +25,13 @@ type GRPCClient struct {
 
 // DialXDS dials target (a service port's resource name) through the xDS server at xdsAddr.
 func DialXDS(xdsAddr, nodeID, target string) (*GRPCClient, error) {
-	return DialXDSWith(xds.BootstrapOptions{NodeID: nodeID, Server: xdsAddr}, target)
+	return DialXDSWith(bootstrap.Options{NodeID: nodeID, Server: xdsAddr}, target)
 }
 
 // DialXDSWith dials target with the bootstrap o describes (a node's zone and region, say),
 // and any further dial options (keepalive, say).
-func DialXDSWith(o xds.BootstrapOptions, target string, opts ...grpc.DialOption) (*GRPCClient, error) {
-	bootstrap, err := xds.GRPCBootstrap(o)
+func DialXDSWith(o bootstrap.Options, target string, opts ...grpc.DialOption) (*GRPCClient, error) {
+	bootstrap, err := bootstrap.GRPC(o)
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/internal/testpki"
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/bootstrap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -219,19 +219,19 @@ func clientApps(ctx context.Context, t testing.TB, d deployment, target string, 
 // startApp starts one application of impl calling target every interval (0: the default).
 func startApp(ctx context.Context, t testing.TB, d deployment, target string, impl harness.Impl, viaAgent bool, interval time.Duration) *harness.App {
 	t.Helper()
-	o := xds.BootstrapOptions{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: "unix://" + d.agentSock}
+	o := bootstrap.Options{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: "unix://" + d.agentSock}
 	switch impl {
 	case harness.ImplGo:
-		o.Client = xds.ClientGRPCGo
+		o.Client = bootstrap.ClientGRPCGo
 		if !viaAgent {
 			o.Server, o.CAFile = d.clusterIP+":18000", d.caFile
 		}
 	case harness.ImplNode:
-		o.Client = xds.ClientGRPCNode
+		o.Client = bootstrap.ClientGRPCNode
 	case harness.ImplCore:
-		o.Client = xds.ClientGRPCCore
+		o.Client = bootstrap.ClientGRPCCore
 	}
-	b, err := xds.GRPCBootstrap(o)
+	b, err := bootstrap.GRPC(o)
 	if err != nil {
 		t.Fatal(err)
 	}

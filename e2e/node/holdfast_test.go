@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/holdfast/holdfast/e2e/harness"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -53,7 +54,7 @@ func applyHoldfast(ctx context.Context, t testing.TB, version string, args ...st
 	kubectl(ctx, t, "", "apply", "-k", overlay)
 	kubectl(ctx, t, "", "-n", holdfastNS, "rollout", "status", "deployment/holdfast", "--timeout=300s")
 	var pods []corev1.Pod
-	err = eventually(ctx, func() bool {
+	err = harness.Eventually(ctx, func() bool {
 		all, err := env.node.Client.CoreV1().Pods(holdfastNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=holdfast"})
 		if err != nil || len(all.Items) != 2 {
 			return false
@@ -150,7 +151,7 @@ func TestHoldfastRollingUpdateUnderLoad(t *testing.T) {
 	// The clients' streams are on the new pods: the old ones are gone, and the new ones count
 	// them (grpc-go's own stream, and the agent's that serves the other two).
 	var streams float64
-	err := eventually(ctx, func() bool { // the clients reconnect with their own backoff
+	err := harness.Eventually(ctx, func() bool { // the clients reconnect with their own backoff
 		streams = 0
 		for _, p := range pods {
 			n, err := metric(ctx, "http://"+p.Status.PodIP+":18080/metrics", "holdfast_xds_connected_clients")
@@ -174,7 +175,7 @@ func TestHoldfastRollingUpdateUnderLoad(t *testing.T) {
 	if err := env.node.KillContainer(ctx, victim.Status.ContainerStatuses[0].ContainerID, "SIGKILL"); err != nil {
 		t.Fatal(err)
 	}
-	err = eventually(ctx, func() bool {
+	err = harness.Eventually(ctx, func() bool {
 		p, err := env.node.Client.CoreV1().Pods(holdfastNS).Get(ctx, victim.Name, metav1.GetOptions{})
 		return err == nil && podReady(*p) && len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount > victim.Status.ContainerStatuses[0].RestartCount
 	})
@@ -235,7 +236,7 @@ func TestAgentDaemonSet(t *testing.T) {
 		_, _ = env.node.Kubectl(ctx, "", "-n", holdfastNS, "scale", "deployment/holdfast", "--replicas=2")
 		_, _ = env.node.Kubectl(ctx, "", "-n", holdfastNS, "rollout", "status", "deployment/holdfast", "--timeout=180s")
 	})
-	if err := eventually(ctx, func() bool { return len(holdfastPods(ctx, t)) == 0 }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { return len(holdfastPods(ctx, t)) == 0 }); err != nil {
 		t.Fatal(err)
 	}
 	kubectl(ctx, t, "", "-n", holdfastNS, "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/name=holdfast", "--timeout=60s")
@@ -245,7 +246,7 @@ func TestAgentDaemonSet(t *testing.T) {
 	marks = markAll(apps)
 	kubectl(ctx, t, "", "-n", agentNS, "delete", "pod", before.Name, "--wait=true", "--timeout=60s")
 	var after corev1.Pod
-	err := eventually(ctx, func() bool {
+	err := harness.Eventually(ctx, func() bool {
 		var ok bool
 		after, ok = agentPod(ctx, t)
 		return ok && after.Name != before.Name && podReady(after)

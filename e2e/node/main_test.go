@@ -138,15 +138,3 @@ func kubectl(ctx context.Context, t testing.TB, stdin string, args ...string) st
 	}
 	return out
 }
-
-// eventually polls cond until it holds or ctx is done.
-func eventually(ctx context.Context, cond func() bool) error {
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return nil
-}

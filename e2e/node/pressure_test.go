@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/e2e/harness"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -100,7 +101,7 @@ func TestNodeUnderPressure(t *testing.T) {
 			_ = env.node.Kubelet.Resume()
 		}
 	})
-	err := eventually(ctx, func() bool {
+	err := harness.Eventually(ctx, func() bool {
 		r, nr, err := slicesReady(ctx, ns)
 		return err == nil && nodeCondition(ctx) != corev1.ConditionTrue && r == 0 && nr == 3
 	})
@@ -108,7 +109,7 @@ func TestNodeUnderPressure(t *testing.T) {
 		t.Fatalf("the application's endpoints did not all turn not ready with the kubelet stopped: %v", err)
 	}
 	t.Logf("node %s and every endpoint not ready %v after the kubelet stopped", nodeCondition(ctx), time.Since(stopped).Round(time.Second))
-	if err := eventually(ctx, func() bool { return guardHeld(ctx, t, pods) == 2 }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { return guardHeld(ctx, t, pods) == 2 }); err != nil {
 		t.Fatalf("the guard of both Holdfast pods does not hold the node's withdrawal: %v", err)
 	}
 	// Long enough for a withdrawal to have reached every client several times over.
@@ -120,14 +121,14 @@ func TestNodeUnderPressure(t *testing.T) {
 		t.Fatal(err)
 	}
 	resumed = true
-	err = eventually(ctx, func() bool {
+	err = harness.Eventually(ctx, func() bool {
 		r, _, err := slicesReady(ctx, ns)
 		return err == nil && nodeCondition(ctx) == corev1.ConditionTrue && r == 3
 	})
 	if err != nil {
 		t.Fatalf("the node and the application's endpoints not ready again after the kubelet continued: %v", err)
 	}
-	if err := eventually(ctx, func() bool { return guardHeld(ctx, t, pods) == 0 }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { return guardHeld(ctx, t, pods) == 0 }); err != nil {
 		t.Fatalf("the hold did not end when the endpoints were ready again: %v", err)
 	}
 	noFailures(t, apps, marks, "the node's NotReady and recovery")

@@ -18,7 +18,7 @@ import (
 func waitPods(ctx context.Context, t testing.TB, ns string, n int) []string {
 	t.Helper()
 	var names []string
-	err := eventually(ctx, func() bool {
+	err := harness.Eventually(ctx, func() bool {
 		all, err := env.node.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=app"})
 		if err != nil {
 			return false
@@ -111,7 +111,7 @@ func TestAppFollowed(t *testing.T) {
 	routing(ctx, t, apps, target, pods)
 
 	setReady(ctx, t, ns, pods[0], false)
-	if err := eventually(ctx, func() bool { return !slices.Contains(podNames(ctx, t, ns), pods[0]) }); err != nil {
+	if err := harness.Eventually(ctx, func() bool { return !slices.Contains(podNames(ctx, t, ns), pods[0]) }); err != nil {
 		t.Fatalf("%s still Ready after its probe failed: %v", pods[0], err)
 	}
 	routing(ctx, t, apps, target, pods[1:])

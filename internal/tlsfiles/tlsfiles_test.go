@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/holdfast/holdfast/internal/testkit"
 	"github.com/holdfast/holdfast/internal/testpki"
 )
 
@@ -138,17 +139,6 @@ func poolOf(t *testing.T, pemBytes []byte) *x509.CertPool {
 	return pool
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestServerReloadsRotatedCertificate(t *testing.T) {
 	p := newPKI(t)
 	reg := prometheus.NewRegistry()
@@ -168,7 +158,7 @@ func TestServerReloadsRotatedCertificate(t *testing.T) {
 	// counted; the previous one stays in use.
 	next := p.issue(p.ca, "server-2")
 	p.writeFile(p.cert, next.CertPEM)
-	eventually(t, "the mismatched pair counted as refused", func() bool {
+	testkit.Eventually(t, "the mismatched pair counted as refused", func() bool {
 		return testutil.ToFloat64(r.reloads.WithLabelValues("error")) == 1
 	})
 	if got, err := p.servedSerial(addr, nil); err != nil || got.Cmp(p.serverLeaf.Serial) != 0 {
@@ -177,7 +167,7 @@ func TestServerReloadsRotatedCertificate(t *testing.T) {
 
 	// The key arrives: new connections get the new certificate, no restart.
 	p.writeFile(p.key, next.KeyPEM)
-	eventually(t, "new connections get the rotated certificate", func() bool {
+	testkit.Eventually(t, "new connections get the rotated certificate", func() bool {
 		got, err := p.servedSerial(addr, nil)
 		return err == nil && got.Cmp(next.Serial) == 0
 	})
@@ -254,7 +244,7 @@ func TestClientCredentialsFollowCA(t *testing.T) {
 	}
 	// The right CA is written: accepted.
 	p.writeFile(caFile, p.ca.PEM())
-	eventually(t, "the client trusts the new CA", func() bool { return check(cli.ClientCredentials("")) == nil })
+	testkit.Eventually(t, "the client trusts the new CA", func() bool { return check(cli.ClientCredentials("")) == nil })
 	// A name the certificate does not carry is refused.
 	if err := check(cli.ClientCredentials("holdfast.example")); err == nil {
 		t.Error("a server certificate for another name was accepted")

@@ -33,7 +33,7 @@ func main() {
 		services := fs.Int("services", 1000, "services")
 		per := fs.Int("per", 10, "endpoints per service")
 		_ = fs.Parse(os.Args[2:])
-		if err := serve(*impl, *services, *per); err != nil {
+		if err := runServer(*impl, *services, *per); err != nil {
 			fmt.Fprintln(os.Stderr, "xdsbench serve:", err)
 			os.Exit(1)
 		}

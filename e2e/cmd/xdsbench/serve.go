@@ -25,25 +25,28 @@ import (
 	"github.com/holdfast/holdfast/cache"
 	"github.com/holdfast/holdfast/internal/fleet"
 	"github.com/holdfast/holdfast/resolver"
-	"github.com/holdfast/holdfast/xds"
+	"github.com/holdfast/holdfast/xds/publish"
+	"github.com/holdfast/holdfast/xds/resource"
+	"github.com/holdfast/holdfast/xds/serve"
+	"github.com/holdfast/holdfast/xds/translate"
 )
 
 // capture keeps the snapshots a Publisher hands out.
 type capture struct {
 	mu   sync.Mutex
 	cond *sync.Cond
-	last xds.Snapshots
+	last resource.Set
 	n    int
 }
 
-func (c *capture) SetSnapshots(s xds.Snapshots) {
+func (c *capture) Publish(s resource.Set, _ time.Time) {
 	c.mu.Lock()
 	c.last, c.n = s, c.n+1
 	c.cond.Broadcast()
 	c.mu.Unlock()
 }
 
-func (c *capture) wait(n int) xds.Snapshots {
+func (c *capture) wait(n int) resource.Set {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for c.n < n {
@@ -53,11 +56,11 @@ func (c *capture) wait(n int) xds.Snapshots {
 }
 
 // tee hands snapshots to the Holdfast server, or to the capture (baseline), or both.
-type tee []xds.SnapshotSetter
+type tee []publish.Sink
 
-func (t tee) SetSnapshots(s xds.Snapshots) {
+func (t tee) Publish(s resource.Set, at time.Time) {
 	for _, x := range t {
-		x.SetSnapshots(s)
+		x.Publish(s, at)
 	}
 }
 
@@ -65,10 +68,10 @@ type oneNode struct{}
 
 func (oneNode) ID(*corev3.Node) string { return "all" }
 
-// serve runs one xDS server, Holdfast's or a plain go-control-plane SnapshotCache server, over
+// runServer runs one xDS server, Holdfast's or a plain go-control-plane SnapshotCache server, over
 // a synthetic fleet, and takes commands on stdin: "change I" moves service I's first endpoint
 // to a new port and publishes; "stats" prints the heap in use. It prints "ready ADDR" first.
-func serve(impl string, services, per int) error {
+func runServer(impl string, services, per int) error {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -77,12 +80,12 @@ func serve(impl string, services, per int) error {
 	defer cancel()
 	capt := &capture{}
 	capt.cond = sync.NewCond(&capt.mu)
-	var out xds.SnapshotSetter = capt
+	var out publish.Sink = capt
 	var g *grpc.Server
 	var snapCache cachev3.SnapshotCache
 	switch impl {
 	case "holdfast":
-		srv, err := xds.NewServer(xds.ServerOptions{MaxClients: 100000, AckTimeout: 5 * time.Minute})
+		srv, err := serve.NewServer(serve.ServerOptions{MaxClients: 100000, AckTimeout: 5 * time.Minute})
 		if err != nil {
 			return err
 		}
@@ -96,7 +99,7 @@ func serve(impl string, services, per int) error {
 	default:
 		return fmt.Errorf("unknown server %q", impl)
 	}
-	pub, err := xds.NewPublisher(xds.PublisherOptions{Translator: xds.Translator{Naming: xds.Naming{Domain: "cluster.local"}, EnvoyListenAddress: "127.0.0.1"}}, out)
+	pub, err := publish.New(publish.Options{Translator: translate.Translator{Naming: translate.Naming{Domain: "cluster.local"}, EnvoyListenAddress: "127.0.0.1"}}, out)
 	if err != nil {
 		return err
 	}
@@ -113,8 +116,8 @@ func serve(impl string, services, per int) error {
 			return nil
 		}
 		res := map[resourcev3.Type][]types.Resource{}
-		for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
-			for _, r := range snaps[xds.KindEnvoy].List(typ) {
+		for _, typ := range resource.Served {
+			for _, r := range snaps[resource.KindEnvoy][typ] {
 				res[typ] = append(res[typ], r.Msg)
 			}
 		}
