@@ -1,6 +1,12 @@
-// Package xds is the only place that builds Envoy protos. It translates the cache's view into
-// xDS resources (a Listener, RouteConfiguration, Cluster and ClusterLoadAssignment per service
-// port for proxyless gRPC; outbound_<port> socket listeners and route configurations for Envoy),
-// validates them, checks their references, and serves them over ADS, state-of-the-world and
-// Delta. It also writes the bootstraps that point clients at Holdfast.
+// Package xds holds everything that speaks xDS, cut where the data flows one way:
+//
+//   - resource: the vocabulary (a served resource, client kinds and localities, type URLs);
+//   - translate: the cache's view → validated resources per client kind (pure);
+//   - publish: the loop from the cache's views through translate into serve;
+//   - serve: the ADS server (streams, subscriptions, ACK/NACK), with its codec in
+//     serve/internal/wire;
+//   - bootstrap: the files that point clients at Holdfast;
+//   - admin: the admin API's proto and generated code, importable by other tools.
+//
+// docs/design.md has the import graph; a test keeps it.
 package xds

@@ -11,11 +11,12 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/internal/testpki"
 	"github.com/holdfast/holdfast/xds/bootstrap"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // deployment is Holdfast as deployed on the node by the repository's with-agent overlay.

@@ -10,9 +10,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/holdfast/holdfast/e2e/harness"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/harness"
 )
 
 const holdfastNS = "holdfast-system"

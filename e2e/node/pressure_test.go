@@ -6,9 +6,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/holdfast/holdfast/e2e/harness"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/harness"
 )
 
 // slicesReady counts the ready and the not-ready endpoints of the application's

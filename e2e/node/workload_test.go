@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/holdfast/holdfast/e2e/harness"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/harness"
 )
 
 // waitPods waits until exactly n of the application's pods in ns are Ready and none other

@@ -1,17 +1,21 @@
+// Package bootstrap writes the bootstrap files that point clients at Holdfast: gRPC's (for
+// grpc-go, gRPC for Node and gRPC C-core, each with what it supports) and Envoy's, with the
+// node metadata that says a client's kind and locality.
 package bootstrap
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/holdfast/holdfast/xds/resource"
-	"github.com/holdfast/holdfast/xds/translate"
 	"net"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/holdfast/holdfast/xds/resource"
+	"github.com/holdfast/holdfast/xds/translate"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -177,7 +181,7 @@ func Envoy(o Options) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// EnvoyBootstrapProto is Envoy as a proto.
+// EnvoyProto is Envoy's bootstrap as a proto.
 func EnvoyProto(o Options) (*bootstrapv3.Bootstrap, error) {
 	host, port, err := o.validate()
 	if err != nil {

@@ -1,3 +1,8 @@
+// Package serve is the ADS server: it holds the published resource sets (one per client
+// kind) and serves them over state-of-the-world and Delta streams — subscriptions, versions
+// and nonces, ACK and NACK, bounds on what a client may make it hold, slow-client handling —
+// and reports every client's state (Clients, Delivery) and every answer (Settled). It builds
+// no resource; requests and responses go through the codec in serve/internal/wire.
 package serve
 
 import (

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+
 	"github.com/holdfast/holdfast/xds/resource"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"

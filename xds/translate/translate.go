@@ -1,3 +1,11 @@
+// Package translate turns the resolver's model (the cache's view of services and endpoints)
+// into xDS resources: a Listener, RouteConfiguration, Cluster and ClusterLoadAssignment per
+// service port for proxyless gRPC, outbound_<port> listeners and route configurations for
+// Envoy, each endpoint's priority as seen from each client locality. It validates what it
+// builds (ValidateAll, plus the rules gRPC clients apply to what Holdfast emits), checks that
+// every reference resolves, and hands serving a resource.Set per client kind (Builder, which
+// translates only what changed). It is pure: no gRPC, no goroutines, no clock but the one it
+// is given.
 package translate
 
 import (

@@ -1,8 +1,13 @@
+// Package wire is the ADS codec: it decodes discovery requests straight from gRPC's buffers
+// (names looked up in an Index, never copied unless new) and sends responses as the bytes the
+// resources were serialised into once, never re-marshalled. The server reaches it through
+// Index, Request and Response; it keeps no state of a stream.
 package wire
 
 import (
-	"github.com/holdfast/holdfast/xds/resource"
 	"sync"
+
+	"github.com/holdfast/holdfast/xds/resource"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -70,7 +75,7 @@ func (w *Response) head(version, typ, nonce string, removed []string) {
 	w.parts[0] = mem.SliceBuffer(b)
 }
 
-// sotwWire is a DiscoveryResponse carrying res, which are resources of idx (nil: unknown).
+// SotW is a DiscoveryResponse carrying res, which are resources of idx (nil: unknown).
 func SotW(idx Index, version, typ, nonce string, res []*resource.Resource) *Response {
 	w := &Response{n: len(res), parts: make(mem.BufferSlice, 1, 2)}
 	w.head(version, typ, nonce, nil)
@@ -78,7 +83,7 @@ func SotW(idx Index, version, typ, nonce string, res []*resource.Resource) *Resp
 	return w
 }
 
-// deltaWire is a DeltaDiscoveryResponse carrying res (resources of idx, nil: unknown) and
+// Delta is a DeltaDiscoveryResponse carrying res (resources of idx, nil: unknown) and
 // removing removed.
 func Delta(idx Index, systemVersion, typ, nonce string, res []*resource.Resource, removed []string) *Response {
 	w := &Response{n: len(res), parts: make(mem.BufferSlice, 1, 2)}
@@ -130,7 +135,7 @@ func (w *Response) add(idx Index, shape resource.Shape, res []*resource.Resource
 }
 
 // Codec is gRPC's proto codec, except that a *Response is sent as the bytes it holds
-// and a wireRequest decodes itself. It is set on Holdfast's own gRPC server only
+// and a Request decodes itself. It is set on Holdfast's own gRPC server only
 // (grpc.ForceServerCodecV2), never registered process-wide.
 type Codec struct {
 	proto encoding.CodecV2
@@ -143,10 +148,12 @@ type Codec struct {
 // maxPooledRequest is the largest request buffer kept for reuse.
 const maxPooledRequest = 1 << 20
 
+// NewCodec returns the codec, wrapping gRPC's registered proto codec.
 func NewCodec() Codec {
 	return Codec{proto: encoding.GetCodecV2("proto"), bufs: &sync.Pool{}}
 }
 
+// Marshal implements encoding.CodecV2.
 func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
 	if w, ok := v.(*Response); ok {
 		// gRPC frees what Marshal returns; SliceBuffers free nothing, and the resource bytes
@@ -156,6 +163,7 @@ func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.proto.Marshal(v)
 }
 
+// Unmarshal implements encoding.CodecV2.
 func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	r, ok := v.(Request)
 	if !ok {
@@ -181,4 +189,5 @@ func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return err
 }
 
+// Name implements encoding.CodecV2: it replaces "proto" on the server it is set on.
 func (Codec) Name() string { return "proto" }

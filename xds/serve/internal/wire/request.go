@@ -2,10 +2,11 @@ package wire
 
 import (
 	"errors"
-	"github.com/holdfast/holdfast/xds/resource"
 	"hash/maphash"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/holdfast/holdfast/xds/resource"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protowire"
