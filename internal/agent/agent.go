@@ -139,6 +139,7 @@ type Agent struct {
 }
 
 // kindState is one client kind: what is served, and what the current upstream stream has sent.
+// Guarded by Agent.mu, like everything it points to.
 type kindState struct {
 	served      typeSet   // complete and closed under references; nil: nothing served yet
 	confirmedAt time.Time // when upstream (or the cache file) last confirmed served
@@ -149,11 +150,13 @@ type kindState struct {
 	up          upstreamState
 }
 
+// restoredState says the served state came from the cache file. Guarded by Agent.mu.
 type restoredState struct {
 	confirmedAt time.Time // when upstream last confirmed the cache's content
 	tooOld      bool
 }
 
+// upstreamState is one kind's upstream stream as the operator sees it. Guarded by Agent.mu.
 type upstreamState struct {
 	connected bool
 	since     time.Time // when connected turned what it is
