@@ -523,15 +523,7 @@ func adminOf(t *testing.T, h *harness.Holdfast) admin.AdminClient {
 // clientsOf lists the node IDs of the ADS streams Holdfast has open.
 func clientsOf(ctx context.Context, t *testing.T, h *harness.Holdfast) []string {
 	t.Helper()
-	r, err := adminOf(t, h).ListClients(ctx, &admin.ListClientsRequest{})
-	if err != nil {
-		t.Fatalf("list clients: %v", err)
-	}
-	var ids []string
-	for _, c := range r.GetClients() {
-		ids = append(ids, c.GetNodeId())
-	}
-	return ids
+	return nodeIDs(ctx, t, adminOf(t, h))
 }
 
 func deleteService(t *testing.T, ns, name string) {

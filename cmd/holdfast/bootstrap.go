@@ -23,6 +23,9 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) int {
 		" (grpc-node and grpc-core have no TLS to their xDS server: they reach Holdfast through holdfast-agent on a Unix socket; docs/clients.md)")
 	fs.StringVar(&o.NodeID, "node-id", "", "the client's xDS node id (required)")
 	fs.StringVar(&o.Server, "server", "", "Holdfast's xDS address, host:port (required)")
+	fs.Func("fallback-server", "a further xDS server (another Holdfast deployment), host:port, tried in order when the ones before fail (gRFC A71; repeatable; "+
+		"gRPC bootstraps only; clients older than grpc-go 1.70 and C-core 1.67, and grpc-js-xds 1.14, use --server only: docs/clients.md)",
+		func(v string) error { o.Fallbacks = append(o.Fallbacks, v); return nil })
 	fs.StringVar(&o.Zone, "zone", "", "the client's zone, for locality-aware routing")
 	fs.StringVar(&o.Region, "region", "", "the client's region, for locality-aware routing")
 	fs.BoolVar(&o.Delta, "delta", false, "with --envoy: use incremental (Delta) ADS")

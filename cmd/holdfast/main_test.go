@@ -107,6 +107,37 @@ func TestGRPCBootstrapIsAcceptedByGRPC(t *testing.T) {
 	}
 }
 
+// TestBootstrapFallbackFlag: --fallback-server, repeated, lists further servers after
+// --server in order; a bad one or one for Envoy is a configuration error (exit 2).
+func TestBootstrapFallbackFlag(t *testing.T) {
+	out := runBootstrap(t, "--client", "grpc-go", "--node-id", "n", "--server", "10.0.0.1:18000",
+		"--fallback-server", "10.1.0.1:18000", "--fallback-server", "10.2.0.1:18000")
+	var b struct {
+		Servers []struct {
+			URI string `json:"server_uri"`
+		} `json:"xds_servers"`
+	}
+	if err := json.Unmarshal(out, &b); err != nil {
+		t.Fatal(err)
+	}
+	var uris []string
+	for _, s := range b.Servers {
+		uris = append(uris, s.URI)
+	}
+	if got, want := strings.Join(uris, " "), "10.0.0.1:18000 10.1.0.1:18000 10.2.0.1:18000"; got != want {
+		t.Errorf("xds_servers = %s, want %s", got, want)
+	}
+	for _, args := range [][]string{
+		{"--envoy", "--node-id", "n", "--server", "10.0.0.1:18000", "--fallback-server", "10.1.0.1:18000"},
+		{"--grpc", "--node-id", "n", "--server", "10.0.0.1:18000", "--fallback-server", "10.1.0.1"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := realMain(append([]string{"bootstrap"}, args...), &stdout, &stderr); code != 2 || stdout.Len() != 0 || stderr.Len() == 0 {
+			t.Errorf("bootstrap %v: exit %d, stdout %q, stderr %q; want exit 2 with the reason and nothing written", args, code, stdout.String(), stderr.String())
+		}
+	}
+}
+
 func parseEnvoyBootstrap(t *testing.T, y []byte) *bootstrapv3.Bootstrap {
 	t.Helper()
 	j, err := yaml.YAMLToJSON(y)

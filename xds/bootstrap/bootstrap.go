@@ -59,8 +59,13 @@ type Options struct {
 	// Server is the xDS server's address: host:port (Holdfast), or unix:///path (a local
 	// holdfast-agent on a Unix socket).
 	Server string
-	Zone   string
-	Region string
+	// Fallbacks are further xDS servers (another Holdfast deployment, say), tried in order
+	// when the ones before them fail (gRFC A71): listed after Server in a gRPC bootstrap's
+	// xds_servers, with the same channel credentials. Clients that predate A71 use Server only
+	// (docs/clients.md); Envoy has no such list, and a bootstrap for it refuses them.
+	Fallbacks []string
+	Zone      string
+	Region    string
 	// Delta makes an Envoy bootstrap use incremental (Delta) ADS.
 	Delta bool
 	// CAFile, set, makes the client speak TLS to Holdfast and check its certificate against
@@ -84,31 +89,52 @@ func (o Options) validate() (host string, port uint32, err error) {
 	if o.Client != "" && !slices.Contains(Clients, o.Client) {
 		return "", 0, fmt.Errorf("bootstrap: client %q: want one of %s", o.Client, strings.Join(Clients, ", "))
 	}
-	if path, ok := o.pipe(); ok {
+	for i, f := range o.Fallbacks {
+		if _, _, err := o.address(f); err != nil {
+			return "", 0, fmt.Errorf("bootstrap: fallback %w", err)
+		}
+		if f == o.Server || slices.Contains(o.Fallbacks[:i], f) {
+			return "", 0, fmt.Errorf("bootstrap: server %q listed twice", f)
+		}
+	}
+	host, port, err = o.address(o.Server)
+	if err != nil {
+		return "", 0, fmt.Errorf("bootstrap: %w", err)
+	}
+	return host, port, nil
+}
+
+// address checks one server address: host:port, or unix:///path without TLS. A Unix socket
+// has no host or port.
+func (o Options) address(server string) (host string, port uint32, err error) {
+	if path, ok := pipe(server); ok {
 		if o.tls() {
-			return "", 0, fmt.Errorf("bootstrap: a Unix socket (a local agent) is not TLS")
+			return "", 0, fmt.Errorf("server %q: a Unix socket (a local agent) is not TLS", server)
 		}
 		if !strings.HasPrefix(path, "/") {
-			return "", 0, fmt.Errorf("bootstrap: server %q: want unix:///absolute/path", o.Server)
+			return "", 0, fmt.Errorf("server %q: want unix:///absolute/path", server)
 		}
 		return "", 0, nil
 	}
-	h, p, err := net.SplitHostPort(o.Server)
+	h, p, err := net.SplitHostPort(server)
 	if err != nil {
-		return "", 0, fmt.Errorf("bootstrap: server %q: %w", o.Server, err)
+		return "", 0, fmt.Errorf("server %q: %w", server, err)
 	}
 	n, err := strconv.ParseUint(p, 10, 16)
 	if err != nil || n == 0 {
-		return "", 0, fmt.Errorf("bootstrap: server %q: port must be 1-65535", o.Server)
+		return "", 0, fmt.Errorf("server %q: port must be 1-65535", server)
 	}
 	if h == "" {
-		return "", 0, fmt.Errorf("bootstrap: server %q: a host is required", o.Server)
+		return "", 0, fmt.Errorf("server %q: a host is required", server)
 	}
 	return h, uint32(n), nil
 }
 
 // pipe returns the Unix socket path of a unix:// server.
-func (o Options) pipe() (string, bool) { return strings.CutPrefix(o.Server, "unix://") }
+func pipe(server string) (string, bool) { return strings.CutPrefix(server, "unix://") }
+
+// pipe returns the Unix socket path of the server, if it is a unix:// one.
+func (o Options) pipe() (string, bool) { return pipe(o.Server) }
 
 func (o Options) metadata(kind resource.Kind) map[string]any {
 	return map[string]any{resource.ClientMetadataKey: string(kind)}
@@ -146,14 +172,17 @@ func GRPC(o Options) ([]byte, error) {
 		}
 		creds = map[string]any{"type": "tls", "config": cfg}
 	}
-	b := map[string]any{
-		"xds_servers": []any{map[string]any{
-			"server_uri":      o.Server,
+	// A71: the servers in order of preference; a client falls back to the next only while the
+	// ones before it fail and it lacks a resource it watches, and returns when they answer.
+	var servers []any
+	for _, uri := range append([]string{o.Server}, o.Fallbacks...) {
+		servers = append(servers, map[string]any{
+			"server_uri":      uri,
 			"channel_creds":   []any{creds},
 			"server_features": []string{"xds_v3"},
-		}},
-		"node": node,
+		})
 	}
+	b := map[string]any{"xds_servers": servers, "node": node}
 	out, err := json.MarshalIndent(b, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
@@ -186,6 +215,10 @@ func EnvoyProto(o Options) (*bootstrapv3.Bootstrap, error) {
 	host, port, err := o.validate()
 	if err != nil {
 		return nil, err
+	}
+	if len(o.Fallbacks) > 0 {
+		return nil, fmt.Errorf("bootstrap: Envoy has no fallback xDS servers (gRFC A71 is gRPC's): " +
+			"run holdfast-agent beside it, which keeps serving from its cache while Holdfast is away (docs/clients.md)")
 	}
 	md, err := structpb.NewStruct(o.metadata(resource.KindEnvoy))
 	if err != nil {
