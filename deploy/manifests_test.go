@@ -41,3 +41,19 @@ func TestPrometheusRuleMatchesRulesFile(t *testing.T) {
 		t.Errorf("prometheusrule.yaml differs from holdfast-alerts.yaml: run make prometheusrule\n%s\n%s", a, b)
 	}
 }
+
+// TestHelmAlertsAreCurrent: the chart's copy of the alert rules is the promtool-tested file,
+// byte for byte (make prometheusrule writes it).
+func TestHelmAlertsAreCurrent(t *testing.T) {
+	want, err := os.ReadFile("prometheus/holdfast-alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile("helm/holdfast/files/holdfast-alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Error("deploy/helm/holdfast/files/holdfast-alerts.yaml differs from deploy/prometheus/holdfast-alerts.yaml: run make prometheusrule")
+	}
+}
