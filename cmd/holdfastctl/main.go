@@ -48,6 +48,9 @@ commands:
   release HOLD-ID          apply a held change now
   log [LIMIT]              decisions, newest first
   csds [NODE-ID]           the CSDS view (all clients, or one)
+  why NODE-ID NAMESPACE/NAME[:PORT]
+                           why this client routes this service as it does: what it holds,
+                           what it would be sent now, every reason they differ
 `
 
 func main() { os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -218,6 +221,19 @@ var commands = map[string]command{
 			}
 		}, err
 	}},
+	"why": {2, 2, func(ctx context.Context, c client, args []string) (proto.Message, func(*tabwriter.Writer), error) {
+		svc, portText, hasPort := strings.Cut(args[1], ":")
+		req := &admin.WhyRequest{NodeId: args[0], Service: svc}
+		if hasPort {
+			p, err := strconv.ParseInt(portText, 10, 32)
+			if err != nil || p <= 0 || p > 65535 {
+				return nil, nil, status.Errorf(codes.InvalidArgument, "why: port %q: want 1-65535", portText)
+			}
+			req.Port = int32(p)
+		}
+		r, err := c.admin.Why(ctx, req)
+		return r, func(w *tabwriter.Writer) { writeWhy(w, r) }, err
+	}},
 	"client": {1, 1, func(ctx context.Context, c client, args []string) (proto.Message, func(*tabwriter.Writer), error) {
 		r, err := c.admin.GetClient(ctx, &admin.GetClientRequest{NodeId: args[0]})
 		return r, func(w *tabwriter.Writer) {
@@ -349,4 +365,47 @@ func when(t *timestamppb.Timestamp) string {
 		return "-"
 	}
 	return t.AsTime().Local().Format(time.RFC3339)
+}
+
+// writeWhy prints a Why answer as sentences: the service, each stream of the client with what
+// it holds against what it would be sent, where its traffic goes, and the reasons.
+func writeWhy(w *tabwriter.Writer, r *admin.WhyResponse) {
+	s := r.GetService()
+	state := s.GetState()
+	if s.GetReason() != "" {
+		state += ": " + s.GetReason()
+	}
+	fmt.Fprintf(w, "Service %s/%s is %s (%d endpoints, %d ready).\n", s.GetNamespace(), s.GetName(), state, s.GetEndpoints(), s.GetReadyEndpoints())
+	for _, st := range r.GetStreams() {
+		c := st.GetClient()
+		fmt.Fprintf(w, "\nClient %s: %s over %s, zone %q, connected %s.\n", c.GetNodeId(), c.GetKind(), c.GetFlavour(), c.GetZone(), when(c.GetConnectedAt()))
+		fmt.Fprintln(w, "TYPE\tRESOURCE\tSENT TO CLIENT\tSTATUS (ACKED: it holds it)\tHOLDFAST WOULD SEND NOW")
+		for _, res := range st.GetResources() {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", short(res.GetType()), res.GetName(), orNone(res.GetClientVersion()), res.GetStatus(), orNone(res.GetCurrentVersion()))
+		}
+		for _, p := range st.GetPorts() {
+			for _, pr := range p.GetPriorities() {
+				fmt.Fprintf(w, "port %d, priority %d (%s):\t%s\n", p.GetPort(), pr.GetPriority(), strings.Join(pr.GetLocalities(), ", "), strings.Join(pr.GetEndpoints(), ", "))
+			}
+		}
+	}
+	if len(r.GetReasons()) == 0 {
+		fmt.Fprintln(w, "\nNothing differs: the client holds what Holdfast would send it now.")
+	} else {
+		fmt.Fprintln(w, "\nWhy:")
+	}
+	for _, why := range r.GetReasons() {
+		fmt.Fprintf(w, "- [%s] %s\n", why.GetCause(), why.GetDetail())
+		for _, d := range why.GetDecisions() {
+			fmt.Fprintf(w, "    %s %s %s: %s\n", when(d.GetAt()), d.GetKind(), d.GetSubject(), d.GetMessage())
+		}
+	}
+	fmt.Fprintf(w, "\n(%s)\n", r.GetScope())
+}
+
+func orNone(v string) string {
+	if v == "" {
+		return "-"
+	}
+	return v
 }

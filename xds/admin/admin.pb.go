@@ -1920,6 +1920,467 @@ func (x *DecisionLogResponse) GetDecisions() []*Decision {
 	return nil
 }
 
+type WhyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client's node ID: every stream of it on this replica is shown.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// namespace/name.
+	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// One port of the service (0 = every port).
+	Port          int32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhyRequest) Reset() {
+	*x = WhyRequest{}
+	mi := &file_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhyRequest) ProtoMessage() {}
+
+func (x *WhyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhyRequest.ProtoReflect.Descriptor instead.
+func (*WhyRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *WhyRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *WhyRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *WhyRequest) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type WhyResource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The version the client holds or was last sent ("" = none).
+	ClientVersion string `protobuf:"bytes,3,opt,name=client_version,json=clientVersion,proto3" json:"client_version,omitempty"`
+	// ACKED, NACKED, REQUESTED, DOES_NOT_EXIST, or NOT_SUBSCRIBED.
+	Status string `protobuf:"bytes,4,opt,name=status,proto3" json:"status,omitempty"`
+	// The version Holdfast would send this client now ("" = Holdfast has no such resource).
+	CurrentVersion string `protobuf:"bytes,5,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WhyResource) Reset() {
+	*x = WhyResource{}
+	mi := &file_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhyResource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhyResource) ProtoMessage() {}
+
+func (x *WhyResource) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhyResource.ProtoReflect.Descriptor instead.
+func (*WhyResource) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *WhyResource) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *WhyResource) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WhyResource) GetClientVersion() string {
+	if x != nil {
+		return x.ClientVersion
+	}
+	return ""
+}
+
+func (x *WhyResource) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *WhyResource) GetCurrentVersion() string {
+	if x != nil {
+		return x.CurrentVersion
+	}
+	return ""
+}
+
+type WhyPriority struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Priority uint32                 `protobuf:"varint,1,opt,name=priority,proto3" json:"priority,omitempty"`
+	// zone/region of the localities at this priority.
+	Localities []string `protobuf:"bytes,2,rep,name=localities,proto3" json:"localities,omitempty"`
+	// address:port of each endpoint, with its health.
+	Endpoints     []string `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhyPriority) Reset() {
+	*x = WhyPriority{}
+	mi := &file_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhyPriority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhyPriority) ProtoMessage() {}
+
+func (x *WhyPriority) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhyPriority.ProtoReflect.Descriptor instead.
+func (*WhyPriority) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WhyPriority) GetPriority() uint32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *WhyPriority) GetLocalities() []string {
+	if x != nil {
+		return x.Localities
+	}
+	return nil
+}
+
+func (x *WhyPriority) GetEndpoints() []string {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+type WhyPort struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Port  int32                  `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	// The endpoints this client would be sent, by priority as its locality sees them.
+	Priorities    []*WhyPriority `protobuf:"bytes,2,rep,name=priorities,proto3" json:"priorities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhyPort) Reset() {
+	*x = WhyPort{}
+	mi := &file_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhyPort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhyPort) ProtoMessage() {}
+
+func (x *WhyPort) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhyPort.ProtoReflect.Descriptor instead.
+func (*WhyPort) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *WhyPort) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *WhyPort) GetPriorities() []*WhyPriority {
+	if x != nil {
+		return x.Priorities
+	}
+	return nil
+}
+
+type WhyStream struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        *ClientSummary         `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Resources     []*WhyResource         `protobuf:"bytes,2,rep,name=resources,proto3" json:"resources,omitempty"`
+	Ports         []*WhyPort             `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhyStream) Reset() {
+	*x = WhyStream{}
+	mi := &file_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhyStream) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhyStream) ProtoMessage() {}
+
+func (x *WhyStream) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhyStream.ProtoReflect.Descriptor instead.
+func (*WhyStream) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *WhyStream) GetClient() *ClientSummary {
+	if x != nil {
+		return x.Client
+	}
+	return nil
+}
+
+func (x *WhyStream) GetResources() []*WhyResource {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *WhyStream) GetPorts() []*WhyPort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+type WhyReason struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What explains the difference or the surprise: in_flight, nack, not_subscribed,
+	// does_not_exist, guard_hold, degraded, refused, tombstone, restored, source_stale,
+	// source_syncing, locality, no_endpoints.
+	Cause string `protobuf:"bytes,1,opt,name=cause,proto3" json:"cause,omitempty"`
+	// The same in a sentence.
+	Detail string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The stream (by its client's node ID and connection time) it concerns ("" = the service).
+	Stream string `protobuf:"bytes,3,opt,name=stream,proto3" json:"stream,omitempty"`
+	// The decisions behind it, newest first.
+	Decisions     []*Decision `protobuf:"bytes,4,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhyReason) Reset() {
+	*x = WhyReason{}
+	mi := &file_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhyReason) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhyReason) ProtoMessage() {}
+
+func (x *WhyReason) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhyReason.ProtoReflect.Descriptor instead.
+func (*WhyReason) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *WhyReason) GetCause() string {
+	if x != nil {
+		return x.Cause
+	}
+	return ""
+}
+
+func (x *WhyReason) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *WhyReason) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *WhyReason) GetDecisions() []*Decision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+type WhyResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service *ServiceSummary        `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// Every stream of the node ID on this replica (an agent has one per client kind).
+	Streams []*WhyStream `protobuf:"bytes,2,rep,name=streams,proto3" json:"streams,omitempty"`
+	Reasons []*WhyReason `protobuf:"bytes,3,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	// What this answer cannot see: other replicas' streams.
+	Scope         string `protobuf:"bytes,4,opt,name=scope,proto3" json:"scope,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhyResponse) Reset() {
+	*x = WhyResponse{}
+	mi := &file_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhyResponse) ProtoMessage() {}
+
+func (x *WhyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhyResponse.ProtoReflect.Descriptor instead.
+func (*WhyResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *WhyResponse) GetService() *ServiceSummary {
+	if x != nil {
+		return x.Service
+	}
+	return nil
+}
+
+func (x *WhyResponse) GetStreams() []*WhyStream {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
+
+func (x *WhyResponse) GetReasons() []*WhyReason {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+func (x *WhyResponse) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -2071,7 +2532,43 @@ const file_admin_proto_rawDesc = "" +
 	"\x05limit\x18\x01 \x01(\x05R\x05limit\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\"P\n" +
 	"\x13DecisionLogResponse\x129\n" +
-	"\tdecisions\x18\x01 \x03(\v2\x1b.holdfast.admin.v1.DecisionR\tdecisions2\xe1\x05\n" +
+	"\tdecisions\x18\x01 \x03(\v2\x1b.holdfast.admin.v1.DecisionR\tdecisions\"S\n" +
+	"\n" +
+	"WhyRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\x05R\x04port\"\x9d\x01\n" +
+	"\vWhyResource\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12%\n" +
+	"\x0eclient_version\x18\x03 \x01(\tR\rclientVersion\x12\x16\n" +
+	"\x06status\x18\x04 \x01(\tR\x06status\x12'\n" +
+	"\x0fcurrent_version\x18\x05 \x01(\tR\x0ecurrentVersion\"g\n" +
+	"\vWhyPriority\x12\x1a\n" +
+	"\bpriority\x18\x01 \x01(\rR\bpriority\x12\x1e\n" +
+	"\n" +
+	"localities\x18\x02 \x03(\tR\n" +
+	"localities\x12\x1c\n" +
+	"\tendpoints\x18\x03 \x03(\tR\tendpoints\"]\n" +
+	"\aWhyPort\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\x05R\x04port\x12>\n" +
+	"\n" +
+	"priorities\x18\x02 \x03(\v2\x1e.holdfast.admin.v1.WhyPriorityR\n" +
+	"priorities\"\xb5\x01\n" +
+	"\tWhyStream\x128\n" +
+	"\x06client\x18\x01 \x01(\v2 .holdfast.admin.v1.ClientSummaryR\x06client\x12<\n" +
+	"\tresources\x18\x02 \x03(\v2\x1e.holdfast.admin.v1.WhyResourceR\tresources\x120\n" +
+	"\x05ports\x18\x03 \x03(\v2\x1a.holdfast.admin.v1.WhyPortR\x05ports\"\x8c\x01\n" +
+	"\tWhyReason\x12\x14\n" +
+	"\x05cause\x18\x01 \x01(\tR\x05cause\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x16\n" +
+	"\x06stream\x18\x03 \x01(\tR\x06stream\x129\n" +
+	"\tdecisions\x18\x04 \x03(\v2\x1b.holdfast.admin.v1.DecisionR\tdecisions\"\xd0\x01\n" +
+	"\vWhyResponse\x12;\n" +
+	"\aservice\x18\x01 \x01(\v2!.holdfast.admin.v1.ServiceSummaryR\aservice\x126\n" +
+	"\astreams\x18\x02 \x03(\v2\x1c.holdfast.admin.v1.WhyStreamR\astreams\x126\n" +
+	"\areasons\x18\x03 \x03(\v2\x1c.holdfast.admin.v1.WhyReasonR\areasons\x12\x14\n" +
+	"\x05scope\x18\x04 \x01(\tR\x05scope2\xa7\x06\n" +
 	"\x05Admin\x12_\n" +
 	"\fListServices\x12&.holdfast.admin.v1.ListServicesRequest\x1a'.holdfast.admin.v1.ListServicesResponse\x12T\n" +
 	"\n" +
@@ -2081,7 +2578,8 @@ const file_admin_proto_rawDesc = "" +
 	"\vListSources\x12%.holdfast.admin.v1.ListSourcesRequest\x1a&.holdfast.admin.v1.ListSourcesResponse\x12V\n" +
 	"\tListHolds\x12#.holdfast.admin.v1.ListHoldsRequest\x1a$.holdfast.admin.v1.ListHoldsResponse\x12\\\n" +
 	"\vReleaseHold\x12%.holdfast.admin.v1.ReleaseHoldRequest\x1a&.holdfast.admin.v1.ReleaseHoldResponse\x12\\\n" +
-	"\vDecisionLog\x12%.holdfast.admin.v1.DecisionLogRequest\x1a&.holdfast.admin.v1.DecisionLogResponseB(Z&github.com/holdfast/holdfast/xds/adminb\x06proto3"
+	"\vDecisionLog\x12%.holdfast.admin.v1.DecisionLogRequest\x1a&.holdfast.admin.v1.DecisionLogResponse\x12D\n" +
+	"\x03Why\x12\x1d.holdfast.admin.v1.WhyRequest\x1a\x1e.holdfast.admin.v1.WhyResponseB(Z&github.com/holdfast/holdfast/xds/adminb\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -2095,7 +2593,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_admin_proto_goTypes = []any{
 	(*ListServicesRequest)(nil),   // 0: holdfast.admin.v1.ListServicesRequest
 	(*ServiceSummary)(nil),        // 1: holdfast.admin.v1.ServiceSummary
@@ -2126,13 +2624,20 @@ var file_admin_proto_goTypes = []any{
 	(*Decision)(nil),              // 26: holdfast.admin.v1.Decision
 	(*DecisionLogRequest)(nil),    // 27: holdfast.admin.v1.DecisionLogRequest
 	(*DecisionLogResponse)(nil),   // 28: holdfast.admin.v1.DecisionLogResponse
-	nil,                           // 29: holdfast.admin.v1.Nack.ResourcesEntry
-	nil,                           // 30: holdfast.admin.v1.Decision.AttrsEntry
-	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(*WhyRequest)(nil),            // 29: holdfast.admin.v1.WhyRequest
+	(*WhyResource)(nil),           // 30: holdfast.admin.v1.WhyResource
+	(*WhyPriority)(nil),           // 31: holdfast.admin.v1.WhyPriority
+	(*WhyPort)(nil),               // 32: holdfast.admin.v1.WhyPort
+	(*WhyStream)(nil),             // 33: holdfast.admin.v1.WhyStream
+	(*WhyReason)(nil),             // 34: holdfast.admin.v1.WhyReason
+	(*WhyResponse)(nil),           // 35: holdfast.admin.v1.WhyResponse
+	nil,                           // 36: holdfast.admin.v1.Nack.ResourcesEntry
+	nil,                           // 37: holdfast.admin.v1.Decision.AttrsEntry
+	(*durationpb.Duration)(nil),   // 38: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	31, // 0: holdfast.admin.v1.ServiceSummary.age:type_name -> google.protobuf.Duration
+	38, // 0: holdfast.admin.v1.ServiceSummary.age:type_name -> google.protobuf.Duration
 	1,  // 1: holdfast.admin.v1.ListServicesResponse.services:type_name -> holdfast.admin.v1.ServiceSummary
 	4,  // 2: holdfast.admin.v1.Zone.endpoints:type_name -> holdfast.admin.v1.Endpoint
 	5,  // 3: holdfast.admin.v1.Port.zones:type_name -> holdfast.admin.v1.Zone
@@ -2140,50 +2645,60 @@ var file_admin_proto_depIdxs = []int32{
 	6,  // 5: holdfast.admin.v1.ServiceDetail.ports:type_name -> holdfast.admin.v1.Port
 	7,  // 6: holdfast.admin.v1.ServiceDetail.resources:type_name -> holdfast.admin.v1.ServedResource
 	8,  // 7: holdfast.admin.v1.ServiceDetail.slices:type_name -> holdfast.admin.v1.ObjectVersion
-	32, // 8: holdfast.admin.v1.ServiceDetail.observed_at:type_name -> google.protobuf.Timestamp
-	32, // 9: holdfast.admin.v1.Nack.at:type_name -> google.protobuf.Timestamp
-	29, // 10: holdfast.admin.v1.Nack.resources:type_name -> holdfast.admin.v1.Nack.ResourcesEntry
+	39, // 8: holdfast.admin.v1.ServiceDetail.observed_at:type_name -> google.protobuf.Timestamp
+	39, // 9: holdfast.admin.v1.Nack.at:type_name -> google.protobuf.Timestamp
+	36, // 10: holdfast.admin.v1.Nack.resources:type_name -> holdfast.admin.v1.Nack.ResourcesEntry
 	10, // 11: holdfast.admin.v1.TypeStatus.nacked:type_name -> holdfast.admin.v1.Nack
 	11, // 12: holdfast.admin.v1.TypeStatus.resources:type_name -> holdfast.admin.v1.ResourceStatus
-	32, // 13: holdfast.admin.v1.ClientSummary.connected_at:type_name -> google.protobuf.Timestamp
+	39, // 13: holdfast.admin.v1.ClientSummary.connected_at:type_name -> google.protobuf.Timestamp
 	12, // 14: holdfast.admin.v1.ClientSummary.types:type_name -> holdfast.admin.v1.TypeStatus
 	13, // 15: holdfast.admin.v1.ListClientsResponse.clients:type_name -> holdfast.admin.v1.ClientSummary
 	13, // 16: holdfast.admin.v1.ClientDetail.summary:type_name -> holdfast.admin.v1.ClientSummary
 	10, // 17: holdfast.admin.v1.ClientDetail.nacks:type_name -> holdfast.admin.v1.Nack
-	32, // 18: holdfast.admin.v1.Source.since:type_name -> google.protobuf.Timestamp
-	32, // 19: holdfast.admin.v1.Source.last_event:type_name -> google.protobuf.Timestamp
-	32, // 20: holdfast.admin.v1.Source.last_bookmark:type_name -> google.protobuf.Timestamp
-	32, // 21: holdfast.admin.v1.Source.last_probe_ok:type_name -> google.protobuf.Timestamp
-	32, // 22: holdfast.admin.v1.Source.stale_since:type_name -> google.protobuf.Timestamp
+	39, // 18: holdfast.admin.v1.Source.since:type_name -> google.protobuf.Timestamp
+	39, // 19: holdfast.admin.v1.Source.last_event:type_name -> google.protobuf.Timestamp
+	39, // 20: holdfast.admin.v1.Source.last_bookmark:type_name -> google.protobuf.Timestamp
+	39, // 21: holdfast.admin.v1.Source.last_probe_ok:type_name -> google.protobuf.Timestamp
+	39, // 22: holdfast.admin.v1.Source.stale_since:type_name -> google.protobuf.Timestamp
 	19, // 23: holdfast.admin.v1.ListSourcesResponse.sources:type_name -> holdfast.admin.v1.Source
-	32, // 24: holdfast.admin.v1.Hold.since:type_name -> google.protobuf.Timestamp
+	39, // 24: holdfast.admin.v1.Hold.since:type_name -> google.protobuf.Timestamp
 	21, // 25: holdfast.admin.v1.ListHoldsResponse.holds:type_name -> holdfast.admin.v1.Hold
 	21, // 26: holdfast.admin.v1.ReleaseHoldResponse.released:type_name -> holdfast.admin.v1.Hold
-	32, // 27: holdfast.admin.v1.Decision.at:type_name -> google.protobuf.Timestamp
-	30, // 28: holdfast.admin.v1.Decision.attrs:type_name -> holdfast.admin.v1.Decision.AttrsEntry
-	32, // 29: holdfast.admin.v1.Decision.first:type_name -> google.protobuf.Timestamp
+	39, // 27: holdfast.admin.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	37, // 28: holdfast.admin.v1.Decision.attrs:type_name -> holdfast.admin.v1.Decision.AttrsEntry
+	39, // 29: holdfast.admin.v1.Decision.first:type_name -> google.protobuf.Timestamp
 	26, // 30: holdfast.admin.v1.DecisionLogResponse.decisions:type_name -> holdfast.admin.v1.Decision
-	0,  // 31: holdfast.admin.v1.Admin.ListServices:input_type -> holdfast.admin.v1.ListServicesRequest
-	3,  // 32: holdfast.admin.v1.Admin.GetService:input_type -> holdfast.admin.v1.GetServiceRequest
-	14, // 33: holdfast.admin.v1.Admin.ListClients:input_type -> holdfast.admin.v1.ListClientsRequest
-	16, // 34: holdfast.admin.v1.Admin.GetClient:input_type -> holdfast.admin.v1.GetClientRequest
-	18, // 35: holdfast.admin.v1.Admin.ListSources:input_type -> holdfast.admin.v1.ListSourcesRequest
-	22, // 36: holdfast.admin.v1.Admin.ListHolds:input_type -> holdfast.admin.v1.ListHoldsRequest
-	24, // 37: holdfast.admin.v1.Admin.ReleaseHold:input_type -> holdfast.admin.v1.ReleaseHoldRequest
-	27, // 38: holdfast.admin.v1.Admin.DecisionLog:input_type -> holdfast.admin.v1.DecisionLogRequest
-	2,  // 39: holdfast.admin.v1.Admin.ListServices:output_type -> holdfast.admin.v1.ListServicesResponse
-	9,  // 40: holdfast.admin.v1.Admin.GetService:output_type -> holdfast.admin.v1.ServiceDetail
-	15, // 41: holdfast.admin.v1.Admin.ListClients:output_type -> holdfast.admin.v1.ListClientsResponse
-	17, // 42: holdfast.admin.v1.Admin.GetClient:output_type -> holdfast.admin.v1.ClientDetail
-	20, // 43: holdfast.admin.v1.Admin.ListSources:output_type -> holdfast.admin.v1.ListSourcesResponse
-	23, // 44: holdfast.admin.v1.Admin.ListHolds:output_type -> holdfast.admin.v1.ListHoldsResponse
-	25, // 45: holdfast.admin.v1.Admin.ReleaseHold:output_type -> holdfast.admin.v1.ReleaseHoldResponse
-	28, // 46: holdfast.admin.v1.Admin.DecisionLog:output_type -> holdfast.admin.v1.DecisionLogResponse
-	39, // [39:47] is the sub-list for method output_type
-	31, // [31:39] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	31, // 31: holdfast.admin.v1.WhyPort.priorities:type_name -> holdfast.admin.v1.WhyPriority
+	13, // 32: holdfast.admin.v1.WhyStream.client:type_name -> holdfast.admin.v1.ClientSummary
+	30, // 33: holdfast.admin.v1.WhyStream.resources:type_name -> holdfast.admin.v1.WhyResource
+	32, // 34: holdfast.admin.v1.WhyStream.ports:type_name -> holdfast.admin.v1.WhyPort
+	26, // 35: holdfast.admin.v1.WhyReason.decisions:type_name -> holdfast.admin.v1.Decision
+	1,  // 36: holdfast.admin.v1.WhyResponse.service:type_name -> holdfast.admin.v1.ServiceSummary
+	33, // 37: holdfast.admin.v1.WhyResponse.streams:type_name -> holdfast.admin.v1.WhyStream
+	34, // 38: holdfast.admin.v1.WhyResponse.reasons:type_name -> holdfast.admin.v1.WhyReason
+	0,  // 39: holdfast.admin.v1.Admin.ListServices:input_type -> holdfast.admin.v1.ListServicesRequest
+	3,  // 40: holdfast.admin.v1.Admin.GetService:input_type -> holdfast.admin.v1.GetServiceRequest
+	14, // 41: holdfast.admin.v1.Admin.ListClients:input_type -> holdfast.admin.v1.ListClientsRequest
+	16, // 42: holdfast.admin.v1.Admin.GetClient:input_type -> holdfast.admin.v1.GetClientRequest
+	18, // 43: holdfast.admin.v1.Admin.ListSources:input_type -> holdfast.admin.v1.ListSourcesRequest
+	22, // 44: holdfast.admin.v1.Admin.ListHolds:input_type -> holdfast.admin.v1.ListHoldsRequest
+	24, // 45: holdfast.admin.v1.Admin.ReleaseHold:input_type -> holdfast.admin.v1.ReleaseHoldRequest
+	27, // 46: holdfast.admin.v1.Admin.DecisionLog:input_type -> holdfast.admin.v1.DecisionLogRequest
+	29, // 47: holdfast.admin.v1.Admin.Why:input_type -> holdfast.admin.v1.WhyRequest
+	2,  // 48: holdfast.admin.v1.Admin.ListServices:output_type -> holdfast.admin.v1.ListServicesResponse
+	9,  // 49: holdfast.admin.v1.Admin.GetService:output_type -> holdfast.admin.v1.ServiceDetail
+	15, // 50: holdfast.admin.v1.Admin.ListClients:output_type -> holdfast.admin.v1.ListClientsResponse
+	17, // 51: holdfast.admin.v1.Admin.GetClient:output_type -> holdfast.admin.v1.ClientDetail
+	20, // 52: holdfast.admin.v1.Admin.ListSources:output_type -> holdfast.admin.v1.ListSourcesResponse
+	23, // 53: holdfast.admin.v1.Admin.ListHolds:output_type -> holdfast.admin.v1.ListHoldsResponse
+	25, // 54: holdfast.admin.v1.Admin.ReleaseHold:output_type -> holdfast.admin.v1.ReleaseHoldResponse
+	28, // 55: holdfast.admin.v1.Admin.DecisionLog:output_type -> holdfast.admin.v1.DecisionLogResponse
+	35, // 56: holdfast.admin.v1.Admin.Why:output_type -> holdfast.admin.v1.WhyResponse
+	48, // [48:57] is the sub-list for method output_type
+	39, // [39:48] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -2197,7 +2712,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	Admin_ListHolds_FullMethodName    = "/holdfast.admin.v1.Admin/ListHolds"
 	Admin_ReleaseHold_FullMethodName  = "/holdfast.admin.v1.Admin/ReleaseHold"
 	Admin_DecisionLog_FullMethodName  = "/holdfast.admin.v1.Admin/DecisionLog"
+	Admin_Why_FullMethodName          = "/holdfast.admin.v1.Admin/Why"
 )
 
 // AdminClient is the client API for Admin service.
@@ -52,6 +53,9 @@ type AdminClient interface {
 	ReleaseHold(ctx context.Context, in *ReleaseHoldRequest, opts ...grpc.CallOption) (*ReleaseHoldResponse, error)
 	// Holdfast's decisions, newest first.
 	DecisionLog(ctx context.Context, in *DecisionLogRequest, opts ...grpc.CallOption) (*DecisionLogResponse, error)
+	// For one client and one service: what the client holds, what Holdfast would send it now,
+	// and every reason they differ or look surprising, each with the decisions behind it.
+	Why(ctx context.Context, in *WhyRequest, opts ...grpc.CallOption) (*WhyResponse, error)
 }
 
 type adminClient struct {
@@ -142,6 +146,16 @@ func (c *adminClient) DecisionLog(ctx context.Context, in *DecisionLogRequest, o
 	return out, nil
 }
 
+func (c *adminClient) Why(ctx context.Context, in *WhyRequest, opts ...grpc.CallOption) (*WhyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WhyResponse)
+	err := c.cc.Invoke(ctx, Admin_Why_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -162,6 +176,9 @@ type AdminServer interface {
 	ReleaseHold(context.Context, *ReleaseHoldRequest) (*ReleaseHoldResponse, error)
 	// Holdfast's decisions, newest first.
 	DecisionLog(context.Context, *DecisionLogRequest) (*DecisionLogResponse, error)
+	// For one client and one service: what the client holds, what Holdfast would send it now,
+	// and every reason they differ or look surprising, each with the decisions behind it.
+	Why(context.Context, *WhyRequest) (*WhyResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -195,6 +212,9 @@ func (UnimplementedAdminServer) ReleaseHold(context.Context, *ReleaseHoldRequest
 }
 func (UnimplementedAdminServer) DecisionLog(context.Context, *DecisionLogRequest) (*DecisionLogResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DecisionLog not implemented")
+}
+func (UnimplementedAdminServer) Why(context.Context, *WhyRequest) (*WhyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Why not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -361,6 +381,24 @@ func _Admin_DecisionLog_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Why_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WhyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Why(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Why_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Why(ctx, req.(*WhyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -399,6 +437,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DecisionLog",
 			Handler:    _Admin_DecisionLog_Handler,
+		},
+		{
+			MethodName: "Why",
+			Handler:    _Admin_Why_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
