@@ -35,7 +35,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 IMAGE_TAR ?= bin/holdfast-image.tar
 LDFLAGS := -s -w -X github.com/holdfast/holdfast/internal/version.stamped=$(VERSION)
 
-.PHONY: all build image kube node clients clients-matrix test unit e2e fuzz bench lint demo chaos soak bootstraps prometheusrule clean generate protoc tools
+.PHONY: all build image kube node clients clients-matrix screenshots test unit e2e fuzz bench lint demo chaos soak bootstraps prometheusrule clean generate protoc tools
 
 all: build
 
@@ -136,6 +136,12 @@ $(PROTOC_GEN_GO_GRPC):
 tools: $(GRPCURL) $(HELM)
 	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium; }
+
+# The status page's screenshots in docs/screenshots, from TestStatusPage in headless chromium.
+screenshots: kube tools
+	HOLDFAST_SCREENSHOTS=$(CURDIR)/docs/screenshots go test -count=1 -run '^TestStatusPage$$' ./e2e/
 
 $(GRPCURL):
 	GOBIN=$(dir $@) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)

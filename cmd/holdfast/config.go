@@ -26,6 +26,7 @@ type Config struct {
 	XDSListen          string
 	HTTPListen         string
 	AdminListen        string
+	StatusListen       string
 	Namespaces         []string
 	ClusterDomain      string
 	EnvoyListenAddress string
@@ -63,6 +64,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.XDSListen, "xds-listen", ":18000", "host:port for the xDS (ADS, state-of-the-world and Delta) gRPC server")
 	fs.StringVar(&c.HTTPListen, "http-listen", ":18080", "host:port for /healthz, /readyz and /metrics")
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:18001", "host:port for the admin gRPC API and CSDS (holdfastctl, grpcurl); loopback by default: it can release guard holds")
+	fs.StringVar(&c.StatusListen, "status-listen", "127.0.0.1:18002", "host:port for the read-only status page (HTML: sources, holds, services, clients, why); loopback by default; \"\" turns it off")
 	fs.StringVar(&namespaces, "namespaces", "", "comma-separated namespaces to watch; empty watches all namespaces")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain; resources are named <svc>.<ns>.svc.<domain>:<port>")
 	fs.StringVar(&c.EnvoyListenAddress, "envoy-listen-address", "127.0.0.1", "IP address Envoy's outbound_<port> listeners bind to")
@@ -119,7 +121,10 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 
 func (c Config) validate() error {
 	var errs []error
-	for _, a := range []struct{ flag, v string }{{"--xds-listen", c.XDSListen}, {"--http-listen", c.HTTPListen}, {"--admin-listen", c.AdminListen}} {
+	for _, a := range []struct{ flag, v string }{{"--xds-listen", c.XDSListen}, {"--http-listen", c.HTTPListen}, {"--admin-listen", c.AdminListen}, {"--status-listen", c.StatusListen}} {
+		if a.flag == "--status-listen" && a.v == "" {
+			continue // off
+		}
 		if err := checkListen(a.v); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", a.flag, a.v, err))
 		}

@@ -427,7 +427,7 @@ current-context: c
 	}
 	defer busy.Close()
 	free := func() []string { // listen flags on free ports, for the cases about something else
-		return []string{"--kubeconfig", kubeconfig, "--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}
+		return []string{"--kubeconfig", kubeconfig, "--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"}
 	}
 	tests := []struct {
 		name    string
@@ -439,6 +439,8 @@ current-context: c
 		{"listen address not an IP", []string{"--xds-listen", "256.1.1.1:28000"}, "", 2, `host "256.1.1.1": want an IP address`},
 		{"listen address a name", []string{"--http-listen", "holdfast.example:18080"}, "", 2, "names are not looked up"},
 		{"listen port out of range", []string{"--admin-listen", "127.0.0.1:99999"}, "", 2, `port "99999": want a number from 0 to 65535`},
+		{"status page on a name", []string{"--status-listen", "status.example:18002"}, "", 2, "--status-listen"},
+		{"status page port in use", append(free(), "--status-listen", busy.Addr().String()), "", 1, "--status-listen"},
 		{"state dir is a file", append(free(), "--state-dir", file), "", 2, "--state-dir " + file + ": not a directory"},
 		{"state dir not writable", append(free(), "--state-dir", readOnly), "", 2, "not writable"},
 		{"state file is a FIFO", append(free(), "--state-dir", fifoDir), "", 2, "is not a regular file"},

@@ -27,6 +27,7 @@ import (
 	"github.com/holdfast/holdfast/internal/adminserver"
 	"github.com/holdfast/holdfast/internal/health"
 	"github.com/holdfast/holdfast/internal/promreg"
+	"github.com/holdfast/holdfast/internal/statuspage"
 	"github.com/holdfast/holdfast/internal/tlsfiles"
 	"github.com/holdfast/holdfast/internal/version"
 	"github.com/holdfast/holdfast/resolver"
@@ -127,13 +128,23 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		_ = httpLis.Close()
 		return fmt.Errorf("--admin-listen: %w", err)
 	}
+	var statusLis net.Listener
+	if cfg.StatusListen != "" {
+		if statusLis, err = net.Listen("tcp", cfg.StatusListen); err != nil {
+			_ = xdsLis.Close()
+			_ = httpLis.Close()
+			_ = adminLis.Close()
+			return fmt.Errorf("--status-listen: %w", err)
+		}
+	}
 	var adminOpts []grpc.ServerOption
 	if creds != nil {
 		adminOpts = append(adminOpts, grpc.Creds(creds))
 	}
 	adminSrv := grpc.NewServer(adminOpts...)
-	admin.RegisterAdminServer(adminSrv, adminserver.NewServer(adminserver.Options{Services: store, Sources: res, Clients: srv,
-		Naming: translate.Naming{Domain: cfg.ClusterDomain}, Decisions: decisions, Logger: log}))
+	adminAPI := adminserver.NewServer(adminserver.Options{Services: store, Sources: res, Clients: srv,
+		Naming: translate.Naming{Domain: cfg.ClusterDomain}, Decisions: decisions, Logger: log})
+	admin.RegisterAdminServer(adminSrv, adminAPI)
 	statusv3.RegisterClientStatusDiscoveryServiceServer(adminSrv, adminserver.NewCSDS(srv))
 	reflection.Register(adminSrv)
 	ready := readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)
@@ -142,7 +153,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		handler = health.WithPprof(handler)
 	}
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
-	log.Info("holdfast starting", "version", version.String(), "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(),
+	log.Info("holdfast starting", "version", version.String(), "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(), "status", cfg.StatusListen,
 		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain, "tls", cfg.TLS.Enabled(), "mtls", cfg.TLS.CA != "")
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -158,6 +169,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return res.Run(gctx) })
 	g.Go(func() error { return srv.GRPC.Serve(xdsLis) })
 	g.Go(func() error { return adminSrv.Serve(adminLis) })
+	statusSrv := &http.Server{Handler: statuspage.New(adminAPI, log, 5*time.Second), ReadHeaderTimeout: 5 * time.Second}
+	if statusLis != nil {
+		g.Go(func() error {
+			if err := statusSrv.Serve(statusLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -171,6 +191,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer cancel()
 		srv.Stop(sctx)
 		adminSrv.Stop()
+		_ = statusSrv.Shutdown(sctx)
 		return httpSrv.Shutdown(sctx)
 	})
 	return g.Wait()

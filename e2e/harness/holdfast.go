@@ -24,10 +24,12 @@ type Holdfast struct {
 	XDSAddr   string
 	HTTPAddr  string
 	AdminAddr string
-	LogPath   string
-	cmd       *exec.Cmd
-	done      chan struct{}
-	exitErr   error // valid after done is closed
+	// StatusAddr is the status page's (--status-listen).
+	StatusAddr string
+	LogPath    string
+	cmd        *exec.Cmd
+	done       chan struct{}
+	exitErr    error // valid after done is closed
 }
 
 // StartHoldfast runs bin with the given kubeconfig and extra flags, on free loopback ports, and
@@ -46,22 +48,23 @@ func StartHoldfast(ctx context.Context, bin, logDir, kubeconfig string, extra ..
 
 // RunHoldfast starts Holdfast like StartHoldfast but does not wait for anything.
 func RunHoldfast(bin, logDir, kubeconfig string, extra ...string) (*Holdfast, error) {
-	ports, err := testproc.FreePorts(3)
+	ports, err := testproc.FreePorts(4)
 	if err != nil {
 		return nil, err
 	}
 	h := &Holdfast{
-		XDSAddr:   "127.0.0.1:" + strconv.Itoa(ports[0]),
-		HTTPAddr:  "127.0.0.1:" + strconv.Itoa(ports[1]),
-		AdminAddr: "127.0.0.1:" + strconv.Itoa(ports[2]),
-		done:      make(chan struct{}),
+		XDSAddr:    "127.0.0.1:" + strconv.Itoa(ports[0]),
+		HTTPAddr:   "127.0.0.1:" + strconv.Itoa(ports[1]),
+		AdminAddr:  "127.0.0.1:" + strconv.Itoa(ports[2]),
+		StatusAddr: "127.0.0.1:" + strconv.Itoa(ports[3]),
+		done:       make(chan struct{}),
 	}
 	logf, err := os.CreateTemp(logDir, "holdfast-*.log")
 	if err != nil {
 		return nil, err
 	}
 	h.LogPath = logf.Name()
-	args := append([]string{"--kubeconfig", kubeconfig, "--xds-listen", h.XDSAddr, "--http-listen", h.HTTPAddr, "--admin-listen", h.AdminAddr}, extra...)
+	args := append([]string{"--kubeconfig", kubeconfig, "--xds-listen", h.XDSAddr, "--http-listen", h.HTTPAddr, "--admin-listen", h.AdminAddr, "--status-listen", h.StatusAddr}, extra...)
 	h.cmd = exec.Command(bin, args...)
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
