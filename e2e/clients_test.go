@@ -582,9 +582,12 @@ func TestClientsServiceRecreated(t *testing.T) {
 		}
 	}
 
-	// Within the grace: deleted, created again 300 ms later.
-	deleteSlice(t, ns, "echo-a")
+	// Within the grace: deleted, created again 300 ms later. The Service goes first and its
+	// slice after it, the order of Kubernetes' garbage collector (the slice is owned by the
+	// Service). The other order is a scale to zero first — served as one, unless the two
+	// deletions happen to fall in one debounce — and made this test flaky.
 	deleteService(t, ns, "echo")
+	deleteSlice(t, ns, "echo-a")
 	time.Sleep(300 * time.Millisecond)
 	uid := recreate()
 	if err := envoy.WaitFor(ctx, servedAs(uid)); err != nil {
@@ -608,8 +611,8 @@ func TestClientsServiceRecreated(t *testing.T) {
 	record("service deleted and created again within the tombstone grace (300 ms gap)", envoyColumn, "new incarnation's cluster and assignment; never empty")
 
 	// Past the grace: every client is told the service no longer exists.
-	deleteSlice(t, ns, "echo-a")
 	deleteService(t, ns, "echo")
+	deleteSlice(t, ns, "echo-a")
 	eachApp(t, "deleted", apps, func(t *testing.T, a *harness.App) {
 		if _, err := a.Failing(ctx, echo); err != nil {
 			t.Fatal(err)

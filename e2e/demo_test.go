@@ -12,7 +12,10 @@ import (
 )
 
 // TestDemo keeps the README's first command true: the demo starts its own API server, serves
-// two services, shows traffic following endpoint changes, and cleans up on Ctrl-C.
+// two services, shows traffic following endpoint changes, then survives the failures it stages
+// (the API server stopped, Holdfast restarted with it down, every slice deleted at once, a
+// zone's backends gone), printing what it says at each, and cleans up on Ctrl-C. Scenes last
+// 2 s here (5 s in make demo).
 func TestDemo(t *testing.T) {
 	root, err := harness.ModuleRoot()
 	if err != nil {
@@ -25,26 +28,24 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("build demo: %v\n%s", err, out)
 	}
 	var out bytes.Buffer
-	cmd := exec.Command(demo)
+	cmd := exec.Command(demo, "--scene", "2s")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	// Long enough for the first scene change (scenes last 5 s).
-	deadline := time.After(timeout)
-	for !strings.Contains(out.String(), "greeter: scaled down to 2") {
+	deadline := time.After(4 * timeout)
+	for !strings.Contains(out.String(), "demo: done") {
 		select {
 		case err := <-done:
 			t.Fatalf("demo exited early (%v):\n%s", err, out.String())
 		case <-deadline:
 			_ = cmd.Process.Kill()
-			t.Fatalf("demo never reached its second scene:\n%s", out.String())
+			t.Fatalf("demo never reached its end:\n%s", out.String())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	time.Sleep(3 * time.Second)
 	_ = cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case err := <-done:
@@ -57,7 +58,7 @@ func TestDemo(t *testing.T) {
 	}
 	text := out.String()
 	for _, want := range []string{
-		"greeter  answered by: greeter-1", "echo     answered by: echo-1:4 echo-2:4 echo-3:4",
+		"greeter  answered by: greeter-1", "echo     answered by: echo-1:6 echo-2:6", // the client is in zone-a, echo-3 in zone-b
 		"demo: cleaned up",
 	} {
 		if !strings.Contains(text, want) {
@@ -66,13 +67,47 @@ func TestDemo(t *testing.T) {
 	}
 	// After the scale-down, greeter-3 stops answering (the first line may predate propagation).
 	var greeter []string
-	for _, l := range strings.Split(text[strings.Index(text, "scaled down to 2"):], "\n") {
+	down := text[strings.Index(text, "scaled down to 2"):]
+	if end := strings.Index(down, "greeter-1 not ready"); end > 0 {
+		down = down[:end]
+	}
+	for _, l := range strings.Split(down, "\n") {
 		if strings.HasPrefix(l, "greeter  answered by:") {
 			greeter = append(greeter, l)
 		}
 	}
 	if len(greeter) < 2 || strings.Contains(greeter[len(greeter)-1], "greeter-3") || !strings.Contains(greeter[len(greeter)-1], "greeter-2") {
 		t.Errorf("after the scale-down, want greeter-1 and greeter-2 only; got %q", greeter)
+	}
+	// Each failure, and what the demo says of it.
+	for _, f := range []struct {
+		from, to string
+		want     []string
+		routing  bool // every RPC of the section answered
+	}{
+		{"== failure 1", "== failure 2", []string{"/readyz: 200", `"stale":true`, "$ holdfastctl sources", "demo    stale"}, true},
+		{"== failure 2", "== the API server continues", []string{"restarted Holdfast ready", "the API server is still stopped", "greeter  answered by: greeter-1:4 greeter-2:4 greeter-3:4"}, true},
+		{"== the API server continues", "== failure 3", []string{"demo    live"}, true},
+		{"== failure 3", "== an operator releases", []string{"$ holdfastctl why demo-client demo/greeter:80", "[guard_hold]", "guard_hold hold 1"}, true},
+		{"== an operator releases", "== the slices come back", []string{"released hold 1", "greeter  answered by:   failed: 12", "echo     answered by:   failed: 12"}, false},
+		{"== failure 4", "demo: done", []string{"echo     answered by: echo-3:12"}, false},
+	} {
+		i, j := strings.Index(text, f.from), strings.Index(text, f.to)
+		if i < 0 || j < i {
+			t.Errorf("demo output lacks the section %q … %q", f.from, f.to)
+			continue
+		}
+		section := text[i:j]
+		for _, w := range f.want {
+			if !strings.Contains(section, w) {
+				t.Errorf("section %q lacks %q:\n%s", f.from, w, section)
+			}
+		}
+		for _, l := range strings.Split(section, "\n") {
+			if f.routing && strings.Contains(l, "answered by:") && strings.Contains(l, "failed:") {
+				t.Errorf("section %q: RPCs failed: %s", f.from, l)
+			}
+		}
 	}
 	if n, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(n), "hf-demo") {
 		t.Errorf("the demo left its network namespace behind: %s", n)

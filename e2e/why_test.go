@@ -3,11 +3,18 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/adsclient"
+	"github.com/holdfast/holdfast/e2e/faultproxy"
+	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/xds/admin"
 )
 
@@ -136,4 +143,99 @@ func TestWhy(t *testing.T) {
 		t.Errorf("holdfastctl why with a bad service: %v\n%s", err, out)
 	}
 	t.Logf("holdfastctl why picky %s:\n%s", echo, text)
+}
+
+// TestWhyMoreCauses: the causes the admin scene does not stage, each from the real state that
+// gives it — a client's zone and locality priorities, a response in flight, a capacity
+// refusal, a tombstone, a state restored from disk with the API server unreachable.
+func TestWhyMoreCauses(t *testing.T) {
+	ctx := testContext(t)
+	expect := func(t *testing.T, c admin.AdminClient, node, service, cause, detail string) {
+		t.Helper()
+		var last *admin.WhyResponse
+		err := harness.Eventually(ctx, func() bool {
+			r, err := c.Why(ctx, &admin.WhyRequest{NodeId: node, Service: service})
+			if err != nil {
+				return false
+			}
+			last = r
+			return slices.ContainsFunc(r.GetReasons(), func(w *admin.WhyReason) bool {
+				return w.GetCause() == cause && strings.Contains(w.GetDetail(), detail)
+			})
+		})
+		if err != nil {
+			t.Errorf("why %s %s: no %s saying %q; got %v", node, service, cause, detail, last.GetReasons())
+		}
+	}
+
+	t.Run("locality", func(t *testing.T) {
+		sc := newZoneScene(t)
+		envoy, err := adsclient.Dial(sc.h.XDSAddr, adsclient.Options{NodeID: "envoy-a", Zone: "zone-a", Region: testRegion})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = envoy.Close() })
+		svc := sc.ns + "/" + strings.Split(sc.target, ".")[0]
+		expect(t, adminOf(t, sc.h), "envoy-a", svc, "locality", `zone "zone-a"`)
+	})
+
+	ns := newNamespace(t)
+	b := startBackends(t, grpcPort.target, "w1")
+	for _, name := range []string{"kept", "gone"} {
+		createService(t, ns, name, grpcPort)
+		writeSlice(t, ns, name+"-a", name, grpcPort, endpoint{b["w1"], true})
+	}
+	state := t.TempDir()
+	h := startHoldfastOn(t, env.cluster, ns, "--max-services", "2", "--state-dir", state, "--tombstone-grace", "10m")
+	c := adminOf(t, h)
+
+	t.Run("in flight", func(t *testing.T) {
+		stuck, err := adsclient.Dial(h.XDSAddr, adsclient.Options{NodeID: "stuck", NeverRead: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stuck.Close()
+		expect(t, c, "stuck", ns+"/kept", "in_flight", "not answered yet")
+	})
+	t.Run("refused", func(t *testing.T) {
+		createService(t, ns, "extra", grpcPort)
+		writeSlice(t, ns, "extra-a", "extra", grpcPort, endpoint{b["w1"], true})
+		expect(t, c, "anyone", ns+"/extra", "refused", "capacity limit")
+	})
+	t.Run("tombstone", func(t *testing.T) {
+		if err := env.cluster.Client.CoreV1().Services(ns).Delete(ctx, "gone", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, c, "anyone", ns+"/gone", "tombstone", "tombstone grace")
+	})
+	t.Run("restored", func(t *testing.T) {
+		// The state file the first Holdfast wrote, read by a second whose API server does not answer.
+		if err := harness.Eventually(ctx, func() bool { _, err := os.Stat(filepath.Join(state, "state")); return err == nil }); err != nil {
+			t.Fatal("no state file written")
+		}
+		p, err := faultproxy.Start(env.cluster.Server, env.cluster.CAFile, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = p.Close() })
+		p.SetMode(faultproxy.Stall)
+		kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+		if err := env.cluster.WriteKubeconfig(kubeconfig, p.URL, p.CAFile); err != nil {
+			t.Fatal(err)
+		}
+		restoredDir := t.TempDir()
+		data, err := os.ReadFile(filepath.Join(state, "state"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(restoredDir, "state"), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r, err := harness.StartHoldfast(ctx, env.bins.Holdfast, env.dir, kubeconfig, "--namespaces", ns, "--state-dir", restoredDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.Kill)
+		expect(t, adminOf(t, r), "anyone", ns+"/kept", "restored", "state file")
+	})
 }
