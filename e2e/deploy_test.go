@@ -137,28 +137,7 @@ func TestDeployManifestsServerSideDryRun(t *testing.T) {
 	for _, dir := range overlays {
 		t.Run(dir, func(t *testing.T) {
 			manifests := render(ctx, t, dir)
-			objs := objects(t, manifests)
-			// A namespace in the same dry-run is not really created: create the overlay's
-			// namespaces for real, with their labels (Pod Security reads them).
-			var namespaces [][]byte
-			for _, o := range objs {
-				if o.Kind == "Namespace" {
-					namespaces = append(namespaces, o.raw)
-				}
-			}
-			kubectl(ctx, t, bytes.Join(namespaces, []byte("\n---\n")), "apply", "--server-side", "--field-manager", "holdfast-e2e", "-f", "-")
-			out, warnings := kubectl(ctx, t, manifests, "apply", "--server-side", "--dry-run=server", "--field-manager", "holdfast-e2e", "-f", "-")
-			if strings.Contains(warnings, "Warning") {
-				t.Errorf("warnings from the API server:\n%s", warnings)
-			}
-			for _, o := range objs {
-				if !strings.Contains(out, strings.ToLower(o.Kind)) || !strings.Contains(out, o.Metadata.Name) {
-					t.Errorf("%s %s not in kubectl's report:\n%s", o.Kind, o.Metadata.Name, out)
-				}
-			}
-			if n := strings.Count(out, "serverside-applied (server dry run)"); n != len(objs) {
-				t.Errorf("%d of %d objects applied in dry-run:\n%s", n, len(objs), out)
-			}
+			dryRunApply(ctx, t, manifests, objects(t, manifests))
 		})
 	}
 }

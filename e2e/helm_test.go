@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -17,24 +16,14 @@ import (
 	"github.com/holdfast/holdfast/e2e/harness"
 )
 
-// helm runs the pinned Helm that `make tools` builds ($HELM), with its caches in a temporary
-// directory: nothing is read from or written to the user's Helm configuration.
+// helm runs the pinned Helm (harness.Helm) and fails the test on an error.
 func helm(ctx context.Context, t *testing.T, args ...string) string {
 	t.Helper()
-	bin := os.Getenv("HELM")
-	if bin == "" {
-		t.Fatal("HELM is not set: run the tests through make (make tools builds Helm)")
+	out, err := harness.Helm(ctx, "", args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	home := t.TempDir()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("helm %s: %v\n%s%s", strings.Join(args, " "), err, out.String(), errOut.String())
-	}
-	return out.String()
+	return out
 }
 
 // chart is the chart's directory in this checkout.

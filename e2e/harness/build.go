@@ -4,6 +4,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 )
 
@@ -61,4 +63,31 @@ func Eventually(ctx context.Context, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+// Helm runs the pinned Helm that make tools builds ($HELM) with args, against the API server of
+// kubeconfig ("" for none), its caches in a temporary directory: nothing is read from or
+// written to the user's Helm configuration. It returns stdout.
+func Helm(ctx context.Context, kubeconfig string, args ...string) (string, error) {
+	bin := os.Getenv("HELM")
+	if bin == "" {
+		return "", errors.New("HELM is not set: run the tests through make (make tools builds Helm)")
+	}
+	home, err := os.MkdirTemp("", "holdfast-helm-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(home)
+	if kubeconfig != "" {
+		args = append([]string{"--kubeconfig", kubeconfig}, args...)
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("helm %s: %w\n%s%s", strings.Join(args, " "), err, out.String(), errOut.String())
+	}
+	return out.String(), nil
 }

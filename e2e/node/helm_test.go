@@ -1,10 +1,8 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,24 +11,14 @@ import (
 	"github.com/holdfast/holdfast/internal/testpki"
 )
 
-// helm runs the pinned Helm ($HELM, built by make tools) against the node's API server, its
-// caches in a temporary directory.
+// helm runs the pinned Helm (harness.Helm) and fails the test on an error.
 func helm(ctx context.Context, t testing.TB, args ...string) string {
 	t.Helper()
-	bin := os.Getenv("HELM")
-	if bin == "" {
-		t.Fatal("HELM is not set: run the tests through make (make tools builds Helm)")
+	out, err := harness.Helm(ctx, env.node.Kubeconfig, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	home := t.TempDir()
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", env.node.Kubeconfig}, args...)...)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("helm %s: %v\n%s%s", strings.Join(args, " "), err, out.String(), errOut.String())
-	}
-	return out.String()
+	return out
 }
 
 // TestHelmInstallOnNode: the chart installed for real, beside the kustomize deployment the
