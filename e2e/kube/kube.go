@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -51,23 +50,9 @@ func Build() (Binaries, error) {
 }
 
 func build() (Binaries, error) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return Binaries{}, errors.New("kube: cannot locate build.sh")
-	}
-	cmd := exec.Command("bash", filepath.Join(filepath.Dir(file), "build.sh"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	vars, err := runBuildScript("build.sh")
 	if err != nil {
-		return Binaries{}, fmt.Errorf("kube: build.sh: %w\n%s", err, stderr.String())
-	}
-	vars := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			vars[k] = v
-		}
+		return Binaries{}, err
 	}
 	b := Binaries{
 		APIServer: filepath.Join(vars["KUBE_BIN_DIR"], "kube-apiserver"),
@@ -395,3 +380,27 @@ func (p *Process) signal(sig syscall.Signal) error {
 
 // Tail returns the last n lines of the process's log.
 func (p *Process) Tail(n int) string { return testproc.Tail(p.logPath, n) }
+
+// runBuildScript runs one of this package's build scripts (a no-op when the cache holds what
+// it builds) and returns the KEY=VALUE lines it prints: where things are.
+func runBuildScript(name string) (map[string]string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return nil, fmt.Errorf("kube: cannot locate %s", name)
+	}
+	cmd := exec.Command("bash", filepath.Join(filepath.Dir(file), name))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("kube: %s: %w\n%s", name, err, stderr.String())
+	}
+	vars := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			vars[k] = v
+		}
+	}
+	return vars, sc.Err()
+}

@@ -1,8 +1,6 @@
 package kube
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -41,23 +39,9 @@ func BuildNode() (NodeBinaries, error) {
 }
 
 func buildNode() (NodeBinaries, error) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return NodeBinaries{}, errors.New("kube: cannot locate build-node.sh")
-	}
-	cmd := exec.Command("bash", filepath.Join(filepath.Dir(file), "build-node.sh"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	vars, err := runBuildScript("build-node.sh")
 	if err != nil {
-		return NodeBinaries{}, fmt.Errorf("kube: build-node.sh: %w\n%s", err, stderr.String())
-	}
-	vars := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			vars[k] = v
-		}
+		return NodeBinaries{}, err
 	}
 	d := vars["NODE_BIN_DIR"]
 	b := NodeBinaries{Kubelet: filepath.Join(d, "kubelet"), ControllerManager: filepath.Join(d, "kube-controller-manager"),
