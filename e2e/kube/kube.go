@@ -36,18 +36,12 @@ type Binaries struct {
 	Etcd      string
 }
 
-var (
-	buildOnce sync.Once
-	buildBins Binaries
-	buildErr  error
-)
+// built is build's result, computed once per process.
+var built = sync.OnceValues(build)
 
 // Build runs build.sh (a no-op when the cache already holds the binaries) and returns their
 // paths. It runs once per process.
-func Build() (Binaries, error) {
-	buildOnce.Do(func() { buildBins, buildErr = build() })
-	return buildBins, buildErr
-}
+func Build() (Binaries, error) { return built() }
 
 func build() (Binaries, error) {
 	vars, err := runBuildScript("build.sh")

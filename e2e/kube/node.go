@@ -26,17 +26,11 @@ type NodeBinaries struct {
 	CoreDNS, Crictl                              string
 }
 
-var (
-	nodeBuildOnce sync.Once
-	nodeBins      NodeBinaries
-	nodeBuildErr  error
-)
+// nodeBuilt is buildNode's result, computed once per process.
+var nodeBuilt = sync.OnceValues(buildNode)
 
 // BuildNode runs build-node.sh (a no-op when the cache holds everything) once per process.
-func BuildNode() (NodeBinaries, error) {
-	nodeBuildOnce.Do(func() { nodeBins, nodeBuildErr = buildNode() })
-	return nodeBins, nodeBuildErr
-}
+func BuildNode() (NodeBinaries, error) { return nodeBuilt() }
 
 func buildNode() (NodeBinaries, error) {
 	vars, err := runBuildScript("build-node.sh")

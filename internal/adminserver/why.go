@@ -175,6 +175,7 @@ func (w *why) stream(c serve.ClientStatus, svc *resolver.Service, ports []int32)
 		return
 	}
 	snap := w.s.o.Clients.Snapshot(c.Kind).For(c.Node)
+	states := map[resourcev3.Type]map[string]serve.ResourceStatus{}
 	for _, port := range ports {
 		for _, want := range w.wanted(c.Kind, svc, port) {
 			wr := &admin.WhyResource{Type: want.typ, Name: want.name, Status: notSubscribed}
@@ -182,10 +183,14 @@ func (w *why) stream(c serve.ClientStatus, svc *resolver.Service, ports []int32)
 				wr.CurrentVersion = r.Version
 			}
 			if t, ok := c.Types[want.typ]; ok {
-				for _, rs := range t.Resources(snap, want.typ) {
-					if rs.Name == want.name {
-						wr.Status, wr.ClientVersion = string(rs.State), rs.Version
+				if _, listed := states[want.typ]; !listed { // each type's states once, not once per port
+					states[want.typ] = map[string]serve.ResourceStatus{}
+					for _, rs := range t.Resources(snap, want.typ) {
+						states[want.typ][rs.Name] = rs
 					}
+				}
+				if rs, ok := states[want.typ][want.name]; ok {
+					wr.Status, wr.ClientVersion = string(rs.State), rs.Version
 				}
 				w.resourceReasons(c, label, t, wr)
 			} else {
