@@ -13,8 +13,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // TestRange covers every package's /24. While tests run, the root namespace routes it to a
@@ -47,7 +49,9 @@ func Check() error {
 }
 
 // New creates a namespace whose name starts with prefix, joined to the root namespace by a veth
-// pair, on the /24 subnet. Call Close to remove it.
+// pair, on the /24 subnet. Call Close to remove it. Namespaces left behind by a test process that
+// died before its Close (killed, timed out) are removed first; a subnet still routed to a live
+// process's namespace is an error, never a second route that sends this run's packets there.
 func New(ctx context.Context, prefix string, subnet netip.Prefix) (n *Network, err error) {
 	if err := Check(); err != nil {
 		return nil, err
@@ -55,11 +59,19 @@ func New(ctx context.Context, prefix string, subnet netip.Prefix) (n *Network, e
 	if subnet.Bits() != 24 || !subnet.Addr().Is4() || !TestRange.Contains(subnet.Addr()) {
 		return nil, fmt.Errorf("netns: subnet %v must be a /24 inside %v", subnet, TestRange)
 	}
-	id := randomID()
 	subnet = subnet.Masked()
+	if _, err := ReapStale(ctx); err != nil {
+		return nil, err
+	}
+	if dev, err := routedTo(ctx, subnet); err != nil {
+		return nil, err
+	} else if dev != "" {
+		return nil, fmt.Errorf("netns: %v is already routed to %s, a namespace of a test process that is still running; stop it (or remove the namespace) first", subnet, dev)
+	}
+	id := randomID()
 	host := subnet.Addr().Next()
 	n = &Network{
-		Name:   prefix + "-" + id,
+		Name:   fmt.Sprintf("%s-%s-p%d", prefix, id, os.Getpid()),
 		Prefix: subnet,
 		Host:   host,
 		hostIf: "hfh" + id, // interface names are at most 15 bytes
@@ -91,6 +103,98 @@ func New(ctx context.Context, prefix string, subnet netip.Prefix) (n *Network, e
 		}
 	}
 	return n, nil
+}
+
+// ReapStale removes the namespaces (and their veth pairs and processes) that this package made
+// for a process that no longer runs, and returns their names. A test binary killed by a timeout
+// or a CI job's end never runs its Close; what it left would otherwise route its subnet to a
+// namespace nobody listens in, and the next run's connections would be refused there.
+func ReapStale(ctx context.Context) ([]string, error) {
+	entries, err := os.ReadDir("/run/netns")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("netns: list namespaces: %w", err)
+	}
+	var reaped []string
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		id, owner, ok := parseName(name)
+		if !ok || !stale(ctx, name, owner) {
+			continue
+		}
+		for _, pid := range pidsIn(ctx, name) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if err := ip(ctx, "link", "del", "hfh"+id); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+			errs = append(errs, err)
+		}
+		if err := ip(ctx, "netns", "del", name); err != nil && !strings.Contains(err.Error(), "No such file") {
+			errs = append(errs, err)
+			continue
+		}
+		reaped = append(reaped, name)
+	}
+	return reaped, errors.Join(errs...)
+}
+
+// parseName splits a name New made, "<prefix>-<id>-p<pid>" (or "<prefix>-<id>" from before the
+// owner was part of it: owner 0), into the veth id and the owning process.
+func parseName(name string) (id string, owner int, ok bool) {
+	if !strings.HasPrefix(name, "hf-") {
+		return "", 0, false
+	}
+	parts := strings.Split(name, "-")
+	last := parts[len(parts)-1]
+	if pid, err := strconv.Atoi(strings.TrimPrefix(last, "p")); strings.HasPrefix(last, "p") && err == nil && pid > 0 {
+		owner = pid
+		parts = parts[:len(parts)-1]
+	}
+	id = parts[len(parts)-1]
+	if len(parts) < 3 || len(id) != 8 || strings.Trim(id, "0123456789abcdef") != "" {
+		return "", 0, false
+	}
+	return id, owner, true
+}
+
+// stale says whether the namespace's owner is gone: its process has exited, or (a name without
+// an owner) nothing runs inside it.
+func stale(ctx context.Context, name string, owner int) bool {
+	if owner == 0 {
+		return len(pidsIn(ctx, name)) == 0
+	}
+	return errors.Is(syscall.Kill(owner, 0), syscall.ESRCH)
+}
+
+func pidsIn(ctx context.Context, name string) []int {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "pids", name).Output()
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// routedTo names the device the root namespace routes exactly subnet to, or "" if none does.
+func routedTo(ctx context.Context, subnet netip.Prefix) (string, error) {
+	out, err := exec.CommandContext(ctx, "ip", "-o", "-4", "route", "show", "exact", subnet.String()).Output()
+	if err != nil {
+		return "", fmt.Errorf("netns: ip route show exact %v: %w", subnet, err)
+	}
+	f := strings.Fields(string(out))
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "dev" {
+			return f[i+1], nil
+		}
+	}
+	return "", nil
 }
 
 func randomID() string {
