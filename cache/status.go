@@ -3,6 +3,7 @@ package cache
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/holdfast/holdfast/resolver"
@@ -107,6 +108,12 @@ func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
 	case s.view.Restored:
 		st.State = StateRestored
 		st.Reason = fmt.Sprintf("restored from the state file written %v ago; the API server is not synced yet", now.Sub(s.view.RestoredFrom).Round(time.Second))
+	case k.ClusterSet && staleCluster(s.latest, st.Service) != "":
+		c := staleCluster(s.latest, st.Service)
+		st.State, st.Reason = StateStale, fmt.Sprintf("cluster %s's source for %s is %s: its endpoints are the last it saw", c, k.Namespace, s.latest.SourceIn(c, k.Namespace))
+		if _, merged := s.latest.Remote[c]; !merged && c != s.latest.Home {
+			st.Reason = fmt.Sprintf("cluster %s is not merged any more: its endpoints are the last it saw", c)
+		}
 	case s.latest.SourceOf(k.Namespace) != resolver.Live:
 		src := k.Namespace
 		if _, own := s.latest.Sources[src]; !own {
@@ -115,6 +122,9 @@ func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
 		st.State, st.Reason = StateStale, fmt.Sprintf("the source for %s is %s: this is the last state it saw", src, s.latest.SourceOf(k.Namespace))
 	default:
 		st.State = StateLive
+		if len(st.Service.Conflicts) > 0 {
+			st.Reason = "clusters disagree, the oldest export's definition applies: " + strings.Join(st.Service.Conflicts, "; ")
+		}
 		for _, p := range st.Service.Ports {
 			if p.Unmatched != "" {
 				st.Reason = fmt.Sprintf("port %d served empty: %s", p.Port, p.Unmatched)
@@ -128,4 +138,27 @@ func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
 		}
 	}
 	return st
+}
+
+// staleCluster names the first cluster (by ID) some of a cluster-set service's endpoints are
+// from whose source for its namespace is not live; "" when every one is.
+func staleCluster(r resolver.Resolution, svc *resolver.Service) string {
+	if svc == nil {
+		return ""
+	}
+	var clusters []string
+	for _, p := range svc.Ports {
+		for _, e := range p.Endpoints {
+			if e.Cluster != "" && !slices.Contains(clusters, e.Cluster) {
+				clusters = append(clusters, e.Cluster)
+			}
+		}
+	}
+	slices.Sort(clusters)
+	for _, c := range clusters {
+		if r.SourceIn(c, svc.Namespace) != resolver.Live {
+			return c
+		}
+	}
+	return ""
 }

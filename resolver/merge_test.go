@@ -62,7 +62,7 @@ func TestBuildService(t *testing.T) {
 				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.2"}, ready: yes, zone: "z1"}),
 				slice("b", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.1"}, ready: yes, zone: "z2"}),
 			},
-			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
 				{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true, Zone: "z2"},
 				{Address: "10.1.0.2", Port: 8080, Ready: true, Serving: true, Zone: "z1"},
 			}}}},
@@ -73,7 +73,7 @@ func TestBuildService(t *testing.T) {
 			slices: []*discoveryv1.EndpointSlice{
 				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.1"}}),
 			},
-			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
 				{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true},
 			}}}},
 		},
@@ -85,7 +85,7 @@ func TestBuildService(t *testing.T) {
 					ep{addrs: []string{"10.1.0.1"}, ready: no},
 					ep{addrs: []string{"10.1.0.2"}, ready: no, serving: yes, terminating: yes}),
 			},
-			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
 				{Address: "10.1.0.1", Port: 8080},
 				{Address: "10.1.0.2", Port: 8080, Serving: true, Terminating: true},
 			}}}},
@@ -97,7 +97,7 @@ func TestBuildService(t *testing.T) {
 				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.1"}, ready: no}),
 				slice("b", v4, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"10.1.0.1"}, ready: yes}),
 			},
-			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
 				{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true},
 			}}}},
 		},
@@ -108,7 +108,7 @@ func TestBuildService(t *testing.T) {
 				slice("a", v4, []discoveryv1.EndpointPort{port("http", 8080), port("grpc", 9090)}, ep{addrs: []string{"10.1.0.1"}}),
 				slice("b", v4, []discoveryv1.EndpointPort{port("metrics", 9100)}, ep{addrs: []string{"10.1.0.9"}}),
 			},
-			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Ports: []Port{
 				{Name: "http", Port: 80, Endpoints: []Endpoint{{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true}}},
 				{Name: "grpc", Port: 9000, Endpoints: []Endpoint{{Address: "10.1.0.1", Port: 9090, Ready: true, Serving: true}}},
 			}},
@@ -121,7 +121,7 @@ func TestBuildService(t *testing.T) {
 				slice("b", discoveryv1.AddressTypeFQDN, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"db.example.com"}}),
 				slice("c", discoveryv1.AddressTypeIPv6, []discoveryv1.EndpointPort{port("http", 8080)}, ep{addrs: []string{"fd00::2"}}),
 			},
-			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Ports: []Port{{Name: "http", Port: 80, Endpoints: []Endpoint{
 				{Address: "10.1.0.1", Port: 8080, Ready: true, Serving: true},
 				{Address: "fd00::2", Port: 8080, Ready: true, Serving: true},
 			}}}},
@@ -129,12 +129,12 @@ func TestBuildService(t *testing.T) {
 		{
 			name: "a service without slices keeps its ports with no endpoints",
 			svc:  svc(httpPort),
-			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80}}},
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Ports: []Port{{Name: "http", Port: 80}}},
 		},
 		{
 			name: "UDP ports are not served",
 			svc:  svc(corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}, httpPort),
-			want: &Service{Key: Key{"ns", "web"}, Ports: []Port{{Name: "http", Port: 80}}},
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Ports: []Port{{Name: "http", Port: 80}}},
 		},
 		{
 			name: "ExternalName services are not served",
@@ -146,7 +146,7 @@ func TestBuildService(t *testing.T) {
 			name: "headless services are served",
 			svc: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
 				Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "http", Port: 80, AppProtocol: ptr("kubernetes.io/h2c")}}}},
-			want: &Service{Key: Key{"ns", "web"}, Headless: true, Ports: []Port{{Name: "http", Port: 80, AppProtocol: "kubernetes.io/h2c"}}},
+			want: &Service{Key: Key{Namespace: "ns", Name: "web"}, Headless: true, Ports: []Port{{Name: "http", Port: 80, AppProtocol: "kubernetes.io/h2c"}}},
 		},
 	}
 	for _, tt := range tests {

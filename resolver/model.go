@@ -14,16 +14,39 @@ import (
 type Key struct {
 	Namespace string
 	Name      string
+	// ClusterSet marks the multi-cluster service (Kubernetes MCS API) that merges what every
+	// cluster exports under this namespace and name, reached as
+	// <name>.<namespace>.svc.clusterset.local. Without it the key names the home cluster's
+	// own Service.
+	ClusterSet bool `json:",omitempty"`
 }
 
-func (k Key) String() string { return k.Namespace + "/" + k.Name }
+// ClusterSetDomain is the domain of multi-cluster services' names (KEP-1645).
+const ClusterSetDomain = "clusterset.local"
 
-// Compare orders keys by namespace, then name.
+func (k Key) String() string {
+	if k.ClusterSet {
+		return k.Namespace + "/" + k.Name + "@" + ClusterSetDomain
+	}
+	return k.Namespace + "/" + k.Name
+}
+
+// Compare orders keys by namespace, then name, a cluster's own service before the cluster
+// set's.
 func (k Key) Compare(o Key) int {
 	if c := cmp.Compare(k.Namespace, o.Namespace); c != 0 {
 		return c
 	}
-	return cmp.Compare(k.Name, o.Name)
+	if c := cmp.Compare(k.Name, o.Name); c != 0 {
+		return c
+	}
+	switch {
+	case k.ClusterSet == o.ClusterSet:
+		return 0
+	case o.ClusterSet:
+		return -1
+	}
+	return 1
 }
 
 // Service is the routable view of one Kubernetes Service. Values are immutable once published:
@@ -48,7 +71,17 @@ type Service struct {
 	Locality string `json:",omitempty"`
 	// TrafficDistribution is the service's spec.trafficDistribution, if set.
 	TrafficDistribution string `json:",omitempty"`
+	// ExportedAt is when the service's ServiceExport (MCS API) was created, zero when it is
+	// not exported or exports are not watched. The oldest export wins a conflict between
+	// clusters' definitions (KEP-1645).
+	ExportedAt time.Time `json:",omitzero"`
+	// Conflicts says, for a cluster-set service, where clusters' definitions disagree and
+	// which one won (KEP-1645's rules), sorted; empty when they agree.
+	Conflicts []string `json:",omitempty"`
 }
+
+// Exported says whether the service has a ServiceExport in its cluster.
+func (s *Service) Exported() bool { return !s.ExportedAt.IsZero() }
 
 // ValidUID says whether uid looks like what the API server gives (a UUID): at most 64 letters,
 // digits and dashes. Anything else did not come from it.
@@ -146,6 +179,9 @@ type Endpoint struct {
 	Region string `json:",omitempty"`
 	// ForZones is the EndpointSlice's hints.forZones: the zones whose clients should use it.
 	ForZones []string `json:",omitempty"`
+	// Cluster is the ID of the cluster the endpoint is in; set on cluster-set services'
+	// endpoints only (a cluster's own service is all in that cluster).
+	Cluster string `json:",omitempty"`
 }
 
 // Health says how an endpoint should be used.
@@ -197,16 +233,47 @@ type Resolution struct {
 	// Degraded lists the services kept at their last good state because their newest input had
 	// nothing usable, with the reason.
 	Degraded map[Key]string
+	// Home is the ID of the cluster whose sources Sources holds, when several clusters are
+	// merged ("" otherwise); Remote holds the other clusters' sources, by cluster ID and
+	// namespace.
+	Home   string                            `json:",omitempty"`
+	Remote map[string]map[string]SourceState `json:",omitempty"`
 }
 
-// Healthy says whether every source is live right now.
+// Healthy says whether every source, of every cluster, is live right now.
 func (r Resolution) Healthy() bool {
 	for _, st := range r.Sources {
 		if st != Live {
 			return false
 		}
 	}
+	for _, sources := range r.Remote {
+		for _, st := range sources {
+			if st != Live {
+				return false
+			}
+		}
+	}
 	return true
+}
+
+// SourceIn returns the state of cluster's source for namespace ns; a cluster that is not
+// merged (any more) is Stale: what is still served of it is the last it saw.
+func (r Resolution) SourceIn(cluster, ns string) SourceState {
+	if cluster == "" || cluster == r.Home {
+		return r.SourceOf(ns)
+	}
+	sources, ok := r.Remote[cluster]
+	if !ok {
+		return Stale
+	}
+	if st, ok := sources[ns]; ok {
+		return st
+	}
+	if st, ok := sources[""]; ok {
+		return st
+	}
+	return Stale
 }
 
 // SourceOf returns the state of the source that watches namespace ns.

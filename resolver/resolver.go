@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
@@ -41,6 +42,10 @@ type Options struct {
 	// Metadata, when set, is used to watch Nodes' metadata: an endpoint's region, and its zone
 	// when its EndpointSlice has none, come from its Node's topology labels.
 	Metadata metadata.Interface
+	// Exports, when set, is used to watch ServiceExports' metadata (the MCS API): a service
+	// with one is exported to the cluster set (Service.ExportedAt). The ServiceExport CRD must
+	// be installed; until it is, the source does not sync.
+	Exports metadata.Interface
 	// Namespaces to watch; empty watches all namespaces.
 	Namespaces []string
 	Logger     *slog.Logger
@@ -245,7 +250,10 @@ func (r *Resolver) markService(o any) {
 	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
 		o = t.Obj
 	}
-	if s, ok := o.(*corev1.Service); ok {
+	switch s := o.(type) {
+	case *corev1.Service:
+		r.mark(Key{Namespace: s.Namespace, Name: s.Name})
+	case *metav1.PartialObjectMetadata: // a ServiceExport: same namespace and name
 		r.mark(Key{Namespace: s.Namespace, Name: s.Name})
 	}
 }
@@ -462,6 +470,9 @@ func (r *Resolver) rebuild(k Key, gen *generation, at time.Time) bool {
 	switch {
 	case err == nil:
 		next, rejections = buildService(svc, slices, gen.topology())
+		if next != nil {
+			next.ExportedAt = gen.exportedAt(k)
+		}
 	case apierrors.IsNotFound(err):
 		if r.orphaned(k, len(slices) > 0, at) {
 			for _, s := range slices {

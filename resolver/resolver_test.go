@@ -54,7 +54,7 @@ func endpointsOf(res Resolution, k Key) int {
 // re-translates or re-pushes it. (The fake clientset keeps resourceVersions as they are, which is
 // what a re-list looks like.)
 func TestResolverIgnoresUnchangedRedelivery(t *testing.T) {
-	a, b := Key{"ns", "a"}, Key{"ns", "b"}
+	a, b := Key{Namespace: "ns", Name: "a"}, Key{Namespace: "ns", Name: "b"}
 	objs := []*corev1.Service{svcNamed("a"), svcNamed("b")}
 	client := fake.NewClientset(objs[0], objs[1], sliceFor("a", "10.0.0.1"), sliceFor("b", "10.0.0.2"))
 	out := make(resolutions, 100)
@@ -132,7 +132,7 @@ func TestResolverWatchesOnlyItsNamespaces(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
-	ax, by, cz := Key{"a", "x"}, Key{"b", "y"}, Key{"c", "z"}
+	ax, by, cz := Key{Namespace: "a", Name: "x"}, Key{Namespace: "b", Name: "y"}, Key{Namespace: "c", Name: "z"}
 	first := out.next(t, func(res Resolution) bool { return endpointsOf(res, ax) == 1 && endpointsOf(res, by) == 1 })
 	if _, ok := first.Services[cz]; ok {
 		t.Fatal("a service outside --namespaces was resolved")
@@ -152,7 +152,7 @@ func TestResolverWatchesOnlyItsNamespaces(t *testing.T) {
 // A service's ObservedAt is when the event reached Holdfast, not when the debounce let it
 // through; a source going stale is published at once, not after the debounce.
 func TestResolverTimesEventsAndPublishesHealthAtOnce(t *testing.T) {
-	a := Key{"ns", "a"}
+	a := Key{Namespace: "ns", Name: "a"}
 	client := fake.NewClientset(svcNamed("a"), sliceFor("a", "10.0.0.1"))
 	out := make(resolutions, 100)
 	const holdOff = 300 * time.Millisecond
@@ -281,13 +281,13 @@ func TestOrphanSlicesWaitForTheirService(t *testing.T) {
 	testkit.Eventually(t, "the slice taken by the run loop", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		_, pending := r.dirty[Key{"ns", "late"}]
+		_, pending := r.dirty[Key{Namespace: "ns", Name: "late"}]
 		return !pending && r.sources[0].Status().LastEvent.After(created)
 	})
 	if _, err := client.CoreV1().Services("ns").Create(ctx, svcNamed("late"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out.next(t, func(res Resolution) bool { return endpointsOf(res, Key{"ns", "late"}) == 1 })
+	out.next(t, func(res Resolution) bool { return endpointsOf(res, Key{Namespace: "ns", Name: "late"}) == 1 })
 	// A slice that never gets a Service: reported once the grace is over.
 	if _, err := client.DiscoveryV1().EndpointSlices("ns").Create(ctx, sliceFor("ghost", "10.0.0.2"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -79,8 +80,31 @@ type generation struct {
 	services    listerscorev1.ServiceLister
 	slices      cache.SharedIndexInformer
 	// nodes holds Nodes' metadata (their topology labels), nil when Nodes are not watched.
-	nodes  cache.SharedIndexInformer
-	synced atomic.Bool
+	nodes cache.SharedIndexInformer
+	// exports holds ServiceExports' metadata (MCS API), nil when exports are not watched.
+	exports cache.SharedIndexInformer
+	synced  atomic.Bool
+}
+
+// ServiceExportResource is the MCS API's ServiceExport (KEP-1645), watched as metadata: its
+// existence and age are all Holdfast reads of it.
+var ServiceExportResource = schema.GroupVersionResource{Group: "multicluster.x-k8s.io", Version: "v1alpha1", Resource: "serviceexports"}
+
+// exportedAt says when k's ServiceExport was created; zero when it has none or exports are not
+// watched.
+func (g *generation) exportedAt(k Key) time.Time {
+	if g.exports == nil {
+		return time.Time{}
+	}
+	o, ok, err := g.exports.GetIndexer().GetByKey(k.Namespace + "/" + k.Name)
+	if err != nil || !ok {
+		return time.Time{}
+	}
+	m, ok := o.(*metav1.PartialObjectMetadata)
+	if !ok || m.CreationTimestamp.IsZero() {
+		return time.Time{}
+	}
+	return m.CreationTimestamp.Time
 }
 
 // topology reads a Node's zone and region labels from the generation's cache; nil when Nodes
@@ -209,8 +233,10 @@ func (s *source) run(ctx context.Context) {
 		started := time.Now()
 		go func() {
 			synced := []cache.InformerSynced{gen.servicesInf.HasSynced, gen.slices.HasSynced}
-			if gen.nodes != nil {
-				synced = append(synced, gen.nodes.HasSynced)
+			for _, inf := range []cache.SharedIndexInformer{gen.nodes, gen.exports} {
+				if inf != nil {
+					synced = append(synced, inf.HasSynced)
+				}
 			}
 			if cache.WaitForCacheSync(gctx.Done(), synced...) {
 				gen.synced.Store(true)
@@ -292,13 +318,28 @@ func (s *source) startGeneration(ctx context.Context) *generation {
 			DeleteFunc: func(any) { r.resync(s) },
 		})
 	}
+	if md := s.r.opts.Exports; md != nil {
+		exports := md.Resource(ServiceExportResource).Namespace(ns)
+		exportLW := listWatch(s,
+			func(ctx context.Context, o metav1.ListOptions) (*metav1.PartialObjectMetadataList, error) {
+				return exports.List(ctx, o)
+			},
+			exports.Watch)
+		g.exports = cache.NewSharedIndexInformer(exportLW, &metav1.PartialObjectMetadata{}, 0, cache.Indexers{})
+		// A ServiceExport names its Service: the service is rebuilt, exported or not.
+		_, _ = g.exports.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { r.markService(o) },
+			UpdateFunc: func(_, o any) { r.markService(o) },
+			DeleteFunc: func(o any) { r.markService(o) },
+		})
+	}
 	s.mu.Lock()
 	s.gen = g
 	s.mu.Unlock()
-	go svcInf.RunWithContext(ctx)
-	go sliceInf.RunWithContext(ctx)
-	if g.nodes != nil {
-		go g.nodes.RunWithContext(ctx)
+	for _, inf := range []cache.SharedIndexInformer{svcInf, sliceInf, g.nodes, g.exports} {
+		if inf != nil {
+			go inf.RunWithContext(ctx)
+		}
 	}
 	return g
 }

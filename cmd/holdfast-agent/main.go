@@ -37,6 +37,7 @@ import (
 type config struct {
 	upstream, listen, httpListen  string
 	nodeID, zone, region, kinds   string
+	clusterID                     string
 	cacheDir                      string
 	maxResources                  int
 	maxCacheBytes                 int64
@@ -92,6 +93,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.nodeID, "node-id", "", "node ID presented upstream: the local application's (required)")
 	fs.StringVar(&c.zone, "zone", "", "the local application's zone, presented upstream")
 	fs.StringVar(&c.region, "region", "", "the local application's region, presented upstream")
+	fs.StringVar(&c.clusterID, "cluster-id", "", "the local application's Kubernetes cluster ID, presented upstream (cluster-set services order endpoints by it)")
 	fs.StringVar(&c.kinds, "kinds", "grpc,envoy", "client kinds served locally: grpc, envoy, or both")
 	fs.StringVar(&c.cacheDir, "cache-dir", "", "directory of the disk cache (none: memory only, nothing survives an agent restart)")
 	fs.IntVar(&c.maxResources, "max-resources", 100000, "most resources cached; bigger upstream states are refused and the previous kept")
@@ -204,7 +206,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		creds = tlsReload.ClientCredentials(cfg.upstreamServerName)
 	}
 	a, err := agent.New(agent.Options{
-		Upstream: cfg.upstream, NodeID: cfg.nodeID, Zone: cfg.zone, Region: cfg.region, Kinds: ks,
+		Upstream: cfg.upstream, NodeID: cfg.nodeID, Zone: cfg.zone, Region: cfg.region, ClusterID: cfg.clusterID, Kinds: ks,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds),
 			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second})},
 		CacheDir: cfg.cacheDir, MaxResources: cfg.maxResources, MaxCacheBytes: cfg.maxCacheBytes, MaxCacheAge: cfg.maxCacheAge,

@@ -28,6 +28,7 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) int {
 		func(v string) error { o.Fallbacks = append(o.Fallbacks, v); return nil })
 	fs.StringVar(&o.Zone, "zone", "", "the client's zone, for locality-aware routing")
 	fs.StringVar(&o.Region, "region", "", "the client's region, for locality-aware routing")
+	fs.StringVar(&o.ClusterID, "cluster-id", "", "the ID of the client's Kubernetes cluster (as Holdfast's --cluster-id): cluster-set services send it its own cluster's endpoints first")
 	fs.BoolVar(&o.Delta, "delta", false, "with --envoy: use incremental (Delta) ADS")
 	fs.StringVar(&o.CAFile, "ca-file", "", "speak TLS to Holdfast, checking its certificate against this PEM CA bundle (a path on the client)")
 	fs.StringVar(&o.CertFile, "cert-file", "", "with --ca-file: the client certificate for mTLS (with --key-file)")

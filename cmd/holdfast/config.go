@@ -51,6 +51,14 @@ type Config struct {
 	LocalityDefault    string
 	TLS                tlsfiles.Files
 	DebugPprof         bool
+
+	// Several clusters (the MCS API's cluster set): ClusterID names the cluster Holdfast runs
+	// in and turns cluster sets on; Remotes and ClustersDir name the others' kubeconfigs.
+	ClusterID          string
+	Remotes            map[string]string // cluster ID → kubeconfig path
+	ClustersDir        string
+	ClustersRescan     time.Duration
+	ClusterSyncTimeout time.Duration
 }
 
 // parseConfig parses and validates the control plane's flags. Errors are for the user: they
@@ -101,6 +109,24 @@ func parseConfig(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&c.DebugPprof, "debug-pprof", false, "serve Go's profiles at /debug/pprof/ on --http-listen (for chasing memory or CPU; off: they show internals)")
 	fs.Bool("version", false, "print the version and exit")
 	fs.BoolVar(&c.ReadyWhenStale, "ready-when-stale", true, "stay ready while a source is stale: Holdfast still serves the last known routes, which beat none")
+	fs.StringVar(&c.ClusterID, "cluster-id", "", "the ID of the cluster Holdfast runs in (a DNS label); turns on cluster sets (MCS API): exported services are also served as <svc>.<ns>.svc."+resolver.ClusterSetDomain+" with every exporting cluster's endpoints")
+	fs.Func("remote-cluster", "ID=KUBECONFIG: another cluster of the cluster set and the kubeconfig that reaches it (repeatable; needs --cluster-id)", func(v string) error {
+		id, path, ok := strings.Cut(v, "=")
+		if !ok || id == "" || path == "" {
+			return errors.New("want ID=KUBECONFIG")
+		}
+		if c.Remotes == nil {
+			c.Remotes = map[string]string{}
+		}
+		if _, dup := c.Remotes[id]; dup {
+			return fmt.Errorf("cluster %q given twice", id)
+		}
+		c.Remotes[id] = path
+		return nil
+	})
+	fs.StringVar(&c.ClustersDir, "clusters-dir", "", "a directory of kubeconfig files, one per other cluster, named by its ID (a .yaml, .yml or .kubeconfig extension is dropped; e.g. Secrets mounted there); re-read every --clusters-rescan, so clusters can be added and removed at run time (needs --cluster-id)")
+	fs.DurationVar(&c.ClustersRescan, "clusters-rescan", 10*time.Second, "how often --clusters-dir is read again")
+	fs.DurationVar(&c.ClusterSyncTimeout, "cluster-sync-timeout", 30*time.Second, "how long Holdfast waits for another cluster's first sync before serving (and being ready) without it")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: holdfast [flags]\n       holdfast bootstrap --grpc|--envoy --node-id ID --server HOST:PORT [--zone Z --region R]\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -137,6 +163,7 @@ func (c Config) validate() error {
 	if msgs := validation.IsDNS1123Subdomain(c.ClusterDomain); len(msgs) > 0 {
 		errs = append(errs, fmt.Errorf("--cluster-domain %q: %s", c.ClusterDomain, strings.Join(msgs, "; ")))
 	}
+	errs = append(errs, c.validateClusters()...)
 	if _, err := netip.ParseAddr(c.EnvoyListenAddress); err != nil {
 		errs = append(errs, fmt.Errorf("--envoy-listen-address %q: want an IP address", c.EnvoyListenAddress))
 	}
@@ -273,4 +300,46 @@ func checkStateDir(dir string) error {
 		return fmt.Errorf("%s is not a regular file (%v): refused without reading it; remove it", state, fi.Mode().Type())
 	}
 	return nil
+}
+
+// validateClusters checks the cluster-set flags.
+func (c Config) validateClusters() []error {
+	var errs []error
+	if c.ClusterID == "" {
+		if len(c.Remotes) > 0 || c.ClustersDir != "" {
+			errs = append(errs, errors.New("--remote-cluster and --clusters-dir need --cluster-id: the ID of the cluster Holdfast runs in"))
+		}
+		return errs
+	}
+	if msgs := validation.IsDNS1123Label(c.ClusterID); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--cluster-id %q: %s", c.ClusterID, strings.Join(msgs, "; ")))
+	}
+	if c.ClusterDomain == resolver.ClusterSetDomain {
+		errs = append(errs, fmt.Errorf("--cluster-domain %q is the cluster set's domain: cluster-local and cluster-set names would collide", c.ClusterDomain))
+	}
+	for id, path := range c.Remotes {
+		if msgs := validation.IsDNS1123Label(id); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--remote-cluster %q: the ID is not a DNS label: %s", id, strings.Join(msgs, "; ")))
+		}
+		if id == c.ClusterID {
+			errs = append(errs, fmt.Errorf("--remote-cluster %q: that is --cluster-id, the cluster Holdfast runs in", id))
+		}
+		if _, err := os.Stat(path); err != nil {
+			errs = append(errs, fmt.Errorf("--remote-cluster %s=%s: %w", id, path, err))
+		}
+	}
+	if c.ClustersDir != "" {
+		if fi, err := os.Stat(c.ClustersDir); err != nil {
+			errs = append(errs, fmt.Errorf("--clusters-dir: %w", err))
+		} else if !fi.IsDir() {
+			errs = append(errs, fmt.Errorf("--clusters-dir %s: not a directory", c.ClustersDir))
+		}
+	}
+	if c.ClustersRescan <= 0 {
+		errs = append(errs, fmt.Errorf("--clusters-rescan %v: must be positive", c.ClustersRescan))
+	}
+	if c.ClusterSyncTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--cluster-sync-timeout %v: must be positive", c.ClusterSyncTimeout))
+	}
+	return errs
 }

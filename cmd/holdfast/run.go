@@ -17,8 +17,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/reflection"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -31,6 +29,7 @@ import (
 	"github.com/holdfast/holdfast/internal/tlsfiles"
 	"github.com/holdfast/holdfast/internal/version"
 	"github.com/holdfast/holdfast/resolver"
+	"github.com/holdfast/holdfast/resolver/clusterset"
 	"github.com/holdfast/holdfast/xds/admin"
 	"github.com/holdfast/holdfast/xds/publish"
 	"github.com/holdfast/holdfast/xds/serve"
@@ -50,25 +49,6 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	restCfg.UserAgent = "holdfast"
-	restCfg, err = resolver.TuneTransport(restCfg, cfg.ProbeInterval, cfg.ProbeTimeout)
-	switch {
-	case errors.Is(err, resolver.ErrTransportNotTuned):
-		log.Warn("API server connections not health-checked; stalls are caught by the probe alone", "reason", err)
-	case err != nil:
-		return err
-	}
-	client, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
-	var md metadata.Interface
-	if cfg.WatchNodes {
-		if md, err = metadata.NewForConfig(restCfg); err != nil {
-			return fmt.Errorf("kubernetes metadata client: %w", err)
-		}
-	}
-
 	reg := prometheus.NewRegistry()
 	if err := promreg.Register(reg, "holdfast", collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsGC)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
 		return err
@@ -103,14 +83,30 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	srv.SetClientsRatio(store.ClientsRatio())
 
-	res, err := resolver.New(resolver.Options{
-		Client: client, Metadata: md, Namespaces: cfg.Namespaces, Logger: log, Registry: reg,
-		ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, WatchIdleTimeout: cfg.WatchIdleTimeout,
-		MaxEndpointsPerService: cfg.MaxEndpoints, HoldOff: cfg.Debounce, MaxDelay: cfg.DebounceMax,
-	}, store)
-	if err != nil {
-		return err
+	// One cluster: its resolver feeds the store. A cluster set: every cluster's resolver feeds
+	// the merger, which feeds the store; resolver metrics carry their cluster.
+	var merger *clusterset.Merger
+	var others *remotes
+	var res *resolver.Resolver
+	var more []prometheus.Gatherer // other clusters' metrics
+	if cfg.ClusterID == "" {
+		if res, err = newResolver(cfg, restCfg, log, reg, false, store); err != nil {
+			return err
+		}
+	} else {
+		if merger, err = clusterset.New(clusterset.Options{Home: cfg.ClusterID, SyncTimeout: cfg.ClusterSyncTimeout, Logger: log, Registry: reg}, store); err != nil {
+			return err
+		}
+		homeReg := prometheus.WrapRegistererWith(prometheus.Labels{"cluster": cfg.ClusterID}, reg)
+		if res, err = newResolver(cfg, restCfg, log.With("cluster", cfg.ClusterID), homeReg, true, merger.Add(cfg.ClusterID)); err != nil {
+			return err
+		}
+		if others, err = newRemotes(cfg, merger, log, reg); err != nil {
+			return err
+		}
+		more = append(more, others)
 	}
+	sources := sourceSet{home: res, others: others}
 
 	// Bind both ports before starting anything, so that a taken port fails the start at once.
 	xdsLis, err := net.Listen("tcp", cfg.XDSListen)
@@ -142,19 +138,19 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		adminOpts = append(adminOpts, grpc.Creds(creds))
 	}
 	adminSrv := grpc.NewServer(adminOpts...)
-	adminAPI := adminserver.NewServer(adminserver.Options{Services: store, Sources: res, Clients: srv,
+	adminAPI := adminserver.NewServer(adminserver.Options{Services: store, Sources: sources, Clients: srv,
 		Naming: translate.Naming{Domain: cfg.ClusterDomain}, Decisions: decisions, Logger: log})
 	admin.RegisterAdminServer(adminSrv, adminAPI)
 	statusv3.RegisterClientStatusDiscoveryServiceServer(adminSrv, adminserver.NewCSDS(srv))
 	reflection.Register(adminSrv)
-	ready := readinessFunc(pub, res, store, cfg.ReadyWhenStale, cfg.StuckAfter)
-	handler := health.Handler(reg, func() (bool, any) { r := ready(); return r.Ready, r })
+	ready := readinessFunc(pub, sources, merger, store, cfg.ReadyWhenStale, cfg.StuckAfter)
+	handler := health.Handler(reg, func() (bool, any) { r := ready(); return r.Ready, r }, more...)
 	if cfg.DebugPprof {
 		handler = health.WithPprof(handler)
 	}
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	log.Info("holdfast starting", "version", version.String(), "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String(), "admin", adminLis.Addr().String(), "status", cfg.StatusListen,
-		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain, "tls", cfg.TLS.Enabled(), "mtls", cfg.TLS.CA != "")
+		"namespaces", cfg.Namespaces, "cluster_domain", cfg.ClusterDomain, "cluster_id", cfg.ClusterID, "tls", cfg.TLS.Enabled(), "mtls", cfg.TLS.CA != "")
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return pub.Run(gctx) })
@@ -167,6 +163,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	go func() { _ = store.Restore() }()
 	g.Go(func() error { return store.Run(gctx) })
 	g.Go(func() error { return res.Run(gctx) })
+	if merger != nil {
+		g.Go(func() error { return merger.Run(gctx) })
+		g.Go(func() error { return others.Run(gctx) })
+	}
 	g.Go(func() error { return srv.GRPC.Serve(xdsLis) })
 	g.Go(func() error { return adminSrv.Serve(adminLis) })
 	statusSrv := &http.Server{Handler: statuspage.New(adminAPI, log, 5*time.Second), ReadHeaderTimeout: 5 * time.Second}
@@ -234,6 +234,9 @@ type readiness struct {
 	Restored     bool                    `json:"restored"`
 	RestoredFrom *time.Time              `json:"restored_from,omitempty"`
 	Sources      []resolver.SourceStatus `json:"sources"`
+	// Clusters: with a cluster set, every cluster and whether it has synced (or was given up
+	// on after --cluster-sync-timeout: served without it).
+	Clusters []clusterset.ClusterStatus `json:"clusters,omitempty"`
 	// Held: a change the mass-withdrawal guard keeps from clients.
 	Held *heldChange `json:"held,omitempty"`
 	// Stuck: Holdfast is alive but not doing its work (publishing, persisting).
@@ -248,12 +251,16 @@ type heldChange struct {
 	Services  []string  `json:"services"`
 }
 
-// readinessFunc decides readiness: ready once a synced snapshot is published; while a source is
-// stale, only if readyWhenStale.
-func readinessFunc(pub *publish.Publisher, res *resolver.Resolver, store *cache.Store, readyWhenStale bool, stuckAfter time.Duration) func() readiness {
+// readinessFunc decides readiness: ready once a synced snapshot is published (with a cluster
+// set: once the home cluster has synced and every other one has synced or had
+// --cluster-sync-timeout to); while a source is stale, only if readyWhenStale.
+func readinessFunc(pub *publish.Publisher, sources sourceSet, merger *clusterset.Merger, store *cache.Store, readyWhenStale bool, stuckAfter time.Duration) func() readiness {
 	return func() readiness {
 		now := time.Now()
-		r := readiness{Published: pub.Published(), Sources: res.Sources()}
+		r := readiness{Published: pub.Published(), Sources: sources.Sources()}
+		if merger != nil {
+			r.Clusters = merger.Clusters()
+		}
 		if v := store.View(); v.Restored {
 			r.Restored, r.RestoredFrom = true, &v.RestoredFrom
 		}
@@ -273,4 +280,20 @@ func readinessFunc(pub *publish.Publisher, res *resolver.Resolver, store *cache.
 		r.Ready = r.Published && len(r.Stuck) == 0 && (readyWhenStale || !r.Stale)
 		return r
 	}
+}
+
+// sourceSet is every cluster's sources: the home cluster's under their own names, the other
+// clusters' as "<cluster>/<source>".
+type sourceSet struct {
+	home   *resolver.Resolver
+	others *remotes // nil: one cluster
+}
+
+// Sources implements adminserver.Sources.
+func (s sourceSet) Sources() []resolver.SourceStatus {
+	out := s.home.Sources()
+	if s.others != nil {
+		out = append(out, s.others.Sources()...)
+	}
+	return out
 }

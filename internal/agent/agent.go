@@ -50,6 +50,8 @@ type Options struct {
 	DialOptions []grpc.DialOption
 	// NodeID, Zone and Region are the identity presented upstream: the local application's.
 	NodeID, Zone, Region string
+	// ClusterID is the local application's Kubernetes cluster, presented upstream.
+	ClusterID string
 	// Kinds are the client kinds whose resources are mirrored (default both).
 	Kinds []resource.Kind
 	// CacheDir holds the disk cache ("" = memory only).
@@ -425,6 +427,9 @@ func (a *Agent) node(kind resource.Kind) *corev3.Node {
 	}}}
 	if a.o.Zone != "" || a.o.Region != "" {
 		n.Locality = &corev3.Locality{Zone: a.o.Zone, Region: a.o.Region}
+	}
+	if a.o.ClusterID != "" {
+		n.Metadata.Fields[resource.ClusterMetadataKey] = structpb.NewStringValue(a.o.ClusterID)
 	}
 	return n
 }

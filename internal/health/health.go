@@ -12,8 +12,9 @@ import (
 )
 
 // Handler serves /healthz (200 while the process runs), /readyz (200 or 503 as ready says, with
-// its detail as JSON) and reg's /metrics.
-func Handler(reg *prometheus.Registry, ready func() (bool, any)) http.Handler {
+// its detail as JSON) and /metrics: reg's, and more's (registries that come and go, e.g. other
+// clusters' resolvers').
+func Handler(reg *prometheus.Registry, ready func() (bool, any), more ...prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -27,7 +28,7 @@ func Handler(reg *prometheus.Registry, ready func() (bool, any)) http.Handler {
 		}
 		_ = json.NewEncoder(w).Encode(detail)
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(append(prometheus.Gatherers{reg}, more...), promhttp.HandlerOpts{Registry: reg}))
 	return mux
 }
 

@@ -66,6 +66,9 @@ type Options struct {
 	Fallbacks []string
 	Zone      string
 	Region    string
+	// ClusterID is the Kubernetes cluster the client runs in (node metadata
+	// holdfast.io/cluster): cluster-set services send it its own cluster's endpoints first.
+	ClusterID string
 	// Delta makes an Envoy bootstrap use incremental (Delta) ADS.
 	Delta bool
 	// CAFile, set, makes the client speak TLS to Holdfast and check its certificate against
@@ -137,7 +140,11 @@ func pipe(server string) (string, bool) { return strings.CutPrefix(server, "unix
 func (o Options) pipe() (string, bool) { return pipe(o.Server) }
 
 func (o Options) metadata(kind resource.Kind) map[string]any {
-	return map[string]any{resource.ClientMetadataKey: string(kind)}
+	md := map[string]any{resource.ClientMetadataKey: string(kind)}
+	if o.ClusterID != "" {
+		md[resource.ClusterMetadataKey] = o.ClusterID
+	}
+	return md
 }
 
 // GRPC returns the JSON bootstrap a proxyless gRPC client reads from

@@ -45,9 +45,11 @@ type Variants interface {
 	// For returns the resource a client at loc gets (the resource itself when it looks the
 	// same from there). Safe for concurrent use.
 	For(loc Locality) *Resource
-	// Zones and Regions are every zone and region a client can be in to see a variant, sorted.
+	// Zones, Regions and Clusters are every zone, region and cluster a client can be in to see
+	// a variant, sorted.
 	Zones() []string
 	Regions() []string
+	Clusters() []string
 }
 
 // New serialises m deterministically and versions it by that serialisation.

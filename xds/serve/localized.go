@@ -17,8 +17,8 @@ type localized struct {
 	// not chain in memory).
 	prev weak.Pointer[localized]
 
-	once           sync.Once
-	zones, regions map[string]bool // every zone and region a variant depends on
+	once                     sync.Once
+	zones, regions, clusters map[string]bool // every zone, region and cluster a variant depends on
 
 	mu    sync.Mutex
 	byLoc map[resource.Locality]*typeIndex
@@ -28,7 +28,7 @@ type localized struct {
 // looks different from there.
 func (l *localized) at(base *typeIndex, loc resource.Locality) *typeIndex {
 	l.once.Do(func() {
-		l.zones, l.regions = map[string]bool{}, map[string]bool{}
+		l.zones, l.regions, l.clusters = map[string]bool{}, map[string]bool{}, map[string]bool{}
 		for _, r := range base.list {
 			if v := r.Variants; v != nil {
 				for _, z := range v.Zones() {
@@ -36,6 +36,9 @@ func (l *localized) at(base *typeIndex, loc resource.Locality) *typeIndex {
 				}
 				for _, rg := range v.Regions() {
 					l.regions[rg] = true
+				}
+				for _, c := range v.Clusters() {
+					l.clusters[c] = true
 				}
 			}
 		}
@@ -46,6 +49,9 @@ func (l *localized) at(base *typeIndex, loc resource.Locality) *typeIndex {
 	}
 	if !l.regions[loc.Region] {
 		loc.Region = ""
+	}
+	if !l.clusters[loc.Cluster] {
+		loc.Cluster = ""
 	}
 	if loc == (resource.Locality{}) {
 		return base

@@ -14,8 +14,12 @@ type Naming struct {
 	Domain string
 }
 
-// FQDN is "<svc>.<ns>.svc.<domain>".
+// FQDN is "<svc>.<ns>.svc.<domain>", and "<svc>.<ns>.svc.clusterset.local" for a cluster-set
+// service (the MCS API's name for what every cluster exports).
 func (n Naming) FQDN(k resolver.Key) string {
+	if k.ClusterSet {
+		return k.Name + "." + k.Namespace + ".svc." + resolver.ClusterSetDomain
+	}
 	return k.Name + "." + k.Namespace + ".svc." + n.Domain
 }
 
@@ -64,10 +68,15 @@ func ServiceOf(upstream string) string {
 // Outbound names the Envoy socket listener and its route configuration for a port number.
 func Outbound(port int32) string { return fmt.Sprintf("outbound_%d", port) }
 
-// Domains are the Host values an Envoy virtual host answers for a service port.
+// Domains are the Host values an Envoy virtual host answers for a service port. The short
+// forms ("<svc>.<ns>.svc", "<svc>.<ns>") are the cluster's own service's, as DNS search paths
+// make them; a cluster-set service answers only for its full name.
 func (n Naming) Domains(k resolver.Key, port int32) []string {
 	p := ":" + strconv.Itoa(int(port))
 	bases := []string{n.FQDN(k), k.Name + "." + k.Namespace + ".svc", k.Name + "." + k.Namespace}
+	if k.ClusterSet {
+		bases = bases[:1]
+	}
 	out := make([]string, 0, 2*len(bases))
 	for _, b := range bases {
 		out = append(out, b, b+p)

@@ -8,11 +8,18 @@ import (
 	"github.com/holdfast/holdfast/xds/resource"
 )
 
-// Priorities a client sees an endpoint at, before they are made contiguous.
+// Priorities a client sees an endpoint at, before they are made contiguous. An endpoint is in
+// the client's own cluster when it has no cluster (a cluster's own service), when the client
+// does not say its cluster, or when the clusters match: traffic leaves the client's cluster
+// only when nothing there is usable, and within each cluster the service's locality policy
+// orders by zone and region.
 const (
-	tierZone   = 0 // in the client's zone (or hinted for it)
-	tierRegion = 1 // in the client's region
-	tierRest   = 2
+	tierZone        = iota // own cluster, the client's zone (or hinted for it)
+	tierRegion             // own cluster, the client's region
+	tierCluster            // own cluster, elsewhere
+	tierOtherRegion        // another cluster in the client's region
+	tierRest               // another cluster elsewhere
+	tiers
 )
 
 // localityMode is the policy that orders a service's endpoints for each client: its
@@ -42,9 +49,10 @@ type localAssignment struct {
 	mode   string
 	eps    []resolver.Endpoint // the usable ones, as in the base
 	hinted bool                // every endpoint has hints: zones match by hints.forZones
-	// zones and regions a client can be in to see something other than the base, sorted.
-	zones, regions []string
-	base           *resource.Resource
+	// zones, regions and clusters a client can be in to see something other than the base,
+	// sorted.
+	zones, regions, clusters []string
+	base                     *resource.Resource
 
 	// guarded by mu
 	mu       sync.Mutex
@@ -52,11 +60,8 @@ type localAssignment struct {
 }
 
 // newLocalAssignment returns nil when no client can see anything but the base: the policy is
-// off, or every endpoint is in the same place.
+// off and the endpoints are all in one cluster, or every endpoint is in the same place.
 func newLocalAssignment(name, mode string, eps []resolver.Endpoint) *localAssignment {
-	if mode == resolver.LocalityOff {
-		return nil
-	}
 	usable := make([]resolver.Endpoint, 0, len(eps))
 	hinted := true
 	for _, e := range eps {
@@ -71,9 +76,14 @@ func newLocalAssignment(name, mode string, eps []resolver.Endpoint) *localAssign
 	}
 	la := &localAssignment{name: name, mode: mode, eps: usable, hinted: hinted}
 	for _, e := range usable {
-		if hinted {
+		if e.Cluster != "" {
+			la.clusters = append(la.clusters, e.Cluster)
+		}
+		switch {
+		case mode == resolver.LocalityOff:
+		case hinted:
 			la.zones = append(la.zones, e.ForZones...)
-		} else if e.Zone != "" {
+		case e.Zone != "":
 			la.zones = append(la.zones, e.Zone)
 		}
 		if mode == resolver.LocalityRegion && e.Region != "" {
@@ -84,7 +94,9 @@ func newLocalAssignment(name, mode string, eps []resolver.Endpoint) *localAssign
 	la.zones = slices.Compact(la.zones)
 	slices.Sort(la.regions)
 	la.regions = slices.Compact(la.regions)
-	if len(la.zones) == 0 && len(la.regions) == 0 {
+	slices.Sort(la.clusters)
+	la.clusters = slices.Compact(la.clusters)
+	if len(la.zones) == 0 && len(la.regions) == 0 && len(la.clusters) == 0 {
 		return nil
 	}
 	return la
@@ -93,23 +105,40 @@ func newLocalAssignment(name, mode string, eps []resolver.Endpoint) *localAssign
 // signature says which variant of the assignment a client at loc gets: the contiguous
 // priority of every endpoint; ok is false when that is the base (one priority).
 func (la *localAssignment) signature(loc resource.Locality) (sig []byte, ok bool) {
+	if _, found := slices.BinarySearch(la.clusters, loc.Cluster); !found {
+		loc.Cluster = "" // a cluster no endpoint is in: as if the client did not say
+	}
 	sig = make([]byte, len(la.eps))
-	var present [3]bool
+	var present [tiers]bool
 	for i, e := range la.eps {
-		t := byte(tierRest)
+		var zone, region bool
 		switch {
-		case loc.Zone != "" && la.hinted && slices.Contains(e.ForZones, loc.Zone):
+		case la.mode == resolver.LocalityOff || loc.Zone == "":
+		case la.hinted:
+			zone = slices.Contains(e.ForZones, loc.Zone)
+		default:
+			zone = e.Zone == loc.Zone
+		}
+		region = la.mode == resolver.LocalityRegion && loc.Region != "" && e.Region == loc.Region
+		own := e.Cluster == "" || loc.Cluster == "" || e.Cluster == loc.Cluster
+		var t byte
+		switch {
+		case own && zone:
 			t = tierZone
-		case loc.Zone != "" && !la.hinted && e.Zone == loc.Zone:
-			t = tierZone
-		case la.mode == resolver.LocalityRegion && loc.Region != "" && e.Region == loc.Region:
+		case own && region:
 			t = tierRegion
+		case own:
+			t = tierCluster
+		case region:
+			t = tierOtherRegion
+		default:
+			t = tierRest
 		}
 		sig[i] = t
 		present[t] = true
 	}
 	// Priorities must be contiguous (gRPC NACKs a gap): renumber the tiers present.
-	var renumber [3]byte
+	var renumber [tiers]byte
 	n := byte(0)
 	for t, p := range present {
 		if p {
@@ -131,6 +160,9 @@ func (la *localAssignment) Zones() []string { return la.zones }
 
 // Regions implements resource.Variants.
 func (la *localAssignment) Regions() []string { return la.regions }
+
+// Clusters implements resource.Variants.
+func (la *localAssignment) Clusters() []string { return la.clusters }
 
 // For implements resource.Variants: the resource a client at loc gets.
 func (la *localAssignment) For(loc resource.Locality) *resource.Resource {

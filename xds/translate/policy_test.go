@@ -19,6 +19,19 @@ func TestLocalityPriorities(t *testing.T) {
 		eps[2].ForZones, eps[3].ForZones = []string{"b", "c"}, []string{"c"}
 	}
 	annotate := func(v string) func(*resolver.Service) { return func(s *resolver.Service) { s.Locality = v } }
+	// A cluster-set service: a1 and a2 in cluster k1, b1 in k2 (the same region, r1), c1 in k3 (r2).
+	clusters := func(s *resolver.Service) {
+		s.ClusterSet = true
+		eps := s.Ports[0].Endpoints
+		eps[0].Cluster, eps[1].Cluster, eps[2].Cluster, eps[3].Cluster = "k1", "k1", "k2", "k3"
+	}
+	both := func(edits ...func(*resolver.Service)) func(*resolver.Service) {
+		return func(s *resolver.Service) {
+			for _, e := range edits {
+				e(s)
+			}
+		}
+	}
 	tests := []struct {
 		name       string
 		defaultPol string
@@ -54,6 +67,21 @@ func TestLocalityPriorities(t *testing.T) {
 		{"endpoints without zone go last", "", func(s *resolver.Service) {
 			s.Ports[0].Endpoints[3].Zone, s.Ports[0].Endpoints[3].Region = "", ""
 		}, resource.Locality{Region: "r1", Zone: "a"}, map[string]uint32{a1: 0, a2: 0, b1: 1, c1: 2}},
+		{"clusters: own cluster and zone, another cluster in the region, the rest", "", clusters, resource.Locality{Region: "r1", Zone: "a", Cluster: "k1"},
+			map[string]uint32{a1: 0, a2: 0, b1: 1, c1: 2}},
+		{"clusters: own cluster before another cluster's endpoints in the client's zone", "", clusters, resource.Locality{Region: "r1", Zone: "a", Cluster: "k2"},
+			map[string]uint32{a1: 1, a2: 1, b1: 0, c1: 2}},
+		{"clusters: own cluster, other zone, before the region's other clusters", "", clusters, resource.Locality{Region: "r1", Zone: "x", Cluster: "k1"},
+			map[string]uint32{a1: 0, a2: 0, b1: 1, c1: 2}},
+		{"clusters: another region's client, its own cluster first", "", clusters, resource.Locality{Region: "r2", Zone: "c", Cluster: "k3"},
+			map[string]uint32{a1: 1, a2: 1, b1: 1, c1: 0}},
+		{"clusters: a client that does not say its cluster is ordered by zone and region", "", clusters, resource.Locality{Region: "r1", Zone: "b"},
+			map[string]uint32{a1: 1, a2: 1, b1: 0, c1: 2}},
+		{"clusters: a cluster no endpoint is in counts as not saying", "", clusters, resource.Locality{Region: "r1", Zone: "b", Cluster: "k9"},
+			map[string]uint32{a1: 1, a2: 1, b1: 0, c1: 2}},
+		{"clusters with the policy off: own cluster first all the same", "", both(clusters, annotate(resolver.LocalityOff)), resource.Locality{Region: "r1", Zone: "a", Cluster: "k2"},
+			map[string]uint32{a1: 1, a2: 1, b1: 0, c1: 1}},
+		{"clusters with the policy off, no cluster said: one priority", "", both(clusters, annotate(resolver.LocalityOff)), resource.Locality{Region: "r1", Zone: "a"}, nil},
 		{"not ready endpoints are left out of every priority", "", func(s *resolver.Service) { s.Ports[0].Endpoints[0].Ready = false }, resource.Locality{Region: "r1", Zone: "a"},
 			map[string]uint32{a2: 0, b1: 1, c1: 2}},
 	}

@@ -32,6 +32,16 @@ func TestNaming(t *testing.T) {
 	if got := Outbound(443); got != "outbound_443" {
 		t.Errorf("Outbound = %q", got)
 	}
+	// The cluster set's service: the MCS API's name whatever the cluster domain, and only
+	// that name (the short forms are the cluster's own service's).
+	cs := resolver.Key{Namespace: "shop", Name: "cart", ClusterSet: true}
+	if got, want := n.Resource(cs, 8080), "cart.shop.svc.clusterset.local:8080"; got != want {
+		t.Errorf("Resource(cluster set) = %q, want %q", got, want)
+	}
+	want = []string{"cart.shop.svc.clusterset.local", "cart.shop.svc.clusterset.local:80"}
+	if got := n.Domains(cs, 80); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("Domains(cluster set) = %v, want %v", got, want)
+	}
 	for _, c := range []struct{ uid, want string }{
 		{"3f2a9c1e-77aa-4c1b-9f00-0123456789ab", "cart.shop.svc.example.org:8080~3f2a9c1e"},
 		{"", "cart.shop.svc.example.org:8080"},

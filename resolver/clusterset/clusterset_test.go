@@ -1,0 +1,269 @@
+package clusterset
+
+import (
+	"context"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/resolver"
+)
+
+var (
+	t0 = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	t1 = t0.Add(time.Hour)
+)
+
+func svc(name string, exported time.Time, ports ...resolver.Port) *resolver.Service {
+	return &resolver.Service{Key: resolver.Key{Namespace: "ns", Name: name}, UID: name + "-" + exported.Format("150405"), ExportedAt: exported, Ports: ports}
+}
+
+func port(name string, n int32, addrs ...string) resolver.Port {
+	p := resolver.Port{Name: name, Port: n}
+	for _, a := range addrs {
+		p.Endpoints = append(p.Endpoints, resolver.Endpoint{Address: a, Port: 8080, Ready: true, Serving: true, Zone: "z"})
+	}
+	return p
+}
+
+func ep(addr, cluster string) resolver.Endpoint {
+	return resolver.Endpoint{Address: addr, Port: 8080, Ready: true, Serving: true, Zone: "z", Cluster: cluster}
+}
+
+func TestMerge(t *testing.T) {
+	k := resolver.Key{Namespace: "ns", Name: "web", ClusterSet: true}
+	tests := []struct {
+		name      string
+		from      []Contribution
+		ports     []resolver.Port
+		uid       string
+		conflicts []string // substrings, in order
+	}{
+		{
+			name:  "one cluster",
+			from:  []Contribution{{"a", svc("web", t0, port("grpc", 80, "10.1.0.2", "10.1.0.1"))}},
+			ports: []resolver.Port{{Name: "grpc", Port: 80, Endpoints: []resolver.Endpoint{ep("10.1.0.1", "a"), ep("10.1.0.2", "a")}}},
+			uid:   "web-000000",
+		},
+		{
+			name: "two clusters: endpoints together, sorted, each with its cluster",
+			from: []Contribution{
+				{"a", svc("web", t0, port("grpc", 80, "10.1.0.9"))},
+				{"b", svc("web", t1, port("grpc", 80, "10.2.0.1"))},
+			},
+			ports: []resolver.Port{{Name: "grpc", Port: 80, Endpoints: []resolver.Endpoint{ep("10.1.0.9", "a"), ep("10.2.0.1", "b")}}},
+			uid:   "web-000000",
+		},
+		{
+			name: "ports are the union",
+			from: []Contribution{
+				{"a", svc("web", t0, port("grpc", 80, "10.1.0.1"))},
+				{"b", svc("web", t1, port("grpc", 80, "10.2.0.1"), port("admin", 9000, "10.2.0.1"))},
+			},
+			ports: []resolver.Port{
+				{Name: "grpc", Port: 80, Endpoints: []resolver.Endpoint{ep("10.1.0.1", "a"), ep("10.2.0.1", "b")}},
+				{Name: "admin", Port: 9000, Endpoints: []resolver.Endpoint{ep("10.2.0.1", "b")}},
+			},
+			uid: "web-000000",
+		},
+		{
+			name: "a port's name differs: the oldest export's applies",
+			from: []Contribution{
+				{"b", svc("web", t0, port("grpc", 80, "10.2.0.1"))},
+				{"a", svc("web", t1, port("http", 80, "10.1.0.1"))},
+			},
+			ports:     []resolver.Port{{Name: "grpc", Port: 80, Endpoints: []resolver.Endpoint{ep("10.1.0.1", "a"), ep("10.2.0.1", "b")}}},
+			uid:       "web-000000",
+			conflicts: []string{`port 80: cluster a calls it "http"`},
+		},
+		{
+			name: "an address in two clusters is served once, the oldest export's",
+			from: []Contribution{
+				{"a", svc("web", t0, port("grpc", 80, "10.9.0.1"))},
+				{"b", svc("web", t1, port("grpc", 80, "10.9.0.1", "10.2.0.1"))},
+			},
+			ports:     []resolver.Port{{Name: "grpc", Port: 80, Endpoints: []resolver.Endpoint{ep("10.2.0.1", "b"), ep("10.9.0.1", "a")}}},
+			uid:       "web-000000",
+			conflicts: []string{"endpoint 10.9.0.1:8080 is in clusters a and b; a's is served"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Merge(k, tt.from...)
+			if got.Key != k || got.UID != tt.uid || !got.ExportedAt.Equal(tt.from[0].Service.ExportedAt) {
+				t.Errorf("key %v uid %q exported %v; want %v %q %v", got.Key, got.UID, got.ExportedAt, k, tt.uid, tt.from[0].Service.ExportedAt)
+			}
+			if !reflect.DeepEqual(got.Ports, tt.ports) {
+				t.Errorf("ports:\n got %+v\nwant %+v", got.Ports, tt.ports)
+			}
+			if len(got.Conflicts) != len(tt.conflicts) {
+				t.Fatalf("conflicts %q, want %d like %q", got.Conflicts, len(tt.conflicts), tt.conflicts)
+			}
+			for i, c := range tt.conflicts {
+				if !strings.Contains(got.Conflicts[i], c) {
+					t.Errorf("conflict %d: %q, want it to say %q", i, got.Conflicts[i], c)
+				}
+			}
+			for _, c := range tt.from { // inputs are never changed
+				for _, p := range c.Service.Ports {
+					for _, e := range p.Endpoints {
+						if e.Cluster != "" {
+							t.Errorf("input endpoint %s of %s was tagged %q", e.HostPort(), c.Cluster, e.Cluster)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// recorder keeps what a Merger hands on.
+type recorder struct {
+	mu  sync.Mutex
+	got []resolver.Resolution
+	ch  chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{ch: make(chan struct{}, 100)} }
+
+func (r *recorder) OnResolution(res resolver.Resolution) {
+	r.mu.Lock()
+	r.got = append(r.got, res)
+	r.mu.Unlock()
+	r.ch <- struct{}{}
+}
+
+func (r *recorder) next(t *testing.T) resolver.Resolution {
+	t.Helper()
+	select {
+	case <-r.ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no merged view handed on")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.got[len(r.got)-1]
+}
+
+func (r *recorder) none(t *testing.T, d time.Duration) {
+	t.Helper()
+	select {
+	case <-r.ch:
+		t.Fatal("a merged view was handed on too early")
+	case <-time.After(d):
+	}
+}
+
+func view(services ...*resolver.Service) resolver.Resolution {
+	r := resolver.Resolution{Services: map[resolver.Key]*resolver.Service{}, Synced: true, Sources: map[string]resolver.SourceState{"": resolver.Live}}
+	for _, s := range services {
+		r.Services[s.Key] = s
+	}
+	return r
+}
+
+func TestMerger(t *testing.T) {
+	rec := newRecorder()
+	m, err := New(Options{Home: "a", SyncTimeout: 300 * time.Millisecond}, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	local := svc("local", time.Time{}, port("grpc", 80, "10.1.0.5"))
+	webA := svc("web", t0, port("grpc", 80, "10.1.0.1"))
+	webB := svc("web", t1, port("grpc", 80, "10.2.0.1"))
+	onlyB := svc("only-b", t1, port("grpc", 80, "10.2.0.7"))
+	hiddenB := svc("hidden", time.Time{}, port("grpc", 80, "10.2.0.8"))
+
+	homeObs := m.Add("a")
+	bObs := m.Add("b")
+	homeObs.OnResolution(view(local, webA))
+	rec.none(t, 100*time.Millisecond) // b has not synced, and its timeout has not passed
+
+	bObs.OnResolution(view(webB, onlyB, hiddenB))
+	got := rec.next(t)
+	cs := resolver.Key{Namespace: "ns", Name: "web", ClusterSet: true}
+	if got.Services[local.Key] != local || got.Services[webA.Key] != webA {
+		t.Errorf("the home cluster's own services are not passed on as they are: %v", got.Services)
+	}
+	if s := got.Services[cs]; s == nil || len(s.Ports) != 1 || len(s.Ports[0].Endpoints) != 2 {
+		t.Fatalf("cluster-set web: %+v, want both clusters' endpoints", s)
+	}
+	if _, ok := got.Services[resolver.Key{Namespace: "ns", Name: "only-b", ClusterSet: true}]; !ok {
+		t.Error("a service only b exports is not in the cluster set")
+	}
+	for k := range got.Services {
+		if k.Name == "hidden" {
+			t.Errorf("b's service that is not exported is served as %v", k)
+		}
+		if !k.ClusterSet && k.Name == "only-b" {
+			t.Errorf("another cluster's service is served under a cluster-local name: %v", k)
+		}
+	}
+	if got.Home != "a" || got.Remote["b"][""] != resolver.Live {
+		t.Errorf("home %q remote %v", got.Home, got.Remote)
+	}
+	first := got.Services[cs]
+
+	// b goes stale: its resolver keeps its last view and says so; the endpoints stay.
+	stale := view(webB, onlyB, hiddenB)
+	stale.Sources[""] = resolver.Stale
+	bObs.OnResolution(stale)
+	got = rec.next(t)
+	if got.Services[cs] != first {
+		t.Error("an unchanged cluster-set service was merged again (new pointer)")
+	}
+	if got.SourceIn("b", "ns") != resolver.Stale || got.Healthy() {
+		t.Errorf("b's staleness is not passed on: %v", got.Remote)
+	}
+
+	// b removed: its endpoints leave the cluster set, and a late publish of its is dropped.
+	m.Remove("b")
+	got = rec.next(t)
+	if s := got.Services[cs]; s == nil || len(s.Ports[0].Endpoints) != 1 || s.Ports[0].Endpoints[0].Cluster != "a" {
+		t.Errorf("after removing b, web is %+v; want a's endpoint only", s)
+	}
+	if _, ok := got.Services[resolver.Key{Namespace: "ns", Name: "only-b", ClusterSet: true}]; ok {
+		t.Error("a service only the removed cluster exported is still served")
+	}
+	bObs.OnResolution(view(webB))
+	homeObs.OnResolution(view(local, webA))
+	got = rec.next(t)
+	if s := got.Services[cs]; len(s.Ports[0].Endpoints) != 1 {
+		t.Errorf("a removed cluster's late publish was merged: %+v", s)
+	}
+}
+
+// TestMergerGivesUpWaiting: a cluster that never syncs delays the first merged view by the
+// sync timeout, no more, and readiness says so.
+func TestMergerGivesUpWaiting(t *testing.T) {
+	rec := newRecorder()
+	m, err := New(Options{Home: "a", SyncTimeout: 200 * time.Millisecond}, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	m.Add("a").OnResolution(view(svc("web", t0, port("grpc", 80, "10.1.0.1"))))
+	m.Add("b")
+	start := time.Now()
+	got := rec.next(t)
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Errorf("handed on after %v, before b's sync timeout", waited)
+	}
+	if len(got.Services) != 2 {
+		t.Errorf("services %v, want a's web and its cluster-set service", got.Services)
+	}
+	cl := m.Clusters()
+	if len(cl) != 2 || cl[0].ID != "a" || !cl[0].Home || !cl[0].Synced || cl[1].ID != "b" || cl[1].Synced || !cl[1].GaveUp {
+		t.Errorf("clusters %+v", cl)
+	}
+}
