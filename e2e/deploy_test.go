@@ -30,11 +30,17 @@ var overlays = []string{"overlays/control-plane", "overlays/with-agent", "overla
 // kubectl runs the kubectl built with the API server against the package's cluster.
 func kubectl(ctx context.Context, t *testing.T, stdin []byte, args ...string) (stdout, stderr string) {
 	t.Helper()
+	return kubectlOn(ctx, t, env.cluster, stdin, args...)
+}
+
+// kubectlOn runs kubectl against k's API server.
+func kubectlOn(ctx context.Context, t *testing.T, k *kube.Cluster, stdin []byte, args ...string) (stdout, stderr string) {
+	t.Helper()
 	bins, err := kube.Build()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, bins.Kubectl, append([]string{"--kubeconfig", env.cluster.Kubeconfig}, args...)...)
+	cmd := exec.CommandContext(ctx, bins.Kubectl, append([]string{"--kubeconfig", k.Kubeconfig}, args...)...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

@@ -63,6 +63,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer env.cluster.Close()
+	defer closeClusterB()
 	if env.net, err = netns.New(ctx, "hf-e2e", subnet); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1

@@ -160,7 +160,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// A bad state file is reported by Restore and ignored: Holdfast then serves once synced.
 	// Restore runs beside everything else, outside the group: a read that hangs (a stalled
 	// disk) never keeps Holdfast from serving once synced, nor from shutting down.
-	go func() { _ = store.Restore() }()
+	go func() {
+		if store.Restore() != nil || merger == nil {
+			return
+		}
+		// Other clusters not synced yet are served as the state file has them.
+		if v := store.View(); v.Restored {
+			merger.Seed(v.Services)
+		}
+	}()
 	g.Go(func() error { return store.Run(gctx) })
 	g.Go(func() error { return res.Run(gctx) })
 	if merger != nil {

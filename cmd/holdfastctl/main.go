@@ -40,7 +40,7 @@ const usage = `usage: holdfastctl [--addr HOST:PORT] [--tls | --ca F [--cert F -
 
 commands:
   services [NAMESPACE]     every service, its state and why
-  service NAMESPACE/NAME   one service: endpoints per zone, resources served, provenance
+  service NAMESPACE/NAME   one service: endpoints per zone, resources served, provenance (NAME@clusterset.local: the cluster set's)
   clients                  connected xDS clients: kind, flavour, what each ACKed, NACKs
   client NODE-ID           one client: every resource's status, its NACKs
   sources                  Kubernetes watches: state, last event and bookmark, probe
@@ -155,13 +155,22 @@ func arg(args []string, i int) string {
 	return ""
 }
 
+// serviceName is a service's name as holdfastctl shows and takes it: the cluster set's service
+// (MCS API) with "@clusterset.local" after it.
+func serviceName(s *admin.ServiceSummary) string {
+	if s.GetClusterSet() {
+		return s.GetName() + "@clusterset.local"
+	}
+	return s.GetName()
+}
+
 var commands = map[string]command{
 	"services": {0, 1, func(ctx context.Context, c client, args []string) (proto.Message, func(*tabwriter.Writer), error) {
 		r, err := c.admin.ListServices(ctx, &admin.ListServicesRequest{Namespace: arg(args, 0)})
 		return r, func(w *tabwriter.Writer) {
 			fmt.Fprintln(w, "NAMESPACE\tNAME\tSTATE\tENDPOINTS\tREADY\tPORTS\tAGE\tREASON")
 			for _, s := range r.GetServices() {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", s.GetNamespace(), s.GetName(), s.GetState(), s.GetEndpoints(),
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", s.GetNamespace(), serviceName(s), s.GetState(), s.GetEndpoints(),
 					s.GetReadyEndpoints(), ints(s.GetPorts()), s.GetAge().AsDuration(), s.GetReason())
 			}
 		}, err
@@ -174,7 +183,7 @@ var commands = map[string]command{
 		r, err := c.admin.GetService(ctx, &admin.GetServiceRequest{Namespace: ns, Name: name})
 		return r, func(w *tabwriter.Writer) {
 			s := r.GetSummary()
-			fmt.Fprintf(w, "SERVICE\t%s/%s\nSTATE\t%s\t%s\n", s.GetNamespace(), s.GetName(), s.GetState(), s.GetReason())
+			fmt.Fprintf(w, "SERVICE\t%s/%s\nSTATE\t%s\t%s\n", s.GetNamespace(), serviceName(s), s.GetState(), s.GetReason())
 			fmt.Fprintf(w, "SOURCE\tService rv %s, observed %s\n", r.GetServiceResourceVersion(), when(r.GetObservedAt()))
 			for _, sl := range r.GetSlices() {
 				fmt.Fprintf(w, "\tEndpointSlice %s rv %s\n", sl.GetName(), sl.GetResourceVersion())
@@ -186,7 +195,11 @@ var commands = map[string]command{
 				}
 				for _, z := range p.GetZones() {
 					for _, e := range z.GetEndpoints() {
-						fmt.Fprintf(w, "%s/%d\t%s\t%s\t%s\t%t\t%t\t%t\t%s\n", p.GetName(), p.GetPort(), z.GetZone(),
+						zone := z.GetZone()
+						if c := e.GetCluster(); c != "" {
+							zone = c + "/" + zone // a cluster-set service's endpoints say their cluster
+						}
+						fmt.Fprintf(w, "%s/%d\t%s\t%s\t%s\t%t\t%t\t%t\t%s\n", p.GetName(), p.GetPort(), zone,
 							net.JoinHostPort(e.GetAddress(), strconv.Itoa(int(e.GetPort()))), e.GetHealth(), e.GetReady(), e.GetServing(), e.GetTerminating(), e.GetNode())
 					}
 				}

@@ -81,7 +81,7 @@ func ts(t time.Time) *timestamppb.Timestamp {
 }
 
 func summary(st cache.ServiceStatus, now time.Time) *admin.ServiceSummary {
-	out := &admin.ServiceSummary{Namespace: st.Key.Namespace, Name: st.Key.Name, State: string(st.State), Reason: st.Reason}
+	out := &admin.ServiceSummary{Namespace: st.Key.Namespace, Name: st.Key.Name, State: string(st.State), Reason: st.Reason, ClusterSet: st.Key.ClusterSet}
 	if st.HoldID != 0 {
 		out.HoldId = strconv.Itoa(st.HoldID)
 	}
@@ -117,11 +117,14 @@ func (s *Server) ListServices(_ context.Context, req *admin.ListServicesRequest)
 
 // GetService returns one service in full.
 func (s *Server) GetService(_ context.Context, req *admin.GetServiceRequest) (*admin.ServiceDetail, error) {
-	k := resolver.Key{Namespace: req.GetNamespace(), Name: req.GetName()}
+	k := resolver.Key{Namespace: req.GetNamespace(), Name: req.GetName(), ClusterSet: req.GetClusterSet()}
 	if k.Namespace == "" {
 		if ns, name, ok := strings.Cut(k.Name, "/"); ok {
-			k = resolver.Key{Namespace: ns, Name: name}
+			k.Namespace, k.Name = ns, name
 		}
+	}
+	if name, ok := strings.CutSuffix(k.Name, "@"+resolver.ClusterSetDomain); ok {
+		k.Name, k.ClusterSet = name, true
 	}
 	st, ok := s.o.Services.Service(k)
 	if !ok {
@@ -148,7 +151,7 @@ func (s *Server) GetService(_ context.Context, req *admin.GetServiceRequest) (*a
 				zones[e.Zone] = z
 			}
 			z.Endpoints = append(z.Endpoints, &admin.Endpoint{Address: e.Address, Port: e.Port, Ready: e.Ready, Serving: e.Serving,
-				Terminating: e.Terminating, Node: e.NodeName, Hostname: e.Hostname, Health: health(e.Health())})
+				Terminating: e.Terminating, Node: e.NodeName, Hostname: e.Hostname, Health: health(e.Health()), Cluster: e.Cluster})
 		}
 		for _, name := range slices.Sorted(maps.Keys(zones)) {
 			port.Zones = append(port.Zones, zones[name])

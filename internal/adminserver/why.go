@@ -60,6 +60,9 @@ func (s *Server) Why(_ context.Context, req *admin.WhyRequest) (*admin.WhyRespon
 		return nil, status.Error(codes.InvalidArgument, "a node ID is required")
 	}
 	k := resolver.Key{Namespace: ns, Name: name}
+	if base, ok := strings.CutSuffix(name, "@"+resolver.ClusterSetDomain); ok {
+		k.Name, k.ClusterSet = base, true
+	}
 	st, found := s.o.Services.Service(k)
 	if !found {
 		return nil, status.Errorf(codes.NotFound, "no service %s: Holdfast serves and refuses nothing by that name (holdfastctl services lists what it knows)", k)

@@ -49,6 +49,7 @@ type Merger struct {
 	// guarded by mu: what the clusters' resolvers handed in
 	mu      sync.Mutex
 	members map[string]*member
+	seeds   map[string]resolver.Resolution // by cluster: its part of a restored state
 
 	// owned by the run loop
 	memo      map[resolver.Key]*merged
@@ -105,6 +106,7 @@ func New(opts Options, obs resolver.Observer) (*Merger, error) {
 		obs:     obs,
 		kick:    make(chan struct{}, 1),
 		members: map[string]*member{},
+		seeds:   map[string]resolver.Resolution{},
 		memo:    map[resolver.Key]*merged{},
 		metrics: mergerMetrics{
 			services: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -141,6 +143,7 @@ func (m *Merger) Add(id string) resolver.Observer {
 		m.mu.Lock()
 		if m.members[id] == mem { // a removed (or re-added) cluster's late publish is dropped
 			mem.res, mem.has = r, true
+			delete(m.seeds, id) // its own view from now on
 		}
 		m.mu.Unlock()
 		m.wake()
@@ -152,6 +155,7 @@ func (m *Merger) Add(id string) resolver.Observer {
 func (m *Merger) Remove(id string) {
 	m.mu.Lock()
 	delete(m.members, id)
+	delete(m.seeds, id)
 	m.mu.Unlock()
 	m.wake()
 }
@@ -163,12 +167,63 @@ func (m *Merger) wake() {
 	}
 }
 
+// Seed hands the merger a state restored from disk: until a cluster other than the home one
+// syncs, what that state holds of it (its endpoints of cluster-set services) is merged as its
+// view, marked stale. A Holdfast restarted while a cluster is unreachable keeps serving that
+// cluster's last-known-good endpoints instead of withdrawing them.
+func (m *Merger) Seed(services map[resolver.Key]*resolver.Service) {
+	seeds := map[string]resolver.Resolution{}
+	for k, svc := range services {
+		if !k.ClusterSet {
+			continue
+		}
+		byCluster := map[string]*resolver.Service{}
+		for _, p := range svc.Ports {
+			for _, e := range p.Endpoints {
+				if e.Cluster == "" || e.Cluster == m.opts.Home {
+					continue
+				}
+				part := byCluster[e.Cluster]
+				if part == nil {
+					part = &resolver.Service{Key: resolver.Key{Namespace: k.Namespace, Name: k.Name}, UID: svc.UID, Created: svc.Created,
+						Headless: svc.Headless, Locality: svc.Locality, TrafficDistribution: svc.TrafficDistribution, ExportedAt: svc.ExportedAt}
+					byCluster[e.Cluster] = part
+				}
+				if n := len(part.Ports); n == 0 || part.Ports[n-1].Port != p.Port {
+					part.Ports = append(part.Ports, resolver.Port{Name: p.Name, Port: p.Port, AppProtocol: p.AppProtocol})
+				}
+				e.Cluster = ""
+				last := &part.Ports[len(part.Ports)-1]
+				last.Endpoints = append(last.Endpoints, e)
+			}
+		}
+		for id, part := range byCluster {
+			seed, ok := seeds[id]
+			if !ok {
+				seed = resolver.Resolution{Services: map[resolver.Key]*resolver.Service{}, Synced: true,
+					Sources: map[string]resolver.SourceState{"": resolver.Stale}}
+				seeds[id] = seed
+			}
+			seed.Services[part.Key] = part
+		}
+	}
+	m.mu.Lock()
+	m.seeds = seeds
+	m.mu.Unlock()
+	for id, seed := range seeds {
+		m.log.Warn("serving another cluster's endpoints restored from disk until it syncs", "decision", "cluster_restored", "subject", id, "services", len(seed.Services))
+	}
+	m.wake()
+}
+
 // ClusterStatus is one merged cluster's state, for /readyz and the admin API.
 type ClusterStatus struct {
 	ID   string `json:"id"`
 	Home bool   `json:"home,omitempty"`
 	// Synced: its resolver has published a complete view at least once.
 	Synced bool `json:"synced"`
+	// Restored: not synced, but served from the state restored from disk.
+	Restored bool `json:"restored,omitempty"`
 	// Since is when the cluster was added.
 	Since time.Time `json:"since"`
 	// GaveUp: it has not synced within the sync timeout; the others are served without
@@ -183,8 +238,9 @@ func (m *Merger) Clusters() []ClusterStatus {
 	defer m.mu.Unlock()
 	out := make([]ClusterStatus, 0, len(m.members))
 	for id, mem := range m.members {
-		out = append(out, ClusterStatus{ID: id, Home: id == m.opts.Home, Synced: mem.has, Since: mem.added,
-			GaveUp: !mem.has && now.Sub(mem.added) >= m.opts.SyncTimeout})
+		_, seeded := m.seeds[id]
+		out = append(out, ClusterStatus{ID: id, Home: id == m.opts.Home, Synced: mem.has, Since: mem.added, Restored: !mem.has && seeded,
+			GaveUp: !mem.has && !seeded && now.Sub(mem.added) >= m.opts.SyncTimeout})
 	}
 	slices.SortFunc(out, func(a, b ClusterStatus) int {
 		if a.Home != b.Home {
@@ -239,6 +295,10 @@ func (m *Merger) take(now time.Time) (resolver.Resolution, time.Duration, bool) 
 		if mem.has {
 			views[id] = mem.res
 			synced++
+			continue
+		}
+		if seed, ok := m.seeds[id]; ok && id != m.opts.Home {
+			views[id] = seed // restored: nothing to wait for
 			continue
 		}
 		waiting++

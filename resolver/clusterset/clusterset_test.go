@@ -267,3 +267,44 @@ func TestMergerGivesUpWaiting(t *testing.T) {
 		t.Errorf("clusters %+v", cl)
 	}
 }
+
+// TestMergerSeed: restarted while cluster b is unreachable, the merger serves b's endpoints
+// from the restored state (stale) rather than withdraw them, without waiting for b's sync
+// timeout; b's own view replaces them once it syncs.
+func TestMergerSeed(t *testing.T) {
+	rec := newRecorder()
+	m, err := New(Options{Home: "a", SyncTimeout: time.Hour}, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	webA := svc("web", t0, port("grpc", 80, "10.1.0.1"))
+	webB := svc("web", t1, port("grpc", 80, "10.2.0.1", "10.2.0.2"))
+	cs := resolver.Key{Namespace: "ns", Name: "web", ClusterSet: true}
+	restored := map[resolver.Key]*resolver.Service{cs: Merge(cs, Contribution{"a", webA}, Contribution{"b", webB})}
+
+	homeObs := m.Add("a")
+	bObs := m.Add("b")
+	m.Seed(restored)
+	homeObs.OnResolution(view(webA))
+	got := rec.next(t) // not an hour later: b is restored
+	if s := got.Services[cs]; s == nil || !reflect.DeepEqual(s.Ports, restored[cs].Ports) {
+		t.Fatalf("with b restored, web is %+v; want %+v", s, restored[cs])
+	}
+	if got.SourceIn("b", "ns") != resolver.Stale {
+		t.Errorf("restored cluster b's source is %s, want stale", got.SourceIn("b", "ns"))
+	}
+	if cl := m.Clusters(); len(cl) != 2 || !cl[1].Restored || cl[1].Synced || cl[1].GaveUp {
+		t.Errorf("clusters %+v; want b restored", cl)
+	}
+
+	bObs.OnResolution(view(svc("web", t1, port("grpc", 80, "10.2.0.3"))))
+	got = rec.next(t)
+	if eps := got.Services[cs].Ports[0].Endpoints; len(eps) != 2 || eps[1].Address != "10.2.0.3" || eps[1].Cluster != "b" {
+		t.Errorf("after b synced, web's endpoints are %+v; want a's and b's new one", eps)
+	}
+}

@@ -86,7 +86,10 @@ type ServiceSummary struct {
 	// Since the Kubernetes Service was created (kubectl's AGE; a restart of Holdfast does not reset it).
 	Age *durationpb.Duration `protobuf:"bytes,8,opt,name=age,proto3" json:"age,omitempty"`
 	// The guard's hold holding this service's change, if any.
-	HoldId        string `protobuf:"bytes,9,opt,name=hold_id,json=holdId,proto3" json:"hold_id,omitempty"`
+	HoldId string `protobuf:"bytes,9,opt,name=hold_id,json=holdId,proto3" json:"hold_id,omitempty"`
+	// The cluster set's service (<name>.<namespace>.svc.clusterset.local, MCS API): every
+	// cluster's exported endpoints, not the home cluster's own service of that name.
+	ClusterSet    bool `protobuf:"varint,10,opt,name=cluster_set,json=clusterSet,proto3" json:"cluster_set,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,6 +187,13 @@ func (x *ServiceSummary) GetHoldId() string {
 	return ""
 }
 
+func (x *ServiceSummary) GetClusterSet() bool {
+	if x != nil {
+		return x.ClusterSet
+	}
+	return false
+}
+
 type ListServicesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Services      []*ServiceSummary      `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
@@ -229,9 +239,12 @@ func (x *ListServicesResponse) GetServices() []*ServiceSummary {
 }
 
 type GetServiceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The service's name; "namespace/name" when namespace is empty. A "@clusterset.local"
+	// suffix asks for the cluster set's service, like cluster_set.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	ClusterSet    bool   `protobuf:"varint,3,opt,name=cluster_set,json=clusterSet,proto3" json:"cluster_set,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -280,6 +293,13 @@ func (x *GetServiceRequest) GetName() string {
 	return ""
 }
 
+func (x *GetServiceRequest) GetClusterSet() bool {
+	if x != nil {
+		return x.ClusterSet
+	}
+	return false
+}
+
 type Endpoint struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Address     string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
@@ -290,7 +310,9 @@ type Endpoint struct {
 	Node        string                 `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
 	Hostname    string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// HEALTHY, DRAINING or UNUSABLE: what clients are told.
-	Health        string `protobuf:"bytes,8,opt,name=health,proto3" json:"health,omitempty"`
+	Health string `protobuf:"bytes,8,opt,name=health,proto3" json:"health,omitempty"`
+	// The cluster the endpoint is in (cluster-set services only).
+	Cluster       string `protobuf:"bytes,9,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,6 +399,13 @@ func (x *Endpoint) GetHostname() string {
 func (x *Endpoint) GetHealth() string {
 	if x != nil {
 		return x.Health
+	}
+	return ""
+}
+
+func (x *Endpoint) GetCluster() string {
+	if x != nil {
+		return x.Cluster
 	}
 	return ""
 }
@@ -1924,7 +1953,7 @@ type WhyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The client's node ID: every stream of it on this replica is shown.
 	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	// namespace/name.
+	// namespace/name; namespace/name@clusterset.local for the cluster set's service.
 	Service string `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
 	// One port of the service (0 = every port).
 	Port          int32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
@@ -2387,7 +2416,7 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"\vadmin.proto\x12\x11holdfast.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"3\n" +
 	"\x13ListServicesRequest\x12\x1c\n" +
-	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"\x93\x02\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"\xb4\x02\n" +
 	"\x0eServiceSummary\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -2397,12 +2426,17 @@ const file_admin_proto_rawDesc = "" +
 	"\x0fready_endpoints\x18\x06 \x01(\x05R\x0ereadyEndpoints\x12\x14\n" +
 	"\x05ports\x18\a \x03(\x05R\x05ports\x12+\n" +
 	"\x03age\x18\b \x01(\v2\x19.google.protobuf.DurationR\x03age\x12\x17\n" +
-	"\ahold_id\x18\t \x01(\tR\x06holdId\"U\n" +
+	"\ahold_id\x18\t \x01(\tR\x06holdId\x12\x1f\n" +
+	"\vcluster_set\x18\n" +
+	" \x01(\bR\n" +
+	"clusterSet\"U\n" +
 	"\x14ListServicesResponse\x12=\n" +
-	"\bservices\x18\x01 \x03(\v2!.holdfast.admin.v1.ServiceSummaryR\bservices\"E\n" +
+	"\bservices\x18\x01 \x03(\v2!.holdfast.admin.v1.ServiceSummaryR\bservices\"f\n" +
 	"\x11GetServiceRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xd2\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1f\n" +
+	"\vcluster_set\x18\x03 \x01(\bR\n" +
+	"clusterSet\"\xec\x01\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x14\n" +
@@ -2411,7 +2445,8 @@ const file_admin_proto_rawDesc = "" +
 	"\vterminating\x18\x05 \x01(\bR\vterminating\x12\x12\n" +
 	"\x04node\x18\x06 \x01(\tR\x04node\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x16\n" +
-	"\x06health\x18\b \x01(\tR\x06health\"U\n" +
+	"\x06health\x18\b \x01(\tR\x06health\x12\x18\n" +
+	"\acluster\x18\t \x01(\tR\acluster\"U\n" +
 	"\x04Zone\x12\x12\n" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x129\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1b.holdfast.admin.v1.EndpointR\tendpoints\"\x9e\x01\n" +
