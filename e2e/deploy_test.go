@@ -25,7 +25,7 @@ import (
 
 // overlays are every kustomization an operator may apply.
 // The base is applied only through an overlay (which names the image).
-var overlays = []string{"overlays/control-plane", "overlays/with-agent", "overlays/sidecar-example", "overlays/with-prometheus-operator"}
+var overlays = []string{"overlays/control-plane", "overlays/with-agent", "overlays/sidecar-example", "overlays/with-prometheus-operator", "overlays/cluster-set"}
 
 // kubectl runs the kubectl built with the API server against the package's cluster.
 func kubectl(ctx context.Context, t *testing.T, stdin []byte, args ...string) (stdout, stderr string) {

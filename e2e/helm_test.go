@@ -92,6 +92,7 @@ func TestHelmMatchesKustomize(t *testing.T) {
 		{"overlays/control-plane", nil},
 		{"overlays/with-agent", []string{"agent.enabled=true"}},
 		{"overlays/with-prometheus-operator", []string{"prometheusRule.enabled=true"}},
+		{"overlays/cluster-set", []string{"clusterSet.id=east"}},
 	} {
 		t.Run(tt.overlay, func(t *testing.T) {
 			want := byKey(t, render(ctx, t, tt.overlay))

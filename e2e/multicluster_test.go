@@ -14,6 +14,7 @@ import (
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -78,6 +79,27 @@ func installMCS(ctx context.Context, t *testing.T, k *kube.Cluster) {
 	kubectlOn(ctx, t, k, nil, "apply", "--server-side", "--field-manager", "holdfast-e2e", "-f", filepath.Join(root, "deploy", "mcs", "serviceexport-crd.yaml"))
 	kubectlOn(ctx, t, k, nil, "wait", "--for=condition=Established", "--timeout=60s", "crd/serviceexports.multicluster.x-k8s.io")
 	mcsInstalled.Store(k.Kubeconfig, true)
+}
+
+// readerKubeconfig applies deploy/mcs/remote-reader.yaml in k and writes a kubeconfig for its
+// account: what an operator hands Holdfast for another cluster.
+func readerKubeconfig(ctx context.Context, t *testing.T, k *kube.Cluster) string {
+	t.Helper()
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectlOn(ctx, t, k, nil, "apply", "--server-side", "--field-manager", "holdfast-e2e", "-f", filepath.Join(root, "deploy", "mcs", "remote-reader.yaml"))
+	tr, err := k.Client.CoreV1().ServiceAccounts("holdfast-system").CreateToken(ctx, "holdfast-reader",
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(3600))}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "reader.kubeconfig")
+	if err := k.WriteKubeconfigWithToken(path, tr.Status.Token); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // export creates a ServiceExport for ns/name in k (the MCS API's way to export a Service).
@@ -280,7 +302,13 @@ func (sc *mcScene) mcClient(t *testing.T, h *harness.Holdfast, id, target string
 func TestMultiClusterMergesExportedServices(t *testing.T) {
 	ctx := testContext(t)
 	sc := newMCScene(t, sharedClusterB(t), map[string]servicePort{"a": echoPort, "b": {"rpc", echoPort.port, echoPort.target}})
-	h := startHoldfastOn(t, env.cluster, sc.ns, "--cluster-id", "a", "--remote-cluster", "b="+sc.clusters["b"].Kubeconfig)
+	// Cluster b is read as deploy/mcs/remote-reader.yaml's account, and nothing more.
+	h := startHoldfastOn(t, env.cluster, sc.ns, "--cluster-id", "a", "--remote-cluster", "b="+readerKubeconfig(ctx, t, sc.clusters["b"]))
+	t.Cleanup(func() {
+		if log := h.LogTail(300); strings.Contains(log, "forbidden") {
+			t.Errorf("Holdfast was refused something in cluster b as holdfast-reader:\n%s", log)
+		}
+	})
 
 	a1, a2, b1, b2 := sc.backends["a1"].Addr.String(), sc.backends["a2"].Addr.String(), sc.backends["b1"].Addr.String(), sc.backends["b2"].Addr.String()
 	inA, inB := sc.sidecar(t, h, "a"), sc.sidecar(t, h, "b")
