@@ -102,7 +102,7 @@ fuzz:
 
 # Benchmarks: timing goals live here, never in tests.
 bench: build kube node clients
-	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./xds/... ./internal/agent/
+	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./resolver/clusterset/ ./xds/... ./internal/agent/
 	go run ./e2e/cmd/xdsbench
 	cd e2e && go test -run '^$$' -bench EndToEndPropagation -benchtime 100x -count 1 .
 	go test -run '^$$' -bench ReadyToRoutes -benchtime 20x -count 1 ./e2e/node/

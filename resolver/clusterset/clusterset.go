@@ -337,7 +337,7 @@ func (m *Merger) merge(views map[string]resolver.Resolution) resolver.Resolution
 		out.Degraded = map[resolver.Key]string{}
 	}
 	maps.Copy(out.Services, home.Services)
-	exports := map[resolver.Key][]Contribution{}
+	exports := make(map[resolver.Key][]Contribution, len(m.memo))
 	for id, v := range views {
 		if id != m.opts.Home {
 			out.Remote[id] = maps.Clone(v.Sources)
@@ -413,7 +413,6 @@ func Merge(k resolver.Key, from ...Contribution) *resolver.Service {
 	}
 	var conflicts []string
 	ports := map[int32]*resolver.Port{}
-	seen := map[int32]map[string]string{} // port → address:port → cluster
 	for _, c := range from {
 		s := c.Service
 		if s.Headless != first.Headless {
@@ -432,19 +431,13 @@ func Merge(k resolver.Key, from ...Contribution) *resolver.Service {
 		for _, p := range s.Ports {
 			mp, ok := ports[p.Port]
 			if !ok {
-				mp = &resolver.Port{Name: p.Name, Port: p.Port, AppProtocol: p.AppProtocol}
-				ports[p.Port], seen[p.Port] = mp, map[string]string{}
+				mp = &resolver.Port{Name: p.Name, Port: p.Port, AppProtocol: p.AppProtocol, Endpoints: make([]resolver.Endpoint, 0, len(p.Endpoints)*len(from))}
+				ports[p.Port] = mp
 			} else if mp.Name != p.Name || mp.AppProtocol != p.AppProtocol {
 				conflicts = append(conflicts, fmt.Sprintf("port %d: cluster %s calls it %q (%s), the oldest export's %q (%s) applies",
 					p.Port, c.Cluster, p.Name, orNone(p.AppProtocol), mp.Name, orNone(mp.AppProtocol)))
 			}
 			for _, e := range p.Endpoints {
-				hp := e.HostPort()
-				if other, dup := seen[p.Port][hp]; dup {
-					conflicts = append(conflicts, fmt.Sprintf("port %d: endpoint %s is in clusters %s and %s; %s's is served", p.Port, hp, other, c.Cluster, other))
-					continue
-				}
-				seen[p.Port][hp] = c.Cluster
 				e.Cluster = c.Cluster
 				mp.Endpoints = append(mp.Endpoints, e)
 			}
@@ -452,12 +445,23 @@ func Merge(k resolver.Key, from ...Contribution) *resolver.Service {
 	}
 	for _, n := range slices.Sorted(maps.Keys(ports)) {
 		p := ports[n]
-		slices.SortFunc(p.Endpoints, func(a, b resolver.Endpoint) int {
+		// Stable: of an address:port two clusters claim, the oldest export's comes first and
+		// is the one kept.
+		slices.SortStableFunc(p.Endpoints, func(a, b resolver.Endpoint) int {
 			if c := cmp.Compare(a.Address, b.Address); c != 0 {
 				return c
 			}
 			return cmp.Compare(a.Port, b.Port)
 		})
+		kept := p.Endpoints[:0]
+		for _, e := range p.Endpoints {
+			if n := len(kept); n > 0 && kept[n-1].Address == e.Address && kept[n-1].Port == e.Port {
+				conflicts = append(conflicts, fmt.Sprintf("port %d: endpoint %s is in clusters %s and %s; %s's is served", p.Port, e.HostPort(), kept[n-1].Cluster, e.Cluster, kept[n-1].Cluster))
+				continue
+			}
+			kept = append(kept, e)
+		}
+		p.Endpoints = kept
 		out.Ports = append(out.Ports, *p)
 	}
 	slices.SortFunc(out.Origin.Slices, func(a, b resolver.ObjectVersion) int { return cmp.Compare(a.Name, b.Name) })
