@@ -332,6 +332,18 @@ func TestMultiClusterMergesExportedServices(t *testing.T) {
 	if err := sc.mcClient(t, h, "a", sc.local).WaitForBackends(ctx, "la"); err != nil {
 		t.Errorf("grpc-go dialing the cluster-local %s: %v", sc.local, err)
 	}
+	// holdfastctl why, for a client in cluster a and the cluster-set service.
+	why, err := adminOf(t, h).Why(ctx, &admin.WhyRequest{NodeId: "app-a", Service: sc.ns + "/echo@clusterset.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var said []string
+	for _, r := range why.GetReasons() {
+		said = append(said, r.GetDetail())
+	}
+	if !why.GetService().GetClusterSet() || !slices.ContainsFunc(said, func(s string) bool { return strings.Contains(s, `the client is in cluster "a"`) }) {
+		t.Errorf("holdfastctl why app-a %s/echo@clusterset.local says %q", sc.ns, said)
+	}
 
 	adm := adminOf(t, h)
 	svc, err := adm.GetService(ctx, &admin.GetServiceRequest{Name: sc.ns + "/echo@clusterset.local"})

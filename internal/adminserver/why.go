@@ -263,9 +263,12 @@ func (w *why) localityReasons(c serve.ClientStatus, label string, port int32, wp
 		return
 	}
 	if len(wp.Priorities) > 1 {
-		zone := c.Node.GetLocality().GetZone()
-		w.reason(causeLocality, label, fmt.Sprintf("the client is in zone %q: port %d's endpoints are split over %d priorities; it uses priority 0 (%s) and fails over in order",
-			zone, port, len(wp.Priorities), strings.Join(wp.Priorities[0].Localities, ", ")), nil)
+		where := fmt.Sprintf("zone %q", c.Node.GetLocality().GetZone())
+		if cluster := resource.LocalityOf(c.Node).Cluster; cluster != "" {
+			where = fmt.Sprintf("cluster %q, %s (its own cluster's endpoints come first)", cluster, where)
+		}
+		w.reason(causeLocality, label, fmt.Sprintf("the client is in %s: port %d's endpoints are split over %d priorities; it uses priority 0 (%s) and fails over in order",
+			where, port, len(wp.Priorities), strings.Join(wp.Priorities[0].Localities, ", ")), nil)
 	}
 }
 
