@@ -97,7 +97,7 @@ func runBootstrap(t *testing.T, args ...string) []byte {
 }
 
 func TestGRPCBootstrapIsAcceptedByGRPC(t *testing.T) {
-	out := runBootstrap(t, "--grpc", "--node-id", "client-1", "--server", "127.0.0.1:18000", "--zone", "z1")
+	out := runBootstrap(t, "--grpc", "--node-id", "client-1", "--server", "127.0.0.1:18000", "--zone", "z1", "--cluster-id", "east")
 	// grpc-go's own bootstrap parser.
 	if _, err := xdsgrpc.NewXDSResolverWithConfigForTesting(out); err != nil {
 		t.Fatalf("grpc-go rejects the bootstrap: %v\n%s", err, out)
@@ -112,7 +112,7 @@ func TestGRPCBootstrapIsAcceptedByGRPC(t *testing.T) {
 	if err := json.Unmarshal(out, &b); err != nil {
 		t.Fatal(err)
 	}
-	if b.Node.ID != "client-1" || b.Node.Metadata["holdfast.io/client"] != "grpc" || b.Node.Locality.Zone != "z1" {
+	if b.Node.ID != "client-1" || b.Node.Metadata["holdfast.io/client"] != "grpc" || b.Node.Locality.Zone != "z1" || b.Node.Metadata["holdfast.io/cluster"] != "east" {
 		t.Errorf("node = %+v", b.Node)
 	}
 }

@@ -542,3 +542,20 @@ func TestAgentPartialCacheRefused(t *testing.T) {
 		t.Errorf("an empty but complete cache: %v, ready %v", err, a.Status().Ready)
 	}
 }
+
+// TestAgentPresentsItsPlace: the agent says upstream where its local clients are — zone,
+// region and cluster — so that Holdfast orders endpoints for them.
+func TestAgentPresentsItsPlace(t *testing.T) {
+	a, err := New(Options{Upstream: "127.0.0.1:1", NodeID: "n", Zone: "z1", Region: "r1", ClusterID: "east",
+		Kinds: []resource.Kind{resource.KindGRPC}, Downstream: &captured{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := a.node(resource.KindGRPC)
+	if got := resource.LocalityOf(n); got != (resource.Locality{Zone: "z1", Region: "r1", Cluster: "east"}) {
+		t.Errorf("the agent presents %+v", got)
+	}
+	if k, known := resource.KindOf(n); k != resource.KindGRPC || !known {
+		t.Errorf("the agent presents kind %s (known %v)", k, known)
+	}
+}
