@@ -87,7 +87,7 @@ func (r *remotes) Run(ctx context.Context) error {
 func (r *remotes) wanted() map[string][]byte {
 	want := map[string][]byte{}
 	for id, path := range r.cfg.Remotes {
-		b, err := os.ReadFile(path)
+		b, err := os.ReadFile(path) //nolint:gosec // the operator's --remote-cluster path
 		if err != nil {
 			r.failed(id, fmt.Errorf("--remote-cluster %s=%s: %w", id, path, err))
 		}
@@ -96,7 +96,14 @@ func (r *remotes) wanted() map[string][]byte {
 	if r.cfg.ClustersDir == "" {
 		return want
 	}
-	entries, err := os.ReadDir(r.cfg.ClustersDir)
+	// Read through an os.Root: nothing in the directory can lead outside it (a Secret volume's
+	// files are symlinks into its own ..data).
+	var entries []os.DirEntry
+	root, err := os.OpenRoot(r.cfg.ClustersDir)
+	if err == nil {
+		defer root.Close()
+		entries, err = os.ReadDir(r.cfg.ClustersDir)
+	}
 	if err != nil {
 		// Keep every cluster as it is: an unreadable directory is not an empty one.
 		r.log.Error("--clusters-dir cannot be read: the clusters stay as they are", "dir", r.cfg.ClustersDir, "err", err)
@@ -115,7 +122,7 @@ func (r *remotes) wanted() map[string][]byte {
 			continue
 		}
 		path := filepath.Join(r.cfg.ClustersDir, e.Name())
-		if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() { // Secret volumes hold symlinks
+		if fi, err := root.Stat(e.Name()); err != nil || !fi.Mode().IsRegular() { // Secret volumes hold symlinks
 			continue
 		}
 		if msgs := validation.IsDNS1123Label(id); len(msgs) > 0 || id == r.cfg.ClusterID {
@@ -126,7 +133,7 @@ func (r *remotes) wanted() map[string][]byte {
 			r.failed(id, fmt.Errorf("--clusters-dir %s: cluster %q is given twice", path, id))
 			continue
 		}
-		b, err := os.ReadFile(path)
+		b, err := root.ReadFile(e.Name())
 		if err != nil {
 			r.failed(id, fmt.Errorf("--clusters-dir %s: %w", path, err))
 		}
