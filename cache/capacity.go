@@ -264,3 +264,29 @@ func (c *capacity) sweep(now time.Time) bool {
 	c.tombGauge.Set(float64(c.tombstones.Len()))
 	return gone
 }
+
+// CapacityStatus is what the store holds against its limits, for the admin API.
+type CapacityStatus struct {
+	Services, MaxServices     int
+	Endpoints, MaxEndpoints   int
+	Tombstones, MaxTombstones int
+	// Refused lists the services the last change could not admit, sorted.
+	Refused []resolver.Key
+}
+
+// Capacity reports how full the store's bounded tables are.
+func (s *Store) Capacity() CapacityStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.capacity
+	out := CapacityStatus{Services: len(s.live), MaxServices: c.limits.MaxServices, MaxEndpoints: c.limits.MaxEndpoints,
+		Tombstones: c.tombstones.Len(), MaxTombstones: c.limits.MaxTombstones}
+	for _, svc := range s.live {
+		out.Endpoints += svc.EndpointCount()
+	}
+	for k := range c.refused {
+		out.Refused = append(out.Refused, k)
+	}
+	slices.SortFunc(out.Refused, resolver.Key.Compare)
+	return out
+}

@@ -238,3 +238,24 @@ func TestChurnKeepsMemoryFlat(t *testing.T) {
 		t.Errorf("heap grew from %d to %d bytes over 10,000 cycles", before, after)
 	}
 }
+
+// TestStoreCapacity: the admin API's capacity figures are what the store holds: admitted
+// services and their endpoints, tombstones, and the services refused for want of room.
+func TestStoreCapacity(t *testing.T) {
+	s, err := NewStore(StoreOptions{Guard: GuardOptions{Disabled: true}, Limits: Limits{MaxServices: 2, TombstoneGrace: time.Minute, MaxTombstones: 5}}, make(views, 100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := svcs(3, 2)
+	s.OnResolution(resolver.Resolution{Services: base, Synced: true})
+	got := s.Capacity()
+	if got.Services != 2 || got.MaxServices != 2 || got.Endpoints != 4 || got.MaxEndpoints != 500000 || got.Tombstones != 0 || got.MaxTombstones != 5 ||
+		len(got.Refused) != 1 {
+		t.Fatalf("capacity %+v; want 2 of 2 services, 4 endpoints, one refused", got)
+	}
+	admitted := without(base, got.Refused[0].Name)
+	s.OnResolution(resolver.Resolution{Services: without(admitted, "s0"), Synced: true})
+	if got := s.Capacity(); got.Tombstones != 1 || got.Services+got.Tombstones > 3 {
+		t.Errorf("after a deletion: %+v; want one tombstone", got)
+	}
+}

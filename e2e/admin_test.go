@@ -443,6 +443,15 @@ func TestHoldfastctl(t *testing.T) {
 	if out, _ := ctl("-o", "yaml", "sources"); !strings.Contains(out, "state: stale") {
 		t.Errorf("sources YAML:\n%s", out)
 	}
+	// Capacity against the store's own count and the default limits.
+	services, err := sc.admin.ListServices(ctx, &admin.ListServicesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantServices := regexp.MustCompile(fmt.Sprintf(`(?m)^services\s+%d\s+20000\s`, len(services.GetServices())))
+	if out, err := ctl("capacity"); err != nil || !wantServices.MatchString(out) || !regexp.MustCompile(`(?m)^clients\s+[1-9]\d*\s+10000\s`).MatchString(out) {
+		t.Errorf("holdfastctl capacity (%v), want %d services of 20000 and the open clients of 10000:\n%s", err, len(services.GetServices()), out)
+	}
 	// The operator's release: the hold listed, released by ID, gone, and a wrong ID refused.
 	if out, _ := ctl("holds"); !strings.Contains(out, "would withdraw 40 of") {
 		t.Errorf("holds table:\n%s", out)

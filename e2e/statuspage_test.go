@@ -94,6 +94,20 @@ func TestStatusPage(t *testing.T) {
 			t.Errorf("overview lacks %q:\n%s", want, overview)
 		}
 	}
+	// Capacity, as the admin API has it (the browser's text of the table: tab-separated cells).
+	capacity, err := sc.admin.GetCapacity(ctx, &admin.GetCapacityRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("services\t%d\t%d\t", capacity.GetServices(), capacity.GetMaxServices()),
+		fmt.Sprintf("endpoints\t%d\t%d\t", capacity.GetEndpoints(), capacity.GetMaxEndpoints()),
+		fmt.Sprintf("clients\t%d\t%d\t", capacity.GetClients(), capacity.GetMaxClients()),
+	} {
+		if !strings.Contains(overview, want) {
+			t.Errorf("overview's capacity lacks %q:\n%s", want, overview)
+		}
+	}
 
 	echo := sc.ns + "/echo"
 	var why *admin.WhyResponse

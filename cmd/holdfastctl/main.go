@@ -4,7 +4,8 @@
 //	holdfastctl [--addr HOST:PORT] [-o table|json|yaml] COMMAND [ARGS]
 //
 // Commands: services [NAMESPACE], service NAMESPACE/NAME, clients, client NODE-ID, sources,
-// holds, release HOLD-ID, log [LIMIT], csds [NODE-ID].
+// holds, release HOLD-ID, log [LIMIT], csds [NODE-ID], why NODE-ID NAMESPACE/NAME[:PORT],
+// capacity.
 package main
 
 import (
@@ -45,6 +46,7 @@ commands:
   client NODE-ID           one client: every resource's status, its NACKs
   sources                  Kubernetes watches: state, last event and bookmark, probe
   holds                    changes held by the mass-withdrawal guard
+  capacity                 services, endpoints, tombstones and clients against their limits
   release HOLD-ID          apply a held change now
   log [LIMIT]              decisions, newest first
   csds [NODE-ID]           the CSDS view (all clients, or one)
@@ -153,6 +155,14 @@ func arg(args []string, i int) string {
 		return args[i]
 	}
 	return ""
+}
+
+// fill is used/limit as a percentage.
+func fill(used, limit int32) string {
+	if limit <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*float64(used)/float64(limit))
 }
 
 // serviceName is a service's name as holdfastctl shows and takes it: the cluster set's service
@@ -288,6 +298,22 @@ var commands = map[string]command{
 			for _, h := range r.GetHolds() {
 				fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\n", h.GetId(), when(h.GetSince()), h.GetWithdrawn(), h.GetFleet(),
 					strings.Join(h.GetServices(), ","), h.GetReason())
+			}
+		}, err
+	}},
+	"capacity": {0, 0, func(ctx context.Context, c client, _ []string) (proto.Message, func(*tabwriter.Writer), error) {
+		r, err := c.admin.GetCapacity(ctx, &admin.GetCapacityRequest{})
+		return r, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "TABLE	USED	LIMIT	FILL")
+			for _, row := range []struct {
+				name        string
+				used, limit int32
+			}{{"services", r.GetServices(), r.GetMaxServices()}, {"endpoints", r.GetEndpoints(), r.GetMaxEndpoints()},
+				{"tombstones", r.GetTombstones(), r.GetMaxTombstones()}, {"clients", r.GetClients(), r.GetMaxClients()}} {
+				fmt.Fprintf(w, "%s\t%d\t%d\t%s\n", row.name, row.used, row.limit, fill(row.used, row.limit))
+			}
+			if refused := r.GetRefused(); len(refused) > 0 {
+				fmt.Fprintf(w, "\nREFUSED\t%s\n", strings.Join(refused, ","))
 			}
 		}, err
 	}},

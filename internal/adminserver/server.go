@@ -32,6 +32,7 @@ type Services interface {
 	Service(resolver.Key) (cache.ServiceStatus, bool)
 	Held() *cache.Hold
 	Release(id int) error
+	Capacity() cache.CapacityStatus
 }
 
 // Sources is what the admin API needs of the resolver.
@@ -43,6 +44,7 @@ type Sources interface {
 type Clients interface {
 	Clients() []serve.ClientStatus
 	Snapshot(resource.Kind) *serve.Snapshot
+	ClientCapacity() (open, limit int)
 }
 
 // Options configure a Server.
@@ -307,3 +309,18 @@ func (s *Server) DecisionLog(_ context.Context, req *admin.DecisionLogRequest) (
 	}
 	return out, nil
 }
+
+// GetCapacity reports how full the bounded tables are.
+func (s *Server) GetCapacity(context.Context, *admin.GetCapacityRequest) (*admin.Capacity, error) {
+	c := s.o.Services.Capacity()
+	open, limit := s.o.Clients.ClientCapacity()
+	out := &admin.Capacity{Services: clamp(c.Services), MaxServices: clamp(c.MaxServices), Endpoints: clamp(c.Endpoints), MaxEndpoints: clamp(c.MaxEndpoints),
+		Tombstones: clamp(c.Tombstones), MaxTombstones: clamp(c.MaxTombstones), Clients: clamp(open), MaxClients: clamp(limit)}
+	for _, k := range c.Refused {
+		out.Refused = append(out.Refused, k.String())
+	}
+	return out, nil
+}
+
+// clamp fits a count into the API's int32.
+func clamp(n int) int32 { return int32(min(n, math.MaxInt32)) } //nolint:gosec // bounded on the line

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -22,8 +24,9 @@ import (
 )
 
 type fakeServices struct {
-	st   cache.ServiceStatus
-	hold *cache.Hold
+	st       cache.ServiceStatus
+	hold     *cache.Hold
+	capacity cache.CapacityStatus
 }
 
 func (f fakeServices) Services() []cache.ServiceStatus { return []cache.ServiceStatus{f.st} }
@@ -32,18 +35,23 @@ func (f fakeServices) Service(k resolver.Key) (cache.ServiceStatus, bool) {
 }
 func (f fakeServices) Held() *cache.Hold { return f.hold }
 func (f fakeServices) Release(int) error { return nil }
+func (f fakeServices) Capacity() cache.CapacityStatus {
+	return f.capacity
+}
 
 type fakeSources []resolver.SourceStatus
 
 func (f fakeSources) Sources() []resolver.SourceStatus { return f }
 
 type fakeClients struct {
-	clients []serve.ClientStatus
-	snap    *serve.Snapshot
+	clients     []serve.ClientStatus
+	snap        *serve.Snapshot
+	open, limit int
 }
 
 func (f fakeClients) Clients() []serve.ClientStatus          { return f.clients }
 func (f fakeClients) Snapshot(resource.Kind) *serve.Snapshot { return f.snap }
+func (f fakeClients) ClientCapacity() (int, int)             { return f.open, f.limit }
 
 // assignment is a ClusterLoadAssignment named name with one endpoint per zone, the zones at
 // priorities 0, 1, ... in order.
@@ -167,5 +175,22 @@ func TestWhyRefusesBadRequests(t *testing.T) {
 		if _, err := s.Why(context.Background(), tt.req); status.Code(err) != tt.code {
 			t.Errorf("Why(%v) = %v, want %v", tt.req, err, tt.code)
 		}
+	}
+}
+
+func TestGetCapacity(t *testing.T) {
+	s := NewServer(Options{
+		Services: fakeServices{capacity: cache.CapacityStatus{Services: 3, MaxServices: 4, Endpoints: 30, MaxEndpoints: 40, Tombstones: 1, MaxTombstones: 10,
+			Refused: []resolver.Key{{Namespace: "ns", Name: "big"}, {Namespace: "ns", Name: "web", ClusterSet: true}}}},
+		Clients: fakeClients{open: 7, limit: 9}, Sources: fakeSources{}, Decisions: NewDecisions(10),
+	})
+	got, err := s.GetCapacity(context.Background(), &admin.GetCapacityRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &admin.Capacity{Services: 3, MaxServices: 4, Endpoints: 30, MaxEndpoints: 40, Tombstones: 1, MaxTombstones: 10,
+		Refused: []string{"ns/big", "ns/web@clusterset.local"}, Clients: 7, MaxClients: 9}
+	if !proto.Equal(got, want) {
+		t.Errorf("GetCapacity = %v, want %v", got, want)
 	}
 }

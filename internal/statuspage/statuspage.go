@@ -28,6 +28,7 @@ type API interface {
 	ListSources(context.Context, *admin.ListSourcesRequest) (*admin.ListSourcesResponse, error)
 	ListHolds(context.Context, *admin.ListHoldsRequest) (*admin.ListHoldsResponse, error)
 	Why(context.Context, *admin.WhyRequest) (*admin.WhyResponse, error)
+	GetCapacity(context.Context, *admin.GetCapacityRequest) (*admin.Capacity, error)
 }
 
 //go:embed templates/*.html
@@ -116,7 +117,17 @@ type overviewData struct {
 	Total    int
 	Clients  []*admin.ClientSummary
 	ByState  []count
+	Capacity []fill
+	Refused  []string
 	Errors   []string
+}
+
+// fill is one bounded table's use against its limit.
+type fill struct {
+	Table       string
+	Used, Limit int32
+	Percent     int
+	Warn        bool // at or over 80 %: Holdfast warns, and refuses new entries at 100 %
 }
 
 // overview gathers every list; a failed one is named on the page, the rest still shown.
@@ -152,6 +163,19 @@ func (h *Handler) overview(ctx context.Context) overviewData {
 			states[clientState(c)]++
 		}
 		d.Clients, d.ByState = r.GetClients(), counts(states)
+	}
+	if c, err := h.api.GetCapacity(ctx, &admin.GetCapacityRequest{}); err != nil {
+		d.Errors = append(d.Errors, "capacity: "+err.Error())
+	} else {
+		for _, f := range []fill{{Table: "services", Used: c.GetServices(), Limit: c.GetMaxServices()}, {Table: "endpoints", Used: c.GetEndpoints(), Limit: c.GetMaxEndpoints()},
+			{Table: "tombstones", Used: c.GetTombstones(), Limit: c.GetMaxTombstones()}, {Table: "clients", Used: c.GetClients(), Limit: c.GetMaxClients()}} {
+			if f.Limit > 0 {
+				f.Percent = int(100 * int64(f.Used) / int64(f.Limit))
+			}
+			f.Warn = f.Percent >= 80
+			d.Capacity = append(d.Capacity, f)
+		}
+		d.Refused = c.GetRefused()
 	}
 	return d
 }

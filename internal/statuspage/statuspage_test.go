@@ -45,6 +45,11 @@ func (fakeAPI) Why(context.Context, *admin.WhyRequest) (*admin.WhyResponse, erro
 	return &admin.WhyResponse{Reasons: []*admin.WhyReason{{Cause: "nack", Detail: "rejected"}}}, nil
 }
 
+func (fakeAPI) GetCapacity(context.Context, *admin.GetCapacityRequest) (*admin.Capacity, error) {
+	return &admin.Capacity{Services: 18000, MaxServices: 20000, Endpoints: 10, MaxEndpoints: 500000, MaxTombstones: 10000, Clients: 1, MaxClients: 10000,
+		Refused: []string{"shop/huge"}}, nil
+}
+
 func TestPages(t *testing.T) {
 	srv := httptest.NewServer(New(fakeAPI{}, nil, 5*time.Second))
 	defer srv.Close()
@@ -53,7 +58,8 @@ func TestPages(t *testing.T) {
 		code         int
 		want, not    []string
 	}{
-		{"GET", "/", 200, []string{"degraded", "&lt;script&gt;", "updating", "sources: rpc error", `content="5"`}, []string{"<script>"}},
+		{"GET", "/", 200, []string{"degraded", "&lt;script&gt;", "updating", "sources: rpc error", `content="5"`,
+			`<td>services</td><td>18000</td><td>20000</td><td class="bad">90 %</td>`, `<td>endpoints</td><td>10</td><td>500000</td><td>0 %</td>`, "Refused for want of room: shop/huge"}, []string{"<script>"}},
 		{"GET", "/service?name=shop/cart", 200, []string{"Service shop/cart"}, nil},
 		{"GET", "/service?name=shop/nope", 400, []string{"no service"}, nil},
 		{"GET", "/client?node=a&service=shop/cart", 200, []string{"nack", "rejected"}, nil},

@@ -2410,6 +2410,153 @@ func (x *WhyResponse) GetScope() string {
 	return ""
 }
 
+type GetCapacityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCapacityRequest) Reset() {
+	*x = GetCapacityRequest{}
+	mi := &file_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCapacityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCapacityRequest) ProtoMessage() {}
+
+func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCapacityRequest.ProtoReflect.Descriptor instead.
+func (*GetCapacityRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{36}
+}
+
+// What Holdfast holds against its limits (--max-services, --max-endpoints, --max-clients, the
+// tombstone table). Over a limit new entries are refused; nothing served is evicted.
+type Capacity struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Services      int32                  `protobuf:"varint,1,opt,name=services,proto3" json:"services,omitempty"`
+	MaxServices   int32                  `protobuf:"varint,2,opt,name=max_services,json=maxServices,proto3" json:"max_services,omitempty"`
+	Endpoints     int32                  `protobuf:"varint,3,opt,name=endpoints,proto3" json:"endpoints,omitempty"`
+	MaxEndpoints  int32                  `protobuf:"varint,4,opt,name=max_endpoints,json=maxEndpoints,proto3" json:"max_endpoints,omitempty"`
+	Tombstones    int32                  `protobuf:"varint,5,opt,name=tombstones,proto3" json:"tombstones,omitempty"`
+	MaxTombstones int32                  `protobuf:"varint,6,opt,name=max_tombstones,json=maxTombstones,proto3" json:"max_tombstones,omitempty"`
+	// Services refused by the last change for want of room, by name (namespace/name).
+	Refused       []string `protobuf:"bytes,7,rep,name=refused,proto3" json:"refused,omitempty"`
+	Clients       int32    `protobuf:"varint,8,opt,name=clients,proto3" json:"clients,omitempty"`
+	MaxClients    int32    `protobuf:"varint,9,opt,name=max_clients,json=maxClients,proto3" json:"max_clients,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Capacity) Reset() {
+	*x = Capacity{}
+	mi := &file_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Capacity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Capacity) ProtoMessage() {}
+
+func (x *Capacity) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
+func (*Capacity) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Capacity) GetServices() int32 {
+	if x != nil {
+		return x.Services
+	}
+	return 0
+}
+
+func (x *Capacity) GetMaxServices() int32 {
+	if x != nil {
+		return x.MaxServices
+	}
+	return 0
+}
+
+func (x *Capacity) GetEndpoints() int32 {
+	if x != nil {
+		return x.Endpoints
+	}
+	return 0
+}
+
+func (x *Capacity) GetMaxEndpoints() int32 {
+	if x != nil {
+		return x.MaxEndpoints
+	}
+	return 0
+}
+
+func (x *Capacity) GetTombstones() int32 {
+	if x != nil {
+		return x.Tombstones
+	}
+	return 0
+}
+
+func (x *Capacity) GetMaxTombstones() int32 {
+	if x != nil {
+		return x.MaxTombstones
+	}
+	return 0
+}
+
+func (x *Capacity) GetRefused() []string {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+func (x *Capacity) GetClients() int32 {
+	if x != nil {
+		return x.Clients
+	}
+	return 0
+}
+
+func (x *Capacity) GetMaxClients() int32 {
+	if x != nil {
+		return x.MaxClients
+	}
+	return 0
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -2603,7 +2750,21 @@ const file_admin_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\v2!.holdfast.admin.v1.ServiceSummaryR\aservice\x126\n" +
 	"\astreams\x18\x02 \x03(\v2\x1c.holdfast.admin.v1.WhyStreamR\astreams\x126\n" +
 	"\areasons\x18\x03 \x03(\v2\x1c.holdfast.admin.v1.WhyReasonR\areasons\x12\x14\n" +
-	"\x05scope\x18\x04 \x01(\tR\x05scope2\xa7\x06\n" +
+	"\x05scope\x18\x04 \x01(\tR\x05scope\"\x14\n" +
+	"\x12GetCapacityRequest\"\xa8\x02\n" +
+	"\bCapacity\x12\x1a\n" +
+	"\bservices\x18\x01 \x01(\x05R\bservices\x12!\n" +
+	"\fmax_services\x18\x02 \x01(\x05R\vmaxServices\x12\x1c\n" +
+	"\tendpoints\x18\x03 \x01(\x05R\tendpoints\x12#\n" +
+	"\rmax_endpoints\x18\x04 \x01(\x05R\fmaxEndpoints\x12\x1e\n" +
+	"\n" +
+	"tombstones\x18\x05 \x01(\x05R\n" +
+	"tombstones\x12%\n" +
+	"\x0emax_tombstones\x18\x06 \x01(\x05R\rmaxTombstones\x12\x18\n" +
+	"\arefused\x18\a \x03(\tR\arefused\x12\x18\n" +
+	"\aclients\x18\b \x01(\x05R\aclients\x12\x1f\n" +
+	"\vmax_clients\x18\t \x01(\x05R\n" +
+	"maxClients2\xfa\x06\n" +
 	"\x05Admin\x12_\n" +
 	"\fListServices\x12&.holdfast.admin.v1.ListServicesRequest\x1a'.holdfast.admin.v1.ListServicesResponse\x12T\n" +
 	"\n" +
@@ -2614,7 +2775,8 @@ const file_admin_proto_rawDesc = "" +
 	"\tListHolds\x12#.holdfast.admin.v1.ListHoldsRequest\x1a$.holdfast.admin.v1.ListHoldsResponse\x12\\\n" +
 	"\vReleaseHold\x12%.holdfast.admin.v1.ReleaseHoldRequest\x1a&.holdfast.admin.v1.ReleaseHoldResponse\x12\\\n" +
 	"\vDecisionLog\x12%.holdfast.admin.v1.DecisionLogRequest\x1a&.holdfast.admin.v1.DecisionLogResponse\x12D\n" +
-	"\x03Why\x12\x1d.holdfast.admin.v1.WhyRequest\x1a\x1e.holdfast.admin.v1.WhyResponseB(Z&github.com/holdfast/holdfast/xds/adminb\x06proto3"
+	"\x03Why\x12\x1d.holdfast.admin.v1.WhyRequest\x1a\x1e.holdfast.admin.v1.WhyResponse\x12Q\n" +
+	"\vGetCapacity\x12%.holdfast.admin.v1.GetCapacityRequest\x1a\x1b.holdfast.admin.v1.CapacityB(Z&github.com/holdfast/holdfast/xds/adminb\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -2628,7 +2790,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_admin_proto_goTypes = []any{
 	(*ListServicesRequest)(nil),   // 0: holdfast.admin.v1.ListServicesRequest
 	(*ServiceSummary)(nil),        // 1: holdfast.admin.v1.ServiceSummary
@@ -2666,13 +2828,15 @@ var file_admin_proto_goTypes = []any{
 	(*WhyStream)(nil),             // 33: holdfast.admin.v1.WhyStream
 	(*WhyReason)(nil),             // 34: holdfast.admin.v1.WhyReason
 	(*WhyResponse)(nil),           // 35: holdfast.admin.v1.WhyResponse
-	nil,                           // 36: holdfast.admin.v1.Nack.ResourcesEntry
-	nil,                           // 37: holdfast.admin.v1.Decision.AttrsEntry
-	(*durationpb.Duration)(nil),   // 38: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
+	(*GetCapacityRequest)(nil),    // 36: holdfast.admin.v1.GetCapacityRequest
+	(*Capacity)(nil),              // 37: holdfast.admin.v1.Capacity
+	nil,                           // 38: holdfast.admin.v1.Nack.ResourcesEntry
+	nil,                           // 39: holdfast.admin.v1.Decision.AttrsEntry
+	(*durationpb.Duration)(nil),   // 40: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	38, // 0: holdfast.admin.v1.ServiceSummary.age:type_name -> google.protobuf.Duration
+	40, // 0: holdfast.admin.v1.ServiceSummary.age:type_name -> google.protobuf.Duration
 	1,  // 1: holdfast.admin.v1.ListServicesResponse.services:type_name -> holdfast.admin.v1.ServiceSummary
 	4,  // 2: holdfast.admin.v1.Zone.endpoints:type_name -> holdfast.admin.v1.Endpoint
 	5,  // 3: holdfast.admin.v1.Port.zones:type_name -> holdfast.admin.v1.Zone
@@ -2680,28 +2844,28 @@ var file_admin_proto_depIdxs = []int32{
 	6,  // 5: holdfast.admin.v1.ServiceDetail.ports:type_name -> holdfast.admin.v1.Port
 	7,  // 6: holdfast.admin.v1.ServiceDetail.resources:type_name -> holdfast.admin.v1.ServedResource
 	8,  // 7: holdfast.admin.v1.ServiceDetail.slices:type_name -> holdfast.admin.v1.ObjectVersion
-	39, // 8: holdfast.admin.v1.ServiceDetail.observed_at:type_name -> google.protobuf.Timestamp
-	39, // 9: holdfast.admin.v1.Nack.at:type_name -> google.protobuf.Timestamp
-	36, // 10: holdfast.admin.v1.Nack.resources:type_name -> holdfast.admin.v1.Nack.ResourcesEntry
+	41, // 8: holdfast.admin.v1.ServiceDetail.observed_at:type_name -> google.protobuf.Timestamp
+	41, // 9: holdfast.admin.v1.Nack.at:type_name -> google.protobuf.Timestamp
+	38, // 10: holdfast.admin.v1.Nack.resources:type_name -> holdfast.admin.v1.Nack.ResourcesEntry
 	10, // 11: holdfast.admin.v1.TypeStatus.nacked:type_name -> holdfast.admin.v1.Nack
 	11, // 12: holdfast.admin.v1.TypeStatus.resources:type_name -> holdfast.admin.v1.ResourceStatus
-	39, // 13: holdfast.admin.v1.ClientSummary.connected_at:type_name -> google.protobuf.Timestamp
+	41, // 13: holdfast.admin.v1.ClientSummary.connected_at:type_name -> google.protobuf.Timestamp
 	12, // 14: holdfast.admin.v1.ClientSummary.types:type_name -> holdfast.admin.v1.TypeStatus
 	13, // 15: holdfast.admin.v1.ListClientsResponse.clients:type_name -> holdfast.admin.v1.ClientSummary
 	13, // 16: holdfast.admin.v1.ClientDetail.summary:type_name -> holdfast.admin.v1.ClientSummary
 	10, // 17: holdfast.admin.v1.ClientDetail.nacks:type_name -> holdfast.admin.v1.Nack
-	39, // 18: holdfast.admin.v1.Source.since:type_name -> google.protobuf.Timestamp
-	39, // 19: holdfast.admin.v1.Source.last_event:type_name -> google.protobuf.Timestamp
-	39, // 20: holdfast.admin.v1.Source.last_bookmark:type_name -> google.protobuf.Timestamp
-	39, // 21: holdfast.admin.v1.Source.last_probe_ok:type_name -> google.protobuf.Timestamp
-	39, // 22: holdfast.admin.v1.Source.stale_since:type_name -> google.protobuf.Timestamp
+	41, // 18: holdfast.admin.v1.Source.since:type_name -> google.protobuf.Timestamp
+	41, // 19: holdfast.admin.v1.Source.last_event:type_name -> google.protobuf.Timestamp
+	41, // 20: holdfast.admin.v1.Source.last_bookmark:type_name -> google.protobuf.Timestamp
+	41, // 21: holdfast.admin.v1.Source.last_probe_ok:type_name -> google.protobuf.Timestamp
+	41, // 22: holdfast.admin.v1.Source.stale_since:type_name -> google.protobuf.Timestamp
 	19, // 23: holdfast.admin.v1.ListSourcesResponse.sources:type_name -> holdfast.admin.v1.Source
-	39, // 24: holdfast.admin.v1.Hold.since:type_name -> google.protobuf.Timestamp
+	41, // 24: holdfast.admin.v1.Hold.since:type_name -> google.protobuf.Timestamp
 	21, // 25: holdfast.admin.v1.ListHoldsResponse.holds:type_name -> holdfast.admin.v1.Hold
 	21, // 26: holdfast.admin.v1.ReleaseHoldResponse.released:type_name -> holdfast.admin.v1.Hold
-	39, // 27: holdfast.admin.v1.Decision.at:type_name -> google.protobuf.Timestamp
-	37, // 28: holdfast.admin.v1.Decision.attrs:type_name -> holdfast.admin.v1.Decision.AttrsEntry
-	39, // 29: holdfast.admin.v1.Decision.first:type_name -> google.protobuf.Timestamp
+	41, // 27: holdfast.admin.v1.Decision.at:type_name -> google.protobuf.Timestamp
+	39, // 28: holdfast.admin.v1.Decision.attrs:type_name -> holdfast.admin.v1.Decision.AttrsEntry
+	41, // 29: holdfast.admin.v1.Decision.first:type_name -> google.protobuf.Timestamp
 	26, // 30: holdfast.admin.v1.DecisionLogResponse.decisions:type_name -> holdfast.admin.v1.Decision
 	31, // 31: holdfast.admin.v1.WhyPort.priorities:type_name -> holdfast.admin.v1.WhyPriority
 	13, // 32: holdfast.admin.v1.WhyStream.client:type_name -> holdfast.admin.v1.ClientSummary
@@ -2720,17 +2884,19 @@ var file_admin_proto_depIdxs = []int32{
 	24, // 45: holdfast.admin.v1.Admin.ReleaseHold:input_type -> holdfast.admin.v1.ReleaseHoldRequest
 	27, // 46: holdfast.admin.v1.Admin.DecisionLog:input_type -> holdfast.admin.v1.DecisionLogRequest
 	29, // 47: holdfast.admin.v1.Admin.Why:input_type -> holdfast.admin.v1.WhyRequest
-	2,  // 48: holdfast.admin.v1.Admin.ListServices:output_type -> holdfast.admin.v1.ListServicesResponse
-	9,  // 49: holdfast.admin.v1.Admin.GetService:output_type -> holdfast.admin.v1.ServiceDetail
-	15, // 50: holdfast.admin.v1.Admin.ListClients:output_type -> holdfast.admin.v1.ListClientsResponse
-	17, // 51: holdfast.admin.v1.Admin.GetClient:output_type -> holdfast.admin.v1.ClientDetail
-	20, // 52: holdfast.admin.v1.Admin.ListSources:output_type -> holdfast.admin.v1.ListSourcesResponse
-	23, // 53: holdfast.admin.v1.Admin.ListHolds:output_type -> holdfast.admin.v1.ListHoldsResponse
-	25, // 54: holdfast.admin.v1.Admin.ReleaseHold:output_type -> holdfast.admin.v1.ReleaseHoldResponse
-	28, // 55: holdfast.admin.v1.Admin.DecisionLog:output_type -> holdfast.admin.v1.DecisionLogResponse
-	35, // 56: holdfast.admin.v1.Admin.Why:output_type -> holdfast.admin.v1.WhyResponse
-	48, // [48:57] is the sub-list for method output_type
-	39, // [39:48] is the sub-list for method input_type
+	36, // 48: holdfast.admin.v1.Admin.GetCapacity:input_type -> holdfast.admin.v1.GetCapacityRequest
+	2,  // 49: holdfast.admin.v1.Admin.ListServices:output_type -> holdfast.admin.v1.ListServicesResponse
+	9,  // 50: holdfast.admin.v1.Admin.GetService:output_type -> holdfast.admin.v1.ServiceDetail
+	15, // 51: holdfast.admin.v1.Admin.ListClients:output_type -> holdfast.admin.v1.ListClientsResponse
+	17, // 52: holdfast.admin.v1.Admin.GetClient:output_type -> holdfast.admin.v1.ClientDetail
+	20, // 53: holdfast.admin.v1.Admin.ListSources:output_type -> holdfast.admin.v1.ListSourcesResponse
+	23, // 54: holdfast.admin.v1.Admin.ListHolds:output_type -> holdfast.admin.v1.ListHoldsResponse
+	25, // 55: holdfast.admin.v1.Admin.ReleaseHold:output_type -> holdfast.admin.v1.ReleaseHoldResponse
+	28, // 56: holdfast.admin.v1.Admin.DecisionLog:output_type -> holdfast.admin.v1.DecisionLogResponse
+	35, // 57: holdfast.admin.v1.Admin.Why:output_type -> holdfast.admin.v1.WhyResponse
+	37, // 58: holdfast.admin.v1.Admin.GetCapacity:output_type -> holdfast.admin.v1.Capacity
+	49, // [49:59] is the sub-list for method output_type
+	39, // [39:49] is the sub-list for method input_type
 	39, // [39:39] is the sub-list for extension type_name
 	39, // [39:39] is the sub-list for extension extendee
 	0,  // [0:39] is the sub-list for field type_name
@@ -2747,7 +2913,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	Admin_ReleaseHold_FullMethodName  = "/holdfast.admin.v1.Admin/ReleaseHold"
 	Admin_DecisionLog_FullMethodName  = "/holdfast.admin.v1.Admin/DecisionLog"
 	Admin_Why_FullMethodName          = "/holdfast.admin.v1.Admin/Why"
+	Admin_GetCapacity_FullMethodName  = "/holdfast.admin.v1.Admin/GetCapacity"
 )
 
 // AdminClient is the client API for Admin service.
@@ -56,6 +57,8 @@ type AdminClient interface {
 	// For one client and one service: what the client holds, what Holdfast would send it now,
 	// and every reason they differ or look surprising, each with the decisions behind it.
 	Why(ctx context.Context, in *WhyRequest, opts ...grpc.CallOption) (*WhyResponse, error)
+	// How full the bounded tables are: services, endpoints, tombstones, clients.
+	GetCapacity(ctx context.Context, in *GetCapacityRequest, opts ...grpc.CallOption) (*Capacity, error)
 }
 
 type adminClient struct {
@@ -156,6 +159,16 @@ func (c *adminClient) Why(ctx context.Context, in *WhyRequest, opts ...grpc.Call
 	return out, nil
 }
 
+func (c *adminClient) GetCapacity(ctx context.Context, in *GetCapacityRequest, opts ...grpc.CallOption) (*Capacity, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Capacity)
+	err := c.cc.Invoke(ctx, Admin_GetCapacity_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -179,6 +192,8 @@ type AdminServer interface {
 	// For one client and one service: what the client holds, what Holdfast would send it now,
 	// and every reason they differ or look surprising, each with the decisions behind it.
 	Why(context.Context, *WhyRequest) (*WhyResponse, error)
+	// How full the bounded tables are: services, endpoints, tombstones, clients.
+	GetCapacity(context.Context, *GetCapacityRequest) (*Capacity, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -215,6 +230,9 @@ func (UnimplementedAdminServer) DecisionLog(context.Context, *DecisionLogRequest
 }
 func (UnimplementedAdminServer) Why(context.Context, *WhyRequest) (*WhyResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Why not implemented")
+}
+func (UnimplementedAdminServer) GetCapacity(context.Context, *GetCapacityRequest) (*Capacity, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetCapacity not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -399,6 +417,24 @@ func _Admin_Why_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_GetCapacity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCapacityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetCapacity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetCapacity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetCapacity(ctx, req.(*GetCapacityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -441,6 +477,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Why",
 			Handler:    _Admin_Why_Handler,
+		},
+		{
+			MethodName: "GetCapacity",
+			Handler:    _Admin_GetCapacity_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

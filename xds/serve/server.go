@@ -218,6 +218,13 @@ func (s *Server) snapshot(kind resource.Kind) *Snapshot {
 	return (*p)[kind]
 }
 
+// ClientCapacity reports the open ADS streams and how many the server allows.
+func (s *Server) ClientCapacity() (open, limit int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.streams), s.opts.MaxClients
+}
+
 // SetClientsRatio makes the server report open streams / MaxClients on g.
 func (s *Server) SetClientsRatio(g prometheus.Gauge) {
 	s.mu.Lock()
