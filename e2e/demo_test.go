@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"bytes"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -112,4 +115,75 @@ func TestDemo(t *testing.T) {
 	if n, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(n), "hf-demo") {
 		t.Errorf("the demo left its network namespace behind: %s", n)
 	}
+}
+
+// TestMakeDemoCtrlC runs the README's first command as a user does, in a terminal (a pty made
+// by script(1)), and presses Ctrl-C once traffic flows: the demo cleans up and make exits 0.
+// Without the demo taking the terminal's foreground, make itself is interrupted and exits 2.
+func TestMakeDemoCtrlC(t *testing.T) {
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("script", "-qfec", "make demo; echo MAKE_EXIT=$?", "/dev/null")
+	cmd.Dir = root
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "MAKEFLAGS=") || strings.HasPrefix(kv, "MFLAGS=") || strings.HasPrefix(kv, "MAKELEVEL=")
+	})
+	tty, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.After(4 * timeout)
+	for !strings.Contains(out.String(), "answered by:") {
+		select {
+		case err := <-done:
+			t.Fatalf("make demo exited early (%v):\n%s", err, out.String())
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			t.Fatalf("make demo never showed traffic:\n%s", out.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if _, err := tty.Write([]byte{0x03}); err != nil { // Ctrl-C, as the terminal sees it
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(2 * timeout):
+		_ = cmd.Process.Kill()
+		t.Fatalf("make demo did not stop on Ctrl-C:\n%s", out.String())
+	}
+	text := out.String()
+	if !strings.Contains(text, "demo: cleaned up") || !strings.Contains(text, "MAKE_EXIT=0") {
+		t.Errorf("after Ctrl-C, want the demo cleaned up and make exiting 0:\n%s", text)
+	}
+	if ns, err := exec.Command("ip", "netns", "list").Output(); err != nil || strings.Contains(string(ns), "hf-demo") {
+		t.Errorf("the demo left a network namespace (%v):\n%s", err, ns)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to write from a command's output and read meanwhile.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
