@@ -135,14 +135,15 @@ type Resolver struct {
 const byServiceIndex = "holdfast.io/service"
 
 type resolverMetrics struct {
-	services      prometheus.Gauge
-	endpoints     prometheus.Gauge
-	publishes     prometheus.Counter
-	stale         *prometheus.GaugeVec
-	restarts      *prometheus.CounterVec
-	probeFailures *prometheus.CounterVec
-	degraded      prometheus.Gauge
-	unmatched     prometheus.Gauge
+	services       prometheus.Gauge
+	endpoints      prometheus.Gauge
+	publishes      prometheus.Counter
+	stale          *prometheus.GaugeVec
+	restarts       *prometheus.CounterVec
+	probeFailures  *prometheus.CounterVec
+	degraded       prometheus.Gauge
+	unmatched      prometheus.Gauge
+	exportsMissing *prometheus.GaugeVec
 }
 
 // New creates a Resolver. Call Run to start it.
@@ -185,6 +186,8 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 				Name: "holdfast_source_probe_failures_total", Help: "Quorum-read probes of the API server that failed or timed out."}, []string{"source"}),
 			degraded: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "holdfast_services_degraded", Help: "Services kept at their last good state because their new input had nothing usable."}),
+			exportsMissing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+				Name: "holdfast_source_serviceexports_missing", Help: "1 while a source's cluster has no ServiceExport CRD: nothing is exported from it (cluster sets only)."}, []string{"source"}),
 			unmatched: prometheus.NewGauge(prometheus.GaugeOpts{
 				Name: "holdfast_service_ports_unmatched", Help: "Service ports served empty because none of the service's EndpointSlices has a port of their name (holdfastctl services shows which)."}),
 		},
@@ -199,7 +202,7 @@ func New(opts Options, obs Observer) (*Resolver, error) {
 		r.metrics.stale.WithLabelValues(s.name).Set(0)
 	}
 	m := r.metrics
-	if err := promreg.Register(opts.Registry, "resolver", m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, m.degraded, m.unmatched, rejections.counter, syncAgeCollector{r}); err != nil {
+	if err := promreg.Register(opts.Registry, "resolver", m.services, m.endpoints, m.publishes, m.stale, m.restarts, m.probeFailures, m.degraded, m.unmatched, m.exportsMissing, rejections.counter, syncAgeCollector{r}); err != nil {
 		return nil, err
 	}
 	return r, nil

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -72,6 +73,8 @@ type source struct {
 	mu     sync.Mutex
 	gen    *generation
 	status SourceStatus
+
+	noExports atomic.Bool // the ServiceExport CRD is missing from the cluster (see exportsMissing)
 }
 
 // generation is one set of informers. Its listers are read only once it has synced.
@@ -220,6 +223,54 @@ func (s *source) noteEvent(typ watch.EventType) {
 	s.mu.Unlock()
 }
 
+// exportsMissing records whether the ServiceExport CRD is missing from the source's cluster,
+// and reports each change.
+func (s *source) exportsMissing(missing bool) {
+	if s.noExports.Swap(missing) == missing {
+		return
+	}
+	v := 0.0
+	if missing {
+		v = 1
+		s.r.log.Error("the ServiceExport CRD (multicluster.x-k8s.io/v1alpha1) is not installed: nothing is exported from here; install deploy/mcs/serviceexport-crd.yaml (it is looked for again at every watch timeout)",
+			"decision", "exports_unavailable", "subject", s.name)
+	} else {
+		s.r.log.Info("ServiceExports are watched", "decision", "exports_available", "subject", s.name)
+	}
+	s.r.metrics.exportsMissing.WithLabelValues(s.name).Set(v)
+}
+
+// idleWatch is a watch that delivers nothing and ends after timeoutSeconds (or with ctx): what
+// a resource the API server does not serve is watched with, so that its informer lists again
+// (and finds it once installed) at the pace of a watch timeout rather than in a loop.
+func idleWatch(ctx context.Context, timeoutSeconds *int64) watch.Interface {
+	d := 2 * time.Minute
+	if timeoutSeconds != nil && *timeoutSeconds > 0 {
+		d = time.Duration(*timeoutSeconds) * time.Second
+	}
+	w := &quietWatch{ch: make(chan watch.Event), stop: make(chan struct{})}
+	go func() {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		case <-w.stop:
+		}
+		close(w.ch)
+	}()
+	return w
+}
+
+type quietWatch struct {
+	ch       chan watch.Event
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+func (w *quietWatch) Stop()                          { w.stopOnce.Do(func() { close(w.stop) }) }
+func (w *quietWatch) ResultChan() <-chan watch.Event { return w.ch }
+
 // restartRecovered is the restart reason of a source whose API server answers again.
 const restartRecovered = "recovered from stale"
 
@@ -319,12 +370,32 @@ func (s *source) startGeneration(ctx context.Context) *generation {
 		})
 	}
 	if md := s.r.opts.Exports; md != nil {
+		// A cluster without the ServiceExport CRD exports nothing: its source syncs without
+		// exports (reported), and lists again at every watch timeout, so that installing the
+		// CRD later is seen.
 		exports := md.Resource(ServiceExportResource).Namespace(ns)
 		exportLW := listWatch(s,
 			func(ctx context.Context, o metav1.ListOptions) (*metav1.PartialObjectMetadataList, error) {
-				return exports.List(ctx, o)
+				l, err := exports.List(ctx, o)
+				if apierrors.IsNotFound(err) {
+					s.exportsMissing(true)
+					return &metav1.PartialObjectMetadataList{}, nil
+				}
+				if err == nil {
+					s.exportsMissing(false)
+				}
+				return l, err
 			},
-			exports.Watch)
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				w, err := exports.Watch(ctx, o)
+				if apierrors.IsNotFound(err) {
+					return idleWatch(ctx, o.TimeoutSeconds), nil
+				}
+				if err == nil {
+					s.exportsMissing(false) // installed since the list: the watch starts with every export
+				}
+				return w, err
+			})
 		g.exports = cache.NewSharedIndexInformer(exportLW, &metav1.PartialObjectMetadata{}, 0, cache.Indexers{})
 		// A ServiceExport names its Service: the service is rebuilt, exported or not.
 		_, _ = g.exports.AddEventHandler(cache.ResourceEventHandlerFuncs{
