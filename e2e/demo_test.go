@@ -156,7 +156,10 @@ func TestMakeDemoCtrlC(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-done:
+	case err := <-done:
+		if err != nil { // script(1) exits with make's status (-e)
+			t.Errorf("make demo after Ctrl-C: %v", err)
+		}
 	case <-time.After(2 * timeout):
 		_ = cmd.Process.Kill()
 		t.Fatalf("make demo did not stop on Ctrl-C:\n%s", out.String())
