@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/holdfast/holdfast/e2e/adsclient"
@@ -200,19 +199,7 @@ func writeSliceConditions(t *testing.T, ns, name, svc string, port servicePort, 
 			Zone:       ptr("zone-a"),
 		})
 	}
-	ctx := context.Background()
-	c := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
-	existing, err := c.Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = c.Create(ctx, s, metav1.CreateOptions{})
-	case err == nil:
-		s.ResourceVersion = existing.ResourceVersion
-		_, err = c.Update(ctx, s, metav1.UpdateOptions{})
-	}
-	if err != nil {
-		t.Fatalf("write endpointslice %s/%s: %v", ns, name, err)
-	}
+	putSlice(t, env.cluster, s)
 }
 
 // envoyBackends follows the Envoy-like client's config for a service port dialled as target —

@@ -1,17 +1,16 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/holdfast/holdfast/e2e/harness"
+	"github.com/holdfast/holdfast/internal/testkit"
 )
 
 // TestDemo keeps the README's first command true: the demo starts its own API server, serves
@@ -30,34 +29,12 @@ func TestDemo(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build demo: %v\n%s", err, out)
 	}
-	var out bytes.Buffer
 	cmd := exec.Command(demo, "--scene", "2s")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	deadline := time.After(4 * timeout)
-	for !strings.Contains(out.String(), "demo: done") {
-		select {
-		case err := <-done:
-			t.Fatalf("demo exited early (%v):\n%s", err, out.String())
-		case <-deadline:
-			_ = cmd.Process.Kill()
-			t.Fatalf("demo never reached its end:\n%s", out.String())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	out, done := startWatched(t, cmd)
+	out.waitFor(t, "demo: done", done, 4*timeout)
 	_ = cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("demo exit after Ctrl-C: %v", err)
-		}
-	case <-time.After(timeout):
-		_ = cmd.Process.Kill()
-		t.Fatalf("demo did not stop on Ctrl-C:\n%s", out.String())
+	if err := out.exit(t, done, timeout); err != nil {
+		t.Errorf("demo exit after Ctrl-C: %v", err)
 	}
 	text := out.String()
 	for _, want := range []string{
@@ -134,35 +111,13 @@ func TestMakeDemoCtrlC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	deadline := time.After(4 * timeout)
-	for !strings.Contains(out.String(), "answered by:") {
-		select {
-		case err := <-done:
-			t.Fatalf("make demo exited early (%v):\n%s", err, out.String())
-		case <-deadline:
-			_ = cmd.Process.Kill()
-			t.Fatalf("make demo never showed traffic:\n%s", out.String())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	out, done := startWatched(t, cmd)
+	out.waitFor(t, "answered by:", done, 4*timeout)
 	if _, err := tty.Write([]byte{0x03}); err != nil { // Ctrl-C, as the terminal sees it
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil { // script(1) exits with make's status (-e)
-			t.Errorf("make demo after Ctrl-C: %v", err)
-		}
-	case <-time.After(2 * timeout):
-		_ = cmd.Process.Kill()
-		t.Fatalf("make demo did not stop on Ctrl-C:\n%s", out.String())
+	if err := out.exit(t, done, 2*timeout); err != nil { // script(1) exits with make's status (-e)
+		t.Errorf("make demo after Ctrl-C: %v", err)
 	}
 	text := out.String()
 	if !strings.Contains(text, "demo: cleaned up") || !strings.Contains(text, "MAKE_EXIT=0") {
@@ -173,20 +128,51 @@ func TestMakeDemoCtrlC(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe to write from a command's output and read meanwhile.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// watched is a command's output, read while it runs.
+type watched struct {
+	testkit.Log
+	cmd *exec.Cmd
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
+// startWatched starts cmd with its output kept; done receives its exit.
+func startWatched(t *testing.T, cmd *exec.Cmd) (*watched, <-chan error) {
+	t.Helper()
+	w := &watched{cmd: cmd}
+	cmd.Stdout, cmd.Stderr = &w.Log, &w.Log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	return w, done
 }
 
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// waitFor waits until the output says want; the command exiting first, or d passing, fails
+// the test.
+func (w *watched) waitFor(t *testing.T, want string, done <-chan error, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for !strings.Contains(w.String(), want) {
+		select {
+		case err := <-done:
+			t.Fatalf("%s exited (%v) before saying %q:\n%s", w.cmd.Args, err, want, w.String())
+		case <-deadline:
+			_ = w.cmd.Process.Kill()
+			t.Fatalf("%s did not say %q within %v:\n%s", w.cmd.Args, want, d, w.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// exit waits up to d for the command to exit, and returns how it did.
+func (w *watched) exit(t *testing.T, done <-chan error, d time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		_ = w.cmd.Process.Kill()
+		t.Fatalf("%s did not exit within %v:\n%s", w.cmd.Args, d, w.String())
+		return nil
+	}
 }

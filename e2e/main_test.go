@@ -115,16 +115,21 @@ func newNamespaceOn(t testing.TB, k *kube.Cluster) string {
 	if err != nil {
 		t.Fatalf("create namespace: %v", err)
 	}
-	t.Cleanup(func() {
-		c := k.Client
-		_ = c.DiscoveryV1().EndpointSlices(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
-		svcs, _ := c.CoreV1().Services(ns.Name).List(ctx, metav1.ListOptions{})
-		for _, s := range svcs.Items {
-			_ = c.CoreV1().Services(ns.Name).Delete(ctx, s.Name, metav1.DeleteOptions{})
-		}
-		_ = c.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{})
-	})
+	t.Cleanup(func() { deleteNamespace(k, ns.Name) })
 	return ns.Name
+}
+
+// deleteNamespace deletes a test's namespace, and its EndpointSlices and Services explicitly
+// (with no controllers running, a namespace never finishes deleting its content).
+func deleteNamespace(k *kube.Cluster, ns string) {
+	ctx := context.Background()
+	c := k.Client
+	_ = c.DiscoveryV1().EndpointSlices(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+	svcs, _ := c.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	for _, s := range svcs.Items {
+		_ = c.CoreV1().Services(ns).Delete(ctx, s.Name, metav1.DeleteOptions{})
+	}
+	_ = c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 }
 
 // startHoldfast runs Holdfast watching only ns. Cleanup checks that SIGTERM makes it exit 0.
@@ -255,9 +260,15 @@ func writeSliceOn(t testing.TB, k *kube.Cluster, ns, name, svc string, port serv
 			Zone:       ptr("zone-a"),
 		})
 	}
+	putSlice(t, k, s)
+}
+
+// putSlice creates EndpointSlice s in k, or replaces the one of its name.
+func putSlice(t testing.TB, k *kube.Cluster, s *discoveryv1.EndpointSlice) {
+	t.Helper()
 	ctx := context.Background()
-	c := k.Client.DiscoveryV1().EndpointSlices(ns)
-	existing, err := c.Get(ctx, name, metav1.GetOptions{})
+	c := k.Client.DiscoveryV1().EndpointSlices(s.Namespace)
+	existing, err := c.Get(ctx, s.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = c.Create(ctx, s, metav1.CreateOptions{})
@@ -266,7 +277,7 @@ func writeSliceOn(t testing.TB, k *kube.Cluster, ns, name, svc string, port serv
 		_, err = c.Update(ctx, s, metav1.UpdateOptions{})
 	}
 	if err != nil {
-		t.Fatalf("write endpointslice %s/%s: %v", ns, name, err)
+		t.Fatalf("write endpointslice %s/%s: %v", s.Namespace, s.Name, err)
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/holdfast/holdfast/e2e/adsclient"
@@ -159,15 +158,7 @@ func sameNamespace(t *testing.T, k *kube.Cluster, ns string, cleanup bool) {
 	if !cleanup {
 		return
 	}
-	t.Cleanup(func() {
-		c := k.Client
-		_ = c.DiscoveryV1().EndpointSlices(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
-		svcs, _ := c.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
-		for _, s := range svcs.Items {
-			_ = c.CoreV1().Services(ns).Delete(ctx, s.Name, metav1.DeleteOptions{})
-		}
-		_ = c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
-	})
+	t.Cleanup(func() { deleteNamespace(k, ns) })
 }
 
 func createNodeOn(t *testing.T, k *kube.Cluster, name, zone, region string, cleanup bool) {
@@ -201,19 +192,7 @@ func (sc *mcScene) slice(t *testing.T, id, svc string, port servicePort, ready b
 			NodeName:   ptr(sc.ns + "-" + id),
 		})
 	}
-	ctx := context.Background()
-	c := k.Client.DiscoveryV1().EndpointSlices(sc.ns)
-	existing, err := c.Get(ctx, s.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = c.Create(ctx, s, metav1.CreateOptions{})
-	case err == nil:
-		s.ResourceVersion = existing.ResourceVersion
-		_, err = c.Update(ctx, s, metav1.UpdateOptions{})
-	}
-	if err != nil {
-		t.Fatalf("write endpointslice %s/%s in cluster %s: %v", sc.ns, s.Name, id, err)
-	}
+	putSlice(t, k, s)
 }
 
 // addrs maps backend IDs to their addresses.

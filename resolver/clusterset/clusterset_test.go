@@ -156,6 +156,20 @@ func (r *recorder) none(t *testing.T, d time.Duration) {
 	}
 }
 
+// runMerger runs a Merger handing on to rec until the test ends.
+func runMerger(t *testing.T, o Options, rec *recorder) *Merger {
+	t.Helper()
+	m, err := New(o, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m
+}
+
 func view(services ...*resolver.Service) resolver.Resolution {
 	r := resolver.Resolution{Services: map[resolver.Key]*resolver.Service{}, Synced: true, Sources: map[string]resolver.SourceState{"": resolver.Live}}
 	for _, s := range services {
@@ -166,14 +180,7 @@ func view(services ...*resolver.Service) resolver.Resolution {
 
 func TestMerger(t *testing.T) {
 	rec := newRecorder()
-	m, err := New(Options{Home: "a", SyncTimeout: 300 * time.Millisecond}, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = m.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	m := runMerger(t, Options{Home: "a", SyncTimeout: 300 * time.Millisecond}, rec)
 
 	local := svc("local", time.Time{}, port("grpc", 80, "10.1.0.5"))
 	webA := svc("web", t0, port("grpc", 80, "10.1.0.1"))
@@ -244,14 +251,7 @@ func TestMerger(t *testing.T) {
 // sync timeout, no more, and readiness says so.
 func TestMergerGivesUpWaiting(t *testing.T) {
 	rec := newRecorder()
-	m, err := New(Options{Home: "a", SyncTimeout: 200 * time.Millisecond}, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = m.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	m := runMerger(t, Options{Home: "a", SyncTimeout: 200 * time.Millisecond}, rec)
 	m.Add("a").OnResolution(view(svc("web", t0, port("grpc", 80, "10.1.0.1"))))
 	m.Add("b")
 	start := time.Now()
@@ -273,14 +273,7 @@ func TestMergerGivesUpWaiting(t *testing.T) {
 // timeout; b's own view replaces them once it syncs.
 func TestMergerSeed(t *testing.T) {
 	rec := newRecorder()
-	m, err := New(Options{Home: "a", SyncTimeout: time.Hour}, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = m.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	m := runMerger(t, Options{Home: "a", SyncTimeout: time.Hour}, rec)
 
 	webA := svc("web", t0, port("grpc", 80, "10.1.0.1"))
 	webB := svc("web", t1, port("grpc", 80, "10.2.0.1", "10.2.0.2"))
