@@ -466,9 +466,16 @@ func Merge(k resolver.Key, from ...Contribution) *resolver.Service {
 	}
 	slices.SortFunc(out.Origin.Slices, func(a, b resolver.ObjectVersion) int { return cmp.Compare(a.Name, b.Name) })
 	slices.Sort(conflicts)
-	out.Conflicts = slices.Compact(conflicts)
+	conflicts = slices.Compact(conflicts)
+	if len(conflicts) > maxConflicts { // one per duplicated endpoint could be thousands
+		conflicts = append(conflicts[:maxConflicts:maxConflicts], fmt.Sprintf("and %d more", len(conflicts)-maxConflicts))
+	}
+	out.Conflicts = conflicts
 	return out
 }
+
+// maxConflicts bounds the conflicts kept per cluster-set service.
+const maxConflicts = 10
 
 func headless(h bool) string {
 	if h {

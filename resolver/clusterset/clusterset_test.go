@@ -2,7 +2,9 @@ package clusterset
 
 import (
 	"context"
+	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -89,6 +91,30 @@ func TestMerge(t *testing.T) {
 			conflicts: []string{"endpoint 10.9.0.1:8080 is in clusters a and b; a's is served"},
 		},
 	}
+	many := make([]string, 30)
+	for i := range many {
+		many[i] = fmt.Sprintf("10.9.0.%d", i+1)
+	}
+	tests = append(tests, struct {
+		name      string
+		from      []Contribution
+		ports     []resolver.Port
+		uid       string
+		conflicts []string
+	}{
+		name: "conflicts are bounded",
+		from: []Contribution{{"a", svc("web", t0, port("grpc", 80, many...))}, {"b", svc("web", t1, port("grpc", 80, many...))}},
+		ports: []resolver.Port{{Name: "grpc", Port: 80, Endpoints: func() []resolver.Endpoint {
+			eps := port("grpc", 80, many...).Endpoints
+			slices.SortFunc(eps, func(x, y resolver.Endpoint) int { return strings.Compare(x.Address, y.Address) })
+			for i := range eps {
+				eps[i].Cluster = "a"
+			}
+			return eps
+		}()}},
+		uid:       "web-000000",
+		conflicts: []string{"endpoint 10.9.0.10:8080 is in clusters a and b", "", "", "", "", "", "", "", "", "", "and 20 more"},
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got := Merge(k, tt.from...)
