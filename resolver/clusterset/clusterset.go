@@ -288,6 +288,7 @@ func (m *Merger) Run(ctx context.Context) error {
 func (m *Merger) take(now time.Time) (resolver.Resolution, time.Duration, bool) {
 	m.mu.Lock()
 	home := m.members[m.opts.Home]
+	homeSynced := home != nil && home.has
 	views := make(map[string]resolver.Resolution, len(m.members))
 	var wait time.Duration
 	synced, waiting := 0, 0
@@ -309,7 +310,7 @@ func (m *Merger) take(now time.Time) (resolver.Resolution, time.Duration, bool) 
 	m.mu.Unlock()
 	m.metrics.clusters.WithLabelValues("synced").Set(float64(synced))
 	m.metrics.clusters.WithLabelValues("waiting").Set(float64(waiting))
-	if home == nil || !home.has {
+	if !homeSynced {
 		return resolver.Resolution{}, 0, false
 	}
 	if !m.published && wait > 0 {

@@ -161,16 +161,45 @@ func (r *recorder) OnResolution(res resolver.Resolution) {
 	r.ch <- struct{}{}
 }
 
-func (r *recorder) next(t *testing.T) resolver.Resolution {
+// until waits for the merger's latest view to satisfy cond, and returns it. (The merger may
+// coalesce changes into one view, or hand on a view more than once: a test waits for the state
+// it expects, not for a count of views.)
+func (r *recorder) until(t *testing.T, what string, cond func(resolver.Resolution) bool) resolver.Resolution {
 	t.Helper()
-	select {
-	case <-r.ch:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no merged view handed on")
+	deadline := time.After(5 * time.Second)
+	for {
+		r.mu.Lock()
+		var last resolver.Resolution
+		ok := len(r.got) > 0
+		if ok {
+			last = r.got[len(r.got)-1]
+		}
+		r.mu.Unlock()
+		if ok && cond(last) {
+			return last
+		}
+		select {
+		case <-r.ch:
+		case <-deadline:
+			t.Fatalf("no merged view where %s; the last: %+v", what, last.Services)
+		}
 	}
+}
+
+// after waits for a view handed on after the first n, and returns the latest.
+func (r *recorder) after(t *testing.T, n int) resolver.Resolution {
+	t.Helper()
+	return r.until(t, "a new view", func(resolver.Resolution) bool {
+		r.mu.Lock() // until holds no lock while it asks
+		defer r.mu.Unlock()
+		return len(r.got) > n
+	})
+}
+
+func (r *recorder) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.got[len(r.got)-1]
+	return len(r.got)
 }
 
 func (r *recorder) none(t *testing.T, d time.Duration) {
@@ -220,8 +249,8 @@ func TestMerger(t *testing.T) {
 	rec.none(t, 100*time.Millisecond) // b has not synced, and its timeout has not passed
 
 	bObs.OnResolution(view(webB, onlyB, hiddenB))
-	got := rec.next(t)
 	cs := resolver.Key{Namespace: "ns", Name: "web", ClusterSet: true}
+	got := rec.until(t, "b is merged", func(r resolver.Resolution) bool { _, ok := r.Remote["b"]; return ok })
 	if got.Services[local.Key] != local || got.Services[webA.Key] != webA {
 		t.Errorf("the home cluster's own services are not passed on as they are: %v", got.Services)
 	}
@@ -248,7 +277,7 @@ func TestMerger(t *testing.T) {
 	stale := view(webB, onlyB, hiddenB)
 	stale.Sources[""] = resolver.Stale
 	bObs.OnResolution(stale)
-	got = rec.next(t)
+	got = rec.until(t, "b is stale", func(r resolver.Resolution) bool { return r.SourceIn("b", "ns") == resolver.Stale })
 	if got.Services[cs] != first {
 		t.Error("an unchanged cluster-set service was merged again (new pointer)")
 	}
@@ -258,16 +287,17 @@ func TestMerger(t *testing.T) {
 
 	// b removed: its endpoints leave the cluster set, and a late publish of its is dropped.
 	m.Remove("b")
-	got = rec.next(t)
+	got = rec.until(t, "b is gone", func(r resolver.Resolution) bool { _, ok := r.Remote["b"]; return !ok })
 	if s := got.Services[cs]; s == nil || len(s.Ports[0].Endpoints) != 1 || s.Ports[0].Endpoints[0].Cluster != "a" {
 		t.Errorf("after removing b, web is %+v; want a's endpoint only", s)
 	}
 	if _, ok := got.Services[resolver.Key{Namespace: "ns", Name: "only-b", ClusterSet: true}]; ok {
 		t.Error("a service only the removed cluster exported is still served")
 	}
+	n := rec.count()
 	bObs.OnResolution(view(webB))
 	homeObs.OnResolution(view(local, webA))
-	got = rec.next(t)
+	got = rec.after(t, n)
 	if s := got.Services[cs]; len(s.Ports[0].Endpoints) != 1 {
 		t.Errorf("a removed cluster's late publish was merged: %+v", s)
 	}
@@ -281,7 +311,7 @@ func TestMergerGivesUpWaiting(t *testing.T) {
 	m.Add("a").OnResolution(view(svc("web", t0, port("grpc", 80, "10.1.0.1"))))
 	m.Add("b")
 	start := time.Now()
-	got := rec.next(t)
+	got := rec.until(t, "anything", func(resolver.Resolution) bool { return true })
 	if waited := time.Since(start); waited < 150*time.Millisecond {
 		t.Errorf("handed on after %v, before b's sync timeout", waited)
 	}
@@ -310,7 +340,7 @@ func TestMergerSeed(t *testing.T) {
 	bObs := m.Add("b")
 	m.Seed(restored)
 	homeObs.OnResolution(view(webA))
-	got := rec.next(t) // not an hour later: b is restored
+	got := rec.until(t, "web is served", func(r resolver.Resolution) bool { return r.Services[cs] != nil }) // not an hour later: b is restored
 	if s := got.Services[cs]; s == nil || !reflect.DeepEqual(s.Ports, restored[cs].Ports) {
 		t.Fatalf("with b restored, web is %+v; want %+v", s, restored[cs])
 	}
@@ -322,7 +352,7 @@ func TestMergerSeed(t *testing.T) {
 	}
 
 	bObs.OnResolution(view(svc("web", t1, port("grpc", 80, "10.2.0.3"))))
-	got = rec.next(t)
+	got = rec.until(t, "b has synced", func(r resolver.Resolution) bool { return r.SourceIn("b", "ns") == resolver.Live })
 	if eps := got.Services[cs].Ports[0].Endpoints; len(eps) != 2 || eps[1].Address != "10.2.0.3" || eps[1].Cluster != "b" {
 		t.Errorf("after b synced, web's endpoints are %+v; want a's and b's new one", eps)
 	}
