@@ -90,6 +90,10 @@ func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
 	if hasTomb && tomb.bridged != nil && tomb.bridged == applied {
 		applied = tomb.from
 	}
+	staleIn := "" // a cluster-set service's cluster that is not live
+	if k.ClusterSet {
+		staleIn = staleCluster(s.latest, st.Service)
+	}
 	switch {
 	case st.Service == nil && refused:
 		st.State, st.Reason = StateRefused, "new service over a capacity limit (--max-services or --max-endpoints): not served"
@@ -108,8 +112,8 @@ func (s *Store) statusLocked(k resolver.Key, now time.Time) ServiceStatus {
 	case s.view.Restored:
 		st.State = StateRestored
 		st.Reason = fmt.Sprintf("restored from the state file written %v ago; the API server is not synced yet", now.Sub(s.view.RestoredFrom).Round(time.Second))
-	case k.ClusterSet && staleCluster(s.latest, st.Service) != "":
-		c := staleCluster(s.latest, st.Service)
+	case staleIn != "":
+		c := staleIn
 		st.State, st.Reason = StateStale, fmt.Sprintf("cluster %s's source for %s is %s: its endpoints are the last it saw", c, k.Namespace, s.latest.SourceIn(c, k.Namespace))
 		if _, merged := s.latest.Remote[c]; !merged && c != s.latest.Home {
 			st.Reason = fmt.Sprintf("cluster %s is not merged any more: its endpoints are the last it saw", c)

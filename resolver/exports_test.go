@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,5 +81,60 @@ func TestResolverExports(t *testing.T) {
 				t.Errorf("holdfast_source_serviceexports_missing = %v, want %v", got, tt.missing)
 			}
 		})
+	}
+}
+
+// TestResolverExportsCRDInstalledLater: a cluster that had no ServiceExport CRD when its
+// source synced sees exports once the CRD is installed, without a restart: the watch of a
+// resource the API server does not serve ends at the watch timeout and is tried again.
+func TestResolverExportsCRDInstalledLater(t *testing.T) {
+	a := Key{Namespace: "ns", Name: "a"}
+	at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	var installed atomic.Bool
+	watchers := make(chan *watch.FakeWatcher, 10)
+	md := metadatafake.NewSimpleMetadataClient(runtime.NewScheme())
+	notFound := apierrors.NewNotFound(ServiceExportResource.GroupResource(), "")
+	md.PrependReactor("list", "serviceexports", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if !installed.Load() {
+			return true, nil, notFound
+		}
+		return true, &metav1.List{ListMeta: metav1.ListMeta{ResourceVersion: "1"}}, nil
+	})
+	md.PrependWatchReactor("serviceexports", func(k8stesting.Action) (bool, watch.Interface, error) {
+		if !installed.Load() {
+			return true, nil, notFound
+		}
+		w := watch.NewFake()
+		watchers <- w
+		return true, w, nil
+	})
+	out := make(resolutions, 100)
+	r, err := New(Options{Client: fake.NewClientset(svcNamed("a"), sliceFor("a", "10.0.0.1")), Exports: md,
+		Namespaces: []string{"ns"}, WatchTimeout: 2 * time.Second}, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	res := out.next(t, func(res Resolution) bool { return res.Synced && res.Services[a] != nil })
+	if res.Services[a].Exported() || testutil.ToFloat64(r.metrics.exportsMissing.WithLabelValues("ns")) != 1 {
+		t.Fatalf("without the CRD: a exported %v, missing gauge %v", res.Services[a].Exported(), testutil.ToFloat64(r.metrics.exportsMissing.WithLabelValues("ns")))
+	}
+
+	installed.Store(true)
+	go func() { // the CRD is there, and someone exports a
+		select {
+		case w := <-watchers:
+			w.Add(&metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a", CreationTimestamp: metav1.NewTime(at), ResourceVersion: "2"}})
+		case <-ctx.Done():
+		}
+	}()
+	res = out.next(t, func(res Resolution) bool { return res.Services[a] != nil && res.Services[a].Exported() })
+	if !res.Services[a].ExportedAt.Equal(at) {
+		t.Errorf("exported at %v, want %v", res.Services[a].ExportedAt, at)
+	}
+	if got := testutil.ToFloat64(r.metrics.exportsMissing.WithLabelValues("ns")); got != 0 {
+		t.Errorf("holdfast_source_serviceexports_missing = %v once the CRD is installed, want 0", got)
 	}
 }

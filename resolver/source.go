@@ -371,8 +371,8 @@ func (s *source) startGeneration(ctx context.Context) *generation {
 	}
 	if md := s.r.opts.Exports; md != nil {
 		// A cluster without the ServiceExport CRD exports nothing: its source syncs without
-		// exports (reported), and lists again at every watch timeout, so that installing the
-		// CRD later is seen.
+		// exports (reported), and its watch is tried again at every watch timeout: once the
+		// CRD is installed, the watch starts with every export (TestResolverExportsCRDInstalledLater).
 		exports := md.Resource(ServiceExportResource).Namespace(ns)
 		exportLW := listWatch(s,
 			func(ctx context.Context, o metav1.ListOptions) (*metav1.PartialObjectMetadataList, error) {

@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"testing"
@@ -100,5 +101,40 @@ func TestLocalityPerClient(t *testing.T) {
 		if got := fetch(tt.loc); !maps.Equal(got, tt.want) {
 			t.Errorf("client at %v: %v, want %v", tt.loc, got, tt.want)
 		}
+	}
+}
+
+// TestLocalityClusterNamesBounded: a client's cluster (node metadata holdfast.io/cluster) only
+// matters when some endpoint is in it. Clients naming any number of other clusters share the
+// index of a client naming none, so a client cannot make Holdfast build and keep variants by
+// inventing cluster IDs; a client in a cluster the endpoints are in gets its own order.
+func TestLocalityClusterNamesBounded(t *testing.T) {
+	web := xdstest.ZonedService("web", func(s *resolver.Service) {
+		s.ClusterSet = true
+		eps := s.Ports[0].Endpoints
+		eps[0].Cluster, eps[1].Cluster, eps[2].Cluster, eps[3].Cluster = "k1", "k1", "k2", "k3"
+	})
+	res, err := translate.NewBuilder(testTranslator).Build(testView(web).Services, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := newTypeIndex(res.Set[resource.KindGRPC][resourcev3.EndpointType])
+	idx.localize(nil)
+	none := idx.at(resource.Locality{Region: "r1", Zone: "a"})
+	for i := range 5000 {
+		if got := idx.at(resource.Locality{Region: "r1", Zone: "a", Cluster: fmt.Sprintf("invented-%d", i)}); got != none {
+			t.Fatalf("cluster invented-%d got an index of its own", i)
+		}
+	}
+	if n := len(idx.local.byLoc); n != 1 {
+		t.Errorf("%d variant indexes kept after 5,000 invented cluster IDs, want 1", n)
+	}
+	k2 := idx.at(resource.Locality{Region: "r1", Zone: "a", Cluster: "k2"})
+	if k2 == none {
+		t.Fatal("a client in cluster k2 shares the index of one that names no cluster")
+	}
+	name := testTranslator.Naming.Resource(web.Key, 80)
+	if pr := xdstest.Priorities(k2.byName[name].Msg.(*endpointv3.ClusterLoadAssignment)); !maps.Equal(pr, map[string]uint32{"10.0.0.1": 1, "10.0.0.2": 1, "10.0.0.3": 0, "10.0.0.4": 2}) {
+		t.Errorf("a client in k2, zone a: %v; want its own cluster first, then the region's other cluster", pr)
 	}
 }
