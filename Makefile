@@ -5,8 +5,13 @@ SHELL := bash
 export HOLDFAST_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/holdfast
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(HOLDFAST_CACHE_DIR)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
-# Correctness deadline for the whole e2e run; a warm run takes well under a minute.
+# Correctness deadline for each e2e package (docs/testing.md has what each takes): at least
+# twice the slowest package's measured time.
 E2E_TIMEOUT ?= 25m
+# How many e2e tests run at once. Most of an e2e test's time is waiting (for a fault to be
+# detected, a hold to pass, a client to reconnect), so more than the cores; each test owns its
+# namespace, /24 and ports (docs/testing.md).
+E2E_PARALLEL ?= 8
 # Executions, not seconds: a duration-based -fuzztime can fail with a spurious "context deadline
 # exceeded" in Go 1.26 (golang/go#75804, fixed in 1.27). A count has no deadline to race.
 FUZZTIME ?= 4000x
@@ -67,8 +72,18 @@ kube:
 node: kube
 	@bash e2e/kube/build-node.sh >/dev/null
 
-unit:
-	go test -race -count=1 ./resolver/... ./cache/... ./xds/... ./cmd/... ./internal/... ./deploy/...
+# Every `go test` of `make test` runs through testsummary: it prints what plain `go test` would
+# (package results, failed tests' output) and keeps the events in $(TESTLOG), from which `make
+# test` ends by printing the slowest tests (docs/testing.md has the budget per package).
+TESTLOG := .testlog
+TESTSUMMARY := bin/testsummary
+GOTEST = set -o pipefail; mkdir -p $(TESTLOG); go test -json
+
+$(TESTSUMMARY): e2e/cmd/testsummary/main.go
+	go build -o $@ ./e2e/cmd/testsummary
+
+unit: $(TESTSUMMARY)
+	$(GOTEST) -race -count=1 ./resolver/... ./cache/... ./xds/... ./cmd/... ./internal/... ./deploy/... | $(TESTSUMMARY) -log $(TESTLOG)/unit.json
 
 # The xDS client implementations the e2e tests drive besides grpc-go: gRPC for Node (npm ci from
 # e2e/clients/node/package-lock.json into $(HOLDFAST_CACHE_DIR)) and gRPC C-core (Debian's
@@ -78,8 +93,8 @@ clients:
 
 # One package at a time: e2e/node changes host-wide settings (iptables chains, ip_forward) that
 # another package's tests must not meet.
-e2e: kube node tools clients
-	go test -p 1 -count=1 -timeout $(E2E_TIMEOUT) ./e2e/...
+e2e: kube node tools clients $(TESTSUMMARY)
+	$(GOTEST) -p 1 -count=1 -parallel $(E2E_PARALLEL) -timeout $(E2E_TIMEOUT) ./e2e/... | $(TESTSUMMARY) -log $(TESTLOG)/e2e.json
 
 # The client conformance matrix in docs/clients.md, from a run of the client scenarios.
 clients-matrix: kube tools clients
@@ -87,8 +102,12 @@ clients-matrix: kube tools clients
 	awk -v table=$(CURDIR)/.clients-matrix.md '/<!-- matrix:end -->/ { while ((getline l < table) > 0) print l; skip = 0 } !skip { print } /<!-- matrix:begin -->/ { skip = 1 }' \
 	  docs/clients.md > docs/clients.md.new && mv docs/clients.md.new docs/clients.md && rm -f .clients-matrix.md
 
-# A short fuzz run of the input-eating code rides along with every test run.
-test: unit fuzz e2e
+# A short fuzz run of the input-eating code rides along with every test run. The report of the
+# slowest tests is printed whether or not the run passed; the exit status is the run's.
+test: $(TESTSUMMARY)
+	@rm -rf $(TESTLOG)
+	@status=0; $(MAKE) --no-print-directory unit fuzz e2e || status=$$?; \
+	  $(TESTSUMMARY) -report $(TESTLOG)/*.json || true; exit $$status
 
 # `make fuzz FUZZTIME=1000000x` fuzzes for longer.
 fuzz:
@@ -168,8 +187,9 @@ soak: kube
 	  go test -count=1 -timeout 2h -run '^TestSoak$$' -v ./e2e/
 	go run ./e2e/cmd/soakplot -in docs/reliability-soak.md -out docs/reliability-soak.png
 
+# DEMO_FLAGS: the demo's own flags (TestDemo runs `make demo DEMO_FLAGS=--scene=2s`).
 demo: kube
-	go run ./e2e/cmd/demo
+	go run ./e2e/cmd/demo $(DEMO_FLAGS)
 
 # The example bootstraps in deploy/ are generated; a unit test checks they are current.
 bootstraps:

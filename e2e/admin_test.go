@@ -118,6 +118,7 @@ func newAdminScene(t *testing.T) *adminScene {
 }
 
 func TestAdminAPI(t *testing.T) {
+	t.Parallel()
 	sc := newAdminScene(t)
 	ctx := testContext(t)
 
@@ -337,6 +338,7 @@ func TestAdminAPI(t *testing.T) {
 // the grpc-go client's four resources ACKed, the Envoy-like client's rejected assignment
 // NACKED with the error it sent, and both agree with the admin API's view.
 func TestCSDSMatchesClients(t *testing.T) {
+	t.Parallel()
 	sc := newAdminScene(t)
 	ctx := testContext(t)
 	r, err := sc.csds.FetchClientStatus(ctx, &statusv3.ClientStatusRequest{})
@@ -397,6 +399,7 @@ func TestCSDSMatchesClients(t *testing.T) {
 // TestHoldfastctl runs the built CLI against a real Holdfast: its tables say what the API
 // says, its JSON is the API's answer, and it fails clearly when Holdfast is not there.
 func TestHoldfastctl(t *testing.T) {
+	t.Parallel()
 	sc := newAdminScene(t)
 	ctx := testContext(t)
 	ctl := func(args ...string) (string, error) {

@@ -74,6 +74,7 @@ func tryReadyz(ctx context.Context, a *harness.Agent) (int, agentStatus, error) 
 // local client its listeners were gone: grpc-go, grpc-js and C-core all failed every RPC from
 // then on.)
 func TestAgentColdStartKeepsClients(t *testing.T) {
+	t.Parallel()
 	for _, start := range []string{"corrupt cache", "no cache"} {
 		t.Run(start, func(t *testing.T) {
 			ctx := testContext(t)
@@ -166,6 +167,7 @@ func removals(st adsclient.Stats) int {
 // TestAgentReadiness: /readyz says 503, and why, for every configured kind the agent cannot
 // serve completely; 200 once every kind can; holdfast_agent_ready agrees.
 func TestAgentReadiness(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	b := startBackends(t, echoPort.target, "b1")
@@ -200,6 +202,7 @@ func TestAgentReadiness(t *testing.T) {
 // within its documented maximum backoff (15 s) plus slack. (Before, gRPC's own connection
 // backoff, growing to 2 minutes, was left in place: 12.5–24.6 s after 30–40 s outages.)
 func TestAgentReconnectBackoff(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	createService(t, ns, "echo", echoPort)
@@ -230,6 +233,7 @@ func TestAgentReconnectBackoff(t *testing.T) {
 // the agent waited its 5 s settle timeout on the stopped client for every change, and the
 // next change waited for that.)
 func TestAgentStuckClientIsolated(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	b := startBackends(t, echoPort.target, "b1", "b2")

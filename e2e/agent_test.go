@@ -90,6 +90,7 @@ func onlyB1(ids []string) bool {
 // TestAgentServesWhileControlPlaneDown: app → agent → Holdfast; Holdfast is killed; the
 // application restarts as a new process and its RPCs succeed from the agent's memory.
 func TestAgentServesWhileControlPlaneDown(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1")
 	createService(t, ns, "echo", grpcPort)
@@ -119,6 +120,7 @@ func TestAgentServesWhileControlPlaneDown(t *testing.T) {
 // TestAgentRestartFromDisk: Holdfast and the agent both die; the agent restarts and serves the
 // application from its disk cache; Holdfast comes back and a change reaches the application.
 func TestAgentRestartFromDisk(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2")
 	createService(t, ns, "echo", grpcPort)
@@ -189,6 +191,7 @@ func TestAgentRestartFromDisk(t *testing.T) {
 // TestAgentCorruptCache: a corrupt cache file is reported and ignored; the agent runs, is not
 // ready (it has nothing to serve), and serves once upstream answers.
 func TestAgentCorruptCache(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1")
 	createService(t, ns, "echo", grpcPort)
@@ -230,6 +233,7 @@ func TestAgentCorruptCache(t *testing.T) {
 // TestAgentForwardsNacks: a local Envoy rejects an assignment; Holdfast's record of the agent's
 // stream shows the NACK with the local client's detail, and the version is not sent again.
 func TestAgentForwardsNacks(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2")
 	createService(t, ns, "echo", grpcPort)

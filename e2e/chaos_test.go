@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -199,6 +200,14 @@ func (sc *chaos) dial(t *testing.T, svc string) *harness.GRPCClient {
 	return c
 }
 
+// current is the pair of backends service "move" has now.
+func (sc *chaos) current() []string {
+	if sc.moved {
+		return []string{"b2", "b3"}
+	}
+	return []string{"b0", "b1"}
+}
+
 // change moves service "move" to its other pair of backends, through the API server.
 func (sc *chaos) change() []string {
 	sc.moved = !sc.moved
@@ -284,9 +293,17 @@ func (sc *chaos) staleRow(name string, hold, detectBound time.Duration, inject f
 			sc.t.Fatal(err)
 		}
 		r.Detected = waitFor(ctx, detectBound, sc.metricAtLeast(ctx, sc.h, `holdfast_source_stale{source="`+sc.ns+`"}`, 1))
+		// Stale, and still ready: it is the best source of routes its clients have.
+		readyWhileStale(ctx, sc.t, sc.h, sc.ns)
 		var want []string
 		if writeDuring {
+			had := sc.current()
 			want = sc.change()
+			// A change the API server took during the fault does not reach clients yet, and they
+			// keep exactly the routes they had.
+			if hits, failures, err := sc.move.Spread(ctx, 20); failures != 0 || !slices.Equal(slices.Sorted(maps.Keys(hits)), had) {
+				sc.t.Errorf("%s: during the fault RPCs reached %s with %d failures (%v); want %v", name, harness.HitsString(hits), failures, err, had)
+			}
 		}
 		time.Sleep(time.Until(faultAt.Add(hold)))
 		if err := recoverFrom(ctx); err != nil {
@@ -305,9 +322,10 @@ func (sc *chaos) staleRow(name string, hold, detectBound time.Duration, inject f
 }
 
 func TestChaosMatrix(t *testing.T) {
+	t.Parallel()
 	sc := newChaos(t)
 	var rows []chaosRow
-	probeBound := 10 * time.Second // --probe-interval 5s + --probe-timeout 3s, and slack
+	probeBound := 9 * time.Second // --probe-interval 5s + --probe-timeout 3s, and slack
 
 	// 1, 2: the API server stopped, etcd killed.
 	apiStop := faultFor(60*time.Second, 12*time.Second)
@@ -326,7 +344,7 @@ func TestChaosMatrix(t *testing.T) {
 	// 3: the fault proxy between Holdfast and the API server; the change is written during
 	// the fault (the API server itself is fine).
 	proxyFault := faultFor(20*time.Second, 8*time.Second)
-	for _, m := range []faultproxy.Mode{faultproxy.Stall, faultproxy.Corrupt, faultproxy.Fail500, faultproxy.Reset} {
+	for _, m := range []faultproxy.Mode{faultproxy.Stall, faultproxy.Corrupt, faultproxy.Fail500, faultproxy.Fail429, faultproxy.Reset} {
 		sc.run(&rows, sc.staleRow(fmt.Sprintf("API responses: %s", m), proxyFault, probeBound,
 			func() error { sc.proxy.SetMode(m); return nil },
 			func(context.Context) error { sc.proxy.SetMode(faultproxy.Pass); return nil }, true))

@@ -274,6 +274,7 @@ var (
 // swapped, made not ready, made terminating while serving; every implementation follows, with
 // no failed RPC, since every backend stays alive throughout.
 func TestClientsFollowChanges(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	b := startBackends(t, echoPort.target, "b1", "b2", "b3")
@@ -355,6 +356,7 @@ func TestClientsFollowChanges(t *testing.T) {
 // DRAINING, gRPC clients would route nowhere; like kube-proxy (KEP-1669), Holdfast then sends
 // them as HEALTHY, and RPCs keep succeeding.
 func TestClientsAllTerminating(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	b := startBackends(t, echoPort.target, "b1", "b2")
@@ -403,6 +405,7 @@ func TestClientsAllTerminating(t *testing.T) {
 // opens a new one whose first requests carry the old stream's version_info: it expects its
 // resources to be sent again, and Holdfast must not skip them.
 func TestClientsReopenAfterIdle(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	b := startBackends(t, echoPort.target, "b1")
@@ -527,6 +530,7 @@ func deleteService(t *testing.T, ns, name string) {
 // back: its resources carry its new UID, so that gRPC C-core and grpc-js-xds, which ignore a
 // resource identical to one they were told was deleted, take them.
 func TestClientsServiceRecreated(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	b := startBackends(t, echoPort.target, "b1")
@@ -650,6 +654,7 @@ func TestClientsServiceRecreated(t *testing.T) {
 // once (an empty LDS response: the listener does not exist) and shows DOES_NOT_EXIST; what
 // each implementation does then is its own — recorded, and bounded by its does-not-exist timer.
 func TestClientsUnknownName(t *testing.T) {
+	t.Parallel()
 	record("a name Holdfast does not serve", envoyColumn, "n/a: Envoy subscribes to listeners by wildcard")
 	ctx := testContext(t)
 	ns := newNamespace(t)
@@ -736,6 +741,7 @@ func clip(s string, n int) string {
 // upstream (`holdfast bootstrap --client grpc-node|grpc-core --server unix:///...`, and
 // `--ca-file` refused for them). Plaintext straight to Holdfast is refused for every one.
 func TestClientsSecureBootstrap(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	f := newTLSFiles(t)

@@ -137,6 +137,7 @@ spec:
 // server-side dry-run, without a warning (a Pod Security violation in a workload's template is
 // a warning, not an error).
 func TestDeployManifestsServerSideDryRun(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	kubectl(ctx, t, []byte(prometheusRuleCRD), "apply", "--server-side", "--field-manager", "holdfast-e2e", "-f", "-")
 	kubectl(ctx, t, nil, "wait", "--for", "condition=established", "--timeout", "30s", "crd/prometheusrules.monitoring.coreos.com")
@@ -160,6 +161,7 @@ var holdfastRules = map[string][]string{
 // serves, its account can do exactly what the ClusterRole grants, and is refused what it must
 // never do.
 func TestDeployRBACIsEnough(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	kubectl(ctx, t, render(ctx, t, "base"), "apply", "--server-side", "--field-manager", "holdfast-e2e", "-f", "-")
 	const sa = "system:serviceaccount:holdfast-system:holdfast"
@@ -258,6 +260,7 @@ func TestDeployRBACIsEnough(t *testing.T) {
 // version tag that is not latest and without pulling a tag a node already has (IfNotPresent):
 // pointing an overlay at a registry is one entry, and nothing runs an image nobody built.
 func TestDeployImagesPinned(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	const want = "registry.example.com/holdfast:v0.1.0"
 	for _, dir := range overlays {

@@ -22,6 +22,7 @@ import (
 // first server only (no stream to the fallback, no RPC through it), and route once the primary
 // runs. docs/clients.md records each.
 func TestXDSFallback(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	b := startBackends(t, echoPort.target, "b1")

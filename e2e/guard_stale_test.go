@@ -20,6 +20,7 @@ import (
 // comes back (the Monzo failure mode: trusting the first word after a silence), and applied after
 // the hold period.
 func TestGuardHoldsWithdrawalAfterStale(t *testing.T) {
+	t.Parallel()
 	const holdPeriod = 8 * time.Second
 	ns := newNamespace(t)
 	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)

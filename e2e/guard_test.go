@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,6 +21,7 @@ import (
 // is held (clients keep routing) until the hold period passes with a healthy source; a single
 // scale-down goes through at once.
 func TestGuardHoldsMassWithdrawal(t *testing.T) {
+	t.Parallel()
 	const holdPeriod = 10 * time.Second
 	ns := newNamespace(t)
 	var live []string
@@ -129,6 +131,7 @@ func guardedFleet(ctx context.Context, t *testing.T, ns string, addr func(i, j i
 // for the hold: with the default 2 m hold, every deploy in the cluster did); the withdrawn
 // endpoints stay served until an operator releases the hold, and then go.
 func TestGuardHoldsOnlyTheWithdrawal(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	ids := []string{"new-1"}
 	for j := range 6 {
@@ -216,4 +219,114 @@ func heldID(ctx context.Context, t *testing.T, h *harness.Holdfast) int {
 		t.Fatalf("no hold in /readyz: %s %v", body, err)
 	}
 	return rz.Held.ID
+}
+
+// TestGuardAtDefaults: the guard at its default settings (no guard or debounce flag) against a
+// mass deletion made the way controllers make one: 24 of 30 services' EndpointSlices (120 of
+// 150 endpoints) deleted by 8 workers at once, each delete as soon as the last returned. The
+// deletions straddle several publishes, so the first ones go out before the guard's window
+// adds up to its limit; the rest are held. Whatever went out stays within the limit (50 % of
+// the fleet), the services not touched keep every endpoint, and the test says which went out
+// and which were held.
+func TestGuardAtDefaults(t *testing.T) {
+	t.Parallel()
+	const services, perService, deleted, workers = 30, 5, 24, 8
+	ns := newNamespace(t)
+	ctx := testContext(t)
+	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
+	b := startBackends(t, grpcPort.target, "kept-0", "kept-1", "kept-2", "kept-3", "kept-4")
+	for i := range services {
+		svc := fmt.Sprintf("s%d", i)
+		createService(t, ns, svc, grpcPort)
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-a", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
+		}
+		for j := range perService {
+			a := fmt.Sprintf("10.247.%d.%d", i, j+1)
+			if i == services-1 { // the last service is dialled: its endpoints are real
+				a = b[fmt.Sprintf("kept-%d", j)].Addr.String()
+			}
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+		}
+		if _, err := api.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := startHoldfast(t, ns)
+	kept := dial(t, h, target(ns, fmt.Sprintf("s%d", services-1), grpcPort.port))
+	if err := kept.WaitForBackends(ctx, "kept-0", "kept-1", "kept-2", "kept-3", "kept-4"); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(ctx, t, h, "holdfast_resolver_services", func(v float64) bool { return v == services })
+
+	next := make(chan int, deleted)
+	for i := range deleted {
+		next <- i
+	}
+	close(next)
+	g, gctx := errgroup.WithContext(ctx)
+	for range workers {
+		g.Go(func() error {
+			for i := range next {
+				if err := api.Delete(gctx, fmt.Sprintf("s%d-a", i), metav1.DeleteOptions{}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(ctx, t, h, "holdfast_guard_held", func(v float64) bool { return v == 1 })
+	_, body, err := h.Get(ctx, "/readyz")
+	var rz struct {
+		Held *struct {
+			Withdrawn int
+			Reason    string
+			Services  []string
+		}
+	}
+	if err != nil || json.Unmarshal([]byte(body), &rz) != nil || rz.Held == nil {
+		t.Fatalf("/readyz during the hold: %s %v", body, err)
+	}
+	// Each service's state as an operator sees it.
+	out, err := exec.CommandContext(ctx, env.bins.Holdfastctl, "--addr", h.AdminAddr, "services", ns).CombinedOutput()
+	if err != nil {
+		t.Fatalf("holdfastctl services: %v\n%s", err, out)
+	}
+	state := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 {
+			state[f[1]] = f[2]
+		}
+	}
+	var wentOut, heldNames []string
+	for i := range services {
+		name := fmt.Sprintf("s%d", i)
+		switch {
+		case i >= deleted && state[name] != "live":
+			t.Errorf("%s, which nobody touched, is %q:\n%s", name, state[name], out)
+		case i >= deleted:
+		case state[name] == "held":
+			heldNames = append(heldNames, name)
+		default:
+			wentOut = append(wentOut, name)
+		}
+	}
+	t.Logf("guard at its defaults: %d services (%d endpoints) went out before the hold: %v; held: %d services (%d endpoints): %v; reason: %s",
+		len(wentOut), len(wentOut)*perService, wentOut, len(heldNames), rz.Held.Withdrawn, heldNames, rz.Held.Reason)
+	// The guard's promise at its default fraction (0.5): no more than half the fleet's
+	// endpoints are withdrawn within its window, whatever the order of the deletions.
+	if out := len(wentOut) * perService; out > services*perService/2 {
+		t.Errorf("%d of %d endpoints went out before the hold, more than half the fleet", out, services*perService)
+	}
+	if len(heldNames) == 0 {
+		t.Error("nothing was held")
+	}
+	if hits, failures, err := kept.Spread(ctx, 25); failures != 0 || len(hits) != perService {
+		t.Errorf("a service nobody touched: %s, %d failures (%v)", harness.HitsString(hits), failures, err)
+	}
 }

@@ -84,6 +84,7 @@ func byKey(t *testing.T, manifests []byte) map[string]map[string]any {
 // the release namespace, which the chart does not create (Helm creates its release record
 // there first; the README applies deploy/base/namespace.yaml, with its labels, before).
 func TestHelmMatchesKustomize(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	for _, tt := range []struct {
 		overlay string
@@ -134,6 +135,7 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 
 // TestHelmLint: `helm lint --strict` is clean with the defaults and with every option on.
 func TestHelmLint(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	for _, set := range [][]string{nil, {"agent.enabled=true", "prometheusRule.enabled=true", "tls.requireClientCerts=true", "extraArgs={--namespaces=shop}"}} {
 		args := []string{"lint", "--strict", chart(t)}
@@ -151,6 +153,7 @@ func TestHelmLint(t *testing.T) {
 // arguments) is accepted by the real API server with server-side dry-run, without a warning,
 // and each option does what it says.
 func TestHelmDryRun(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	kubectl(ctx, t, []byte(prometheusRuleCRD), "apply", "--server-side", "--field-manager", "holdfast-e2e", "-f", "-")
 	kubectl(ctx, t, nil, "wait", "--for", "condition=established", "--timeout", "30s", "crd/prometheusrules.monitoring.coreos.com")

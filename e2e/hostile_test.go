@@ -39,6 +39,7 @@ func heapBytes(ctx context.Context, t *testing.T, h *harness.Holdfast) float64 {
 // as unknown_type); the second keeps its stream and has every name over the budget refused.
 // Holdfast's heap stays within a small bound and another client routes throughout.
 func TestGarbageTypeURLsBounded(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1")

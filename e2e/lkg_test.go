@@ -47,6 +47,7 @@ func waitMetric(ctx context.Context, t *testing.T, h *harness.Holdfast, series s
 func positive(v float64) bool { return v >= 1 }
 
 func TestLKGRestartWithApiserverDown(t *testing.T) {
+	t.Parallel()
 	k := ownCluster(t)
 	ns := newNamespaceOn(t, k)
 	b := startBackends(t, grpcPort.target, "b1", "b2")
@@ -128,6 +129,7 @@ func checkStateProvenance(ctx context.Context, t *testing.T, k *kube.Cluster, pa
 }
 
 func TestLKGCorruptStateFile(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1")
 	createService(t, ns, "echo", grpcPort)
@@ -180,6 +182,7 @@ func TestLKGCorruptStateFile(t *testing.T) {
 // TestReadinessReflectsStuckStateStore: a Holdfast that cannot persist its state is alive and
 // keeps serving, but says it is not ready, and why; once the disk works again, it is ready again.
 func TestReadinessReflectsStuckStateStore(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2")
 	createService(t, ns, "echo", grpcPort)

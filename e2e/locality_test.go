@@ -29,13 +29,6 @@ import (
 	"github.com/holdfast/holdfast/xds/bootstrap"
 )
 
-// The two "nodes" of the locality tests: a network namespace each, on their own /24s (the
-// package's pod network is 10.244.1.0/24), in zones zone-a and zone-b of one region.
-var zoneSubnets = map[string]netip.Prefix{
-	"zone-a": netip.MustParsePrefix("10.244.11.0/24"),
-	"zone-b": netip.MustParsePrefix("10.244.12.0/24"),
-}
-
 const testRegion = "region-1"
 
 // zoneScene is a service with two backends on each of two nodes, in zones a and b.
@@ -58,11 +51,9 @@ func newZoneScene(t *testing.T, holdfastFlags ...string) *zoneScene {
 	sc := &zoneScene{ns: newNamespace(t), nets: map[string]*netns.Network{}, backends: map[string]*harness.Backend{},
 		zoneOf: map[string]string{}, nodes: map[string]string{}}
 	for _, zone := range []string{"zone-a", "zone-b"} {
-		n, err := netns.New(ctx, "hf-"+zone, zoneSubnets[zone])
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Close() })
+		// The two "nodes": a network namespace each, on /24s of their own, in zones zone-a
+		// and zone-b of one region.
+		n := ownNetwork(ctx, t, "hf-"+zone)
 		sc.nets[zone] = n
 		letter := zone[len(zone)-1:]
 		for i := 1; i <= 2; i++ {
@@ -153,6 +144,7 @@ func onlyHits(ctx context.Context, t *testing.T, c *harness.GRPCClient, n int, w
 }
 
 func TestLocalityPrefersOwnZone(t *testing.T) {
+	t.Parallel()
 	sc := newZoneScene(t)
 	ctx := testContext(t)
 	a, b := sc.client(t, "zone-a"), sc.client(t, "zone-b")
@@ -250,6 +242,7 @@ func endpointPriorities(cla *endpointv3.ClusterLoadAssignment) map[string]uint32
 const failoverBound = 10
 
 func TestLocalityFailsOverWhenZoneDies(t *testing.T) {
+	t.Parallel()
 	sc := newZoneScene(t)
 	ctx := testContext(t)
 	a := sc.client(t, "zone-a")
@@ -293,6 +286,7 @@ func TestLocalityFailsOverWhenZoneDies(t *testing.T) {
 }
 
 func TestLocalityNoZoneInfo(t *testing.T) {
+	t.Parallel()
 	sc := newZoneScene(t)
 	ctx := testContext(t)
 	all := []string{"a1", "a2", "b1", "b2"}
@@ -347,6 +341,7 @@ const linkDownBound = 12
 // With zone a's node off the network (its processes alive, its packets lost) the client,
 // which has keepalive on as it should, moves to zone b; and back when the link returns.
 func TestLocalityFailsOverWhenZoneLinkDown(t *testing.T) {
+	t.Parallel()
 	sc := newZoneScene(t)
 	ctx := testContext(t)
 	a := sc.client(t, "zone-a", grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 2 * time.Second, PermitWithoutStream: true}))
@@ -381,6 +376,7 @@ func TestLocalityFailsOverWhenZoneLinkDown(t *testing.T) {
 // With closeness off by default, a Service that asks for it (trafficDistribution: PreferClose)
 // gets it, and EndpointSlice hints name the zones that consume each endpoint.
 func TestLocalityHonoursServiceChoiceAndHints(t *testing.T) {
+	t.Parallel()
 	sc := newZoneScene(t, "--locality-default", "off")
 	ctx := testContext(t)
 	a := sc.client(t, "zone-a")

@@ -23,8 +23,13 @@ import (
 	"github.com/holdfast/holdfast/xds/translate"
 )
 
-// This package's slice of the test range.
-var subnet = netip.MustParsePrefix("10.244.1.0/24")
+// This package's slice of the test range: the shared pod network, then /24s handed to tests
+// that need a network of their own (a zone's node, a link taken down). 10.244.200.0/24 is the
+// demo's, 10.244.250.0/24 netns's own test's.
+var (
+	subnet     = netip.MustParsePrefix("10.244.1.0/24")
+	ownSubnets = [2]netip.Prefix{netip.MustParsePrefix("10.244.20.0/24"), netip.MustParsePrefix("10.244.199.0/24")}
+)
 
 // env is shared by every test of the package: one API server, one pod network, the binaries.
 var env struct {
@@ -32,6 +37,7 @@ var env struct {
 	bins    harness.Binaries
 	cluster *kube.Cluster
 	net     *netns.Network
+	subnets *netns.Subnets // for ownNetwork
 }
 
 // timeout bounds every wait for something to become true: a correctness deadline, not a
@@ -69,6 +75,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer env.net.Close()
+	env.subnets = netns.NewSubnets(ownSubnets[0], ownSubnets[1])
 	code := m.Run()
 	if err := writeMatrix(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: client matrix:", err)
@@ -88,6 +95,21 @@ func ownCluster(t *testing.T) *kube.Cluster {
 	}
 	t.Cleanup(k.Close)
 	return k
+}
+
+// ownNetwork gives a test a network namespace on a /24 of its own, removed when it ends.
+func ownNetwork(ctx context.Context, t testing.TB, prefix string) *netns.Network {
+	t.Helper()
+	sub, err := env.subnets.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := netns.New(ctx, prefix, sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	return n
 }
 
 func testContext(t testing.TB) context.Context {

@@ -20,6 +20,7 @@ import (
 // server accepts: good services keep routing, bad elements are counted by reason, and a service
 // whose input turns bad entirely keeps its last good state.
 func TestResilienceMalformedObjects(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2", "flaky", "other")
 	createService(t, ns, "echo", grpcPort)
@@ -133,6 +134,7 @@ func TestResilienceMalformedObjects(t *testing.T) {
 // version), the service is served empty with the reason in holdfastctl services and service,
 // and holdfast_service_ports_unmatched counts the port. Fixing the slice clears all of it.
 func TestPortNameMismatchReported(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1")
 	createService(t, ns, "echo", grpcPort) // its port is named grpc

@@ -279,6 +279,7 @@ func (sc *mcScene) mcClient(t *testing.T, h *harness.Holdfast, id, target string
 // under its cluster-local name only. The clusters name echo's port differently: the oldest
 // export's name applies, and the conflict is reported.
 func TestMultiClusterMergesExportedServices(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	sc := newMCScene(t, sharedClusterB(t), map[string]servicePort{"a": echoPort, "b": {"rpc", echoPort.port, echoPort.target}})
 	// Cluster b is read as deploy/mcs/remote-reader.yaml's account, and nothing more.
@@ -377,6 +378,7 @@ func sourceLive(ctx context.Context, t *testing.T, adm admin.AdminClient, name s
 // echo backends only; when they are all down, to cluster b's, with few failed RPCs; and back
 // to a's when they return, without a failed RPC.
 func TestMultiClusterFailover(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	sc := newMCScene(t, sharedClusterB(t), map[string]servicePort{"a": echoPort, "b": echoPort})
 	h := startHoldfastOn(t, env.cluster, sc.ns, "--cluster-id", "a", "--remote-cluster", "b="+sc.clusters["b"].Kubeconfig)
@@ -460,6 +462,7 @@ func TestMultiClusterFailover(t *testing.T) {
 // serves is unaffected and b's endpoints are kept, shown stale; b removed from the clusters
 // directory: its endpoints' withdrawal is held by the guard until an operator releases it.
 func TestMultiClusterSourceFails(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	b := ownCluster(t)
 	sc := newMCScene(t, b, map[string]servicePort{"a": echoPort, "b": echoPort})
@@ -582,6 +585,7 @@ func TestMultiClusterSourceFails(t *testing.T) {
 // (its exported endpoints reach clients) and removing the file removes it, without
 // restarting Holdfast.
 func TestMultiClusterAddRemoveAtRuntime(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	sc := newMCScene(t, sharedClusterB(t), map[string]servicePort{"a": echoPort, "b": echoPort})
 	dir := t.TempDir()

@@ -14,6 +14,7 @@ import (
 var grpcPort = servicePort{name: "grpc", port: 80, target: 9090}
 
 func TestSkeletonRoutesToAllReadyEndpoints(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2", "b3", "b4")
 	createService(t, ns, "echo", grpcPort)
@@ -48,6 +49,7 @@ func TestSkeletonRoutesToAllReadyEndpoints(t *testing.T) {
 }
 
 func TestSkeletonFollowsEndpointChanges(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	altPort := servicePort{name: "alt", port: 81, target: 9091}
 	b := startBackends(t, grpcPort.target, "b1", "b2", "b3", "b4")
@@ -101,6 +103,7 @@ func TestSkeletonFollowsEndpointChanges(t *testing.T) {
 }
 
 func TestSkeletonNotReadyUntilSynced(t *testing.T) {
+	t.Parallel()
 	// Holdfast pointed at an address where no API server answers is alive, but never ready: it
 	// has nothing worth serving.
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")

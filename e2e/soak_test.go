@@ -15,6 +15,7 @@ import (
 
 	"github.com/holdfast/holdfast/e2e/faultproxy"
 	"github.com/holdfast/holdfast/e2e/harness"
+	"github.com/holdfast/holdfast/e2e/internal/leakcheck"
 )
 
 // soakConfig is the soak's size: `make soak DURATION=30m` runs 1,000 services and 200 clients;
@@ -22,18 +23,20 @@ import (
 type soakConfig struct {
 	duration           time.Duration
 	services, clients  int
-	sample, faultEvery time.Duration
+	sample, faultEvery time.Duration // faultEvery: the quiet time between two faults
+	faultFor           time.Duration // how long each fault lasts
 	every              time.Duration // between one client's RPCs
 }
 
 func soakFromEnv(t *testing.T) soakConfig {
-	c := soakConfig{duration: 60 * time.Second, services: 200, clients: 20, sample: 5 * time.Second, faultEvery: 15 * time.Second, every: 10 * time.Millisecond}
+	// Fifteen faults or so in a minute: enough for the goroutine leak check (twelve or more).
+	c := soakConfig{duration: 60 * time.Second, services: 200, clients: 20, sample: 5 * time.Second, faultEvery: time.Second, faultFor: 1500 * time.Millisecond, every: 10 * time.Millisecond}
 	if v := os.Getenv("HOLDFAST_SOAK_DURATION"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
 			t.Fatalf("HOLDFAST_SOAK_DURATION: %v", err)
 		}
-		c = soakConfig{duration: d, services: 1000, clients: 200, sample: 30 * time.Second, faultEvery: time.Minute, every: 100 * time.Millisecond}
+		c = soakConfig{duration: d, services: 1000, clients: 200, sample: 30 * time.Second, faultEvery: time.Minute, faultFor: 6 * time.Second, every: 100 * time.Millisecond}
 	}
 	return c
 }
@@ -53,6 +56,7 @@ type soakSample struct {
 // from the matrix come and go; RPCs to live backends never fail, and Holdfast's heap and
 // goroutines end where they were after warm-up.
 func TestSoak(t *testing.T) {
+	t.Parallel()
 	cfg := soakFromEnv(t)
 	k := ownCluster(t)
 	ns := newNamespaceOn(t, k)
@@ -127,6 +131,7 @@ func TestSoak(t *testing.T) {
 	}
 	var mu sync.Mutex
 	current := ""
+	var afterFaults []leakcheck.Sample // Holdfast's goroutines once each fault has ended
 	wg.Go(func() {
 		rng := rand.New(rand.NewPCG(3, 4)) //nolint:gosec // test data
 		for churnCtx.Err() == nil {
@@ -143,7 +148,7 @@ func TestSoak(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			time.Sleep(6 * time.Second)
+			time.Sleep(cfg.faultFor)
 			if err := f.end(); err != nil {
 				t.Error(err)
 				return
@@ -151,6 +156,11 @@ func TestSoak(t *testing.T) {
 			mu.Lock()
 			current = ""
 			mu.Unlock()
+			if g, ok := quietGoroutines(churnCtx, h, ns); ok {
+				mu.Lock()
+				afterFaults = append(afterFaults, leakcheck.Sample{At: float64(len(afterFaults)), Value: g})
+				mu.Unlock()
+			}
 		}
 	})
 	// Propagation: the probe service moves; how long until its client follows (measured only
@@ -220,6 +230,11 @@ func TestSoak(t *testing.T) {
 		t.Errorf("%d of %d RPCs to live backends failed (last: %v)", failed, sent, l.lastErr)
 		l.mu.Unlock()
 	}
+	// No goroutine left behind per fault: the series after each fault does not climb.
+	t.Logf("goroutines after each fault: %s", leakcheck.Format(afterFaults))
+	if err := leakcheck.GoroutinesPerFault.Check(afterFaults); err != nil {
+		t.Errorf("a goroutine leak per fault: %v", err)
+	}
 	// Flat: the end is no higher than the peaks of the first half (goroutines move with watch
 	// restarts and reconnects; a leak keeps climbing past them).
 	if len(samples) >= 4 {
@@ -261,6 +276,37 @@ func soakReport(cfg soakConfig, samples []soakSample) string {
 			strconv.FormatFloat(rate*100, 'f', 3, 64)+" %", dur(s.propagationP99), s.propagationSamples, s.heapMiB, s.goroutines, s.fault)
 	}
 	return b.String()
+}
+
+// quietGoroutines is Holdfast's goroutine count at a quiet moment after a fault: once its
+// source is live again (while it reconnects it has fewer goroutines, not more), the median of
+// five readings 200 ms apart (a request in flight adds a goroutine or two for a moment; a leak
+// stays).
+func quietGoroutines(ctx context.Context, h *harness.Holdfast, ns string) (float64, bool) {
+	if harness.Eventually(ctx, func() bool {
+		v, err := h.Metric(ctx, `holdfast_source_stale{source="`+ns+`"}`)
+		return err == nil && v == 0
+	}) != nil {
+		return 0, false
+	}
+	var readings []float64
+	for i := range 5 {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return 0, false
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		if g, err := h.Metric(ctx, "go_goroutines"); err == nil {
+			readings = append(readings, g)
+		}
+	}
+	if len(readings) == 0 {
+		return 0, false
+	}
+	slices.Sort(readings)
+	return readings[len(readings)/2], true
 }
 
 // heapProfile saves Holdfast's heap profile (after a GC) as <name>.pprof in

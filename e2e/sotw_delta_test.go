@@ -18,6 +18,7 @@ import (
 // TestSkeletonDeltaAndSotW subscribes like Envoy over both xDS flavours and checks that both get
 // the same, valid resources, ACK them, and follow an endpoint change.
 func TestSkeletonDeltaAndSotW(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2")
 	httpPort := servicePort{name: "http", port: 8080, target: grpcPort.target}

@@ -23,6 +23,7 @@ import (
 // state; nothing logs an error in the browser's console. Screenshots go to
 // $HOLDFAST_SCREENSHOTS (make screenshots: docs/screenshots) or a temporary directory.
 func TestStatusPage(t *testing.T) {
+	t.Parallel()
 	sc := newAdminScene(t)
 	ctx := testContext(t)
 	shots := os.Getenv("HOLDFAST_SCREENSHOTS")

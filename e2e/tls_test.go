@@ -100,6 +100,7 @@ func (f *tlsFiles) handshakeAs(addr, certFile, keyFile string) (*big.Int, error)
 // Holdfast serves xDS and its admin API over mTLS from files, and picks up a rotated
 // certificate without a restart; clients without a valid certificate are refused.
 func TestTLSReload(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	f := newTLSFiles(t)
 	ns := newNamespace(t)

@@ -23,6 +23,7 @@ import (
 // answer names its cause as a field a tool can check (-o json), in a sentence (the default
 // output), and quotes the decisions behind it.
 func TestWhy(t *testing.T) {
+	t.Parallel()
 	sc := newAdminScene(t)
 	ctx := testContext(t)
 	ask := func(node, service string) *admin.WhyResponse {
@@ -149,6 +150,7 @@ func TestWhy(t *testing.T) {
 // gives it — a client's zone and locality priorities, a response in flight, a capacity
 // refusal, a tombstone, a state restored from disk with the API server unreachable.
 func TestWhyMoreCauses(t *testing.T) {
+	t.Parallel()
 	ctx := testContext(t)
 	expect := func(t *testing.T, c admin.AdminClient, node, service, cause, detail string) {
 		t.Helper()

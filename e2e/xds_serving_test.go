@@ -38,6 +38,7 @@ func rejectTwoEndpoints(cluster string) func(string, adsclient.Resource) error {
 // TestNackNoResendLoop: a client that rejects a resource gets that version once and never in a
 // loop; the NACK is counted and logged with its detail; the next version goes out and is taken.
 func TestNackNoResendLoop(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2", "b3")
 	createService(t, ns, "echo", grpcPort)
@@ -103,6 +104,7 @@ func TestNackNoResendLoop(t *testing.T) {
 // TestSlowClientIsolated: a client that never reads sits beside 50 that do. The 50 get every
 // change while the slow one is disconnected and counted.
 func TestSlowClientIsolated(t *testing.T) {
+	t.Parallel()
 	const fast = 50
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2", "b3", "b4")
@@ -169,6 +171,7 @@ func TestSlowClientIsolated(t *testing.T) {
 // TestVersionsDeterministic: two Holdfast processes on the same API server serve the same
 // version of every resource, so that a client moving between them re-applies nothing.
 func TestVersionsDeterministic(t *testing.T) {
+	t.Parallel()
 	httpPort := servicePort{name: "http", port: 8080, target: grpcPort.target}
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2")

@@ -36,6 +36,7 @@ func failsFast(ctx context.Context, t *testing.T, c *harness.GRPCClient, what st
 }
 
 func TestResilienceZeroEndpoints(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	b := startBackends(t, grpcPort.target, "b1", "b2", "b3", "other")
 	createService(t, ns, "echo", grpcPort)

@@ -262,3 +262,38 @@ func (n *Network) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Subnets hands out the /24s of a range, each once, to the tests of one process that run at the
+// same time: each gets a network of its own, so that one test taking its link down or filling
+// its subnet never touches another's.
+type Subnets struct {
+	// set at construction, read-only
+	last netip.Addr
+
+	// guarded by mu
+	mu   sync.Mutex
+	next netip.Addr
+}
+
+// NewSubnets hands out first, the /24 after it, and so on up to and including last.
+func NewSubnets(first, last netip.Prefix) *Subnets {
+	return &Subnets{next: first.Masked().Addr(), last: last.Masked().Addr()}
+}
+
+// Next returns a /24 nobody in this process was given before.
+func (s *Subnets) Next() (netip.Prefix, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.next
+	if !a.IsValid() || s.last.Less(a) {
+		return netip.Prefix{}, fmt.Errorf("netns: every /24 up to %v is handed out", s.last)
+	}
+	b := a.As4()
+	if b[2] == 255 {
+		s.next = netip.Addr{}
+	} else {
+		b[2]++
+		s.next = netip.AddrFrom4(b)
+	}
+	return netip.PrefixFrom(a, 24), nil
+}

@@ -97,3 +97,28 @@ func leftBehind(t *testing.T, subnet netip.Prefix, pid int) string {
 	t.Cleanup(func() { _ = ip(ctx, "link", "del", "hfh"+id); _ = ip(ctx, "netns", "del", name) })
 	return name
 }
+
+func TestSubnetsEachOnce(t *testing.T) {
+	s := NewSubnets(netip.MustParsePrefix("10.244.20.0/24"), netip.MustParsePrefix("10.244.22.0/24"))
+	var got []string
+	for range 3 {
+		p, err := s.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p.String())
+	}
+	if strings.Join(got, " ") != "10.244.20.0/24 10.244.21.0/24 10.244.22.0/24" {
+		t.Errorf("handed out %v", got)
+	}
+	if p, err := s.Next(); err == nil {
+		t.Errorf("a fourth /24 of three: %v", p)
+	}
+	top := NewSubnets(netip.MustParsePrefix("10.244.255.0/24"), netip.MustParsePrefix("10.244.255.0/24"))
+	if _, err := top.Next(); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := top.Next(); err == nil {
+		t.Errorf("past 10.244.255.0/24: %v", p)
+	}
+}
