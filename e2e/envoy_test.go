@@ -1,0 +1,317 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/holdfast/holdfast/e2e/harness"
+	"github.com/holdfast/holdfast/e2e/internal/testproc"
+	"github.com/holdfast/holdfast/e2e/netns"
+	"github.com/holdfast/holdfast/internal/testpki"
+)
+
+// TestEnvoyBootstrapsValidate: every bootstrap `holdfast bootstrap --envoy` can write — SotW and
+// Delta, plaintext, TLS, mTLS, through holdfast-agent's Unix socket, with locality and cluster —
+// is accepted by a real Envoy 1.40's `--mode validate` (which also checks that the files it
+// names exist), and the example bootstrap in deploy/overlays/sidecar-example is current and valid.
+func TestEnvoyBootstrapsValidate(t *testing.T) {
+	t.Parallel()
+	envoy := tools(t).Envoy
+	dir := t.TempDir()
+	ca, err := testpki.NewCA("holdfast envoy-validate CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("sidecar")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	for path, data := range map[string][]byte{caFile: ca.PEM(), certFile: leaf.CertPEM, keyFile: leaf.KeyPEM} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := []string{"--server", "holdfast.holdfast-system.svc:18000"}
+	variants := []struct {
+		name string
+		args []string
+	}{
+		{"sotw", server},
+		{"delta", append([]string{"--delta"}, server...)},
+		{"delta locality cluster", append([]string{"--delta", "--zone", "zone-a", "--region", "region-1", "--cluster-id", "east"}, server...)},
+		{"sotw tls", append([]string{"--ca-file", caFile}, server...)},
+		{"delta tls", append([]string{"--delta", "--ca-file", caFile}, server...)},
+		{"sotw mtls", append([]string{"--ca-file", caFile, "--cert-file", certFile, "--key-file", keyFile}, server...)},
+		{"delta mtls", append([]string{"--delta", "--ca-file", caFile, "--cert-file", certFile, "--key-file", keyFile}, server...)},
+		{"agent socket", []string{"--delta", "--server", "unix://" + filepath.Join(dir, "agent.sock")}},
+		{"agent socket sotw", []string{"--server", "unix://" + filepath.Join(dir, "agent.sock")}},
+	}
+	ctx := testContext(t)
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			args := append([]string{"bootstrap", "--envoy", "--node-id", "sidecar-" + strings.ReplaceAll(v.name, " ", "-")}, v.args...)
+			out, err := exec.CommandContext(ctx, env.bins.Holdfast, args...).Output()
+			if err != nil {
+				t.Fatalf("holdfast %s: %v", strings.Join(args, " "), err)
+			}
+			path := filepath.Join(dir, strings.ReplaceAll(v.name, " ", "-")+".json")
+			if err := os.WriteFile(path, out, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			validateEnvoy(ctx, t, envoy, path)
+		})
+	}
+	t.Run("deploy sidecar-example", func(t *testing.T) {
+		root, err := os.Getwd()
+		if err != nil {
+			t.Fatal(err)
+		}
+		validateEnvoy(ctx, t, envoy, filepath.Join(root, "..", "deploy", "overlays", "sidecar-example", "envoy-bootstrap.yaml"))
+	})
+}
+
+// validateEnvoy runs `envoy --mode validate` on a bootstrap and fails unless Envoy accepts it.
+func validateEnvoy(ctx context.Context, t *testing.T, envoy, path string) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, envoy, "--mode", "validate", "-c", path, "--log-level", "error").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "OK") {
+		b, _ := os.ReadFile(path)
+		t.Errorf("envoy --mode validate -c %s: %v\n%s\nbootstrap:\n%s", filepath.Base(path), err, out, b)
+	}
+}
+
+// envoyScene is a Holdfast that real Envoys can reach from their network namespaces: its xDS
+// port on every address, and Envoy's listeners bound to every address of the Envoy's namespace,
+// so that the test sends traffic to them as the application in the pod would.
+type envoyScene struct {
+	h       *harness.Holdfast
+	xdsPort int
+}
+
+func newEnvoyScene(t *testing.T, ns string, extra ...string) *envoyScene {
+	t.Helper()
+	ports, err := testproc.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"--xds-listen", "0.0.0.0:" + strconv.Itoa(ports[0]), "--envoy-listen-address", "0.0.0.0"}, extra...)
+	return &envoyScene{h: startHoldfastOn(t, env.cluster, ns, args...), xdsPort: ports[0]}
+}
+
+// envoy starts a real Envoy in a network namespace of its own, from the bootstrap `holdfast
+// bootstrap --envoy` writes with args (--delta, --zone, ...) for Holdfast at n's host address.
+func (sc *envoyScene) envoy(ctx context.Context, t *testing.T, n *netns.Network, nodeID string, args ...string) *harness.Envoy {
+	t.Helper()
+	server := net.JoinHostPort(n.Host.String(), strconv.Itoa(sc.xdsPort))
+	bargs := append([]string{"bootstrap", "--envoy", "--node-id", nodeID, "--server", server}, args...)
+	b, err := exec.CommandContext(ctx, env.bins.Holdfast, bargs...).Output()
+	if err != nil {
+		t.Fatalf("holdfast %s: %v", strings.Join(bargs, " "), err)
+	}
+	e, err := harness.StartEnvoy(ctx, tools(t).Envoy, t.TempDir(), n, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("envoy %s log: %s", nodeID, e.LogTail(40))
+		}
+		e.Kill()
+	})
+	return e
+}
+
+// envoyHealthy checks what a real Envoy says of everything Holdfast sent it: nothing rejected,
+// nothing left warming, connected, and listeners active as wanted. It returns the first thing
+// that is not so, or "".
+func envoyHealthy(ctx context.Context, e *harness.Envoy, clusters, listeners int) string {
+	s, err := e.Stats(ctx, "update_rejected|warming|active_clusters|listeners_active|connected_state")
+	if err != nil {
+		return err.Error()
+	}
+	for name, v := range s {
+		if strings.HasSuffix(name, "update_rejected") && v != 0 {
+			return fmt.Sprintf("%s = %v", name, v)
+		}
+	}
+	for name, want := range map[string]float64{
+		"control_plane.connected_state":            1,
+		"cluster_manager.warming_clusters":         0,
+		"cluster_manager.active_clusters":          float64(clusters),
+		"listener_manager.total_listeners_warming": 0,
+		"listener_manager.total_listeners_active":  float64(listeners),
+	} {
+		if s[name] != want {
+			return fmt.Sprintf("%s = %v, want %v", name, s[name], want)
+		}
+	}
+	return ""
+}
+
+// TestEnvoyCorpusAccepted: a real Envoy 1.40, over SotW and over Delta, accepts every shape of
+// resource Holdfast emits — two named ports of one service, IPv6 and dual-stack slices, endpoint
+// hostnames, ready, not-ready and terminating endpoints, zero endpoints, 1,000 services × 10
+// endpoints, locality tiers across zones and regions, a cluster-set service, and a service
+// deleted and created again (a new incarnation): no NACK at Holdfast, nothing rejected or left
+// warming at Envoy, every listener active.
+func TestEnvoyCorpusAccepted(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*timeout)
+	defer cancel()
+	ns := newNamespace(t)
+	installMCS(ctx, t, env.cluster)
+	grpcP := servicePort{"grpc", 80, 9090}
+	multiA, multiB := servicePort{"a", 80, 8081}, servicePort{"b", 90, 8082}
+	slice := func(name, svc string, family discoveryv1.AddressType, ports []servicePort, eps ...discoveryv1.Endpoint) {
+		t.Helper()
+		s := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: family, Endpoints: eps,
+		}
+		for _, p := range ports {
+			s.Ports = append(s.Ports, discoveryv1.EndpointPort{Name: ptr(p.name), Port: ptr(p.target), Protocol: ptr(corev1.ProtocolTCP)})
+		}
+		putSlice(t, env.cluster, s)
+	}
+	ep := func(addr string, ready, serving, terminating bool) discoveryv1.Endpoint {
+		return discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(ready), Serving: ptr(serving), Terminating: ptr(terminating)}}
+	}
+	ready := func(addr string) discoveryv1.Endpoint { return ep(addr, true, true, false) }
+
+	// Two named ports; exported to the cluster set too.
+	createService(t, ns, "multi", multiA, multiB)
+	slice("multi-1", "multi", discoveryv1.AddressTypeIPv4, []servicePort{multiA, multiB}, ready("10.248.0.1"), ready("10.248.0.2"))
+	export(ctx, t, env.cluster, ns, "multi")
+	// IPv6 only, and dual-stack.
+	createService(t, ns, "v6", grpcP)
+	slice("v6-1", "v6", discoveryv1.AddressTypeIPv6, []servicePort{grpcP}, ready("fd00:10::1"), ready("fd00:10::2"))
+	createService(t, ns, "dual", grpcP)
+	slice("dual-4", "dual", discoveryv1.AddressTypeIPv4, []servicePort{grpcP}, ready("10.248.1.1"))
+	slice("dual-6", "dual", discoveryv1.AddressTypeIPv6, []servicePort{grpcP}, ready("fd00:11::1"))
+	// Hostnames, and every condition an endpoint can be in.
+	withName := ready("10.248.2.1")
+	withName.Hostname = ptr("pod-0")
+	createService(t, ns, "mixed", grpcP)
+	slice("mixed-1", "mixed", discoveryv1.AddressTypeIPv4, []servicePort{grpcP}, withName,
+		ep("10.248.2.2", false, false, false), ep("10.248.2.3", false, true, true), ep("10.248.2.4", false, false, true))
+	// Every endpoint terminating but serving; and none at all.
+	createService(t, ns, "draining", grpcP)
+	slice("draining-1", "draining", discoveryv1.AddressTypeIPv4, []servicePort{grpcP}, ep("10.248.3.1", false, true, true))
+	createService(t, ns, "empty", grpcP)
+	// Locality tiers: own zone, own region, another region.
+	for _, z := range []struct{ node, zone, region string }{{"a", "zone-a", "region-1"}, {"b", "zone-b", "region-1"}, {"c", "zone-c", "region-2"}} {
+		createNodeOn(t, env.cluster, ns+"-"+z.node, z.zone, z.region, true)
+	}
+	var zoned []discoveryv1.Endpoint
+	for i, z := range []string{"a", "b", "c"} {
+		e := ready(fmt.Sprintf("10.248.4.%d", i+1))
+		e.Zone, e.NodeName = ptr("zone-"+z), ptr(ns+"-"+z)
+		zoned = append(zoned, e)
+	}
+	createService(t, ns, "zoned", grpcP)
+	slice("zoned-1", "zoned", discoveryv1.AddressTypeIPv4, []servicePort{grpcP}, zoned...)
+	// A service that is deleted and created again below.
+	createService(t, ns, "again", grpcP)
+	slice("again-1", "again", discoveryv1.AddressTypeIPv4, []servicePort{grpcP}, ready("10.248.5.1"))
+	// 1,000 services × 10 endpoints.
+	const bulk = 1000
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i := range bulk {
+		g.Go(func() error {
+			name := fmt.Sprintf("bulk-%d", i)
+			if _, err := env.cluster.Client.CoreV1().Services(ns).Create(gctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name},
+				Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: grpcP.name, Port: grpcP.port}}}}, metav1.CreateOptions{}); err != nil {
+				return err
+			}
+			s := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+				AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: ptr(grpcP.name), Port: ptr(grpcP.target), Protocol: ptr(corev1.ProtocolTCP)}}}
+			for j := range 10 {
+				s.Endpoints = append(s.Endpoints, ready(fmt.Sprintf("10.%d.%d.%d", 249+i/250, i%250, j+1)))
+			}
+			_, err := env.cluster.Client.DiscoveryV1().EndpointSlices(ns).Create(gctx, s, metav1.CreateOptions{})
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	sc := newEnvoyScene(t, ns, "--cluster-id", "a")
+	// Clusters: one per service port (multi has two, and two more as a cluster-set service),
+	// and the bootstrap's static cluster for Holdfast. Listeners: one per port number.
+	const clusters, listeners = bulk + 2 + 2 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1, 2
+	envoys := map[string]*harness.Envoy{}
+	for _, flavour := range []string{"sotw", "delta"} {
+		args := []string{"--zone", "zone-a", "--region", "region-1", "--cluster-id", "a"}
+		if flavour == "delta" {
+			args = append(args, "--delta")
+		}
+		envoys[flavour] = sc.envoy(ctx, t, ownNetwork(ctx, t, "hf-envoy"), "corpus-"+flavour, args...)
+	}
+	settled := func(what string, extra func(e *harness.Envoy) string) {
+		t.Helper()
+		for flavour, e := range envoys {
+			var last string
+			if err := harness.Eventually(ctx, func() bool {
+				last = envoyHealthy(ctx, e, clusters, listeners)
+				if last == "" && extra != nil {
+					last = extra(e)
+				}
+				return last == ""
+			}); err != nil {
+				t.Fatalf("%s Envoy, %s: %s", flavour, what, last)
+			}
+		}
+	}
+	settled("first push", nil)
+
+	// A new incarnation of "again": the cluster Envoy holds is renamed after the new UID.
+	old := upstream(t, ns, "again", grpcP.port)
+	if err := env.cluster.Client.CoreV1().Services(ns).Delete(ctx, "again", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createService(t, ns, "again", grpcP)
+	renamed := upstream(t, ns, "again", grpcP.port)
+	if renamed == old {
+		t.Fatal("the re-created service has its old incarnation's name")
+	}
+	settled("a re-created service", func(e *harness.Envoy) string {
+		dump, err := e.Admin(ctx, "/config_dump?resource=dynamic_active_clusters")
+		if err != nil {
+			return err.Error()
+		}
+		if !strings.Contains(dump, renamed) || strings.Contains(dump, old) {
+			return "the re-created service's cluster is not the new incarnation's alone"
+		}
+		return ""
+	})
+	for _, typ := range []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"} {
+		series := `holdfast_xds_nacks_total{type="type.googleapis.com/envoy.config.` + map[string]string{
+			"Listener": "listener.v3.Listener", "RouteConfiguration": "route.v3.RouteConfiguration",
+			"Cluster": "cluster.v3.Cluster", "ClusterLoadAssignment": "endpoint.v3.ClusterLoadAssignment"}[typ] + `"}`
+		if v, err := sc.h.Metric(ctx, series); err == nil && v != 0 {
+			t.Errorf("Holdfast counted %v NACKs of %s", v, typ)
+		}
+	}
+	for flavour, e := range envoys {
+		for _, stat := range []string{"cluster_manager.cds.update_success", "listener_manager.lds.update_success"} {
+			if v, err := e.Stat(ctx, stat); err != nil || v < 1 {
+				t.Errorf("%s Envoy: %s = %v (%v), want updates accepted", flavour, stat, v, err)
+			}
+		}
+	}
+}
