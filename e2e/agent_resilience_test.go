@@ -125,7 +125,9 @@ func TestAgentColdStartKeepsClients(t *testing.T) {
 			if code, st := readyz(ctx, t, second); code != 503 || st.Ready || len(st.NotReady) != 2 {
 				t.Errorf("the new agent with nothing to serve: %d %+v, want 503 saying why for both kinds", code, st)
 			}
-			time.Sleep(2 * time.Second) // the clients, connected to an agent with nothing: still routing
+			// The clients, connected to an agent with nothing to serve, keep routing: an agent
+			// that answered them with nothing would break them within quietWindow.
+			time.Sleep(quietWindow)
 
 			// Holdfast returns; a change is made once the agent serves again.
 			startHoldfastAt(t, ns, h.XDSAddr)
@@ -212,6 +214,8 @@ func TestAgentReconnectBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Kill()
+	// Long enough for the agent's backoff (1 s doubling, jittered) to reach its 15 s maximum
+	// and retry at it more than once: the state the test is about.
 	const outage = 60 * time.Second
 	time.Sleep(outage)
 	back := time.Now()

@@ -354,19 +354,32 @@ func TestChaosMatrix(t *testing.T) {
 	// disk; clients reconnect to it and lose nothing.
 	sc.run(&rows, func(ctx context.Context, r *chaosRow) {
 		r.Fault = "Holdfast SIGKILL + restart, API server stopped"
+		// What it restores is what the API server had: its state file records the versions.
+		checkStateProvenance(ctx, t, sc.k, filepath.Join(sc.stateDir, "state"), sc.ns, "move", "move-a")
 		if err := sc.k.APIServer.Pause(); err != nil {
 			t.Fatal(err)
 		}
-		sc.h.Kill()
+		sc.h.Kill() // SIGKILL: no chance to flush anything more
 		restart := time.Now()
 		sc.startHoldfast() // ready once restored from --state-dir
 		r.Detected, r.DetectBound, r.detectedLabel = time.Since(restart), 10*time.Second, "ready from disk"
-		time.Sleep(3 * time.Second)
+		// Ready and saying it serves restored state; a client that never saw Holdfast before
+		// routes with it.
+		if code, body, err := sc.h.Get(ctx, "/readyz"); err != nil || code != 200 || !strings.Contains(body, `"restored":true`) {
+			t.Errorf("/readyz after the restart = %d %s %v; want ready and restored", code, body, err)
+		}
+		waitMetric(ctx, t, sc.h, "holdfast_state_restored", func(v float64) bool { return v == 1 })
+		fresh := sc.dial(t, "move")
+		if err := fresh.WaitForBackends(ctx, sc.current()...); err != nil {
+			t.Errorf("a new client with the restored state: %v", err)
+		}
+		_ = fresh.Close()
 		if err := sc.k.APIServer.Resume(); err != nil {
 			t.Fatal(err)
 		}
 		ended := time.Now()
 		r.Converged = sc.converged(ctx, sc.move, sc.change(), ended)
+		waitMetric(ctx, t, sc.h, "holdfast_state_restored", func(v float64) bool { return v == 0 })
 	})
 
 	// 5, 6: applications behind agents, each agent on its own Holdfast replica; both replicas
@@ -554,7 +567,7 @@ func TestChaosMatrix(t *testing.T) {
 			`holdfast_xds_nacks_total{type="type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"}`, before+1))
 		want := sc.change()
 		r.Converged = sc.converged(ctx, sc.move, want, time.Now())
-		time.Sleep(2 * time.Second)
+		time.Sleep(quietWindow) // a resend loop would deliver the rejected version again within it
 		for res, n := range picky.Stats().Deliveries {
 			if strings.Contains(res, name) && n > 1 {
 				r.StateLost, r.Note = true, fmt.Sprintf("%s delivered %d times", res, n)

@@ -91,7 +91,7 @@ func writeMatrix() error {
 	if path == "" || len(matrix.rows) == 0 {
 		return nil
 	}
-	cols := []string{string(harness.ImplGo), string(harness.ImplNode), string(harness.ImplCore), envoyColumn}
+	cols := []string{string(harness.ImplGo), string(harness.ImplNode), string(harness.ImplCore), string(harness.ImplCoreNew), envoyColumn}
 	var b strings.Builder
 	b.WriteString("| scenario |")
 	for _, c := range cols {
@@ -769,6 +769,9 @@ func TestClientsSecureBootstrap(t *testing.T) {
 			"--ca-file", f.caFile, "--cert-file", f.clientCert, "--key-file", f.clientK),
 		harness.ImplNode: bootstrap("--client", "grpc-node", "--node-id", "secure-grpc-node", "--server", "unix://"+sock),
 		harness.ImplCore: bootstrap("--client", "grpc-core", "--node-id", "secure-grpc-core", "--server", "unix://"+sock),
+		// Today's C-core has gRFC A65's tls channel credentials: the grpc-go bootstrap works.
+		harness.ImplCoreNew: bootstrap("--client", "grpc-go", "--node-id", "secure-grpc-core-new", "--server", h.XDSAddr,
+			"--ca-file", f.caFile, "--cert-file", f.clientCert, "--key-file", f.clientK),
 	}
 	// The bootstrap command refuses TLS for the clients that cannot speak it, and says what to do.
 	for _, client := range []string{"grpc-node", "grpc-core"} {
@@ -780,7 +783,7 @@ func TestClientsSecureBootstrap(t *testing.T) {
 	apps := startApps(t, "", harness.AppOptions{Targets: []string{echo}, Interval: appPeriod}, func(impl harness.Impl) []byte { return secure[impl] })
 	plain := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod}, nil)
 	path := map[harness.Impl]string{harness.ImplGo: "mTLS to Holdfast (tls channel creds)", harness.ImplNode: "holdfast-agent on a Unix socket, mTLS upstream",
-		harness.ImplCore: "holdfast-agent on a Unix socket, mTLS upstream"}
+		harness.ImplCore: "holdfast-agent on a Unix socket, mTLS upstream", harness.ImplCoreNew: "mTLS to Holdfast (tls channel creds)"}
 	eachApp(t, "secure path", apps, func(t *testing.T, a *harness.App) {
 		err := a.Routing(ctx, echo, "b1")
 		cell := path[a.Impl] + ": routes"
@@ -804,13 +807,14 @@ func TestClientsSecureBootstrap(t *testing.T) {
 			t.Fatal("the plaintext application made no RPC")
 		}
 	})
-	// Two ADS streams of gRPC clients: grpc-go's own and the agent's; none plaintext.
-	if n, err := h.Metric(ctx, `holdfast_xds_connected_clients{flavour="sotw",kind="grpc"}`); err != nil || n != 1 {
-		t.Errorf("SotW gRPC streams: %v (%v), want 1: grpc-go's own", n, err)
+	// The ADS streams of gRPC clients: grpc-go's and C-core 1.85's own (SotW) and the agent's;
+	// none plaintext.
+	if n, err := h.Metric(ctx, `holdfast_xds_connected_clients{flavour="sotw",kind="grpc"}`); err != nil || n != 2 {
+		t.Errorf("SotW gRPC streams: %v (%v), want 2: grpc-go's and C-core 1.85's own", n, err)
 	}
 	if n, err := h.Metric(ctx, `holdfast_xds_connected_clients{flavour="delta",kind="grpc"}`); err != nil || n != 1 {
 		t.Errorf("Delta gRPC streams: %v (%v), want 1: the agent's", n, err)
 	}
 	noNacks(ctx, t, h)
-	record("secure path to Holdfast with mTLS required", envoyColumn, "TLS transport socket in the bootstrap (checked by ValidateAll; no Envoy binary here)")
+	record("secure path to Holdfast with mTLS required", envoyColumn, "TLS transport socket in the bootstrap (a real Envoy 1.40 validates it: TestEnvoyBootstrapsValidate)")
 }

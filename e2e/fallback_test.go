@@ -45,17 +45,25 @@ func TestXDSFallback(t *testing.T) {
 		return out
 	})
 
-	goApp := apps[harness.ImplGo]
-	if err := goApp.Routing(ctx, echo, "b1"); err != nil {
-		t.Fatalf("grpc-go does not route through the fallback while the primary is down: %v", err)
+	// gRFC A71: grpc-go 1.70+ and C-core 1.67+ implement it; gRPC for Node 1.14 and C-core
+	// 1.51 do not.
+	withA71 := []harness.Impl{harness.ImplGo, harness.ImplCoreNew}
+	without := []harness.Impl{harness.ImplNode, harness.ImplCore}
+	routedAt := map[harness.Impl]int{}
+	for _, impl := range withA71 {
+		if err := apps[impl].Routing(ctx, echo, "b1"); err != nil {
+			t.Fatalf("%s does not route through the fallback while the primary is down: %v", impl, err)
+		}
+		routedAt[impl] = apps[impl].Mark()
+		t.Logf("%s routes through the fallback %v after the apps started", impl, time.Since(started).Round(10*time.Millisecond))
 	}
-	routedAt := goApp.Mark()
-	t.Logf("grpc-go routes through the fallback %v after the apps started", time.Since(started).Round(10*time.Millisecond))
 	onFallback := clientsOf(ctx, t, fallback)
-	if !slices.Contains(onFallback, nodeID(harness.ImplGo)) {
-		t.Errorf("grpc-go routes but has no stream on the fallback: %v", onFallback)
+	for _, impl := range withA71 {
+		if !slices.Contains(onFallback, nodeID(impl)) {
+			t.Errorf("%s routes but has no stream on the fallback: %v", impl, onFallback)
+		}
 	}
-	for _, impl := range []harness.Impl{harness.ImplNode, harness.ImplCore} {
+	for _, impl := range without {
 		if slices.Contains(onFallback, nodeID(impl)) {
 			t.Errorf("%s opened a stream to the fallback server: it predates A71 and should use the first server only", impl)
 		}
@@ -67,31 +75,39 @@ func TestXDSFallback(t *testing.T) {
 	primary := startHoldfastAt(t, ns, primaryAddr)
 	primaryUp := time.Now()
 	primaryAdmin, fallbackAdmin := adminOf(t, primary), adminOf(t, fallback)
-	err = harness.Eventually(ctx, func() bool {
-		return slices.Contains(nodeIDs(ctx, t, primaryAdmin), nodeID(harness.ImplGo)) &&
-			!slices.Contains(nodeIDs(ctx, t, fallbackAdmin), nodeID(harness.ImplGo))
-	})
-	t.Logf("grpc-go back on the primary, its fallback stream closed, %v after the primary was ready", time.Since(primaryUp).Round(10*time.Millisecond))
-	if err != nil {
-		t.Errorf("grpc-go did not return to the primary (streams on the primary %v, on the fallback %v): %v",
-			nodeIDs(ctx, t, primaryAdmin), nodeIDs(ctx, t, fallbackAdmin), err)
+	for _, impl := range withA71 {
+		err := harness.Eventually(ctx, func() bool {
+			return slices.Contains(nodeIDs(ctx, t, primaryAdmin), nodeID(impl)) &&
+				!slices.Contains(nodeIDs(ctx, t, fallbackAdmin), nodeID(impl))
+		})
+		t.Logf("%s back on the primary, its fallback stream closed, %v after the primary was ready", impl, time.Since(primaryUp).Round(10*time.Millisecond))
+		if err != nil {
+			t.Errorf("%s did not return to the primary (streams on the primary %v, on the fallback %v): %v",
+				impl, nodeIDs(ctx, t, primaryAdmin), nodeIDs(ctx, t, fallbackAdmin), err)
+		}
 	}
 	eachApp(t, "primary back", apps, func(t *testing.T, a *harness.App) {
 		if err := a.Routing(ctx, echo, "b1"); err != nil {
 			t.Fatal(err)
 		}
 	})
-	if n, last := goApp.Failures(routedAt, echo); n > 0 {
-		t.Errorf("grpc-go: %d RPCs failed between routing through the fallback and returning to the primary; last: %s", n, last)
+	for _, impl := range withA71 {
+		a := apps[impl]
+		if n, last := a.Failures(routedAt[impl], echo); n > 0 {
+			t.Errorf("%s: %d RPCs failed between routing through the fallback and returning to the primary; last: %s", impl, n, last)
+		}
+		t.Logf("%s: %d RPCs from routing through the fallback to back on the primary, none failed", impl, len(a.Since(routedAt[impl], echo)))
 	}
-	t.Logf("grpc-go: %d RPCs from routing through the fallback to back on the primary, none failed", len(goApp.Since(routedAt, echo)))
 	if t.Failed() {
 		return
 	}
 	const scenario = "fallback server (A71): primary down at start, then back"
-	record(scenario, string(harness.ImplGo), "falls back at once, returns when the primary answers; 0 failed")
-	record(scenario, string(harness.ImplNode), "first server only: waits for the primary")
-	record(scenario, string(harness.ImplCore), "first server only: waits for the primary")
+	for _, impl := range withA71 {
+		record(scenario, string(impl), "falls back at once, returns when the primary answers; 0 failed")
+	}
+	for _, impl := range without {
+		record(scenario, string(impl), "first server only: waits for the primary")
+	}
 	record(scenario, envoyColumn, "no server list in its bootstrap (refused): holdfast-agent beside it")
 }
 

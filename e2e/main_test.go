@@ -40,6 +40,13 @@ var env struct {
 	subnets *netns.Subnets // for ownNetwork
 }
 
+// quietWindow is how long a check that something does not happen watches, where the thing
+// would happen within milliseconds if it happened at all: a rejected version sent again (a
+// control plane that does it, go-control-plane's snapshot cache, re-sends 4,000–6,000 times a
+// second), an agent with nothing to serve answering its clients with nothing. A second is
+// hundreds of times that on a loaded machine; a longer window would only slow the suite.
+const quietWindow = time.Second
+
 // timeout bounds every wait for something to become true: a correctness deadline, not a
 // performance claim (measured convergence is well under a second).
 const timeout = 30 * time.Second

