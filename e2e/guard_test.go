@@ -104,8 +104,15 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 // endpoints: addr(i, j) gives endpoint j of service i, "" for an address nobody dials.
 func guardedFleet(ctx context.Context, t *testing.T, ns string, addr func(i, j int) string) {
 	t.Helper()
+	fleet(ctx, t, ns, 10, 5, addr)
+}
+
+// fleet creates services s0..s<services-1> in ns, each with one slice "s<i>-a" of perService
+// ready endpoints: addr(i, j) gives endpoint j of service i, "" for an address nobody dials.
+func fleet(ctx context.Context, t *testing.T, ns string, services, perService int, addr func(i, j int) string) {
+	t.Helper()
 	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
-	for i := range 10 {
+	for i := range services {
 		svc := fmt.Sprintf("s%d", i)
 		createService(t, ns, svc, grpcPort)
 		s := &discoveryv1.EndpointSlice{
@@ -113,7 +120,7 @@ func guardedFleet(ctx context.Context, t *testing.T, ns string, addr func(i, j i
 			AddressType: discoveryv1.AddressTypeIPv4,
 			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
 		}
-		for j := range 5 {
+		for j := range perService {
 			a := addr(i, j)
 			if a == "" {
 				a = fmt.Sprintf("10.246.%d.%d", i, j+1)
@@ -235,25 +242,12 @@ func TestGuardAtDefaults(t *testing.T) {
 	ctx := testContext(t)
 	api := env.cluster.Client.DiscoveryV1().EndpointSlices(ns)
 	b := startBackends(t, grpcPort.target, "kept-0", "kept-1", "kept-2", "kept-3", "kept-4")
-	for i := range services {
-		svc := fmt.Sprintf("s%d", i)
-		createService(t, ns, svc, grpcPort)
-		s := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-a", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
-			AddressType: discoveryv1.AddressTypeIPv4,
-			Ports:       []discoveryv1.EndpointPort{{Name: ptr(grpcPort.name), Port: ptr(grpcPort.target), Protocol: ptr(corev1.ProtocolTCP)}},
+	fleet(ctx, t, ns, services, perService, func(i, j int) string {
+		if i == services-1 { // the last service is dialled: its endpoints are real
+			return b[fmt.Sprintf("kept-%d", j)].Addr.String()
 		}
-		for j := range perService {
-			a := fmt.Sprintf("10.247.%d.%d", i, j+1)
-			if i == services-1 { // the last service is dialled: its endpoints are real
-				a = b[fmt.Sprintf("kept-%d", j)].Addr.String()
-			}
-			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
-		}
-		if _, err := api.Create(ctx, s, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+		return ""
+	})
 	h := startHoldfast(t, ns)
 	kept := dial(t, h, target(ns, fmt.Sprintf("s%d", services-1), grpcPort.port))
 	if err := kept.WaitForBackends(ctx, "kept-0", "kept-1", "kept-2", "kept-3", "kept-4"); err != nil {
