@@ -50,6 +50,16 @@ func TestLeakChecks(t *testing.T) {
 	if err := GoroutinesPerFault.Check(goroutines(0)[:11]); err == nil {
 		t.Error("eleven samples judged, where twelve are needed")
 	}
+	// The chaos matrix: its baseline and end, six faults apart.
+	for _, c := range []struct {
+		end  float64
+		leak bool
+	}{{121, false}, {120, false}, {123, false}, {124, true}, {127, true}} {
+		err := ChaosGoroutinesPerFault.Check([]Sample{{At: 0, Value: 121}, {At: 6, Value: c.end}})
+		if (err != nil) != c.leak {
+			t.Errorf("chaos 121 → %v over 6 faults: %v, want leak %v", c.end, err, c.leak)
+		}
+	}
 	// The soak's two measured runs pass.
 	for _, run := range [][]float64{
 		{171, 175, 171, 171, 146, 175, 171, 175, 175, 171, 145, 171, 171, 173},
