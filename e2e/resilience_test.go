@@ -10,15 +10,14 @@ import (
 	"github.com/holdfast/holdfast/e2e/harness"
 )
 
-// waitStale waits until holdfast_source_stale for ns reads want, and returns how long it took.
-func waitStale(ctx context.Context, t *testing.T, h *harness.Holdfast, ns string, want float64) time.Duration {
+// waitStale waits until holdfast_source_stale for ns reads want.
+func waitStale(ctx context.Context, t *testing.T, h *harness.Holdfast, ns string, want float64) {
 	t.Helper()
-	start := time.Now()
 	series := `holdfast_source_stale{source="` + ns + `"}`
 	for {
 		v, err := h.Metric(ctx, series)
 		if err == nil && v == want {
-			return time.Since(start)
+			return
 		}
 		select {
 		case <-ctx.Done():

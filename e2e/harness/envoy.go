@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -83,9 +84,13 @@ func StartEnvoy(ctx context.Context, bin, dir string, n *netns.Network, bootstra
 		return nil, fmt.Errorf("harness: start envoy: %w", err)
 	}
 	go func() { _ = e.cmd.Wait(); _ = logFile.Close(); close(e.exited) }()
-	if err := Eventually(ctx, func() bool { _, err := e.Admin(ctx, "/server_info"); return err == nil || !e.Running() }); err != nil || !e.Running() {
+	err = Eventually(ctx, func() bool { _, err := e.Admin(ctx, "/server_info"); return err == nil || !e.Running() })
+	if err == nil && !e.Running() {
+		err = errors.New("envoy exited")
+	}
+	if err != nil {
 		e.Kill()
-		return nil, fmt.Errorf("harness: envoy's admin interface never answered: %v\n%s", err, e.LogTail(30))
+		return nil, fmt.Errorf("harness: envoy's admin interface never answered: %w\n%s", err, e.LogTail(30))
 	}
 	return e, nil
 }

@@ -71,7 +71,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		}
 		return f.Close()
 	default:
-		return usageError{errors.New("use either -log FILE (reading standard input) or -report FILE...")}
+		return usageError{errors.New("use either -log FILE (reading standard input) or -report FILES")}
 	}
 }
 
