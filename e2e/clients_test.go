@@ -91,7 +91,7 @@ func writeMatrix() error {
 	if path == "" || len(matrix.rows) == 0 {
 		return nil
 	}
-	cols := []string{string(harness.ImplGo), string(harness.ImplJava), string(harness.ImplNode), string(harness.ImplCore), string(harness.ImplCoreNew), envoyColumn}
+	cols := []string{string(harness.ImplGo), string(harness.ImplNode), string(harness.ImplCore), string(harness.ImplCoreNew), envoyColumn}
 	var b strings.Builder
 	b.WriteString("| scenario |")
 	for _, c := range cols {
@@ -629,7 +629,7 @@ func TestClientsServiceRecreated(t *testing.T) {
 	if err := envoy.WaitFor(ctx, func(s adsclient.State) bool { _, ok := envoyBackends(s, echo, echoPort.port); return !ok }); err != nil {
 		t.Fatalf("the Envoy-like client still routes the deleted service: %v", err)
 	}
-	time.Sleep(time.Second) // every client has had time to act on the deletion
+	time.Sleep(quietWindow) // every client has had time to act on the deletion (each does within ms)
 	uid = recreate()
 	eachApp(t, "recreated after the grace", apps, func(t *testing.T, a *harness.App) {
 		start := time.Now()
@@ -689,7 +689,7 @@ func TestClientsUnknownName(t *testing.T) {
 	// What each client concludes, and when: its RPCs stop waiting for resolution (deadline
 	// exceeded) and fail at once with the reason. The bound is the client's 15 s does-not-exist
 	// timer plus slack, from its first RPC (when it subscribed: the applications start one
-	// after another, a JVM among them, so each has its own start).
+	// after another, so each has its own start).
 	const timer, slack = 15 * time.Second, 10 * time.Second
 	const rpcTimeout = time.Second // harness.AppOptions' default: the first result's lag
 	eachApp(t, "client concludes", apps, func(t *testing.T, a *harness.App) {
@@ -780,9 +780,6 @@ func TestClientsSecureBootstrap(t *testing.T) {
 		// Today's C-core has gRFC A65's tls channel credentials: the grpc-go bootstrap works.
 		harness.ImplCoreNew: bootstrap("--client", "grpc-go", "--node-id", "secure-grpc-core-new", "--server", h.XDSAddr,
 			"--ca-file", f.caFile, "--cert-file", f.clientCert, "--key-file", f.clientK),
-		// grpc-java 1.85 parses tls channel credentials, but its handshake with Holdfast fails
-		// here (docs/clients.md): it takes the agent's path, as the clients without them do.
-		harness.ImplJava: bootstrap("--client", "grpc-core", "--node-id", "secure-grpc-java", "--server", "unix://"+sock),
 	}
 	// The bootstrap command refuses TLS for the clients that cannot speak it, and says what to do.
 	for _, client := range []string{"grpc-node", "grpc-core"} {
@@ -794,8 +791,7 @@ func TestClientsSecureBootstrap(t *testing.T) {
 	apps := startApps(t, "", harness.AppOptions{Targets: []string{echo}, Interval: appPeriod}, func(impl harness.Impl) []byte { return secure[impl] })
 	plain := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod}, nil)
 	path := map[harness.Impl]string{harness.ImplGo: "mTLS to Holdfast (tls channel creds)", harness.ImplNode: "holdfast-agent on a Unix socket, mTLS upstream",
-		harness.ImplCore: "holdfast-agent on a Unix socket, mTLS upstream", harness.ImplCoreNew: "mTLS to Holdfast (tls channel creds)",
-		harness.ImplJava: "holdfast-agent on a Unix socket, mTLS upstream"}
+		harness.ImplCore: "holdfast-agent on a Unix socket, mTLS upstream", harness.ImplCoreNew: "mTLS to Holdfast (tls channel creds)"}
 	eachApp(t, "secure path", apps, func(t *testing.T, a *harness.App) {
 		err := a.Routing(ctx, echo, "b1")
 		cell := path[a.Impl] + ": routes"
@@ -808,8 +804,9 @@ func TestClientsSecureBootstrap(t *testing.T) {
 		}
 	})
 	// Plaintext straight to Holdfast: refused. By now every plain application has tried for as
-	// long as the secure ones took to route, and more.
-	time.Sleep(2 * time.Second)
+	// long as the secure ones took to route, and twice quietWindow more: a plaintext stream
+	// Holdfast accepted would route within milliseconds.
+	time.Sleep(2 * quietWindow)
 	eachApp(t, "plaintext refused", plain, func(t *testing.T, a *harness.App) {
 		rs := a.Since(0, echo)
 		if slices.ContainsFunc(rs, func(r harness.Result) bool { return r.OK }) {

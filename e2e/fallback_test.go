@@ -45,9 +45,9 @@ func TestXDSFallback(t *testing.T) {
 		return out
 	})
 
-	// gRFC A71: grpc-go 1.70+, grpc-java 1.71+ and C-core 1.67+ implement it; gRPC for Node
-	// 1.14 and C-core 1.51 do not.
-	withA71 := []harness.Impl{harness.ImplGo, harness.ImplJava, harness.ImplCoreNew}
+	// gRFC A71: grpc-go 1.70+ and C-core 1.67+ implement it (grpc-java 1.71+ too, not run
+	// here yet); gRPC for Node 1.14 and C-core 1.51 do not.
+	withA71 := []harness.Impl{harness.ImplGo, harness.ImplCoreNew}
 	without := []harness.Impl{harness.ImplNode, harness.ImplCore}
 	routedAt := map[harness.Impl]int{}
 	for _, impl := range withA71 {
