@@ -67,6 +67,8 @@ type StoreOptions struct {
 	Limits     Limits
 	Logger     *slog.Logger
 	Registry   prometheus.Registerer
+	// Now is the clock that paces the reports of failed state writes [time.Now]; tests fix it.
+	Now func() time.Time
 }
 
 // Store keeps the current View, hands every new one to its observer, and persists synced views.
@@ -126,6 +128,9 @@ func NewStore(opts StoreOptions, obs Observer) (*Store, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	opts.Guard.defaults()
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 	}
@@ -502,7 +507,7 @@ func (s *Store) flush() bool {
 	}
 	if err != nil {
 		s.metrics.writeErrors.Inc()
-		if rep := s.failing.Fail(time.Now()); rep.Log {
+		if rep := s.failing.Fail(s.opts.Now()); rep.Log {
 			s.log.Error("state file not written; the previous one stays", "decision", "state_write_failed", "subject", s.path(), "err", err,
 				"failures", rep.Count, "over", rep.Over.Round(time.Second), "failing_since", rep.Since)
 		}
