@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
+	"github.com/holdfast/holdfast/e2e/netns"
 )
 
 // Impl names an xDS client implementation that tests drive as an application would.
@@ -32,6 +34,9 @@ const (
 	// ImplCoreNew is today's C-core: the same application with PyPI's grpcio (1.85).
 	ImplCoreNew Impl = "grpc-core-1.85"
 	ImplJava    Impl = "grpc-java" // e2e/clients/java
+	// ImplEnvoy is a real Envoy as a sidecar: the grpc-go application without xDS (xdsapp
+	// --via) sends to Envoy's outbound_<port> listener, Envoy routes from what Holdfast sent it.
+	ImplEnvoy Impl = "envoy"
 )
 
 // Impls lists every implementation, in the order tests report them.
@@ -40,6 +45,10 @@ const (
 // six its application stopped answering in the middle of a scenario, undiagnosed
 // (docs/clients.md); a later session puts it back once that is understood.
 var Impls = []Impl{ImplGo, ImplNode, ImplCore, ImplCoreNew}
+
+// Columns is every implementation in the order tests and the clients matrix report them:
+// Impls, then Envoy.
+var Columns = append(slices.Clip(Impls), ImplEnvoy)
 
 // ClientTools are the programs that run each implementation's application.
 type ClientTools struct {
@@ -108,6 +117,16 @@ type AppOptions struct {
 	IdleTimeout time.Duration
 	// Dir receives the bootstrap and the application's stderr.
 	Dir string
+	// Sidecar is where ImplEnvoy's Envoy runs (its Bootstrap is Envoy's); other implementations
+	// ignore it.
+	Sidecar *Sidecar
+}
+
+// Sidecar is a pod's network for a sidecar Envoy: a namespace, and the address in it that
+// Holdfast binds Envoy's outbound listeners to (--envoy-listen-address).
+type Sidecar struct {
+	Network *netns.Network
+	Addr    netip.Addr
 }
 
 // Result is one RPC an application made.
@@ -130,6 +149,8 @@ type App struct {
 	stdin      io.WriteCloser
 	done       chan struct{}
 	acks       chan string
+	envoy      *Envoy // ImplEnvoy's sidecar, nil for the others
+	jcmd       string // grpc-java's: the JDK's jcmd, for thread dumps
 
 	mu      sync.Mutex
 	results []Result // guarded by mu, in arrival order
@@ -161,8 +182,17 @@ func StartApp(ctx context.Context, tools ClientTools, impl Impl, o AppOptions) (
 		args = append(args, "--target", t)
 	}
 	var cmd *exec.Cmd
+	var envoy *Envoy
 	env := append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+f.Name())
 	switch impl {
+	case ImplEnvoy:
+		if o.Sidecar == nil {
+			return nil, errors.New("harness: an Envoy application needs AppOptions.Sidecar")
+		}
+		if envoy, err = StartEnvoyAt(ctx, tools.Envoy, o.Dir, o.Sidecar.Network, o.Sidecar.Addr, o.Bootstrap); err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(tools.XDSApp, append(args, "--via", o.Sidecar.Addr.String())...)
 	case ImplGo:
 		cmd = exec.Command(tools.XDSApp, args...)
 	case ImplNode:
@@ -197,14 +227,26 @@ func StartApp(ctx context.Context, tools ClientTools, impl Impl, o AppOptions) (
 	}
 	if err := cmd.Start(); err != nil {
 		errf.Close()
+		if envoy != nil {
+			envoy.Kill()
+		}
 		return nil, fmt.Errorf("harness: start %s application: %w", impl, err)
 	}
-	a := &App{Impl: impl, StderrPath: errf.Name(), cmd: cmd, stdin: stdin, done: make(chan struct{}), acks: make(chan string, 16)}
+	a := &App{Impl: impl, StderrPath: errf.Name(), cmd: cmd, stdin: stdin, done: make(chan struct{}), acks: make(chan string, 16), envoy: envoy}
+	if impl == ImplJava {
+		a.jcmd = filepath.Join(filepath.Dir(tools.Java), "jcmd")
+	}
 	started := make(chan string, 1)
 	go a.read(stdout, started)
 	go func() { _ = cmd.Wait(); errf.Close(); close(a.done) }()
 	select {
 	case a.Version = <-started:
+		if envoy != nil {
+			if a.Version, err = envoy.Version(ctx); err != nil {
+				a.Kill()
+				return nil, err
+			}
+		}
 		return a, nil
 	case <-a.done:
 		return nil, fmt.Errorf("harness: %s application exited before it started:\n%s", impl, a.Stderr(20))
@@ -366,24 +408,58 @@ func sortedCopy(s []string) []string { return slices.Sorted(slices.Values(s)) }
 
 // Stderr returns the last n lines the application wrote to stderr.
 func (a *App) Stderr(n int) string {
-	return filepath.Base(a.StderrPath) + ":\n" + testproc.Tail(a.StderrPath, n)
+	out := filepath.Base(a.StderrPath) + ":\n" + testproc.Tail(a.StderrPath, n)
+	if a.envoy != nil {
+		out += "\n" + a.envoy.LogTail(n)
+	}
+	return out
 }
 
-// Stop asks the application to quit, and kills it if it does not.
+// Stop asks the application to quit, and kills it if it does not; then its sidecar.
 func (a *App) Stop() {
 	_, _ = io.WriteString(a.stdin, "quit\n")
 	select {
 	case <-a.done:
 	case <-time.After(5 * time.Second):
-		a.Kill()
+		_ = a.cmd.Process.Kill()
+		<-a.done
+	}
+	if a.envoy != nil {
+		a.envoy.Kill()
 	}
 }
 
-// Kill ends the application at once.
+// Kill ends the application, and its sidecar, at once.
 func (a *App) Kill() {
 	_ = a.cmd.Process.Kill()
 	<-a.done
+	if a.envoy != nil {
+		a.envoy.Kill()
+	}
 }
+
+// ThreadDump returns what the application's threads are doing, where the implementation can
+// say (grpc-java, through jcmd), for a test that failed; "" otherwise.
+func (a *App) ThreadDump(ctx context.Context) string {
+	if a.jcmd == "" {
+		return ""
+	}
+	select {
+	case <-a.done:
+		return ""
+	default:
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, a.jcmd, strconv.Itoa(a.cmd.Process.Pid), "Thread.print").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("jcmd Thread.print: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// Envoy is ImplEnvoy's sidecar (nil for the other implementations).
+func (a *App) Envoy() *Envoy { return a.envoy }
 
 // Signal sends sig to the application (SIGSTOP, SIGCONT).
 func (a *App) Signal(sig syscall.Signal) error {

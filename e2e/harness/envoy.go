@@ -40,13 +40,19 @@ type Envoy struct {
 // envoyAdminPort is where every Envoy's admin interface listens, each in its own namespace.
 const envoyAdminPort = 9901
 
-// StartEnvoy runs bin in n with bootstrap (JSON, as holdfast bootstrap --envoy prints it), its
-// log in dir, and waits until its admin interface answers.
+// StartEnvoy runs bin in n, on a new address of n, with bootstrap (JSON, as holdfast bootstrap
+// --envoy prints it), its log in dir, and waits until its admin interface answers.
 func StartEnvoy(ctx context.Context, bin, dir string, n *netns.Network, bootstrap []byte) (*Envoy, error) {
 	addr, err := n.NewAddress(ctx)
 	if err != nil {
 		return nil, err
 	}
+	return StartEnvoyAt(ctx, bin, dir, n, addr, bootstrap)
+}
+
+// StartEnvoyAt is StartEnvoy on an address of n the caller allocated (n.NewAddress): one that
+// Holdfast was told to bind Envoy's listeners to (--envoy-listen-address).
+func StartEnvoyAt(ctx context.Context, bin, dir string, n *netns.Network, addr netip.Addr, bootstrap []byte) (*Envoy, error) {
 	var b map[string]any
 	if err := json.Unmarshal(bootstrap, &b); err != nil {
 		return nil, fmt.Errorf("harness: envoy bootstrap: %w", err)
@@ -132,6 +138,25 @@ func (e *Envoy) Admin(ctx context.Context, path string) (string, error) {
 		return string(body), fmt.Errorf("harness: envoy admin %s: %s", path, resp.Status)
 	}
 	return string(body), nil
+}
+
+// Version is what Envoy's /server_info says it is: "Envoy 1.40.0".
+func (e *Envoy) Version(ctx context.Context) (string, error) {
+	body, err := e.Admin(ctx, "/server_info")
+	if err != nil {
+		return "", err
+	}
+	var info struct {
+		Version string `json:"version"` // <commit>/<version>/<status>/<build>/<ssl>
+	}
+	if err := json.Unmarshal([]byte(body), &info); err != nil {
+		return "", fmt.Errorf("harness: envoy /server_info: %w", err)
+	}
+	parts := strings.Split(info.Version, "/")
+	if len(parts) < 2 {
+		return "", fmt.Errorf("harness: envoy /server_info: version %q", info.Version)
+	}
+	return "Envoy " + parts[1], nil
 }
 
 // Stats returns Envoy's counters and gauges whose names match the regular expression filter.

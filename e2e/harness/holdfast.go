@@ -59,6 +59,11 @@ func RunHoldfast(bin, logDir, kubeconfig string, extra ...string) (*Holdfast, er
 		StatusAddr: "127.0.0.1:" + strconv.Itoa(ports[3]),
 		done:       make(chan struct{}),
 	}
+	for i, a := range extra[:max(len(extra)-1, 0)] {
+		if a == "--xds-listen" { // the caller's address (one that network namespaces reach) wins
+			h.XDSAddr = extra[i+1]
+		}
+	}
 	logf, err := os.CreateTemp(logDir, "holdfast-*.log")
 	if err != nil {
 		return nil, err

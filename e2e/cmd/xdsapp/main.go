@@ -3,7 +3,11 @@
 // the same small protocol as e2e/clients/node/xdsapp.js (gRPC for Node) and
 // e2e/clients/python/xdsapp.py (gRPC C-core), so that one e2e scenario drives all three:
 //
-//	xdsapp --target NAME [--target NAME...] [--interval-ms 25] [--rpc-timeout-ms 1000] [--idle-timeout-ms N]
+//	xdsapp --target NAME [--target NAME...] [--interval-ms 25] [--rpc-timeout-ms 1000] [--idle-timeout-ms N] [--via HOST]
+//
+// With --via it is an application behind a sidecar instead: no xDS in the process, each target
+// NAME:PORT dialled as HOST:PORT (the sidecar Envoy's outbound_<PORT> listener) with NAME:PORT
+// as the authority, the way an application in a pod with an Envoy sidecar calls a service.
 //
 // For every target it sends one RPC (grpc.testing.TestService/UnaryCall, not wait-for-ready) at
 // a time, every --interval-ms, and prints one JSON line per RPC:
@@ -20,7 +24,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +60,7 @@ type app struct {
 	interval    time.Duration
 	rpcTimeout  time.Duration
 	idleTimeout time.Duration
+	via         string // the sidecar's address, or "" for xds:/// channels
 
 	outMu sync.Mutex // serialises lines on stdout
 
@@ -77,9 +84,17 @@ func (a *app) open() error {
 	}
 	a.conns = nil
 	for _, t := range a.targets {
-		c, err := grpc.NewClient("xds:///"+t, opts...)
+		target, topts := "xds:///"+t, opts
+		if a.via != "" {
+			_, port, err := net.SplitHostPort(t)
+			if err != nil {
+				return fmt.Errorf("target %s: with --via, NAME:PORT: %w", t, err)
+			}
+			target, topts = "passthrough:///"+net.JoinHostPort(a.via, port), append(slices.Clip(opts), grpc.WithAuthority(t))
+		}
+		c, err := grpc.NewClient(target, topts...)
 		if err != nil {
-			return fmt.Errorf("dial xds:///%s: %w", t, err)
+			return fmt.Errorf("dial %s: %w", target, err)
 		}
 		a.conns = append(a.conns, c)
 	}
@@ -134,6 +149,7 @@ func main() {
 	interval := flag.Int("interval-ms", 25, "pause between the RPCs of a target, in ms")
 	rpcTimeout := flag.Int("rpc-timeout-ms", 1000, "deadline of each RPC, in ms")
 	idle := flag.Int("idle-timeout-ms", 0, "channel idle timeout, in ms (0: grpc-go's default)")
+	flag.StringVar(&a.via, "via", "", "send through the sidecar Envoy at this address instead of xDS")
 	flag.Parse()
 	if len(ts) == 0 {
 		fmt.Fprintln(os.Stderr, "xdsapp: at least one --target is required")
