@@ -23,11 +23,11 @@ import (
 
 // startHoldfastAt runs Holdfast for ns with its xDS server on xdsAddr ("" = any free port); the
 // test may kill it.
-func startHoldfastAt(t *testing.T, ns, xdsAddr string) *harness.Holdfast {
+func startHoldfastAt(t *testing.T, ns, xdsAddr string, extra ...string) *harness.Holdfast {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	args := []string{"--namespaces", ns}
+	args := append([]string{"--namespaces", ns}, extra...)
 	if xdsAddr != "" {
 		args = append(args, "--xds-listen", xdsAddr) // the last --xds-listen wins
 	}

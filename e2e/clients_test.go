@@ -199,17 +199,29 @@ func plainBootstrap(ctx context.Context, t *testing.T, impl harness.Impl, nodeID
 // the network, so not 0.0.0.0).
 func withEnvoy(t *testing.T) (*harness.Sidecar, []string) {
 	t.Helper()
-	ctx := testContext(t)
-	addr, err := env.net.NewAddress(ctx)
+	sc := newSidecar(t)
+	return sc, []string{"--xds-listen", hostAddr(t), "--envoy-listen-address", sc.Addr.String()}
+}
+
+// newSidecar is a new address for a sidecar Envoy in the pod network the backends share.
+func newSidecar(t *testing.T) *harness.Sidecar {
+	t.Helper()
+	addr, err := env.net.NewAddress(testContext(t))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &harness.Sidecar{Network: env.net, Addr: addr}
+}
+
+// hostAddr is a free address on the pod network's host side: one that a sidecar Envoy in the
+// network reaches, and processes on this host too.
+func hostAddr(t *testing.T) string {
+	t.Helper()
 	ports, err := testproc.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness.Sidecar{Network: env.net, Addr: addr},
-		[]string{"--xds-listen", net.JoinHostPort(env.net.Host.String(), strconv.Itoa(ports[0])), "--envoy-listen-address", addr.String()}
+	return net.JoinHostPort(env.net.Host.String(), strconv.Itoa(ports[0]))
 }
 
 // envoyAccepted checks that a real Envoy rejected nothing Holdfast sent it and left nothing
@@ -885,12 +897,7 @@ func TestClientsSecureBootstrap(t *testing.T) {
 	// The plaintext Envoy is a second sidecar, on an address of its own: Holdfast binds the
 	// listeners it serves to the first one's, so its application could not tell; what says
 	// that it was refused is its own control_plane.connected_state.
-	plainSidecar := &harness.Sidecar{Network: env.net}
-	var err error
-	if plainSidecar.Addr, err = env.net.NewAddress(ctx); err != nil {
-		t.Fatal(err)
-	}
-	plain := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod, Sidecar: plainSidecar}, nil)
+	plain := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod, Sidecar: newSidecar(t)}, nil)
 	path := map[harness.Impl]string{harness.ImplGo: "mTLS to Holdfast (tls channel creds)", harness.ImplNode: "holdfast-agent on a Unix socket, mTLS upstream",
 		harness.ImplCore: "holdfast-agent on a Unix socket, mTLS upstream", harness.ImplCoreNew: "mTLS to Holdfast (tls channel creds)",
 		harness.ImplEnvoy: "mTLS to Holdfast (TLS transport socket in its bootstrap)"}
