@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,6 +118,16 @@ func ownNetwork(ctx context.Context, t testing.TB, prefix string) *netns.Network
 	}
 	t.Cleanup(func() { _ = n.Close() })
 	return n
+}
+
+// loopbacks numbers the loopback addresses loopbackAddr hands out.
+var loopbacks atomic.Uint32
+
+// loopbackAddr is a loopback address no other test uses (127.0.10.1 up): where a process in
+// this host's network namespace listens on a port that others listen on too.
+func loopbackAddr() netip.Addr {
+	n := loopbacks.Add(1)
+	return netip.AddrFrom4([4]byte{127, 0, byte(10 + n/250), byte(1 + n%250)})
 }
 
 func testContext(t testing.TB) context.Context {

@@ -51,7 +51,9 @@ func StartEnvoy(ctx context.Context, bin, dir string, n *netns.Network, bootstra
 }
 
 // StartEnvoyAt is StartEnvoy on an address of n the caller allocated (n.NewAddress): one that
-// Holdfast was told to bind Envoy's listeners to (--envoy-listen-address).
+// Holdfast was told to bind Envoy's listeners to (--envoy-listen-address). With n nil, Envoy runs
+// in this host's network namespace, at addr (a loopback address of its own): where it must reach
+// backends in several namespaces, which have no routes to one another.
 func StartEnvoyAt(ctx context.Context, bin, dir string, n *netns.Network, addr netip.Addr, bootstrap []byte) (*Envoy, error) {
 	var b map[string]any
 	if err := json.Unmarshal(bootstrap, &b); err != nil {
@@ -81,8 +83,12 @@ func StartEnvoyAt(ctx context.Context, bin, dir string, n *netns.Network, addr n
 	}
 	// --disable-hot-restart: several Envoys on one host would otherwise share its memory
 	// segment; each runs as a fresh process here.
-	e.cmd = n.Command(context.Background(), bin, "-c", f.Name(), "--disable-hot-restart", "--log-level", "warning",
-		"--drain-time-s", "1", "--parent-shutdown-time-s", "2")
+	args := []string{"-c", f.Name(), "--disable-hot-restart", "--log-level", "warning", "--drain-time-s", "1", "--parent-shutdown-time-s", "2"}
+	if n != nil {
+		e.cmd = n.Command(context.Background(), bin, args...)
+	} else {
+		e.cmd = exec.Command(bin, args...)
+	}
 	e.cmd.Stdout, e.cmd.Stderr = logFile, logFile
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := e.cmd.Start(); err != nil {
