@@ -203,6 +203,30 @@ func withEnvoy(t *testing.T) (*harness.Sidecar, []string) {
 	return sc, []string{"--xds-listen", hostAddr(t), "--envoy-listen-address", sc.Addr.String()}
 }
 
+// sidecarEnvoy starts a real Envoy at sc, Delta, from `holdfast bootstrap --envoy` for the
+// Holdfast h (started with withEnvoy's flags), and returns a plain gRPC channel to target
+// through it: the application in the pod, calling through its sidecar.
+func sidecarEnvoy(ctx context.Context, t *testing.T, h *harness.Holdfast, sc *harness.Sidecar, target string, port int32) (*harness.GRPCClient, *harness.Envoy) {
+	t.Helper()
+	e, err := harness.StartEnvoyAt(ctx, tools(t).Envoy, t.TempDir(), sc.Network, sc.Addr,
+		plainBootstrap(ctx, t, harness.ImplEnvoy, "envoy-"+t.Name(), h.XDSAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("envoy log: %s", e.LogTail(30))
+		}
+		e.Kill()
+	})
+	c, err := harness.DialVia(net.JoinHostPort(sc.Addr.String(), strconv.Itoa(int(port))), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, e
+}
+
 // newSidecar is a new address for a sidecar Envoy in the pod network the backends share.
 func newSidecar(t *testing.T) *harness.Sidecar {
 	t.Helper()

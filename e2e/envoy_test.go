@@ -409,6 +409,11 @@ func TestEnvoyRestartFromState(t *testing.T) {
 	if resent != 0 {
 		t.Errorf("the restarted Holdfast sent Envoy %.0f bytes of resources it already held", resent)
 	}
+	defer func() {
+		sent, failed := calls.counts()
+		record("Holdfast restarted from its state file, API server stopped", string(harness.ImplEnvoy),
+			fmt.Sprintf("%d/%d RPCs failed; %.0f resource bytes re-sent on Delta (first push %.0f)", failed, sent, resent, firstPush))
+	}()
 	if msg := envoyHealthy(ctx, e, 2, 1); msg != "" {
 		t.Errorf("Envoy after the restart: %s", msg)
 	}

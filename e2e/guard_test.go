@@ -18,8 +18,8 @@ import (
 )
 
 // TestGuardHoldsMassWithdrawal: 10 services × 5 endpoints; deleting 8 services' slices at once
-// is held (clients keep routing) until the hold period passes with a healthy source; a single
-// scale-down goes through at once.
+// is held (clients keep routing: grpc-go, and a real Envoy sidecar) until the hold period
+// passes with a healthy source; a single scale-down goes through at once.
 func TestGuardHoldsMassWithdrawal(t *testing.T) {
 	t.Parallel()
 	const holdPeriod = 10 * time.Second
@@ -43,12 +43,18 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 	// an idle machine but can straddle the default 10 ms hold-off on a loaded one, and a first
 	// deletion published on its own is (rightly) below the guard's threshold. A longer hold-off
 	// makes them one change, as a real mass deletion is.
-	h := startHoldfastOn(t, env.cluster, ns, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",
-		"--guard-hold-period", holdPeriod.String(), "--debounce", "1s", "--debounce-max", "3s")
+	sidecar, args := withEnvoy(t)
+	h := startHoldfastOn(t, env.cluster, ns, append(args, "--guard-min-fleet-endpoints", "10", "--guard-min-withdrawn-endpoints", "10",
+		"--guard-hold-period", holdPeriod.String(), "--debounce", "1s", "--debounce-max", "3s")...)
 	s0 := dial(t, h, target(ns, "s0", grpcPort.port))
 	s9 := dial(t, h, target(ns, "s9", grpcPort.port))
-	if err := s0.WaitForBackends(ctx, "s0-0", "s0-1", "s0-2", "s0-3", "s0-4"); err != nil {
+	s0Envoy, envoy := sidecarEnvoy(ctx, t, h, sidecar, target(ns, "s0", grpcPort.port), grpcPort.port)
+	all := []string{"s0-0", "s0-1", "s0-2", "s0-3", "s0-4"}
+	if err := s0.WaitForBackends(ctx, all...); err != nil {
 		t.Fatal(err)
+	}
+	if err := s0Envoy.WaitForBackends(ctx, all...); err != nil {
+		t.Fatalf("through Envoy: %v", err)
 	}
 
 	// One service scaled down while the source is healthy: applied at once.
@@ -79,8 +85,16 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 		t.Errorf("/readyz during the hold = %d %s; want ready, held, 41 endpoints of 9 services", code, body)
 	}
 	// Clients keep routing to the old endpoints while the change is held.
-	if hits, failures, err := s0.Spread(ctx, 25); failures != 0 || len(hits) != 5 {
-		t.Errorf("during the hold s0 reached %s with %d failures (%v)", harness.HitsString(hits), failures, err)
+	for impl, c := range map[harness.Impl]*harness.GRPCClient{harness.ImplGo: s0, harness.ImplEnvoy: s0Envoy} {
+		hits, failures, err := c.Spread(ctx, 25)
+		record("guard holds a mass withdrawal (40 of 50 endpoints at once)", string(impl),
+			fmt.Sprintf("keeps routing during the hold: %d of 25 RPCs failed, %d of 5 endpoints reached", failures, len(hits)))
+		if failures != 0 || len(hits) != 5 {
+			t.Errorf("during the hold s0 through %s reached %s with %d failures (%v)", impl, harness.HitsString(hits), failures, err)
+		}
+	}
+	if v, err := envoy.Stat(ctx, "listener_manager.listener_removed"); err != nil || v != 0 {
+		t.Errorf("Envoy removed %v listeners during the hold (%v)", v, err)
 	}
 	if !strings.Contains(h.LogTail(100), "mass withdrawal held") {
 		t.Error("no log line for the hold")
@@ -89,6 +103,7 @@ func TestGuardHoldsMassWithdrawal(t *testing.T) {
 	// After the hold period with a healthy source, the change is applied.
 	failsFast(ctx, t, s0, "s0 after the hold period")
 	appliedAfter := time.Since(deleted)
+	failsFast(ctx, t, s0Envoy, "s0 through Envoy after the hold period")
 	if appliedAfter < holdPeriod {
 		t.Errorf("the held change was applied after %v, before the %v hold period", appliedAfter, holdPeriod)
 	}
