@@ -866,12 +866,14 @@ func clip(s string, n int) string {
 }
 
 // TestClientsSecureBootstrap: each implementation over its documented secure path to a
-// Holdfast that requires client certificates. grpc-go speaks mTLS itself ("tls" channel
-// credentials, gRFC A65, written by `holdfast bootstrap --client grpc-go --ca-file ...`).
-// gRPC for Node and gRPC C-core (1.51) have no TLS channel credentials for their xDS server:
-// they reach Holdfast through holdfast-agent on a Unix socket, the agent speaking mTLS
-// upstream (`holdfast bootstrap --client grpc-node|grpc-core --server unix:///...`, and
-// `--ca-file` refused for them). Plaintext straight to Holdfast is refused for every one.
+// Holdfast that requires client certificates. grpc-go and C-core 1.85 speak mTLS themselves
+// ("tls" channel credentials, gRFC A65, written by `holdfast bootstrap --client grpc-go
+// --ca-file ...`), and Envoy from its bootstrap's TLS transport socket. gRPC for Node and
+// gRPC C-core 1.51 have no TLS channel credentials for their xDS server, and grpc-java 1.85's
+// ignore their files (system roots, no client certificate): they reach Holdfast through
+// holdfast-agent on a Unix socket, the agent speaking mTLS upstream (`holdfast bootstrap
+// --client grpc-java|grpc-node|grpc-core --server unix:///...`, and `--ca-file` refused for
+// them). Plaintext straight to Holdfast is refused for every one.
 func TestClientsSecureBootstrap(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
@@ -905,13 +907,15 @@ func TestClientsSecureBootstrap(t *testing.T) {
 		// Today's C-core has gRFC A65's tls channel credentials: the grpc-go bootstrap works.
 		harness.ImplCoreNew: bootstrap("--client", "grpc-go", "--node-id", "secure-grpc-core-new", "--server", h.XDSAddr,
 			"--ca-file", f.caFile, "--cert-file", f.clientCert, "--key-file", f.clientK),
+		// grpc-java 1.85 ignores the files of its "tls" channel credentials: the agent.
+		harness.ImplJava: bootstrap("--client", "grpc-java", "--node-id", "secure-grpc-java", "--server", "unix://"+sock),
 		// Envoy: a TLS transport socket on its xDS cluster, Holdfast's name checked against
 		// the address it dials.
 		harness.ImplEnvoy: bootstrap("--envoy", "--delta", "--node-id", "secure-envoy", "--server", h.XDSAddr,
 			"--ca-file", f.caFile, "--cert-file", f.clientCert, "--key-file", f.clientK),
 	}
 	// The bootstrap command refuses TLS for the clients that cannot speak it, and says what to do.
-	for _, client := range []string{"grpc-node", "grpc-core"} {
+	for _, client := range []string{"grpc-java", "grpc-node", "grpc-core"} {
 		out, err := exec.CommandContext(ctx, env.bins.Holdfast, "bootstrap", "--client", client, "--node-id", "x", "--server", h.XDSAddr, "--ca-file", f.caFile).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "holdfast-agent") {
 			t.Errorf("bootstrap --client %s --ca-file: %v %s; want a refusal pointing at holdfast-agent", client, err, out)
@@ -923,6 +927,7 @@ func TestClientsSecureBootstrap(t *testing.T) {
 	// that it was refused is its own control_plane.connected_state.
 	plain := startApps(t, h.XDSAddr, harness.AppOptions{Targets: []string{echo}, Interval: appPeriod, Sidecar: newSidecar(t)}, nil)
 	path := map[harness.Impl]string{harness.ImplGo: "mTLS to Holdfast (tls channel creds)", harness.ImplNode: "holdfast-agent on a Unix socket, mTLS upstream",
+		harness.ImplJava: "holdfast-agent on a Unix socket, mTLS upstream (its tls channel creds ignore their files)",
 		harness.ImplCore: "holdfast-agent on a Unix socket, mTLS upstream", harness.ImplCoreNew: "mTLS to Holdfast (tls channel creds)",
 		harness.ImplEnvoy: "mTLS to Holdfast (TLS transport socket in its bootstrap)"}
 	eachApp(t, "secure path", apps, func(t *testing.T, a *harness.App) {

@@ -16,9 +16,9 @@ import (
 
 // TestXDSFallback (gRFC A71): every implementation is given `holdfast bootstrap
 // --fallback-server`'s bootstrap: a primary Holdfast that is not running yet, then a fallback
-// Holdfast that is. grpc-go (1.85) falls back at once, routes through the fallback, and returns
-// to the primary when it starts, closing its stream to the fallback, without a failed RPC once
-// it routed. gRPC for Node 1.14 and C-core 1.51 predate A71: they accept the bootstrap, use its
+// Holdfast that is. grpc-go, grpc-java and C-core 1.85 fall back at once, route through the
+// fallback, and return to the primary when it starts, closing their streams to the fallback,
+// without a failed RPC once they routed. gRPC for Node 1.14 and C-core 1.51 predate A71: they accept the bootstrap, use its
 // first server only (no stream to the fallback, no RPC through it), and route once the primary
 // runs. docs/clients.md records each.
 func TestXDSFallback(t *testing.T) {
@@ -45,9 +45,9 @@ func TestXDSFallback(t *testing.T) {
 		return out
 	})
 
-	// gRFC A71: grpc-go 1.70+ and C-core 1.67+ implement it (grpc-java 1.71+ too, not run
-	// here yet); gRPC for Node 1.14 and C-core 1.51 do not.
-	withA71 := []harness.Impl{harness.ImplGo, harness.ImplCoreNew}
+	// gRFC A71: grpc-go 1.70+, grpc-java 1.71+ and C-core 1.67+ implement it; gRPC for Node
+	// 1.14 and C-core 1.51 do not.
+	withA71 := []harness.Impl{harness.ImplGo, harness.ImplJava, harness.ImplCoreNew}
 	without := []harness.Impl{harness.ImplNode, harness.ImplCore}
 	routedAt := map[harness.Impl]int{}
 	for _, impl := range withA71 {

@@ -20,7 +20,7 @@ func bootstrapMain(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&grpcKind, "grpc", false, "print a proxyless gRPC xDS bootstrap (JSON, for GRPC_XDS_BOOTSTRAP); with --ca-file, grpc-go's (see --client)")
 	fs.BoolVar(&envoyKind, "envoy", false, "print an Envoy bootstrap (JSON, a valid YAML file for envoy -c)")
 	fs.StringVar(&o.Client, "client", "", "the client implementation, instead of --grpc or --envoy: "+strings.Join(bootstrap.Clients, ", ")+
-		" (grpc-node and grpc-core have no TLS to their xDS server: they reach Holdfast through holdfast-agent on a Unix socket; docs/clients.md)")
+		" (grpc-java, grpc-node and grpc-core have no usable TLS to their xDS server: they reach Holdfast through holdfast-agent on a Unix socket; docs/clients.md)")
 	fs.StringVar(&o.NodeID, "node-id", "", "the client's xDS node id (required)")
 	fs.StringVar(&o.Server, "server", "", "Holdfast's xDS address, host:port (required)")
 	fs.Func("fallback-server", "a further xDS server (another Holdfast deployment), host:port, tried in order when the ones before fail (gRFC A71; repeatable; "+

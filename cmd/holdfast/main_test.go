@@ -290,7 +290,7 @@ func TestBootstrapTLS(t *testing.T) {
 
 // TestBootstrapPerClient: every gRPC bootstrap has a node with a locality (grpc-js-xds refuses
 // one without), --client names the implementation, and TLS is written only for one that has
-// "tls" channel credentials; for grpc-node and grpc-core the error says how to get a secure
+// "tls" channel credentials that work; for grpc-java, grpc-node and grpc-core the error says how to get a secure
 // path (holdfast-agent on a Unix socket), and no bootstrap ever lists "insecure" after "tls".
 func TestBootstrapPerClient(t *testing.T) {
 	type parsed struct {
@@ -320,7 +320,9 @@ func TestBootstrapPerClient(t *testing.T) {
 		{[]string{"--grpc", "--ca-file", "/ca.crt"}, []string{"tls"}, ""},
 		{[]string{"--client", "grpc-node", "--ca-file", "/ca.crt"}, nil, "holdfast-agent"},
 		{[]string{"--client", "grpc-core", "--ca-file", "/ca.crt"}, nil, "unix:///var/run/holdfast/agent.sock"},
-		{[]string{"--client", "grpc-java"}, nil, "grpc-go, grpc-node, grpc-core, envoy"},
+		{[]string{"--client", "grpc-java", "--server", "unix:///var/run/holdfast/agent.sock"}, []string{"insecure"}, ""},
+		{[]string{"--client", "grpc-java", "--ca-file", "/ca.crt"}, nil, "ignores their files"},
+		{[]string{"--client", "grpc-rust"}, nil, "grpc-go, grpc-java, grpc-node, grpc-core, envoy"},
 		{[]string{"--client", "grpc-node", "--envoy"}, nil, "contradicts"},
 	} {
 		args := append([]string{"--node-id", "n"}, tt.args...)

@@ -41,12 +41,17 @@ const (
 	// ClientGRPCCore is gRPC C-core (C++, Python, Ruby, PHP) as tested (1.51): no "tls"
 	// channel credentials.
 	ClientGRPCCore = "grpc-core"
+	// ClientGRPCJava is grpc-java (1.85): it takes "tls" channel credentials but ignores their
+	// files (its TlsXdsCredentialsProvider returns TlsChannelCredentials.create(): the system's
+	// trust roots, no client certificate), so it cannot check a private CA or present a
+	// certificate to Holdfast.
+	ClientGRPCJava = "grpc-java"
 	// ClientEnvoy is Envoy.
 	ClientEnvoy = "envoy"
 )
 
 // Clients lists the client implementations, for help texts.
-var Clients = []string{ClientGRPCGo, ClientGRPCNode, ClientGRPCCore, ClientEnvoy}
+var Clients = []string{ClientGRPCGo, ClientGRPCJava, ClientGRPCNode, ClientGRPCCore, ClientEnvoy}
 
 // speaksTLS says whether a gRPC implementation's bootstrap can speak TLS to its xDS server.
 func speaksTLS(client string) bool { return client == "" || client == ClientGRPCGo }
@@ -161,9 +166,13 @@ func GRPC(o Options) ([]byte, error) {
 		return nil, fmt.Errorf("bootstrap: envoy reads an Envoy bootstrap, not a gRPC one")
 	}
 	if o.tls() && !speaksTLS(o.Client) {
-		return nil, fmt.Errorf("bootstrap: %s has no TLS channel credentials for its xDS server (gRFC A65; it accepts only insecure): "+
+		why := "has no TLS channel credentials for its xDS server (gRFC A65; it accepts only insecure)"
+		if o.Client == ClientGRPCJava {
+			why = "takes \"tls\" channel credentials but ignores their files (grpc-java 1.85: the system's trust roots, no client certificate)"
+		}
+		return nil, fmt.Errorf("bootstrap: %s %s: "+
 			"run holdfast-agent on the node, with mTLS to Holdfast (--upstream-ca, --upstream-cert, --upstream-key), and point the client at it "+
-			"over a Unix socket (--server unix:///var/run/holdfast/agent.sock): see docs/clients.md", o.Client)
+			"over a Unix socket (--server unix:///var/run/holdfast/agent.sock): see docs/clients.md", o.Client, why)
 	}
 	type locality struct {
 		Zone   string `json:"zone,omitempty"`
