@@ -145,8 +145,9 @@ type App struct {
 	stdin      io.WriteCloser
 	done       chan struct{}
 	acks       chan string
-	envoy      *Envoy // ImplEnvoy's sidecar, nil for the others
-	jcmd       string // grpc-java's: the JDK's jcmd, for thread dumps
+	envoy      *Envoy        // ImplEnvoy's sidecar, nil for the others
+	jcmd       string        // grpc-java's: the JDK's jcmd, for thread dumps
+	follow     io.ReadCloser // FollowApp's output; cmd is nil then
 
 	mu      sync.Mutex
 	results []Result // guarded by mu, in arrival order
@@ -256,6 +257,24 @@ func StartApp(ctx context.Context, tools ClientTools, impl Impl, o AppOptions) (
 	}
 }
 
+// FollowApp is an application that runs elsewhere (a container in a pod) and whose output
+// arrives on out (its log, followed): results only, no commands. It waits for the line that
+// says which version it is.
+func FollowApp(ctx context.Context, impl Impl, out io.ReadCloser) (*App, error) {
+	a := &App{Impl: impl, done: make(chan struct{}), acks: make(chan string, 16), follow: out}
+	started := make(chan string, 1)
+	go func() { a.read(out, started); close(a.done) }()
+	select {
+	case a.Version = <-started:
+		return a, nil
+	case <-a.done:
+		return nil, fmt.Errorf("harness: %s application's output ended before it started", impl)
+	case <-ctx.Done():
+		a.Kill()
+		return nil, fmt.Errorf("harness: %s application did not start: %w", impl, ctx.Err())
+	}
+}
+
 // event is one line an application prints.
 type event struct {
 	Event   string `json:"event"`
@@ -298,6 +317,9 @@ func (a *App) record(r Result) {
 
 // Command sends a command (pause, resume, close, open) and waits for its acknowledgement.
 func (a *App) Command(ctx context.Context, cmd string) error {
+	if a.follow != nil {
+		return fmt.Errorf("harness: %s: %s: an application followed from elsewhere takes no commands", a.Impl, cmd)
+	}
 	if _, err := io.WriteString(a.stdin, cmd+"\n"); err != nil {
 		return fmt.Errorf("harness: %s: %s: %w", a.Impl, cmd, err)
 	}
@@ -408,6 +430,9 @@ func sortedCopy(s []string) []string { return slices.Sorted(slices.Values(s)) }
 
 // Stderr returns the last n lines the application wrote to stderr.
 func (a *App) Stderr(n int) string {
+	if a.follow != nil {
+		return "(followed from elsewhere: no stderr here)"
+	}
 	out := filepath.Base(a.StderrPath) + ":\n" + testproc.Tail(a.StderrPath, n)
 	if a.envoy != nil {
 		out += "\n" + a.envoy.LogTail(n)
@@ -417,6 +442,10 @@ func (a *App) Stderr(n int) string {
 
 // Stop asks the application to quit, and kills it if it does not; then its sidecar.
 func (a *App) Stop() {
+	if a.follow != nil {
+		a.Kill()
+		return
+	}
 	_, _ = io.WriteString(a.stdin, "quit\n")
 	select {
 	case <-a.done:
@@ -429,8 +458,13 @@ func (a *App) Stop() {
 	}
 }
 
-// Kill ends the application, and its sidecar, at once.
+// Kill ends the application, and its sidecar, at once (for FollowApp's: stops following).
 func (a *App) Kill() {
+	if a.follow != nil {
+		_ = a.follow.Close()
+		<-a.done
+		return
+	}
 	_ = a.cmd.Process.Kill()
 	<-a.done
 	if a.envoy != nil {
@@ -449,6 +483,9 @@ func (a *App) ThreadDump(ctx context.Context) string {
 		return ""
 	default:
 	}
+	if a.cmd == nil {
+		return ""
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, a.jcmd, strconv.Itoa(a.cmd.Process.Pid), "Thread.print").CombinedOutput()
@@ -463,6 +500,9 @@ func (a *App) Envoy() *Envoy { return a.envoy }
 
 // Signal sends sig to the application (SIGSTOP, SIGCONT).
 func (a *App) Signal(sig syscall.Signal) error {
+	if a.follow != nil {
+		return fmt.Errorf("harness: %s: an application followed from elsewhere takes no signals", a.Impl)
+	}
 	if err := a.cmd.Process.Signal(sig); err != nil {
 		return errors.Join(fmt.Errorf("harness: signal %s application", a.Impl), err)
 	}

@@ -438,6 +438,12 @@ func ImageOf(dir, pkg, tag string, files ...ociimage.File) (string, error) {
 	return imageOfFile(dir, bin, tag, files...)
 }
 
+// ImageOfFile writes an image tar of the binary bin, its entrypoint, named tag, with files
+// beside it (a dynamically linked binary's loader and libraries, say).
+func ImageOfFile(dir, bin, tag string, files ...ociimage.File) (string, error) {
+	return imageOfFile(dir, bin, tag, files...)
+}
+
 // imageOfFile writes an image tar of the binary bin, its entrypoint, named tag.
 func imageOfFile(dir, bin, tag string, files ...ociimage.File) (string, error) {
 	data, err := os.ReadFile(bin)

@@ -206,9 +206,8 @@ func podNames(ctx context.Context, t testing.TB, ns string) []string {
 
 // clientApps starts, on this machine, one application per xDS client implementation calling
 // target: grpc-go and C-core 1.85 straight to Holdfast over TLS (their tls channel credentials)
-// unless allAgent, gRPC for Node and C-core 1.51 (and grpc-java, when it is in harness.Impls)
-// through the node's holdfast-agent on its Unix socket — each implementation's secure path here
-// (docs/clients.md).
+// unless allAgent, gRPC for Node, C-core 1.51 and grpc-java through the node's holdfast-agent on
+// its Unix socket — each implementation's secure path here (docs/clients.md).
 func clientApps(ctx context.Context, t testing.TB, d deployment, target string, allAgent bool) map[harness.Impl]*harness.App {
 	t.Helper()
 	apps := map[harness.Impl]*harness.App{}
@@ -230,8 +229,10 @@ func startApp(ctx context.Context, t testing.TB, d deployment, target string, im
 		}
 	case harness.ImplNode:
 		o.Client = bootstrap.ClientGRPCNode
-	case harness.ImplCore, harness.ImplJava: // through the agent (docs/clients.md)
+	case harness.ImplCore: // through the agent (docs/clients.md)
 		o.Client = bootstrap.ClientGRPCCore
+	case harness.ImplJava: // through the agent: its tls channel credentials ignore their files
+		o.Client = bootstrap.ClientGRPCJava
 	}
 	b, err := bootstrap.GRPC(o)
 	if err != nil {

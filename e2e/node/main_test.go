@@ -89,8 +89,8 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-// buildImages builds Holdfast's image with `make image` (what a user runs) and the test
-// application's, and returns their tars.
+// buildImages builds Holdfast's image with `make image` (what a user runs), the test
+// application's, Envoy's and the sidecar test's client's, and returns their tars.
 func buildImages(ctx context.Context) ([]string, error) {
 	root, err := harness.ModuleRoot()
 	if err != nil {
@@ -113,7 +113,16 @@ func buildImages(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []string{tar, app}, nil
+	// TestEnvoySidecarOnNode's: a real Envoy, and grpc-go's application calling through it.
+	envoy, err := envoyImageTar(ctx, env.dir, env.tools.Envoy)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kube.ImageOf(env.dir, "e2e/cmd/xdsapp", clientImage)
+	if err != nil {
+		return nil, err
+	}
+	return []string{tar, app, envoy, client}, nil
 }
 
 // The agent DaemonSet's hostPath directories are on this machine: gone when the tests are.

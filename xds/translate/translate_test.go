@@ -219,6 +219,25 @@ func TestAssembleByClientKind(t *testing.T) {
 			t.Errorf("outbound_80 virtual hosts = %s", got)
 		}
 	}
+	// Envoy retries, on another host, only what never reached a backend; gRPC clients' routes
+	// carry no retry policy (theirs would take gRPC status codes, and retry what a backend saw).
+	for _, r := range envoySet[resourcev3.RouteType] {
+		for _, vh := range r.(*routev3.RouteConfiguration).VirtualHosts {
+			p := vh.Routes[0].GetRoute().GetRetryPolicy()
+			if p.GetRetryOn() != "connect-failure,refused-stream,reset-before-request" || p.GetNumRetries().GetValue() != 2 ||
+				len(p.GetRetryHostPredicate()) != 1 || p.GetRetryHostPredicate()[0].GetTypedConfig().GetTypeUrl() !=
+				"type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate" {
+				t.Errorf("envoy %s virtual host %s: retry policy %v", resource.NameOf(r), vh.Name, p)
+			}
+		}
+	}
+	for _, r := range grpcSet[resourcev3.RouteType] {
+		for _, vh := range r.(*routev3.RouteConfiguration).VirtualHosts {
+			if p := vh.Routes[0].GetRoute().GetRetryPolicy(); p != nil {
+				t.Errorf("grpc %s: retry policy %v", resource.NameOf(r), p)
+			}
+		}
+	}
 }
 
 // TestIncarnationsLookNew: the same service deleted and created again (a new UID) with the same

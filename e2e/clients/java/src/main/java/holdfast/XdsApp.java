@@ -6,7 +6,7 @@ import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
 import io.grpc.MethodDescriptor;
-import io.grpc.StatusRuntimeException;
+import io.grpc.Status;
 import io.grpc.stub.ClientCalls;
 import java.io.BufferedReader;
 import java.io.ByteArrayInputStream;
@@ -18,7 +18,10 @@ import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import com.google.common.util.concurrent.ListenableFuture;
 
 /**
  * A gRPC application written with grpc-java's xDS client: an xDS client Holdfast's developers did
@@ -189,17 +192,30 @@ public final class XdsApp {
   void loop(String target, ManagedChannel ch, long gen) {
     while (current(gen)) {
       String ev;
+      // Not ClientCalls.blockingUnaryCall: its ThreadlessExecutor can miss the call's
+      // completion and park for ever, deadline or not (grpc-java#12456, open; seen here once in
+      // a full run: one target's thread parked in waitAndDrain for over 60 s). The future form
+      // completes on the channel's executor; waiting a second past the deadline bounds a
+      // client that still never completes, reported as a failed RPC that says so.
+      ListenableFuture<byte[]> call = ClientCalls.futureUnaryCall(ch.newCall(UNARY_CALL,
+          CallOptions.DEFAULT.withDeadlineAfter(rpcTimeoutMs, TimeUnit.MILLISECONDS)), new byte[0]);
       try {
-        byte[] resp = ClientCalls.blockingUnaryCall(ch, UNARY_CALL,
-            CallOptions.DEFAULT.withDeadlineAfter(rpcTimeoutMs, TimeUnit.MILLISECONDS), new byte[0]);
+        byte[] resp = call.get(rpcTimeoutMs + 1000, TimeUnit.MILLISECONDS);
         try {
           ev = "{\"event\":\"rpc\",\"target\":" + quote(target) + ",\"ok\":true,\"backend\":" + quote(hostnameOf(resp)) + "}";
         } catch (IllegalArgumentException e) {
           ev = "{\"event\":\"rpc\",\"target\":" + quote(target) + ",\"ok\":false,\"code\":-1,\"error\":" + quote("bad response: " + e.getMessage()) + "}";
         }
-      } catch (StatusRuntimeException e) {
-        String detail = e.getStatus().getDescription() != null ? e.getStatus().getDescription() : e.getStatus().getCode().toString();
-        ev = "{\"event\":\"rpc\",\"target\":" + quote(target) + ",\"ok\":false,\"code\":" + e.getStatus().getCode().value() + ",\"error\":" + quote(detail) + "}";
+      } catch (ExecutionException e) {
+        Status st = Status.fromThrowable(e.getCause());
+        String detail = st.getDescription() != null ? st.getDescription() : st.getCode().toString();
+        ev = "{\"event\":\"rpc\",\"target\":" + quote(target) + ",\"ok\":false,\"code\":" + st.getCode().value() + ",\"error\":" + quote(detail) + "}";
+      } catch (TimeoutException e) {
+        call.cancel(true);
+        ev = "{\"event\":\"rpc\",\"target\":" + quote(target) + ",\"ok\":false,\"code\":-2,\"error\":" + quote("grpc-java: the call did not complete 1 s past its deadline") + "}";
+      } catch (InterruptedException e) {
+        call.cancel(true);
+        return;
       }
       if (!current(gen)) {
         return;
