@@ -15,7 +15,8 @@
 // {"event":"rpc","target":T,"ok":false,"code":N,"error":"..."}. Commands on stdin, one per line,
 // each acknowledged with {"event":"<command>"}: "pause" stops sending (channels stay open and
 // may go idle), "resume" starts again, "close" closes every channel, "open" makes new ones and
-// starts sending, "quit" exits 0.
+// starts sending, "quit" exits 0. When stdin ends (a container's), it keeps sending until
+// SIGTERM.
 package main
 
 import (
@@ -26,9 +27,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -196,4 +199,9 @@ func main() {
 		}
 		a.emit(event{Event: cmd})
 	}
+	// No more commands (stdin ended: a container's is empty): keep calling until told to stop.
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer cancel()
+	<-ctx.Done()
+	a.stop()
 }
