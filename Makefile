@@ -125,6 +125,7 @@ bench: build kube node clients
 	go test -run '^$$' -bench . -benchmem -benchtime 5x ./cache/ ./resolver/clusterset/ ./xds/... ./internal/agent/
 	go run ./e2e/cmd/xdsbench
 	cd e2e && go test -run '^$$' -bench EndToEndPropagation -benchtime 100x -count 1 .
+	cd e2e && go test -run '^$$' -bench EnvoyPropagation -benchtime 20x -count 1 .
 	go test -run '^$$' -bench ReadyToRoutes -benchtime 20x -count 1 ./e2e/node/
 
 # The admin API's generated code is checked in; `make generate` rebuilds it with pinned tools:

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
 	"github.com/holdfast/holdfast/xds/bootstrap"

@@ -46,7 +46,7 @@ var clientTools struct {
 }
 
 // tools installs (normally: finds, `make clients` ran before) gRPC for Node and gRPC C-core.
-func tools(t *testing.T) harness.ClientTools {
+func tools(t testing.TB) harness.ClientTools {
 	t.Helper()
 	clientTools.once.Do(func() { clientTools.tools, clientTools.err = harness.InstallClients(env.bins.XDSApp) })
 	if clientTools.err != nil {

@@ -7,8 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
-	"strconv"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 

@@ -116,7 +116,9 @@ patches:
 		t.Fatal(err)
 	}
 	kubectl(ctx, t, "", "apply", "-k", dir)
-	t.Cleanup(func() { _, _ = env.node.Kubectl(context.Background(), "", "delete", "namespace", "shop", "--wait=false") })
+	t.Cleanup(func() {
+		_, _ = env.node.Kubectl(context.Background(), "", "delete", "namespace", "shop", "--wait=false")
+	})
 	kubectl(ctx, t, "", "-n", "shop", "create", "configmap", "holdfast-ca", "--from-file="+d.caFile)
 	if out, err := env.node.Kubectl(ctx, "", "-n", "shop", "rollout", "status", "deployment/shop", "--timeout=120s"); err != nil {
 		pods, _ := env.node.Kubectl(ctx, "", "-n", "shop", "describe", "pods")
