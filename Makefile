@@ -99,7 +99,7 @@ e2e: kube node tools clients $(TESTSUMMARY)
 
 # The client conformance matrix in docs/clients.md, from a run of the client scenarios.
 clients-matrix: kube tools clients
-	HOLDFAST_CLIENTS_MATRIX=$(CURDIR)/.clients-matrix.md go test -count=1 -timeout 10m -run '^(TestClients.*|TestXDSFallback|TestMultiClusterFailover|TestAgentColdStartKeepsClients|TestLocalityFailsOverWhenZoneDies|TestGuardHoldsMassWithdrawal|TestEnvoyRestartFromState)$$' ./e2e/
+	HOLDFAST_CLIENTS_MATRIX=$(CURDIR)/.clients-matrix.md go test -count=1 -timeout 10m -run '^(TestClients.*|TestXDSFallback|TestMultiClusterFailover|TestAgentColdStartKeepsClients|TestLocalityFailsOverWhenZoneDies|TestGuardHoldsMassWithdrawal|TestEnvoyRestartFromState|TestResilienceZeroEndpoints)$$' ./e2e/
 	awk -v table=$(CURDIR)/.clients-matrix.md '/<!-- matrix:end -->/ { while ((getline l < table) > 0) print l; skip = 0 } !skip { print } /<!-- matrix:begin -->/ { skip = 1 }' \
 	  docs/clients.md > docs/clients.md.new && mv docs/clients.md.new docs/clients.md && rm -f .clients-matrix.md
 

@@ -115,9 +115,15 @@ func TestAgentColdStartKeepsClients(t *testing.T) {
 				args = append(args, "--cache-dir", cacheDir)
 			}
 			second := startAgent(t, h.XDSAddr, args...)
+			// Envoy connected again: a connection made since the kill (connection attempts to
+			// an agent not listening yet count too) that is open, and the agent answering.
 			if err := harness.Eventually(ctx, func() bool {
-				v, err := envoy.Stat(ctx, xdsConns)
-				return err == nil && v > conns
+				st, err := envoy.Stats(ctx, "^cluster\\.holdfast\\.upstream_cx_(total|active)$")
+				if err != nil || st[xdsConns] <= conns || st["cluster.holdfast.upstream_cx_active"] != 1 {
+					return false
+				}
+				_, _, err = tryReadyz(ctx, second)
+				return err == nil
 			}); err != nil {
 				t.Fatal("Envoy never reconnected to the new agent")
 			}

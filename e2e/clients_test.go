@@ -60,6 +60,7 @@ var matrix struct {
 	mu       sync.Mutex
 	rows     map[string]map[string]string // scenario → implementation → cell
 	versions map[string]string            // implementation → version it reported
+	stuck    map[string][2]int            // implementation → RPCs its library never completed, of all
 }
 
 func record(scenario, impl, cell string) {
@@ -72,6 +73,18 @@ func record(scenario, impl, cell string) {
 		matrix.rows[scenario] = map[string]string{}
 	}
 	matrix.rows[scenario][impl] = cell
+}
+
+// recordStuck adds to what an implementation's library never completed (harness.CodeStuck),
+// over every scenario, for the matrix.
+func recordStuck(impl string, stuck, rpcs int) {
+	matrix.mu.Lock()
+	defer matrix.mu.Unlock()
+	if matrix.stuck == nil {
+		matrix.stuck = map[string][2]int{}
+	}
+	c := matrix.stuck[impl]
+	matrix.stuck[impl] = [2]int{c[0] + stuck, c[1] + rpcs}
 }
 
 func recordVersion(impl, version string) {
@@ -113,6 +126,13 @@ func writeMatrix() error {
 		b.WriteString("---|")
 	}
 	b.WriteString("\n")
+	const stuckRow = "RPCs its own library never completed, a second past their deadline (all scenarios)"
+	for impl, c := range matrix.stuck {
+		if matrix.rows[stuckRow] == nil {
+			matrix.rows[stuckRow] = map[string]string{}
+		}
+		matrix.rows[stuckRow][impl] = fmt.Sprintf("%d of %d", c[0], c[1])
+	}
 	scenarios := make([]string, 0, len(matrix.rows))
 	for s := range matrix.rows {
 		scenarios = append(scenarios, s)
@@ -159,6 +179,10 @@ func startApps(t *testing.T, server string, o harness.AppOptions, bootstrapOf fu
 		}
 		recordVersion(string(impl), a.Version)
 		t.Cleanup(func() {
+			if n := a.Stuck(0, ""); n > 0 {
+				recordStuck(string(impl), n, len(a.Since(0, "")))
+				t.Logf("%s: %d RPCs its own library never completed, a second past their deadline (not counted as failures)", impl, n)
+			}
 			if t.Failed() {
 				if dump := a.ThreadDump(context.Background()); dump != "" {
 					t.Logf("%s application's threads:\n%s", impl, dump)
@@ -702,6 +726,7 @@ func TestClientsServiceRecreated(t *testing.T) {
 	// slice after it, the order of Kubernetes' garbage collector (the slice is owned by the
 	// Service). The other order is a scale to zero first — served as one, unless the two
 	// deletions happen to fall in one debounce — and made this test flaky.
+	deleted := time.Now()
 	deleteService(t, ns, "echo")
 	deleteSlice(t, ns, "echo-a")
 	time.Sleep(300 * time.Millisecond)
@@ -738,7 +763,8 @@ func TestClientsServiceRecreated(t *testing.T) {
 		}
 		record("service deleted and created again within the tombstone grace (300 ms gap)", string(a.Impl), cell)
 		if n-min(race, 1) != 0 {
-			t.Errorf("%d of %d RPCs failed across a delete and re-create within the grace (last: %s)", n, total, last)
+			t.Errorf("%d of %d RPCs failed across a delete and re-create within the grace (last: %s): %s; deleted at %s",
+				n, total, last, a.FailureSummary(marks[a.Impl], echo), deleted.Format("15:04:05.000"))
 		}
 	})
 
@@ -829,7 +855,7 @@ func TestClientsUnknownName(t *testing.T) {
 				if r.OK {
 					return false
 				}
-				if r.Code != 4 { // not DEADLINE_EXCEEDED: the client has an answer
+				if r.Code != 4 && r.Code != harness.CodeStuck { // not DEADLINE_EXCEEDED: the client has an answer
 					concluded = r
 					return true
 				}

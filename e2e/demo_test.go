@@ -1,10 +1,15 @@
 package e2e
 
 import (
+	"flag"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,23 +23,20 @@ import (
 // stopped, Holdfast restarted with it down, every slice deleted at once, a zone's backends
 // gone), printing what it says at each; Ctrl-C then cleans up and make exits 0 (without the
 // demo taking the terminal's foreground, make itself is interrupted and exits 2). Scenes last
-// 2 s here (5 s by default).
+// 2 s here (5 s by default). The demo is the package's longest test: TestMain starts it before
+// any test (startDemo), so that it runs beside all of them from the start instead of waiting
+// for a parallel slot behind them.
 func TestDemo(t *testing.T) {
 	t.Parallel()
-	root, err := harness.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
+	d := env.demo
+	if d == nil {
+		d = startDemo()
+		t.Cleanup(d.stop)
 	}
-	cmd := exec.Command("script", "-qfec", "make demo DEMO_FLAGS=--scene=2s; echo MAKE_EXIT=$?", "/dev/null")
-	cmd.Dir = root
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, "MAKEFLAGS=") || strings.HasPrefix(kv, "MFLAGS=") || strings.HasPrefix(kv, "MAKELEVEL=")
-	})
-	tty, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
+	if d.err != nil {
+		t.Fatal(d.err)
 	}
-	out, done := startWatched(t, cmd)
+	out, done, tty := d.out, d.done, d.tty
 	out.waitFor(t, "demo: done", done, 6*timeout)
 	if _, err := tty.Write([]byte{0x03}); err != nil { // Ctrl-C, as the terminal sees it
 		t.Fatal(err)
@@ -102,6 +104,77 @@ func TestDemo(t *testing.T) {
 	if n, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(n), "hf-demo") {
 		t.Errorf("the demo left its network namespace behind: %s", n)
 	}
+}
+
+// demoRun is `make demo` running in a terminal (a pty made by script(1)).
+type demoRun struct {
+	out    *watched
+	done   <-chan error   // its exit, once
+	exited chan struct{}  // closed when it has exited
+	tty    io.WriteCloser // the terminal's input
+	err    error          // why it did not start
+}
+
+// startDemo starts `make demo` with 2 s scenes, as TestDemo checks it.
+func startDemo() *demoRun {
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		return &demoRun{err: err}
+	}
+	cmd := exec.Command("script", "-qfec", "make demo DEMO_FLAGS=--scene=2s; echo MAKE_EXIT=$?", "/dev/null")
+	cmd.Dir = root
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "MAKEFLAGS=") || strings.HasPrefix(kv, "MFLAGS=") || strings.HasPrefix(kv, "MAKELEVEL=")
+	})
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	tty, err := cmd.StdinPipe()
+	if err != nil {
+		return &demoRun{err: err}
+	}
+	w := &watched{cmd: cmd}
+	cmd.Stdout, cmd.Stderr = &w.Log, &w.Log
+	if err := cmd.Start(); err != nil {
+		return &demoRun{err: fmt.Errorf("start make demo: %w", err)}
+	}
+	done, exited := make(chan error, 1), make(chan struct{})
+	go func() { done <- cmd.Wait(); close(exited) }()
+	return &demoRun{out: w, done: done, exited: exited, tty: tty}
+}
+
+// stop ends the demo if it still runs (a test that failed before Ctrl-C, a run cut short).
+func (d *demoRun) stop() {
+	if d.err != nil {
+		return
+	}
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	_, _ = d.tty.Write([]byte{0x03})
+	select {
+	case <-d.exited:
+	case <-time.After(2 * timeout):
+		_ = d.out.cmd.Process.Kill()
+	}
+}
+
+// selected says whether the test binary's -test.run and -test.skip flags select the top-level
+// test name.
+func selected(name string) bool {
+	match := func(flagName string) (bool, bool) {
+		f := flag.Lookup(flagName)
+		if f == nil || f.Value.String() == "" {
+			return false, false
+		}
+		re, err := regexp.Compile(strings.Split(f.Value.String(), "/")[0])
+		return err == nil && re.MatchString(name), true
+	}
+	if skip, set := match("test.skip"); set && skip {
+		return false
+	}
+	run, set := match("test.run")
+	return run || !set
 }
 
 // watched is a command's output, read while it runs.

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -39,6 +40,7 @@ var env struct {
 	cluster *kube.Cluster
 	net     *netns.Network
 	subnets *netns.Subnets // for ownNetwork
+	demo    *demoRun       // make demo, started first when TestDemo is to run
 }
 
 // quietWindow is how long a check that something does not happen watches, where the thing
@@ -58,6 +60,11 @@ func testMain(m *testing.M) int {
 	if err := netns.Check(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
+	}
+	flag.Parse()
+	if selected("TestDemo") { // the longest test starts first (TestDemo)
+		env.demo = startDemo()
+		defer env.demo.stop()
 	}
 	var err error
 	if env.dir, err = os.MkdirTemp("", "holdfast-e2e-"); err != nil {

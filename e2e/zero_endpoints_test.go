@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -44,16 +46,37 @@ func TestResilienceZeroEndpoints(t *testing.T) {
 	createService(t, ns, "empty", grpcPort) // no slices at all, ever
 	writeSlice(t, ns, "echo-a", "echo", grpcPort, endpoint{b["b1"], true}, endpoint{b["b2"], true}, endpoint{b["b3"], true})
 	writeSlice(t, ns, "other-a", "other", grpcPort, endpoint{b["other"], true})
-	h := startHoldfast(t, ns)
+	sidecar, args := withEnvoy(t)
+	h := startHoldfastOn(t, env.cluster, ns, args...)
 	ctx := testContext(t)
-	echo := dial(t, h, target(ns, "echo", grpcPort.port))
-	other := dial(t, h, target(ns, "other", grpcPort.port))
-	empty := dial(t, h, target(ns, "empty", grpcPort.port))
-
-	if err := echo.WaitForBackends(ctx, "b1", "b2", "b3"); err != nil {
-		t.Fatal(err)
+	// grpc-go, and an application behind a real Envoy sidecar: each sees every step.
+	type via struct {
+		name               string
+		echo, other, empty *harness.GRPCClient
 	}
-	failsFast(ctx, t, empty, "a service created without endpoints")
+	e := via{name: "Envoy"}
+	var envoy *harness.Envoy
+	e.echo, envoy = sidecarEnvoy(ctx, t, h, sidecar, target(ns, "echo", grpcPort.port), grpcPort.port)
+	for _, c := range []struct {
+		svc string
+		to  **harness.GRPCClient
+	}{{"other", &e.other}, {"empty", &e.empty}} {
+		cc, err := harness.DialVia(net.JoinHostPort(sidecar.Addr.String(), strconv.Itoa(int(grpcPort.port))), target(ns, c.svc, grpcPort.port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cc.Close() })
+		*c.to = cc
+	}
+	clients := []via{{name: "grpc-go", echo: dial(t, h, target(ns, "echo", grpcPort.port)),
+		other: dial(t, h, target(ns, "other", grpcPort.port)), empty: dial(t, h, target(ns, "empty", grpcPort.port))}, e}
+
+	for _, c := range clients {
+		if err := c.echo.WaitForBackends(ctx, "b1", "b2", "b3"); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		failsFast(ctx, t, c.empty, c.name+": a service created without endpoints")
+	}
 
 	steps := []struct {
 		name  string
@@ -73,14 +96,23 @@ func TestResilienceZeroEndpoints(t *testing.T) {
 	}
 	for _, s := range steps {
 		s.write()
-		if s.want == nil {
-			failsFast(ctx, t, echo, s.name)
-		} else if err := echo.WaitForBackends(ctx, s.want...); err != nil {
-			t.Fatalf("%s: %v", s.name, err)
+		for _, c := range clients {
+			if s.want == nil {
+				failsFast(ctx, t, c.echo, c.name+": "+s.name)
+			} else if err := c.echo.WaitForBackends(ctx, s.want...); err != nil {
+				t.Fatalf("%s: %s: %v", c.name, s.name, err)
+			}
+			// The other service never notices.
+			if hits, failures, err := c.other.Spread(ctx, 5); failures != 0 || hits["other"] != 5 {
+				t.Fatalf("%s: %s: the other service was disturbed: %s, %d failures (%v)", c.name, s.name, harness.HitsString(hits), failures, err)
+			}
 		}
-		// The other service never notices.
-		if hits, failures, err := other.Spread(ctx, 5); failures != 0 || hits["other"] != 5 {
-			t.Fatalf("%s: the other service was disturbed: %s, %d failures (%v)", s.name, harness.HitsString(hits), failures, err)
-		}
+	}
+	if v, err := envoy.Stat(ctx, "listener_manager.listener_removed"); err != nil || v != 0 {
+		t.Errorf("Envoy removed %v listeners while a service had no endpoints (%v)", v, err)
+	}
+	for _, c := range clients {
+		record("zero endpoints: created empty, only not ready, an empty slice, no slice, then back", clientColumn(c.name),
+			"fails fast (UNAVAILABLE) with none, routes when they return; other services undisturbed")
 	}
 }

@@ -358,14 +358,59 @@ func (a *App) Since(mark int, target string) []Result {
 }
 
 // Failures counts the failed RPCs of target ("" for all) from mark on, and returns the last error.
+//
+// An RPC the client's own library never completed (CodeStuck) is not counted: no server makes
+// a client miss its own deadline. Stuck counts those.
 func (a *App) Failures(mark int, target string) (n int, last string) {
 	for _, r := range a.Since(mark, target) {
-		if !r.OK {
+		if !r.OK && r.Code != CodeStuck {
 			n++
 			last = r.Error
 		}
 	}
 	return n, last
+}
+
+// CodeStuck is the code an application reports for an RPC its gRPC library had not completed a
+// second past the RPC's deadline (grpc-java 1.85, about one in several thousand under load:
+// grpc-java#12456); the application gives up on it and goes on.
+const CodeStuck = -2
+
+// Stuck counts the RPCs of target ("" for all) from mark on that the client's library never
+// completed (CodeStuck).
+func (a *App) Stuck(mark int, target string) int {
+	n := 0
+	for _, r := range a.Since(mark, target) {
+		if !r.OK && r.Code == CodeStuck {
+			n++
+		}
+	}
+	return n
+}
+
+// FailureSummary describes the failed RPCs of target ("" for all) from mark on: how many of
+// each code and message, with when the first of each failed.
+func (a *App) FailureSummary(mark int, target string) string {
+	type key struct {
+		code int
+		msg  string
+	}
+	count, first := map[key]int{}, map[key]time.Time{}
+	for _, r := range a.Since(mark, target) {
+		if !r.OK && r.Code != CodeStuck {
+			k := key{r.Code, r.Error}
+			if count[k] == 0 {
+				first[k] = r.At
+			}
+			count[k]++
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(count), func(x, y key) int { return first[x].Compare(first[y]) })
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%d× code %d %q (first at %s)", count[k], k.code, k.msg, first[k].Format("15:04:05.000")))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Routing waits until the newest RPCs of target all succeeded and reached exactly the backends

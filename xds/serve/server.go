@@ -413,7 +413,9 @@ func serve[Req, Resp any](ctx context.Context, s *Server, st *stream,
 		case <-st.wake:
 			err = push(time.Now(), enqueue)
 		case now := <-tick.C:
-			err = st.checkSlow(now)
+			if err = st.checkSlow(now); err == nil && st.holdingForWarming() {
+				err = push(now, enqueue) // a route waiting for assignments goes when warmingHold ends
+			}
 		}
 		if err != nil {
 			return err

@@ -59,6 +59,63 @@ type stream struct {
 	// most MaxUnknownNames); refusedLogged says a refusal of names was logged.
 	unknown       int
 	refusedLogged bool
+	// warming is, for an Envoy, every cluster it was sent whose assignment it has not been
+	// sent yet, since warmingSince: its route configurations wait for them (warmingHoldsLocked).
+	warming      map[string]struct{}
+	warmingSince time.Time
+}
+
+// warmingHold bounds how long an Envoy's route configurations wait for the assignments of new
+// clusters: one that never asks for an assignment (it would leave its cluster warming until
+// its own initial_fetch_timeout, 15 s by default) then gets them anyway.
+const warmingHold = 5 * time.Second
+
+// warmingHoldsLocked says whether a push of typ waits: an Envoy's RouteConfigurations do
+// while a cluster it was sent has no assignment sent after it. Envoy keeps a new EDS cluster
+// warming, out of routing, until its assignment arrives; a route to it applied before then
+// answers 503 (no cluster) for every request in between — seen for a re-created service's new
+// incarnation. Make before break: the route goes after the assignment, on the same stream, so
+// Envoy applies it after the cluster is warm.
+func (st *stream) warmingHoldsLocked(typ resourcev3.Type, now time.Time) bool {
+	return typ == resourcev3.RouteType && len(st.warming) > 0 && now.Sub(st.warmingSince) < warmingHold
+}
+
+// noteWarmingLocked keeps warming up to date with a response of typ just sent to an Envoy.
+func (st *stream) noteWarmingLocked(typ resourcev3.Type, ts *subscription, now time.Time) {
+	if st.kind != resource.KindEnvoy {
+		return
+	}
+	switch typ {
+	case resourcev3.ClusterType:
+		eds := st.types[resourcev3.EndpointType]
+		for _, r := range ts.inflightOut {
+			if v, ok := eds.sentVersionOf(r.Name); ok && v != "" {
+				continue // its assignment went out before it: Envoy warms it at once
+			}
+			if len(st.warming) == 0 {
+				st.warming, st.warmingSince = map[string]struct{}{}, now
+			}
+			st.warming[r.Name] = struct{}{}
+		}
+		for _, n := range ts.inflightRemoved {
+			delete(st.warming, n)
+		}
+	case resourcev3.EndpointType:
+		for _, r := range ts.inflightOut {
+			delete(st.warming, r.Name)
+		}
+	}
+	if len(st.warming) == 0 {
+		st.warming = nil
+	}
+}
+
+// holdingForWarming says whether a route push waits for assignments (for the stream's timer:
+// the hold ends by itself after warmingHold).
+func (st *stream) holdingForWarming() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.warming) > 0
 }
 
 // subscription is what one stream knows of one resource type, in either protocol.
@@ -312,7 +369,7 @@ func pushTypes[Resp comparable](st *stream, now time.Time, enqueue func(Resp) bo
 	var none Resp
 	for _, typ := range resource.PushOrder {
 		ts := st.types[typ]
-		if ts == nil || !ts.subscribed || ts.inflight != "" {
+		if ts == nil || !ts.subscribed || ts.inflight != "" || st.warmingHoldsLocked(typ, now) {
 			continue
 		}
 		idx := snap.index(typ).at(st.loc)
@@ -327,6 +384,7 @@ func pushTypes[Resp comparable](st *stream, now time.Time, enqueue func(Resp) bo
 		if resp == none {
 			continue
 		}
+		st.noteWarmingLocked(typ, ts, now)
 		ts.inflightEventAt = time.Time{}
 		if changeDriven {
 			ts.inflightEventAt = idx.eventAt
@@ -357,6 +415,14 @@ func (ts *subscription) sentVersion(name string) (string, bool) {
 		return full[i].Version, true
 	}
 	return "", false
+}
+
+// sentVersionOf is sentVersion on a subscription that may not exist (nil: nothing sent).
+func (ts *subscription) sentVersionOf(name string) (string, bool) {
+	if ts == nil {
+		return "", false
+	}
+	return ts.sentVersion(name)
 }
 
 // sentVersions returns what the client has, name → version.
