@@ -927,3 +927,46 @@ func (br *deltaBarrier) nothingOf(t *testing.T, watched string) {
 		}
 	}
 }
+
+// TestEnvoyRouteWaitsForNewClusters: make before break for an Envoy. A route sent before the
+// assignment of a new cluster it routes to would be applied while Envoy still keeps that
+// cluster warming, out of routing: every request in between fails (503, no cluster). So a
+// route configuration asked for after the cluster went out is sent only once the cluster's
+// assignment has gone out after it, on the same stream.
+func TestEnvoyRouteWaitsForNewClusters(t *testing.T) {
+	_, conn, publish := testServer(t)
+	a, _ := xdstest.TwoServices()
+	publish(testView(a))
+	st := deltaStream(t, conn)
+	in := responses(st.Recv)
+	envoy := &corev3.Node{Id: "e1", UserAgentName: "envoy"}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	r := recvWithin(t, in, 5*time.Second)
+	if r == nil || (*r).TypeUrl != resourcev3.ClusterType || len((*r).Resources) == 0 {
+		t.Fatalf("wildcard CDS: %v", r)
+	}
+	var clusters []string // a's two ports
+	for _, res := range (*r).Resources {
+		clusters = append(clusters, res.Name)
+	}
+	// The route first, then the assignments, as requests; the assignments must come back first.
+	for _, req := range []*discoveryv3.DeltaDiscoveryRequest{
+		{TypeUrl: resourcev3.ClusterType, ResponseNonce: (*r).Nonce},
+		{TypeUrl: resourcev3.RouteType, ResourceNamesSubscribe: []string{translate.Outbound(80)}},
+		{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: clusters},
+	} {
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := recvWithin(t, in, 5*time.Second)
+	if first == nil || (*first).TypeUrl != resourcev3.EndpointType || len((*first).Resources) != len(clusters) {
+		t.Fatalf("first response after the route and the assignment were asked for: %v, want the assignment", first)
+	}
+	second := recvWithin(t, in, 2*time.Second) // well within warmingHold: not sent by its end
+	if second == nil || (*second).TypeUrl != resourcev3.RouteType || len((*second).Resources) != 1 {
+		t.Fatalf("second response: %v, want the route", second)
+	}
+}
