@@ -116,8 +116,10 @@ patches:
 		t.Fatal(err)
 	}
 	kubectl(ctx, t, "", "apply", "-k", dir)
+	// Gone before the next test: pods left terminating on the one node slow what the next tests
+	// time (the node lifecycle controller's sweep in TestNodeUnderPressure).
 	t.Cleanup(func() {
-		_, _ = env.node.Kubectl(context.Background(), "", "delete", "namespace", "shop", "--wait=false")
+		_, _ = env.node.Kubectl(context.Background(), "", "delete", "namespace", "shop", "envoy-backends", "--timeout=60s")
 	})
 	kubectl(ctx, t, "", "-n", "shop", "create", "configmap", "holdfast-ca", "--from-file="+d.caFile)
 	if out, err := env.node.Kubectl(ctx, "", "-n", "shop", "rollout", "status", "deployment/shop", "--timeout=120s"); err != nil {
