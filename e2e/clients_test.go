@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -24,7 +22,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/holdfast/holdfast/e2e/adsclient"
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
 	"github.com/holdfast/holdfast/resolver"
@@ -354,67 +351,6 @@ func writeSliceConditions(t *testing.T, ns, name, svc string, port servicePort, 
 		})
 	}
 	putSlice(t, env.cluster, s)
-}
-
-// envoyBackends follows the Envoy-like client's config for a service port dialled as target —
-// outbound_<port> route, the virtual host for target, its cluster, that cluster's assignment —
-// and returns the addresses it would send traffic to (HEALTHY or UNKNOWN endpoints), sorted.
-func envoyBackends(s adsclient.State, target string, port int32) ([]string, bool) {
-	rc, ok := s[resourcev3.RouteType][translate.Outbound(port)]
-	if !ok {
-		return nil, false
-	}
-	cluster := ""
-	for _, vh := range rc.Message.(*routev3.RouteConfiguration).GetVirtualHosts() {
-		if slices.Contains(vh.GetDomains(), target) {
-			cluster = vh.GetRoutes()[0].GetRoute().GetCluster()
-		}
-	}
-	if _, ok := s[resourcev3.ClusterType][cluster]; !ok || cluster == "" {
-		return nil, false
-	}
-	cla, ok := s[resourcev3.EndpointType][cluster]
-	if !ok {
-		return nil, false
-	}
-	var out []string
-	for _, l := range cla.Message.(*endpointv3.ClusterLoadAssignment).GetEndpoints() {
-		for _, e := range l.GetLbEndpoints() {
-			if h := e.GetHealthStatus().String(); h == "HEALTHY" || h == "UNKNOWN" {
-				out = append(out, e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
-			}
-		}
-	}
-	slices.Sort(out)
-	return out, true
-}
-
-// addrsOf returns the backends' addresses, sorted, as envoyBackends reports them.
-func addrsOf(bs ...*harness.Backend) []string {
-	out := make([]string, 0, len(bs))
-	for _, b := range bs {
-		out = append(out, b.Addr.String())
-	}
-	slices.Sort(out)
-	return out
-}
-
-// envoyRoutesTo waits until the Envoy-like client routes target to exactly bs, with every
-// resource it holds valid.
-func envoyRoutesTo(ctx context.Context, c *adsclient.Client, target string, port int32, bs ...*harness.Backend) error {
-	want := addrsOf(bs...)
-	err := c.WaitFor(ctx, func(s adsclient.State) bool {
-		got, ok := envoyBackends(s, target, port)
-		return ok && slices.Equal(got, want)
-	})
-	if err != nil {
-		got, _ := envoyBackends(c.State(), target, port)
-		return fmt.Errorf("envoy-like client routes %s to %v, want %v: %w", target, got, want, err)
-	}
-	if inv := c.Stats().Invalid; len(inv) > 0 {
-		return fmt.Errorf("envoy-like client received invalid resources: %v", inv)
-	}
-	return nil
 }
 
 var (

@@ -183,19 +183,6 @@ type watched struct {
 	cmd *exec.Cmd
 }
 
-// startWatched starts cmd with its output kept; done receives its exit.
-func startWatched(t *testing.T, cmd *exec.Cmd) (*watched, <-chan error) {
-	t.Helper()
-	w := &watched{cmd: cmd}
-	cmd.Stdout, cmd.Stderr = &w.Log, &w.Log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	return w, done
-}
-
 // waitFor waits until the output says want; the command exiting first, or d passing, fails
 // the test.
 func (w *watched) waitFor(t *testing.T, want string, done <-chan error, d time.Duration) {
