@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
+	"github.com/holdfast/holdfast/e2e/netns"
 	"github.com/holdfast/holdfast/resolver"
 	"github.com/holdfast/holdfast/xds/admin"
 	"github.com/holdfast/holdfast/xds/bootstrap"
@@ -229,8 +231,14 @@ func withEnvoy(t *testing.T) (*harness.Sidecar, []string) {
 // through it: the application in the pod, calling through its sidecar.
 func sidecarEnvoy(ctx context.Context, t *testing.T, h *harness.Holdfast, sc *harness.Sidecar, target string, port int32) (*harness.GRPCClient, *harness.Envoy) {
 	t.Helper()
-	e, err := harness.StartEnvoyAt(ctx, tools(t).Envoy, t.TempDir(), sc.Network, sc.Addr,
-		plainBootstrap(ctx, t, harness.ImplEnvoy, "envoy-"+t.Name(), h.XDSAddr))
+	return envoyVia(ctx, t, sc.Network, sc.Addr, plainBootstrap(ctx, t, harness.ImplEnvoy, "envoy-"+t.Name(), h.XDSAddr), target, port)
+}
+
+// envoyVia starts a real Envoy from bootstrap at addr (in n; nil: this host's namespace) and
+// returns a plain gRPC channel to target through its outbound_<port> listener there.
+func envoyVia(ctx context.Context, t *testing.T, n *netns.Network, addr netip.Addr, bootstrap []byte, target string, port int32) (*harness.GRPCClient, *harness.Envoy) {
+	t.Helper()
+	e, err := harness.StartEnvoyAt(ctx, tools(t).Envoy, t.TempDir(), n, addr, bootstrap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +248,7 @@ func sidecarEnvoy(ctx context.Context, t *testing.T, h *harness.Holdfast, sc *ha
 		}
 		e.Kill()
 	})
-	c, err := harness.DialVia(net.JoinHostPort(sc.Addr.String(), strconv.Itoa(int(port))), target)
+	c, err := harness.DialVia(net.JoinHostPort(addr.String(), strconv.Itoa(int(port))), target)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net"
 	"net/netip"
 	"os/exec"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -121,22 +119,7 @@ func (sc *zoneScene) envoyClient(ctx context.Context, t *testing.T, zone string)
 	if err != nil {
 		t.Fatalf("holdfast bootstrap --envoy: %v", err)
 	}
-	e, err := harness.StartEnvoyAt(ctx, tools(t).Envoy, t.TempDir(), nil, sc.envoyAddr, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("envoy log: %s", e.LogTail(30))
-		}
-		e.Kill()
-	})
-	c, err := harness.DialVia(net.JoinHostPort(sc.envoyAddr.String(), strconv.Itoa(int(grpcPort.port))), sc.target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c, e
+	return envoyVia(ctx, t, nil, sc.envoyAddr, b, sc.target, grpcPort.port)
 }
 
 // createNode creates a Node object (no kubelet behind it) with Kubernetes' topology labels.

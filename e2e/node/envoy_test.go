@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -155,14 +154,7 @@ patches:
 	}
 	mark := app.Mark()
 	start := time.Now()
-	kubectl(ctx, t, "", "-n", backends, "set", "image", "deployment/app", "app="+appImage+":v2")
-	kubectl(ctx, t, "", "-n", backends, "rollout", "status", "deployment/app", "--timeout=180s")
-	now := waitPods(ctx, t, backends, 2)
-	for _, p := range now {
-		if slices.Contains(old, p) {
-			t.Fatalf("pod %s of the old version still there after the rollout: %v", p, now)
-		}
-	}
+	now := rollApp(ctx, t, backends, old)
 	if err := app.Routing(ctx, target, now...); err != nil {
 		t.Fatalf("through the sidecar Envoy after the rollout: %v", err)
 	}

@@ -123,6 +123,21 @@ func TestAppFollowed(t *testing.T) {
 	routing(ctx, t, apps, target, waitPods(ctx, t, ns, 1))
 }
 
+// rollApp rolls the application in ns to its v2 image and returns its new Ready pods, none of
+// them one of old.
+func rollApp(ctx context.Context, t testing.TB, ns string, old []string) []string {
+	t.Helper()
+	kubectl(ctx, t, "", "-n", ns, "set", "image", "deployment/app", "app="+appImage+":v2")
+	kubectl(ctx, t, "", "-n", ns, "rollout", "status", "deployment/app", "--timeout=180s")
+	pods := waitPods(ctx, t, ns, len(old))
+	for _, p := range pods {
+		if slices.Contains(old, p) {
+			t.Fatalf("pod %s of the old version still there after the rollout: %v", p, pods)
+		}
+	}
+	return pods
+}
+
 // TestAppRollingUpdateUnderLoad: the application rolled to a new image tag (maxUnavailable 0,
 // old pods draining for 3 s after SIGTERM, as a server behind a proxy does) while every client
 // implementation sends steady RPCs: not one fails, and all of them end on the new pods.
@@ -137,14 +152,7 @@ func TestAppRollingUpdateUnderLoad(t *testing.T) {
 
 	marks := markAll(apps)
 	start := time.Now()
-	kubectl(ctx, t, "", "-n", ns, "set", "image", "deployment/app", "app="+appImage+":v2")
-	kubectl(ctx, t, "", "-n", ns, "rollout", "status", "deployment/app", "--timeout=180s")
-	pods := waitPods(ctx, t, ns, 3)
-	for _, p := range pods {
-		if slices.Contains(old, p) {
-			t.Fatalf("pod %s of the old version still there after the rollout: %v", p, pods)
-		}
-	}
+	pods := rollApp(ctx, t, ns, old)
 	routing(ctx, t, apps, target, pods)
 	noFailures(t, apps, marks, fmt.Sprintf("the rolling update (%v)", time.Since(start).Round(time.Second)))
 }
