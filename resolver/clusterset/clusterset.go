@@ -42,9 +42,10 @@ type Options struct {
 // Clock tells the time and makes timers: the two things the merger needs of time.
 type Clock interface {
 	Now() time.Time
-	// NewTimer returns a channel that receives the time once d has passed, and a function
-	// that stops the timer.
-	NewTimer(d time.Duration) (<-chan time.Time, func() bool)
+	// TimerAt returns a channel that receives the time once it is deadline (at once if it is
+	// already), and a function that stops the timer. A deadline, not a duration: the time
+	// that passes between reading the clock and setting the timer cannot move it.
+	TimerAt(deadline time.Time) (<-chan time.Time, func() bool)
 }
 
 // wallClock is the real time.
@@ -52,8 +53,8 @@ type wallClock struct{}
 
 func (wallClock) Now() time.Time { return time.Now() }
 
-func (wallClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
-	t := time.NewTimer(d)
+func (wallClock) TimerAt(deadline time.Time) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(time.Until(deadline))
 	return t.C, t.Stop
 }
 
@@ -291,12 +292,12 @@ func (m *Merger) Run(ctx context.Context) error {
 		case <-m.kick:
 		case <-timer:
 		}
-		res, wait, ok := m.take(m.opts.Clock.Now())
+		res, next, ok := m.take(m.opts.Clock.Now())
 		stop()
 		timer, stop = nil, func() bool { return false }
 		if !ok {
-			if wait > 0 {
-				timer, stop = m.opts.Clock.NewTimer(wait)
+			if !next.IsZero() {
+				timer, stop = m.opts.Clock.TimerAt(next)
 			}
 			continue
 		}
@@ -311,13 +312,13 @@ func (m *Merger) Run(ctx context.Context) error {
 
 // take merges the members' latest views, when the home cluster has synced and (before the
 // first merge) every other cluster has synced or had SyncTimeout to; wait says when to look
-// again if not.
-func (m *Merger) take(now time.Time) (resolver.Resolution, time.Duration, bool) {
+// again if not (zero: when something changes).
+func (m *Merger) take(now time.Time) (resolver.Resolution, time.Time, bool) {
 	m.mu.Lock()
 	home := m.members[m.opts.Home]
 	homeSynced := home != nil && home.has
 	views := make(map[string]resolver.Resolution, len(m.members))
-	var wait time.Duration
+	var next time.Time // the earliest sync deadline still ahead
 	synced, waiting := 0, 0
 	for id, mem := range m.members {
 		if mem.has {
@@ -330,20 +331,20 @@ func (m *Merger) take(now time.Time) (resolver.Resolution, time.Duration, bool) 
 			continue
 		}
 		waiting++
-		if left := m.opts.SyncTimeout - now.Sub(mem.added); left > 0 && (wait == 0 || left < wait) {
-			wait = left
+		if at := mem.added.Add(m.opts.SyncTimeout); at.After(now) && (next.IsZero() || at.Before(next)) {
+			next = at
 		}
 	}
 	m.mu.Unlock()
 	m.metrics.clusters.WithLabelValues("synced").Set(float64(synced))
 	m.metrics.clusters.WithLabelValues("waiting").Set(float64(waiting))
 	if !homeSynced {
-		return resolver.Resolution{}, 0, false
+		return resolver.Resolution{}, time.Time{}, false
 	}
-	if !m.published && wait > 0 {
-		return resolver.Resolution{}, wait, false
+	if !m.published && !next.IsZero() {
+		return resolver.Resolution{}, next, false
 	}
-	return m.merge(views), 0, true
+	return m.merge(views), time.Time{}, true
 }
 
 // merge builds the merged Resolution from the views of the clusters that have synced.

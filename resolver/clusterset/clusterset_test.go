@@ -228,10 +228,16 @@ func (f *fakeClock) Now() time.Time {
 	return f.now
 }
 
-func (f *fakeClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+func (f *fakeClock) TimerAt(deadline time.Time) (<-chan time.Time, func() bool) {
 	f.mu.Lock()
-	ft := &fakeTimer{at: f.now.Add(d), c: make(chan time.Time, 1)}
-	f.timers = append(f.timers, ft)
+	ft := &fakeTimer{at: deadline, c: make(chan time.Time, 1)}
+	if !deadline.After(f.now) { // due already
+		ft.stopped = true
+		ft.c <- f.now
+	} else {
+		f.timers = append(f.timers, ft)
+	}
+	d := deadline.Sub(f.now)
 	f.mu.Unlock()
 	f.armed <- d
 	return ft.c, func() bool {
