@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,13 +21,16 @@ import (
 
 // freeAddr is a loopback address nothing listens on yet, for a process started later (or
 // twice) at the same address.
-func freeAddr(t *testing.T) string {
+func freeAddr(t *testing.T) string { return freeAddrOn(t, "127.0.0.1") }
+
+// freeAddrOn is host with a port free on this machine.
+func freeAddrOn(t *testing.T, host string) string {
 	t.Helper()
 	ports, err := testproc.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return "127.0.0.1:" + strconv.Itoa(ports[0])
+	return net.JoinHostPort(host, strconv.Itoa(ports[0]))
 }
 
 // agentStatus is what the agent's /readyz says.

@@ -24,7 +24,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/holdfast/holdfast/e2e/harness"
-	"github.com/holdfast/holdfast/e2e/internal/testproc"
 	"github.com/holdfast/holdfast/e2e/netns"
 	"github.com/holdfast/holdfast/resolver"
 	"github.com/holdfast/holdfast/xds/admin"
@@ -268,14 +267,7 @@ func newSidecar(t *testing.T) *harness.Sidecar {
 
 // hostAddr is a free address on the pod network's host side: one that a sidecar Envoy in the
 // network reaches, and processes on this host too.
-func hostAddr(t *testing.T) string {
-	t.Helper()
-	ports, err := testproc.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort(env.net.Host.String(), strconv.Itoa(ports[0]))
-}
+func hostAddr(t *testing.T) string { return freeAddrOn(t, env.net.Host.String()) }
 
 // envoyAccepted checks that a real Envoy rejected nothing Holdfast sent it and left nothing
 // warming.
@@ -285,10 +277,8 @@ func envoyAccepted(ctx context.Context, t *testing.T, a *harness.App) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, v := range s {
-		if v != 0 {
-			t.Errorf("Envoy: %s = %v", name, v)
-		}
+	if msg := rejectedOrWarming(s); msg != "" {
+		t.Errorf("Envoy: %s", msg)
 	}
 }
 
@@ -585,7 +575,7 @@ func TestClientsReopenAfterIdle(t *testing.T) {
 }
 
 // noNacks checks that no client rejected anything Holdfast served during the scenario.
-func noNacks(ctx context.Context, t *testing.T, h *harness.Holdfast) {
+func noNacks(ctx context.Context, t testing.TB, h *harness.Holdfast) {
 	t.Helper()
 	for _, typ := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
 		if n, err := h.Metric(ctx, fmt.Sprintf("holdfast_xds_nacks_total{type=%q}", typ)); err == nil && n != 0 {

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-
 	"github.com/holdfast/holdfast/e2e/harness"
 	"github.com/holdfast/holdfast/e2e/internal/testproc"
 )
@@ -112,11 +110,7 @@ func benchEnvoyFleet(b *testing.B, delta bool, envoys int) {
 		next = map[string]string{"b1": "b2", "b2": "b1"}[next]
 	}
 	b.StopTimer()
-	for _, typ := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
-		if n, err := h.Metric(context.Background(), fmt.Sprintf("holdfast_xds_nacks_total{type=%q}", typ)); err == nil && n != 0 {
-			b.Errorf("Envoys rejected %v %s responses", n, typ)
-		}
-	}
+	noNacks(context.Background(), b, h)
 	slices.Sort(took)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	b.ReportMetric(ms(took[len(took)/2]), "p50-ms")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -151,20 +152,28 @@ func envoyHealthy(ctx context.Context, e *harness.Envoy, clusters, listeners int
 	if err != nil {
 		return err.Error()
 	}
-	for name, v := range s {
-		if strings.HasSuffix(name, "update_rejected") && v != 0 {
-			return fmt.Sprintf("%s = %v", name, v)
-		}
+	if msg := rejectedOrWarming(s); msg != "" {
+		return msg
 	}
 	for name, want := range map[string]float64{
-		"control_plane.connected_state":            1,
-		"cluster_manager.warming_clusters":         0,
-		"cluster_manager.active_clusters":          float64(clusters),
-		"listener_manager.total_listeners_warming": 0,
-		"listener_manager.total_listeners_active":  float64(listeners),
+		"control_plane.connected_state":           1,
+		"cluster_manager.active_clusters":         float64(clusters),
+		"listener_manager.total_listeners_active": float64(listeners),
 	} {
 		if s[name] != want {
 			return fmt.Sprintf("%s = %v, want %v", name, s[name], want)
+		}
+	}
+	return ""
+}
+
+// rejectedOrWarming returns the first of Envoy's stats (s) that says it rejected an update or
+// holds a cluster or listener warming, or "".
+func rejectedOrWarming(s map[string]float64) string {
+	for _, name := range slices.Sorted(maps.Keys(s)) {
+		if (strings.HasSuffix(name, "update_rejected") || name == "cluster_manager.warming_clusters" ||
+			name == "listener_manager.total_listeners_warming") && s[name] != 0 {
+			return fmt.Sprintf("%s = %v", name, s[name])
 		}
 	}
 	return ""
@@ -499,14 +508,8 @@ func envoyHolds(ctx context.Context, e *harness.Envoy) (map[string]string, error
 
 // csdsHolds reads what Holdfast's CSDS says the client nodeID holds: every resource it ACKed,
 // as "type URL name" → version.
-func csdsHolds(ctx context.Context, t *testing.T, h *harness.Holdfast, nodeID string) (map[string]string, error) {
-	t.Helper()
-	conn, err := grpc.NewClient(h.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	r, err := statusv3.NewClientStatusDiscoveryServiceClient(conn).FetchClientStatus(ctx, &statusv3.ClientStatusRequest{})
+func csdsHolds(ctx context.Context, csds statusv3.ClientStatusDiscoveryServiceClient, nodeID string) (map[string]string, error) {
+	r, err := csds.FetchClientStatus(ctx, &statusv3.ClientStatusRequest{})
 	if err != nil {
 		return nil, err
 	}
@@ -528,12 +531,18 @@ func csdsHolds(ctx context.Context, t *testing.T, h *harness.Holdfast, nodeID st
 // holds, at which versions — is what that Envoy's own /config_dump says, once both settle.
 func csdsAgreesWithEnvoy(ctx context.Context, t *testing.T, h *harness.Holdfast, nodeID string, e *harness.Envoy) {
 	t.Helper()
+	conn, err := grpc.NewClient(h.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := statusv3.NewClientStatusDiscoveryServiceClient(conn)
 	var envoy, csds map[string]string
 	var readErr error
-	err := harness.Eventually(ctx, func() bool {
+	err = harness.Eventually(ctx, func() bool {
 		var err1, err2 error
 		envoy, err1 = envoyHolds(ctx, e)
-		csds, err2 = csdsHolds(ctx, t, h, nodeID)
+		csds, err2 = csdsHolds(ctx, client, nodeID)
 		readErr = errors.Join(err1, err2)
 		// Envoy 1.40 leaves an assignment's version_info empty in /config_dump (the field is
 		// marked not-implemented in its admin API): for those, which ones it holds is compared.

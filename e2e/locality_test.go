@@ -266,10 +266,10 @@ func TestLocalityFailsOverWhenZoneDies(t *testing.T) {
 	a := sc.client(t, "zone-a")
 	viaEnvoy, _ := sc.envoyClient(ctx, t, "zone-a")
 	clients := []struct {
-		name string
+		name harness.Impl
 		c    *harness.GRPCClient
 		log  *load
-	}{{name: "grpc-go", c: a}, {name: "Envoy", c: viaEnvoy}}
+	}{{name: harness.ImplGo, c: a}, {name: harness.ImplEnvoy, c: viaEnvoy}}
 	for i := range clients {
 		if err := clients[i].c.WaitForBackends(ctx, "a1", "a2"); err != nil {
 			t.Fatalf("%s: %v", clients[i].name, err)
@@ -296,7 +296,7 @@ func TestLocalityFailsOverWhenZoneDies(t *testing.T) {
 	for i, c := range clients {
 		failures := c.log.waitSettled(ctx, t, sc, marks[i], "zone-b")
 		t.Logf("%s: zone a died: calls on zone b after %v, %d failed", c.name, time.Since(killed).Round(time.Millisecond), failures)
-		record("zone failover through priorities: own zone's backends killed", clientColumn(c.name), fmt.Sprintf("moves to the other zone; %d RPCs failed", failures))
+		record("zone failover through priorities: own zone's backends killed", string(c.name), fmt.Sprintf("moves to the other zone; %d RPCs failed", failures))
 		if failures > failoverBound {
 			t.Errorf("%s: %d RPCs failed while failing over to zone b, want at most %d", c.name, failures, failoverBound)
 		}
@@ -323,14 +323,6 @@ func TestLocalityFailsOverWhenZoneDies(t *testing.T) {
 			t.Errorf("%s: %d RPCs failed while zone a came back", c.name, failures)
 		}
 	}
-}
-
-// clientColumn is the clients matrix column of a client named as the locality tests name them.
-func clientColumn(name string) string {
-	if name == "Envoy" {
-		return string(harness.ImplEnvoy)
-	}
-	return string(harness.ImplGo)
 }
 
 func TestLocalityNoZoneInfo(t *testing.T) {

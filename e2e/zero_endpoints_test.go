@@ -51,10 +51,10 @@ func TestResilienceZeroEndpoints(t *testing.T) {
 	ctx := testContext(t)
 	// grpc-go, and an application behind a real Envoy sidecar: each sees every step.
 	type via struct {
-		name               string
+		name               harness.Impl
 		echo, other, empty *harness.GRPCClient
 	}
-	e := via{name: "Envoy"}
+	e := via{name: harness.ImplEnvoy}
 	var envoy *harness.Envoy
 	e.echo, envoy = sidecarEnvoy(ctx, t, h, sidecar, target(ns, "echo", grpcPort.port), grpcPort.port)
 	for _, c := range []struct {
@@ -68,14 +68,14 @@ func TestResilienceZeroEndpoints(t *testing.T) {
 		t.Cleanup(func() { _ = cc.Close() })
 		*c.to = cc
 	}
-	clients := []via{{name: "grpc-go", echo: dial(t, h, target(ns, "echo", grpcPort.port)),
+	clients := []via{{name: harness.ImplGo, echo: dial(t, h, target(ns, "echo", grpcPort.port)),
 		other: dial(t, h, target(ns, "other", grpcPort.port)), empty: dial(t, h, target(ns, "empty", grpcPort.port))}, e}
 
 	for _, c := range clients {
 		if err := c.echo.WaitForBackends(ctx, "b1", "b2", "b3"); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		failsFast(ctx, t, c.empty, c.name+": a service created without endpoints")
+		failsFast(ctx, t, c.empty, string(c.name)+": a service created without endpoints")
 	}
 
 	steps := []struct {
@@ -98,7 +98,7 @@ func TestResilienceZeroEndpoints(t *testing.T) {
 		s.write()
 		for _, c := range clients {
 			if s.want == nil {
-				failsFast(ctx, t, c.echo, c.name+": "+s.name)
+				failsFast(ctx, t, c.echo, string(c.name)+": "+s.name)
 			} else if err := c.echo.WaitForBackends(ctx, s.want...); err != nil {
 				t.Fatalf("%s: %s: %v", c.name, s.name, err)
 			}
@@ -112,7 +112,7 @@ func TestResilienceZeroEndpoints(t *testing.T) {
 		t.Errorf("Envoy removed %v listeners while a service had no endpoints (%v)", v, err)
 	}
 	for _, c := range clients {
-		record("zero endpoints: created empty, only not ready, an empty slice, no slice, then back", clientColumn(c.name),
+		record("zero endpoints: created empty, only not ready, an empty slice, no slice, then back", string(c.name),
 			"fails fast (UNAVAILABLE) with none, routes when they return; other services undisturbed")
 	}
 }

@@ -52,6 +52,11 @@ type ServerOptions struct {
 	// stream ended with the reason, is counted and logged: holdfast-agent --kinds grpc serves no
 	// Envoy, and an Envoy pointed at it must hear so rather than wait for nothing.
 	Kinds []resource.Kind
+	// WarmingHold bounds how long an Envoy's route configurations wait for the assignments of
+	// new clusters it was sent (make before break): one that never asks for an assignment
+	// (it would leave its cluster warming until its own initial fetch timeout, 15 s by
+	// default) then gets its routes anyway. [5s]
+	WarmingHold time.Duration
 }
 
 func (o *ServerOptions) defaults() {
@@ -72,6 +77,9 @@ func (o *ServerOptions) defaults() {
 	}
 	if o.MaxUnknownNames <= 0 {
 		o.MaxUnknownNames = 10000
+	}
+	if o.WarmingHold <= 0 {
+		o.WarmingHold = 5 * time.Second
 	}
 }
 
@@ -392,7 +400,7 @@ func serve[Req, Resp any](ctx context.Context, s *Server, st *stream,
 			return false
 		}
 	}
-	tick := time.NewTicker(min(s.opts.AckTimeout/4, time.Second))
+	tick := time.NewTicker(min(s.opts.AckTimeout/4, time.Second, s.opts.WarmingHold))
 	defer tick.Stop()
 	for {
 		var err error
@@ -414,7 +422,7 @@ func serve[Req, Resp any](ctx context.Context, s *Server, st *stream,
 			err = push(time.Now(), enqueue)
 		case now := <-tick.C:
 			if err = st.checkSlow(now); err == nil && st.holdingForWarming() {
-				err = push(now, enqueue) // a route waiting for assignments goes when warmingHold ends
+				err = push(now, enqueue) // a route waiting for assignments goes when WarmingHold ends
 			}
 		}
 		if err != nil {

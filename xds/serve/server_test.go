@@ -965,8 +965,43 @@ func TestEnvoyRouteWaitsForNewClusters(t *testing.T) {
 	if first == nil || (*first).TypeUrl != resourcev3.EndpointType || len((*first).Resources) != len(clusters) {
 		t.Fatalf("first response after the route and the assignment were asked for: %v, want the assignment", first)
 	}
-	second := recvWithin(t, in, 2*time.Second) // well within warmingHold: not sent by its end
+	second := recvWithin(t, in, 2*time.Second) // well within WarmingHold (5 s): not sent by its end
 	if second == nil || (*second).TypeUrl != resourcev3.RouteType || len((*second).Resources) != 1 {
 		t.Fatalf("second response: %v, want the route", second)
+	}
+}
+
+// TestEnvoyRouteWaitsAtMostWarmingHold: an Envoy that never asks for a new cluster's assignment
+// still gets its route, once ServerOptions.WarmingHold has passed since the cluster went out.
+func TestEnvoyRouteWaitsAtMostWarmingHold(t *testing.T) {
+	const hold = 300 * time.Millisecond
+	_, conn, publish := testServerWith(t, ServerOptions{AckTimeout: time.Minute, WarmingHold: hold})
+	a, _ := xdstest.TwoServices()
+	publish(testView(a))
+	st := deltaStream(t, conn)
+	in := responses(st.Recv)
+	envoy := &corev3.Node{Id: "e1", UserAgentName: "envoy"}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	r := recvWithin(t, in, 5*time.Second)
+	if r == nil || (*r).TypeUrl != resourcev3.ClusterType {
+		t.Fatalf("wildcard CDS: %v", r)
+	}
+	clustersAt := time.Now()
+	for _, req := range []*discoveryv3.DeltaDiscoveryRequest{
+		{TypeUrl: resourcev3.ClusterType, ResponseNonce: (*r).Nonce},
+		{TypeUrl: resourcev3.RouteType, ResourceNamesSubscribe: []string{translate.Outbound(80)}},
+	} {
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	route := recvWithin(t, in, 5*time.Second)
+	if route == nil || (*route).TypeUrl != resourcev3.RouteType || len((*route).Resources) != 1 {
+		t.Fatalf("the route, with no assignment ever asked for: %v", route)
+	}
+	if waited := time.Since(clustersAt); waited < hold {
+		t.Errorf("the route came %v after the clusters: it did not wait for their assignments (WarmingHold %v)", waited, hold)
 	}
 }

@@ -65,11 +65,6 @@ type stream struct {
 	warmingSince time.Time
 }
 
-// warmingHold bounds how long an Envoy's route configurations wait for the assignments of new
-// clusters: one that never asks for an assignment (it would leave its cluster warming until
-// its own initial_fetch_timeout, 15 s by default) then gets them anyway.
-const warmingHold = 5 * time.Second
-
 // warmingHoldsLocked says whether a push of typ waits: an Envoy's RouteConfigurations do
 // while a cluster it was sent has no assignment sent after it. Envoy keeps a new EDS cluster
 // warming, out of routing, until its assignment arrives; a route to it applied before then
@@ -77,7 +72,7 @@ const warmingHold = 5 * time.Second
 // incarnation. Make before break: the route goes after the assignment, on the same stream, so
 // Envoy applies it after the cluster is warm.
 func (st *stream) warmingHoldsLocked(typ resourcev3.Type, now time.Time) bool {
-	return typ == resourcev3.RouteType && len(st.warming) > 0 && now.Sub(st.warmingSince) < warmingHold
+	return typ == resourcev3.RouteType && len(st.warming) > 0 && now.Sub(st.warmingSince) < st.srv.opts.WarmingHold
 }
 
 // noteWarmingLocked keeps warming up to date with a response of typ just sent to an Envoy.
@@ -111,7 +106,7 @@ func (st *stream) noteWarmingLocked(typ resourcev3.Type, ts *subscription, now t
 }
 
 // holdingForWarming says whether a route push waits for assignments (for the stream's timer:
-// the hold ends by itself after warmingHold).
+// the hold ends by itself after ServerOptions.WarmingHold).
 func (st *stream) holdingForWarming() bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
