@@ -928,13 +928,11 @@ func (br *deltaBarrier) nothingOf(t *testing.T, watched string) {
 	}
 }
 
-// TestEnvoyRouteWaitsForNewClusters: make before break for an Envoy. A route sent before the
-// assignment of a new cluster it routes to would be applied while Envoy still keeps that
-// cluster warming, out of routing: every request in between fails (503, no cluster). So a
-// route configuration asked for after the cluster went out is sent only once the cluster's
-// assignment has gone out after it, on the same stream.
-func TestEnvoyRouteWaitsForNewClusters(t *testing.T) {
-	_, conn, publish := testServer(t)
+// envoyWithClusters opens a Delta stream to a server with opts serving service a, as an Envoy,
+// and takes its wildcard CDS response: the stream, its responses, and the clusters' names.
+func envoyWithClusters(t *testing.T, opts ServerOptions) (discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, <-chan *discoveryv3.DeltaDiscoveryResponse, []string) {
+	t.Helper()
+	_, conn, publish := testServerWith(t, opts)
 	a, _ := xdstest.TwoServices()
 	publish(testView(a))
 	st := deltaStream(t, conn)
@@ -951,9 +949,21 @@ func TestEnvoyRouteWaitsForNewClusters(t *testing.T) {
 	for _, res := range (*r).Resources {
 		clusters = append(clusters, res.Name)
 	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: (*r).Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	return st, in, clusters
+}
+
+// TestEnvoyRouteWaitsForNewClusters: make before break for an Envoy. A route sent before the
+// assignment of a new cluster it routes to would be applied while Envoy still keeps that
+// cluster warming, out of routing: every request in between fails (503, no cluster). So a
+// route configuration asked for after the cluster went out is sent only once the cluster's
+// assignment has gone out after it, on the same stream.
+func TestEnvoyRouteWaitsForNewClusters(t *testing.T) {
+	st, in, clusters := envoyWithClusters(t, ServerOptions{AckTimeout: time.Minute})
 	// The route first, then the assignments, as requests; the assignments must come back first.
 	for _, req := range []*discoveryv3.DeltaDiscoveryRequest{
-		{TypeUrl: resourcev3.ClusterType, ResponseNonce: (*r).Nonce},
 		{TypeUrl: resourcev3.RouteType, ResourceNamesSubscribe: []string{translate.Outbound(80)}},
 		{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: clusters},
 	} {
@@ -975,33 +985,16 @@ func TestEnvoyRouteWaitsForNewClusters(t *testing.T) {
 // still gets its route, once ServerOptions.WarmingHold has passed since the cluster went out.
 func TestEnvoyRouteWaitsAtMostWarmingHold(t *testing.T) {
 	const hold = 300 * time.Millisecond
-	_, conn, publish := testServerWith(t, ServerOptions{AckTimeout: time.Minute, WarmingHold: hold})
-	a, _ := xdstest.TwoServices()
-	publish(testView(a))
-	st := deltaStream(t, conn)
-	in := responses(st.Recv)
-	envoy := &corev3.Node{Id: "e1", UserAgentName: "envoy"}
-	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: envoy, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
-	r := recvWithin(t, in, 5*time.Second)
-	if r == nil || (*r).TypeUrl != resourcev3.ClusterType {
-		t.Fatalf("wildcard CDS: %v", r)
-	}
 	clustersAt := time.Now()
-	for _, req := range []*discoveryv3.DeltaDiscoveryRequest{
-		{TypeUrl: resourcev3.ClusterType, ResponseNonce: (*r).Nonce},
-		{TypeUrl: resourcev3.RouteType, ResourceNamesSubscribe: []string{translate.Outbound(80)}},
-	} {
-		if err := st.Send(req); err != nil {
-			t.Fatal(err)
-		}
+	st, in, _ := envoyWithClusters(t, ServerOptions{AckTimeout: time.Minute, WarmingHold: hold})
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNamesSubscribe: []string{translate.Outbound(80)}}); err != nil {
+		t.Fatal(err)
 	}
 	route := recvWithin(t, in, 5*time.Second)
 	if route == nil || (*route).TypeUrl != resourcev3.RouteType || len((*route).Resources) != 1 {
 		t.Fatalf("the route, with no assignment ever asked for: %v", route)
 	}
 	if waited := time.Since(clustersAt); waited < hold {
-		t.Errorf("the route came %v after the clusters: it did not wait for their assignments (WarmingHold %v)", waited, hold)
+		t.Errorf("the route came %v after the clusters were asked for: it did not wait for their assignments (WarmingHold %v)", waited, hold)
 	}
 }
